@@ -1,0 +1,115 @@
+//! The facade's error type: every variant names the file and, where there is
+//! one, the tensor.
+
+use std::path::PathBuf;
+
+use tensorizer_format::{Dtype, FormatError};
+use thiserror::Error;
+
+/// Anything that can go wrong loading or saving tensors.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operating system refused a read or write.
+    #[error("{}: {action}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done ("reading tensor \"x\"", "renaming into place", ...).
+        action: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid tensorizer file (or a hash does not match).
+    #[error("{}: {source}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What the format layer found.
+        #[source]
+        source: FormatError,
+    },
+    /// A file with no tensors (the Python library refuses these too).
+    #[error("{}: the tensor index is empty (the file holds no tensors)", path.display())]
+    EmptyIndex {
+        /// The file.
+        path: PathBuf,
+    },
+    /// No tensor has this name.
+    #[error("{}: no tensor named {name:?}", path.display())]
+    NotFound {
+        /// The file.
+        path: PathBuf,
+        /// The name asked for.
+        name: String,
+    },
+    /// The tensor's data is encrypted and no key was given.
+    #[error("{}: tensor {tensor:?} is encrypted, but no decryption key was given", path.display())]
+    Encrypted {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+    },
+    /// A tensor too large for this machine's memory (or a hostile header).
+    #[error("{}: cannot allocate {bytes} bytes for tensor {tensor:?}", path.display())]
+    Allocation {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Bytes asked for.
+        bytes: u64,
+    },
+    /// A typed view of the wrong element type.
+    #[error("tensor {tensor:?} holds {actual}, not {requested}")]
+    DtypeMismatch {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        actual: Dtype,
+        /// The dtype of the view asked for.
+        requested: Dtype,
+    },
+    /// Data whose length does not match its dtype and shape.
+    #[error("tensor {tensor:?}: {len} bytes do not hold shape {shape:?} of {dtype}")]
+    DataLength {
+        /// The tensor.
+        tensor: String,
+        /// Bytes given.
+        len: usize,
+        /// Shape given.
+        shape: Vec<u64>,
+        /// Dtype given.
+        dtype: Dtype,
+    },
+    /// Nothing to write.
+    #[error("{}: refusing to write a file with no tensors (no reader can load it)", path.display())]
+    NothingToWrite {
+        /// The destination.
+        path: PathBuf,
+    },
+    /// A safetensors file could not be read or written.
+    #[error("{}: safetensors: {message}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_error(path: &std::path::Path, action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    let action = action.into();
+    move |source| Error::Io { path, action, source }
+}
+
+pub(crate) fn format_error(path: &std::path::Path) -> impl FnOnce(FormatError) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Format { path, source }
+}

@@ -1,0 +1,161 @@
+//! Conversion between safetensors and tensorizer files.
+//!
+//! Tensors keep their dtype (bfloat16 and float8 included) and bytes.
+//! safetensors → tensorizer writes a state dict in name order; tensorizer →
+//! safetensors names structured paths by joining their components with `.`,
+//! and loads meta tensors as zeros. safetensors' `__metadata__` has no place
+//! in a tensorizer file and is dropped.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
+use tensorizer_format::{Dtype, PathComponent};
+
+use crate::atomic::AtomicFile;
+use crate::error::{Error, Result, io_error};
+use crate::serializer::{Serializer, WriteSummary};
+use crate::tensor::{Tensor, TensorData};
+use crate::{Deserializer, Verify};
+
+/// The safetensors dtype with the same bytes, if there is one.
+pub fn to_safetensors_dtype(dtype: Dtype) -> Option<StDtype> {
+    Some(match dtype {
+        Dtype::Bool => StDtype::BOOL,
+        Dtype::U8 => StDtype::U8,
+        Dtype::I8 => StDtype::I8,
+        Dtype::I16 => StDtype::I16,
+        Dtype::I32 => StDtype::I32,
+        Dtype::I64 => StDtype::I64,
+        Dtype::U16 => StDtype::U16,
+        Dtype::U32 => StDtype::U32,
+        Dtype::U64 => StDtype::U64,
+        Dtype::F16 => StDtype::F16,
+        Dtype::BF16 => StDtype::BF16,
+        Dtype::F32 => StDtype::F32,
+        Dtype::F64 => StDtype::F64,
+        Dtype::C64 => StDtype::C64,
+        Dtype::F8E5M2 => StDtype::F8_E5M2,
+        Dtype::F8E4M3FN => StDtype::F8_E4M3,
+        Dtype::F8E5M2FNUZ => StDtype::F8_E5M2FNUZ,
+        Dtype::F8E4M3FNUZ => StDtype::F8_E4M3FNUZ,
+        Dtype::F8E8M0FNU => StDtype::F8_E8M0,
+        _ => return None,
+    })
+}
+
+/// The tensorizer dtype with the same bytes, if there is one (safetensors'
+/// sub-byte F4/F6 types count elements, not bytes, and have none).
+pub fn from_safetensors_dtype(dtype: StDtype) -> Option<Dtype> {
+    Dtype::ALL.iter().copied().find(|&d| to_safetensors_dtype(d) == Some(dtype))
+}
+
+/// Converts a safetensors file into a tensorizer file (tensors sorted by name).
+pub fn safetensors_to_tensorizer(input: &Path, output: &Path) -> Result<WriteSummary> {
+    let file = File::open(input).map_err(io_error(input, "opening"))?;
+    // SAFETY: the map is read-only and lives only for this call; as with every
+    // memory-mapped reader, the input must not be truncated while converting.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(input, "mapping"))?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| Error::Safetensors {
+        path: input.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut s = Serializer::new();
+    for (name, view) in &tensors {
+        let dtype = from_safetensors_dtype(view.dtype()).ok_or_else(|| Error::Safetensors {
+            path: input.to_path_buf(),
+            message: format!("tensor {name:?}: dtype {:?} has no tensorizer equivalent", view.dtype()),
+        })?;
+        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
+        let data = TensorData::new(dtype, &shape, view.data()).map_err(|_| Error::Safetensors {
+            path: input.to_path_buf(),
+            message: format!("tensor {name:?}: data length does not match its shape"),
+        })?;
+        s.write_tensor(0, name.as_str(), tensorizer_format::TensorType::StateDict, data)?;
+    }
+    s.write_to_file(output)
+}
+
+/// What a conversion to safetensors wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetensorsSummary {
+    /// Number of tensors.
+    pub tensors: usize,
+    /// Bytes of tensor data.
+    pub tensor_bytes: u64,
+}
+
+struct TensorView<'t> {
+    dtype: StDtype,
+    shape: Vec<usize>,
+    tensor: &'t Tensor,
+}
+
+impl View for TensorView<'_> {
+    fn dtype(&self) -> StDtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.tensor.as_bytes())
+    }
+    fn data_len(&self) -> usize {
+        self.tensor.as_bytes().len()
+    }
+}
+
+/// The safetensors name of a tensor path: components joined with `.`.
+pub fn safetensors_name(path: &tensorizer_format::TensorPath) -> String {
+    let parts: Vec<String> = path
+        .components()
+        .iter()
+        .map(|c| match c {
+            PathComponent::Key(k) => k.clone(),
+            PathComponent::Index(i) => i.to_string(),
+        })
+        .collect();
+    parts.join(".")
+}
+
+/// Converts a tensorizer file (hashes verified) into a safetensors file.
+pub fn tensorizer_to_safetensors(input: &Path, output: &Path) -> Result<SafetensorsSummary> {
+    let tensors = Deserializer::open(input)?.verify(Verify::Crc32).read_all()?;
+    let mut names = HashSet::new();
+    let mut views = Vec::with_capacity(tensors.len());
+    for t in &tensors {
+        let unsupported = |what: String| Error::Safetensors {
+            path: output.to_path_buf(),
+            message: format!("tensor {:?}: {what}", t.name()),
+        };
+        let dtype = to_safetensors_dtype(t.dtype())
+            .ok_or_else(|| unsupported(format!("dtype {} has no safetensors equivalent", t.dtype())))?;
+        let shape = t
+            .shape()
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unsupported("dimension too large".into()))?;
+        let name = safetensors_name(t.path());
+        if !names.insert(name.clone()) {
+            return Err(unsupported(format!("two tensors map to the safetensors name {name:?}")));
+        }
+        views.push((name, TensorView { dtype, shape, tensor: t }));
+    }
+    let summary = SafetensorsSummary {
+        tensors: views.len(),
+        tensor_bytes: tensors.iter().map(|t| t.as_bytes().len() as u64).sum(),
+    };
+    let out = AtomicFile::create(output)?;
+    safetensors::tensor::serialize_to_file(views, None, out.path()).map_err(|e| Error::Safetensors {
+        path: output.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    out.commit()?;
+    Ok(summary)
+}

@@ -1,0 +1,154 @@
+//! Writing `.tensors` files.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use tensorizer_format::{FilePlan, PlanOptions, RecordSpec, TERMINATOR, TensorPath, TensorType};
+
+use crate::atomic::AtomicFile;
+use crate::error::{Error, Result, format_error, io_error};
+use crate::tensor::TensorData;
+
+/// Collects tensors, then writes them as one `.tensors` file.
+///
+/// The output is byte-identical to the Python `TensorSerializer`'s for the
+/// same tensors in the same order (`write_state_dict` and `write_tensor` /
+/// `write_module`). Tensors are hashed and written in parallel at offsets
+/// planned up front; the file appears under its name only once complete and
+/// flushed, so a failed write leaves any previous file untouched.
+///
+/// ```
+/// use tensorizer::{Dtype, Serializer, TensorData, TensorType};
+/// # let dir = tempfile::tempdir()?;
+/// let weights = vec![0.5f32; 6];
+/// let mut s = Serializer::new();
+/// s.write_tensor(1, "encoder.weight", TensorType::Param, TensorData::from_slice(&[2, 3], &weights)?)?;
+/// s.write_tensor(1, "encoder.stats", TensorType::Buffer, TensorData::meta(Dtype::BF16, &[4]))?;
+/// let summary = s.write_to_file(dir.path().join("model.tensors"))?;
+/// assert_eq!(summary.tensors, 2);
+/// assert_eq!(summary.version, 4); // meta tensor
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Serializer<'a> {
+    records: Vec<RecordSpec>,
+    data: Vec<Option<&'a [u8]>>,
+}
+
+/// What a write produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// The destination.
+    pub path: PathBuf,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Tensor bytes (the header's `tensor_size`).
+    pub tensor_bytes: u64,
+    /// Number of tensors.
+    pub tensors: usize,
+    /// Data-format version written.
+    pub version: u32,
+}
+
+impl<'a> Serializer<'a> {
+    /// An empty serializer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one tensor with an explicit module index and type (Python's
+    /// `write_tensor`; `write_module` is a sequence of these with names
+    /// `"{module}.{attr}"`, root-level ones starting with `.`).
+    pub fn write_tensor(
+        &mut self,
+        module_idx: u16,
+        name: impl Into<TensorPath>,
+        tensor_type: TensorType,
+        tensor: TensorData<'a>,
+    ) -> Result<&mut Self> {
+        let mut spec = RecordSpec::new(module_idx, tensor_type, name.into(), tensor.dtype, tensor.shape);
+        spec.meta = tensor.bytes.is_none();
+        self.records.push(spec);
+        self.data.push(tensor.bytes);
+        Ok(self)
+    }
+
+    /// Adds state-dict entries (type STATE_DICT, module index 0), in order.
+    pub fn write_state_dict<N: Into<TensorPath>>(
+        &mut self,
+        tensors: impl IntoIterator<Item = (N, TensorData<'a>)>,
+    ) -> Result<&mut Self> {
+        for (name, t) in tensors {
+            self.write_tensor(0, name, TensorType::StateDict, t)?;
+        }
+        Ok(self)
+    }
+
+    /// Number of tensors added so far.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn plan(&self, dest: &Path) -> Result<FilePlan> {
+        if self.records.is_empty() {
+            return Err(Error::NothingToWrite { path: dest.to_path_buf() });
+        }
+        FilePlan::new(self.records.clone(), PlanOptions::default()).map_err(format_error(dest))
+    }
+
+    /// Writes the file atomically (temp file, fsync, rename).
+    pub fn write_to_file(self, path: impl AsRef<Path>) -> Result<WriteSummary> {
+        let dest = path.as_ref();
+        let plan = self.plan(dest)?;
+        let out = AtomicFile::create(dest)?;
+        let file = out.file();
+        let tmp = out.path().to_path_buf();
+        file.set_len(plan.file_len()).map_err(io_error(&tmp, "sizing the file"))?;
+        let prologue = plan.metadata.encode().map_err(format_error(dest))?;
+        file.write_all_at(&prologue, 0).map_err(io_error(&tmp, "writing the index"))?;
+        (0..self.records.len()).into_par_iter().try_for_each(|i| {
+            let entry = &plan.metadata.entries[i];
+            let data = self.data[i].unwrap_or_default();
+            let header = plan.seal_header(i, data).map_err(format_error(dest))?;
+            let what = || format!("writing tensor {:?}", entry.name.to_string());
+            file.write_all_at(&header, entry.header_offset).map_err(io_error(&tmp, what()))?;
+            file.write_all_at(data, entry.data_offset).map_err(io_error(&tmp, what()))
+        })?;
+        file.write_all_at(&TERMINATOR, plan.terminator_offset()).map_err(io_error(&tmp, "writing the terminator"))?;
+        let summary = summary(&plan, out.dest());
+        out.commit()?;
+        Ok(summary)
+    }
+
+    /// Encodes the file into memory.
+    pub fn to_bytes(self) -> Result<Vec<u8>> {
+        let dest = Path::new("<memory>");
+        let plan = self.plan(dest)?;
+        let mut out = plan.metadata.encode().map_err(format_error(dest))?;
+        out.reserve(usize::try_from(plan.file_len()).unwrap_or(0).saturating_sub(out.len()));
+        for (i, data) in self.data.iter().enumerate() {
+            let data = data.unwrap_or_default();
+            out.extend(plan.seal_header(i, data).map_err(format_error(dest))?);
+            out.extend_from_slice(data);
+        }
+        out.extend_from_slice(&TERMINATOR);
+        Ok(out)
+    }
+}
+
+fn summary(plan: &FilePlan, path: &Path) -> WriteSummary {
+    let header = &plan.metadata.header;
+    WriteSummary {
+        path: path.to_path_buf(),
+        bytes: plan.file_len(),
+        tensor_bytes: header.tensor_size,
+        tensors: plan.metadata.entries.len(),
+        version: header.version.get(),
+    }
+}
