@@ -1,0 +1,135 @@
+//! The `tensorizer` binary end to end: JSON listing equal to the fixture
+//! manifests (which hold what the Python oracle prints), verification exit
+//! codes, conversion round trips and one-line errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tensorizer::{Deserializer, Dtype, Serializer, TensorData};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tensorizer")).args(args).output().expect("run the CLI")
+}
+
+fn run_str(args: &[&str]) -> Output {
+    run(&args.iter().map(std::ffi::OsStr::new).collect::<Vec<_>>())
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn inspect_json_matches_the_oracle_manifest() {
+    let set = fixtures().join("tensorizer-2.12.1");
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(set.join("manifest.json")).unwrap()).unwrap();
+    let mut checked = 0;
+    for f in manifest["fixtures"].as_array().unwrap() {
+        if f["must_fail"].as_bool().unwrap() || !f["encryption"].is_null() {
+            continue;
+        }
+        let file = set.join(f["file"].as_str().unwrap());
+        let out = run(&["inspect".as_ref(), "--json".as_ref(), file.as_os_str()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["format_version"], f["format_version"]);
+        assert_eq!(doc["feature_flags"], f["feature_flags"]);
+        assert_eq!(doc["file_sha256"], f["sha256"]);
+        assert_eq!(doc["tensors"], f["tensors"], "{}", file.display());
+        checked += 1;
+    }
+    assert!(checked >= 18, "{checked}");
+}
+
+#[test]
+fn verify_names_the_failing_tensor() {
+    let set = fixtures().join("tensorizer-2.12.1");
+    let ok = run_str(&["verify", set.join("module.tensors").to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("15 tensors OK"));
+    for (file, phrase) in [
+        ("corrupt_sha_flip.tensors", "tensor \"float32_tensor\" failed SHA256 verification"),
+        ("corrupt_data_flip.tensors", "tensor \"float32_tensor\" failed CRC32 verification"),
+    ] {
+        let out = run_str(&["verify", set.join(file).to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{file}");
+        assert!(stderr(&out).contains(phrase), "{file}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn errors_are_one_line_naming_the_file() {
+    let missing = run_str(&["inspect", "/nonexistent/model.tensors"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let err = stderr(&missing);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/model.tensors") && err.contains("No such file"), "{err}");
+
+    let bad = fixtures().join("tensorizer-2.12.1/corrupt_version.tensors");
+    let out = run(&["inspect".as_ref(), bad.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1);
+    assert!(stderr(&out).contains("corrupt_version.tensors: unsupported data-format version 99"));
+}
+
+fn write_sample(path: &Path) {
+    let bf16: Vec<half::bf16> = (0..12).map(|i| half::bf16::from_f32(i as f32 * 0.25)).collect();
+    let f32s: Vec<f32> = (0..6).map(|i| i as f32 - 2.5).collect();
+    let i64s = [i64::MIN, -1, 0, 1, i64::MAX];
+    let bools = [0u8, 1, 1, 0];
+    let fp8 = [0x38u8, 0x40, 0xb8];
+    let mut s = Serializer::new();
+    s.write_state_dict([
+        ("z.bf16", TensorData::from_slice(&[3, 4], &bf16).unwrap()),
+        ("a.f32", TensorData::from_slice(&[2, 3], &f32s).unwrap()),
+        ("m.i64", TensorData::from_slice(&[5], &i64s).unwrap()),
+        ("b.bool", TensorData::new(Dtype::Bool, &[2, 2], &bools).unwrap()),
+        ("f.fp8", TensorData::new(Dtype::F8E4M3FN, &[3], &fp8).unwrap()),
+        ("s.scalar", TensorData::from_slice(&[], &[7u16]).unwrap()),
+    ])
+    .unwrap();
+    s.write_to_file(path).unwrap();
+}
+
+#[test]
+fn convert_round_trips_through_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("model.tensors");
+    let st = dir.path().join("model.safetensors");
+    let back = dir.path().join("back.tensors");
+    write_sample(&original);
+    for (from, to) in [(&original, &st), (&st, &back)] {
+        let out = run(&["convert".as_ref(), from.as_os_str(), to.as_os_str()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let mut a = Deserializer::open(&original).unwrap().read_all().unwrap();
+    let b = Deserializer::open(&back).unwrap().read_all().unwrap();
+    a.sort_by_key(|t| t.name());
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.name(), x.dtype(), x.shape()), (y.name(), y.dtype(), y.shape()));
+        assert_eq!(x.as_bytes(), y.as_bytes(), "{}", x.name());
+    }
+    // Written in name order, as the safetensors header lists them sorted.
+    let names: Vec<String> = b.iter().map(|t| t.name()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+}
+
+#[test]
+fn convert_refuses_dtypes_safetensors_lacks_and_keeps_the_old_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out.safetensors");
+    std::fs::write(&out_path, b"previous contents").unwrap();
+    let input = fixtures().join("tensorizer-2.12.1/dtypes_all_v2.tensors");
+    let out = run(&["convert".as_ref(), input.as_os_str(), out_path.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("has no safetensors equivalent"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&out_path).unwrap(), b"previous contents");
+}
