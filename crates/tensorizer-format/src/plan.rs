@@ -63,11 +63,13 @@ impl RecordSpec {
         }
     }
 
-    /// Bytes of data this record stores. A 0-d meta tensor stores none: the
-    /// Python writer leaves an `itemsize` gap there (FORMAT.md §11 c), which
-    /// we do not reproduce.
+    /// Bytes of data this record stores: none for a meta tensor, except a
+    /// 0-d one, which stores one zero element as the Python writer lays it
+    /// out (FORMAT.md §11 c) — the Python reader cannot load the
+    /// `data_length 0` encoding of a 0-d meta tensor, so this keeps our files
+    /// readable there. Its bytes must be written as zeros.
     pub fn data_length(&self) -> Result<u64> {
-        if self.meta {
+        if self.meta && !self.shape.dims().is_empty() {
             return Ok(0);
         }
         self.shape
@@ -117,6 +119,7 @@ impl FilePlan {
             FormatVersion::NON_OPAQUE
         };
         let mut long_seen = false;
+        let metas: Vec<bool> = records.iter().map(|r| r.meta).collect();
         let mut entries = Vec::with_capacity(records.len());
         let mut headers = Vec::with_capacity(records.len());
         for r in records {
@@ -187,7 +190,7 @@ impl FilePlan {
         let index_len = entries_len.max(options.min_index_len);
         let mut offset = INDEX_OFFSET + index_len;
         let mut tensor_size = 0u64;
-        for (e, h) in entries.iter_mut().zip(&headers) {
+        for ((e, h), meta) in entries.iter_mut().zip(&headers).zip(metas) {
             e.header_offset = offset;
             e.data_offset = offset + h.encoded_len() as u64;
             offset = e
@@ -197,7 +200,10 @@ impl FilePlan {
                     tensor: e.name.to_string(),
                     reason: "file would exceed 2^64 bytes".into(),
                 })?;
-            tensor_size += e.data_length;
+            // Python counts no bytes for meta tensors, even the 0-d one's.
+            if !meta {
+                tensor_size += e.data_length;
+            }
         }
         let header = FileHeader {
             version,

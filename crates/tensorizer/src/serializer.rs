@@ -36,6 +36,9 @@ pub struct Serializer<'a> {
     data: Vec<Option<&'a [u8]>>,
 }
 
+/// Enough zero bytes for one element of any dtype.
+static ZEROS: [u8; 16] = [0; 16];
+
 /// What a write produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteSummary {
@@ -69,8 +72,10 @@ impl<'a> Serializer<'a> {
     ) -> Result<&mut Self> {
         let mut spec = RecordSpec::new(module_idx, tensor_type, name.into(), tensor.dtype, tensor.shape);
         spec.meta = tensor.bytes.is_none();
+        // A 0-d meta tensor stores one zero element, as Python writes it.
+        let zeros = &ZEROS[..spec.data_length().unwrap_or(0).min(ZEROS.len() as u64) as usize];
+        self.data.push(tensor.bytes.or(Some(zeros)));
         self.records.push(spec);
-        self.data.push(tensor.bytes);
         Ok(self)
     }
 
