@@ -73,10 +73,8 @@ pub enum Error {
         requested: Dtype,
     },
     /// Data whose length does not match its dtype and shape.
-    #[error("tensor {tensor:?}: {len} bytes do not hold shape {shape:?} of {dtype}")]
+    #[error("{len} bytes do not hold shape {shape:?} of {dtype}")]
     DataLength {
-        /// The tensor.
-        tensor: String,
         /// Bytes given.
         len: usize,
         /// Shape given.

@@ -126,7 +126,6 @@ impl<'a> TensorData<'a> {
         let shape = Shape::from(shape);
         if shape.byte_len(dtype.dtype().itemsize()) != Some(bytes.len() as u64) {
             return Err(Error::DataLength {
-                tensor: String::new(),
                 len: bytes.len(),
                 shape: shape.0,
                 dtype: dtype.dtype(),
