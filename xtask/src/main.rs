@@ -1,1 +1,180 @@
-fn main(){}
+//! `cargo xtask <command>`: the project's automation, in Rust so it runs
+//! wherever cargo does.
+//!
+//! - `test`: installs what the tests need (the Python oracle, cargo-fuzz),
+//!   then runs fmt, clippy, every test, doc tests, docs and a short fuzz run.
+//! - `demo [--size 1GiB]`: writes a synthetic model and reads it back.
+//! - `fuzz [--seconds N] [TARGET...]`: seeds and runs the cargo-fuzz targets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+mod seeds;
+
+/// Fuzz targets in `fuzz/fuzz_targets/`.
+const FUZZ_TARGETS: [&str; 7] = [
+    "file_header",
+    "metadata",
+    "tensor_header",
+    "crypt_info",
+    "dtype",
+    "tensor_path",
+    "whole_file",
+];
+
+/// Seconds per fuzz target inside `cargo xtask test`.
+const TEST_FUZZ_SECONDS: u64 = 15;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("demo") => demo(&args[1..]),
+        Some("fuzz") => fuzz_command(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...]");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Runs a command, echoing it, failing on a non-zero exit.
+fn run(what: &str, cmd: &mut Command) -> Result {
+    eprintln!("\n==> {what}");
+    let started = Instant::now();
+    let status = cmd.status().map_err(|e| format!("{what}: cannot start {:?}: {e}", cmd.get_program()))?;
+    eprintln!("<== {what}: {status} in {:.1} s", started.elapsed().as_secs_f64());
+    if status.success() { Ok(()) } else { Err(format!("{what} failed ({status})")) }
+}
+
+fn has_cargo_subcommand(name: &str) -> bool {
+    cargo().args([name, "--version"]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Installs the Python reference library (idempotent) and returns its python.
+fn setup_oracle() -> Result<PathBuf> {
+    eprintln!("\n==> oracle: scripts/setup_oracle.sh (Python tensorizer 2.12.1)");
+    let out = Command::new("bash")
+        .arg(root().join("scripts/setup_oracle.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run bash: {e}"))?;
+    if !out.status.success() {
+        return Err("scripts/setup_oracle.sh failed; it needs root (or sudo) for apt-get and network access to Debian and PyPI".into());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let py = stdout.lines().last().unwrap_or_default().trim().to_owned();
+    if py.is_empty() || !Path::new(&py).exists() {
+        return Err(format!("scripts/setup_oracle.sh printed no python path (got {py:?})"));
+    }
+    Ok(PathBuf::from(py))
+}
+
+fn ensure_cargo_fuzz() -> Result {
+    if !has_cargo_subcommand("fuzz") {
+        run(
+            "install cargo-fuzz 0.13.2",
+            cargo().args(["install", "cargo-fuzz", "--version", "0.13.2", "--locked"]),
+        )?;
+    }
+    Ok(())
+}
+
+fn test() -> Result {
+    let started = Instant::now();
+    let oracle = setup_oracle()?;
+    ensure_cargo_fuzz()?;
+    run("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(
+        "clippy",
+        cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+    )?;
+    let mut tests = cargo();
+    if has_cargo_subcommand("nextest") {
+        tests.args(["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]);
+    } else {
+        eprintln!("cargo-nextest not found: falling back to cargo test (install: cargo install cargo-nextest --locked)");
+        tests.args(["test", "--workspace", "--locked", "--lib", "--bins", "--tests", "--no-fail-fast"]);
+    }
+    tests.env("TENSORIZER_ORACLE_PYTHON", &oracle);
+    run("tests", &mut tests)?;
+    run("doc tests", cargo().args(["test", "--workspace", "--locked", "--doc"]))?;
+    run(
+        "docs",
+        cargo().args(["doc", "--workspace", "--no-deps", "--locked"]).env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    fuzz(TEST_FUZZ_SECONDS, &FUZZ_TARGETS)?;
+    eprintln!("\nxtask test: all passed in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn fuzz_command(args: &[String]) -> Result {
+    let mut seconds = 60;
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--seconds needs a number")?;
+            }
+            t if FUZZ_TARGETS.contains(&t) => targets.push(t),
+            other => return Err(format!("unknown fuzz argument {other:?} (targets: {})", FUZZ_TARGETS.join(", "))),
+        }
+    }
+    if targets.is_empty() {
+        targets = FUZZ_TARGETS.to_vec();
+    }
+    ensure_cargo_fuzz()?;
+    fuzz(seconds, &targets)
+}
+
+/// Seeds each target's corpus from the fixtures and runs it for `seconds`
+/// under AddressSanitizer (cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP
+/// lets the stable compiler accept them).
+fn fuzz(seconds: u64, targets: &[&str]) -> Result {
+    let fuzz_dir = root().join("fuzz");
+    seeds::write_all(&root().join("tests/fixtures"), &fuzz_dir.join("corpus")).map_err(|e| format!("seeding corpora: {e}"))?;
+    let fuzz_cmd = || {
+        let mut c = cargo();
+        c.current_dir(&fuzz_dir).env("RUSTC_BOOTSTRAP", "1").arg("fuzz");
+        c
+    };
+    run("build fuzz targets (ASan)", fuzz_cmd().arg("build"))?;
+    for t in targets {
+        run(
+            &format!("fuzz {t} for {seconds} s"),
+            fuzz_cmd().args(["run", t, "--", &format!("-max_total_time={seconds}"), "-max_len=65536", "-print_final_stats=1"]),
+        )?;
+    }
+    Ok(())
+}
+
+fn demo(args: &[String]) -> Result {
+    run(
+        "demo (release build)",
+        cargo().args(["run", "--release", "--quiet", "-p", "tensorizer", "--example", "demo", "--"]).args(args),
+    )
+}

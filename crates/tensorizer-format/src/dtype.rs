@@ -245,9 +245,12 @@ impl DtypeString {
             _ => return Err(invalid("unknown byte-order character")),
         }
         let kind = np[1];
-        let size: usize = numpy[2..]
-            .parse()
-            .map_err(|_| invalid("item size is not a decimal number"))?;
+        // Byte slicing: `numpy` may hold multi-byte characters past index 1.
+        let size: usize = std::str::from_utf8(&np[2..])
+            .ok()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse().ok())
+            .ok_or(invalid("item size is not a decimal number"))?;
         let dtype = if kind == b'V' {
             let torch = torch.ok_or(invalid("opaque (void) type without a torch dtype name"))?;
             let name = torch
@@ -323,6 +326,8 @@ mod tests {
             b"<f4\0torch.a\0b",
             b"<f3",
             b"\xff\xfe",
+            "<\u{e9}4".as_bytes(),
+            b"<f+4",
         ] {
             assert!(DtypeString::parse(bad).is_err(), "{bad:?}");
         }

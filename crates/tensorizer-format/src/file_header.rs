@@ -102,6 +102,9 @@ impl FileHeader {
         if flags.versioned_headers && version < FormatVersion::LONG_TENSOR {
             return Err(FormatError::VersionedHeadersBeforeV5(version.get()));
         }
+        // Flags mean something only from version 4 on (Python ignores the
+        // encrypted bit of older files); keep the value what encode writes.
+        let flags = if version >= FormatVersion::META_TENSOR { flags } else { FeatureFlags::default() };
         Ok(Self {
             version,
             flags,

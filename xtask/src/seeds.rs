@@ -1,0 +1,81 @@
+//! Small, valid seed inputs for each fuzz target, cut from the fixtures.
+//!
+//! Python-written fixtures carry a 256 KiB index block of mostly zeros;
+//! fuzzing those wastes time, so whole-file seeds are re-planned with an index
+//! just large enough for their entries.
+
+use std::path::Path;
+
+use tensorizer_format::{FilePlan, PlanOptions, RecordSpec, TERMINATOR, TensorizerFile};
+
+pub fn write_all(fixtures: &Path, corpus: &Path) -> std::io::Result<()> {
+    let mut n = 0usize;
+    let mut put = |target: &str, bytes: &[u8]| -> std::io::Result<()> {
+        let dir = corpus.join(target);
+        std::fs::create_dir_all(&dir)?;
+        n += 1;
+        std::fs::write(dir.join(format!("seed-{n:05}")), bytes)
+    };
+    for set in ["spec", "tensorizer-2.12.1", "tensorizer-2.12.1-extended-dtypes"] {
+        for entry in std::fs::read_dir(fixtures.join(set))? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "tensors") {
+                continue;
+            }
+            let bytes = std::fs::read(&path)?;
+            put("file_header", &bytes[..bytes.len().min(65)])?;
+            let Ok(file) = TensorizerFile::parse(&bytes) else { continue };
+            let has_crypt = file.metadata().header.has_crypt_info();
+            let mut records = Vec::new();
+            for (i, entry) in file.metadata().entries.iter().enumerate().take(64) {
+                let Ok(rec) = file.record(i) else { continue };
+                put("dtype", entry.dtype.as_str().as_bytes())?;
+                put("tensor_path", entry.name.as_bytes())?;
+                let mode = u8::from(entry.wide_dims) | (u8::from(has_crypt) << 1);
+                let mut header = vec![mode];
+                header.extend_from_slice(&bytes[entry.header_offset as usize..entry.data_offset as usize]);
+                put("tensor_header", &header)?;
+                if let Some(ci) = &rec.header.crypt_info {
+                    let mut block = Vec::new();
+                    ci.encode(&mut block);
+                    put("crypt_info", &block[8..])?;
+                }
+                if rec.data.len() <= 4096 {
+                    records.push(rec);
+                }
+            }
+            if let Some(compact) = compact_copy(&records, has_crypt) {
+                put("metadata", &compact)?;
+                put("whole_file", &compact)?;
+            }
+        }
+    }
+    eprintln!("xtask: wrote {n} fuzz seeds under {}", corpus.display());
+    Ok(())
+}
+
+/// The same records in a file with a minimal index block, hashes kept.
+fn compact_copy(records: &[tensorizer_format::Record<'_>], encrypted: bool) -> Option<Vec<u8>> {
+    if records.is_empty() {
+        return None;
+    }
+    let specs = records
+        .iter()
+        .map(|r| {
+            let h = &r.header;
+            let mut s = RecordSpec::new(h.module_idx, h.tensor_type, h.name.clone(), h.dtype.clone(), h.shape.clone());
+            s.meta = r.entry.is_meta();
+            s.crypt_info = h.crypt_info.clone();
+            s
+        })
+        .collect();
+    let mut plan = FilePlan::new(specs, PlanOptions { encrypted, min_index_len: 0 }).ok()?;
+    let mut out = plan.metadata.encode().ok()?;
+    for (i, r) in records.iter().enumerate() {
+        plan.headers[i] = r.header.clone();
+        out.extend(plan.headers[i].encode().ok()?);
+        out.extend_from_slice(r.data);
+    }
+    out.extend(TERMINATOR);
+    Some(out)
+}
