@@ -33,7 +33,9 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("fuzz") => fuzz_command(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...]");
+            eprintln!(
+                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -49,7 +51,10 @@ fn main() -> ExitCode {
 type Result<T = ()> = std::result::Result<T, String>;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -62,13 +67,25 @@ fn cargo() -> Command {
 fn run(what: &str, cmd: &mut Command) -> Result {
     eprintln!("\n==> {what}");
     let started = Instant::now();
-    let status = cmd.status().map_err(|e| format!("{what}: cannot start {:?}: {e}", cmd.get_program()))?;
-    eprintln!("<== {what}: {status} in {:.1} s", started.elapsed().as_secs_f64());
-    if status.success() { Ok(()) } else { Err(format!("{what} failed ({status})")) }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{what}: cannot start {:?}: {e}", cmd.get_program()))?;
+    eprintln!(
+        "<== {what}: {status} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
 }
 
 fn has_cargo_subcommand(name: &str) -> bool {
-    cargo().args([name, "--version"]).output().is_ok_and(|o| o.status.success())
+    cargo()
+        .args([name, "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Installs the Python reference library (idempotent) and returns its python.
@@ -85,7 +102,9 @@ fn setup_oracle() -> Result<PathBuf> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let py = stdout.lines().last().unwrap_or_default().trim().to_owned();
     if py.is_empty() || !Path::new(&py).exists() {
-        return Err(format!("scripts/setup_oracle.sh printed no python path (got {py:?})"));
+        return Err(format!(
+            "scripts/setup_oracle.sh printed no python path (got {py:?})"
+        ));
     }
     Ok(PathBuf::from(py))
 }
@@ -107,24 +126,56 @@ fn test() -> Result {
     run("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(
         "clippy",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     let mut tests = cargo();
     if has_cargo_subcommand("nextest") {
-        tests.args(["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]);
+        tests.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+        ]);
     } else {
-        eprintln!("cargo-nextest not found: falling back to cargo test (install: cargo install cargo-nextest --locked)");
-        tests.args(["test", "--workspace", "--locked", "--lib", "--bins", "--tests", "--no-fail-fast"]);
+        eprintln!(
+            "cargo-nextest not found: falling back to cargo test (install: cargo install cargo-nextest --locked)"
+        );
+        tests.args([
+            "test",
+            "--workspace",
+            "--locked",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--no-fail-fast",
+        ]);
     }
     tests.env("TENSORIZER_ORACLE_PYTHON", &oracle);
     run("tests", &mut tests)?;
-    run("doc tests", cargo().args(["test", "--workspace", "--locked", "--doc"]))?;
+    run(
+        "doc tests",
+        cargo().args(["test", "--workspace", "--locked", "--doc"]),
+    )?;
     run(
         "docs",
-        cargo().args(["doc", "--workspace", "--no-deps", "--locked"]).env("RUSTDOCFLAGS", "-D warnings"),
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--locked"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     fuzz(TEST_FUZZ_SECONDS, &FUZZ_TARGETS)?;
-    eprintln!("\nxtask test: all passed in {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "\nxtask test: all passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -141,7 +192,12 @@ fn fuzz_command(args: &[String]) -> Result {
                     .ok_or("--seconds needs a number")?;
             }
             t if FUZZ_TARGETS.contains(&t) => targets.push(t),
-            other => return Err(format!("unknown fuzz argument {other:?} (targets: {})", FUZZ_TARGETS.join(", "))),
+            other => {
+                return Err(format!(
+                    "unknown fuzz argument {other:?} (targets: {})",
+                    FUZZ_TARGETS.join(", ")
+                ));
+            }
         }
     }
     if targets.is_empty() {
@@ -156,17 +212,27 @@ fn fuzz_command(args: &[String]) -> Result {
 /// lets the stable compiler accept them).
 fn fuzz(seconds: u64, targets: &[&str]) -> Result {
     let fuzz_dir = root().join("fuzz");
-    seeds::write_all(&root().join("tests/fixtures"), &fuzz_dir.join("corpus")).map_err(|e| format!("seeding corpora: {e}"))?;
+    seeds::write_all(&root().join("tests/fixtures"), &fuzz_dir.join("corpus"))
+        .map_err(|e| format!("seeding corpora: {e}"))?;
     let fuzz_cmd = || {
         let mut c = cargo();
-        c.current_dir(&fuzz_dir).env("RUSTC_BOOTSTRAP", "1").arg("fuzz");
+        c.current_dir(&fuzz_dir)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .arg("fuzz");
         c
     };
     run("build fuzz targets (ASan)", fuzz_cmd().arg("build"))?;
     for t in targets {
         run(
             &format!("fuzz {t} for {seconds} s"),
-            fuzz_cmd().args(["run", t, "--", &format!("-max_total_time={seconds}"), "-max_len=65536", "-print_final_stats=1"]),
+            fuzz_cmd().args([
+                "run",
+                t,
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-max_len=65536",
+                "-print_final_stats=1",
+            ]),
         )?;
     }
     Ok(())
@@ -175,6 +241,17 @@ fn fuzz(seconds: u64, targets: &[&str]) -> Result {
 fn demo(args: &[String]) -> Result {
     run(
         "demo (release build)",
-        cargo().args(["run", "--release", "--quiet", "-p", "tensorizer", "--example", "demo", "--"]).args(args),
+        cargo()
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "tensorizer",
+                "--example",
+                "demo",
+                "--",
+            ])
+            .args(args),
     )
 }

@@ -16,7 +16,11 @@ pub fn write_all(fixtures: &Path, corpus: &Path) -> std::io::Result<()> {
         n += 1;
         std::fs::write(dir.join(format!("seed-{n:05}")), bytes)
     };
-    for set in ["spec", "tensorizer-2.12.1", "tensorizer-2.12.1-extended-dtypes"] {
+    for set in [
+        "spec",
+        "tensorizer-2.12.1",
+        "tensorizer-2.12.1-extended-dtypes",
+    ] {
         for entry in std::fs::read_dir(fixtures.join(set))? {
             let path = entry?.path();
             if path.extension().is_none_or(|e| e != "tensors") {
@@ -24,7 +28,9 @@ pub fn write_all(fixtures: &Path, corpus: &Path) -> std::io::Result<()> {
             }
             let bytes = std::fs::read(&path)?;
             put("file_header", &bytes[..bytes.len().min(65)])?;
-            let Ok(file) = TensorizerFile::parse(&bytes) else { continue };
+            let Ok(file) = TensorizerFile::parse(&bytes) else {
+                continue;
+            };
             let has_crypt = file.metadata().header.has_crypt_info();
             let mut records = Vec::new();
             for (i, entry) in file.metadata().entries.iter().enumerate().take(64) {
@@ -33,7 +39,9 @@ pub fn write_all(fixtures: &Path, corpus: &Path) -> std::io::Result<()> {
                 put("tensor_path", entry.name.as_bytes())?;
                 let mode = u8::from(entry.wide_dims) | (u8::from(has_crypt) << 1);
                 let mut header = vec![mode];
-                header.extend_from_slice(&bytes[entry.header_offset as usize..entry.data_offset as usize]);
+                header.extend_from_slice(
+                    &bytes[entry.header_offset as usize..entry.data_offset as usize],
+                );
                 put("tensor_header", &header)?;
                 if let Some(ci) = &rec.header.crypt_info {
                     let mut block = Vec::new();
@@ -63,13 +71,26 @@ fn compact_copy(records: &[tensorizer_format::Record<'_>], encrypted: bool) -> O
         .iter()
         .map(|r| {
             let h = &r.header;
-            let mut s = RecordSpec::new(h.module_idx, h.tensor_type, h.name.clone(), h.dtype.clone(), h.shape.clone());
+            let mut s = RecordSpec::new(
+                h.module_idx,
+                h.tensor_type,
+                h.name.clone(),
+                h.dtype.clone(),
+                h.shape.clone(),
+            );
             s.meta = r.entry.is_meta();
             s.crypt_info = h.crypt_info.clone();
             s
         })
         .collect();
-    let mut plan = FilePlan::new(specs, PlanOptions { encrypted, min_index_len: 0 }).ok()?;
+    let mut plan = FilePlan::new(
+        specs,
+        PlanOptions {
+            encrypted,
+            min_index_len: 0,
+        },
+    )
+    .ok()?;
     let mut out = plan.metadata.encode().ok()?;
     for (i, r) in records.iter().enumerate() {
         plan.headers[i] = r.header.clone();

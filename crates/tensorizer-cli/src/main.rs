@@ -12,7 +12,11 @@ use sha2::{Digest, Sha256};
 use tensorizer::{Deserializer, Error, PathComponent, TensorPath, Verify, format::MAGIC};
 
 #[derive(Parser)]
-#[command(name = "tensorizer", version, about = "Inspect, verify and convert tensorizer .tensors files")]
+#[command(
+    name = "tensorizer",
+    version,
+    about = "Inspect, verify and convert tensorizer .tensors files"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -125,7 +129,11 @@ fn inspect(path: &Path, as_json: bool) -> Result<ExitCode, Error> {
             header.flags.bits(),
             d.len(),
             header.tensor_size,
-            if header.has_crypt_info() { ", encrypted" } else { "" }
+            if header.has_crypt_info() {
+                ", encrypted"
+            } else {
+                ""
+            }
         );
         for (i, e) in d.entries().iter().enumerate() {
             let h = d.read_header(i)?;
@@ -144,7 +152,10 @@ fn inspect(path: &Path, as_json: bool) -> Result<ExitCode, Error> {
         emit(&out);
         return Ok(ExitCode::SUCCESS);
     }
-    let bar = progress(d.entries().iter().map(|e| e.data_length).sum(), "inspecting");
+    let bar = progress(
+        d.entries().iter().map(|e| e.data_length).sum(),
+        "inspecting",
+    );
     let mut tensors = Vec::with_capacity(d.len());
     for (i, e) in d.entries().iter().enumerate() {
         bar.set_message(e.name.to_string());
@@ -220,7 +231,11 @@ fn verify(path: &Path) -> Result<ExitCode, Error> {
     }
     bar.finish_and_clear();
     if failures > 0 {
-        eprintln!("tensorizer: {}: {failures} of {} tensors failed verification", path.display(), d.len());
+        eprintln!(
+            "tensorizer: {}: {failures} of {} tensors failed verification",
+            path.display(),
+            d.len()
+        );
         return Ok(ExitCode::FAILURE);
     }
     let secs = started.elapsed().as_secs_f64();

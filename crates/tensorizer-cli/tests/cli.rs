@@ -13,7 +13,10 @@ fn fixtures() -> PathBuf {
 }
 
 fn run(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tensorizer")).args(args).output().expect("run the CLI")
+    Command::new(env!("CARGO_BIN_EXE_tensorizer"))
+        .args(args)
+        .output()
+        .expect("run the CLI")
 }
 
 fn run_str(args: &[&str]) -> Output {
@@ -27,7 +30,8 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn inspect_json_matches_the_oracle_manifest() {
     let set = fixtures().join("tensorizer-2.12.1");
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(set.join("manifest.json")).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(set.join("manifest.json")).unwrap()).unwrap();
     let mut checked = 0;
     for f in manifest["fixtures"].as_array().unwrap() {
         if f["must_fail"].as_bool().unwrap() || !f["encryption"].is_null() {
@@ -53,8 +57,14 @@ fn verify_names_the_failing_tensor() {
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("15 tensors OK"));
     for (file, phrase) in [
-        ("corrupt_sha_flip.tensors", "tensor \"float32_tensor\" failed SHA256 verification"),
-        ("corrupt_data_flip.tensors", "tensor \"float32_tensor\" failed CRC32 verification"),
+        (
+            "corrupt_sha_flip.tensors",
+            "tensor \"float32_tensor\" failed SHA256 verification",
+        ),
+        (
+            "corrupt_data_flip.tensors",
+            "tensor \"float32_tensor\" failed CRC32 verification",
+        ),
     ] {
         let out = run_str(&["verify", set.join(file).to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(1), "{file}");
@@ -68,7 +78,10 @@ fn errors_are_one_line_naming_the_file() {
     assert_eq!(missing.status.code(), Some(1));
     let err = stderr(&missing);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("/nonexistent/model.tensors") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/model.tensors") && err.contains("No such file"),
+        "{err}"
+    );
 
     let bad = fixtures().join("tensorizer-2.12.1/corrupt_version.tensors");
     let out = run(&["inspect".as_ref(), bad.as_os_str()]);
@@ -78,7 +91,9 @@ fn errors_are_one_line_naming_the_file() {
 }
 
 fn write_sample(path: &Path) {
-    let bf16: Vec<half::bf16> = (0..12).map(|i| half::bf16::from_f32(i as f32 * 0.25)).collect();
+    let bf16: Vec<half::bf16> = (0..12)
+        .map(|i| half::bf16::from_f32(i as f32 * 0.25))
+        .collect();
     let f32s: Vec<f32> = (0..6).map(|i| i as f32 - 2.5).collect();
     let i64s = [i64::MIN, -1, 0, 1, i64::MAX];
     let bools = [0u8, 1, 1, 0];
@@ -88,8 +103,14 @@ fn write_sample(path: &Path) {
         ("z.bf16", TensorData::from_slice(&[3, 4], &bf16).unwrap()),
         ("a.f32", TensorData::from_slice(&[2, 3], &f32s).unwrap()),
         ("m.i64", TensorData::from_slice(&[5], &i64s).unwrap()),
-        ("b.bool", TensorData::new(Dtype::Bool, &[2, 2], &bools).unwrap()),
-        ("f.fp8", TensorData::new(Dtype::F8E4M3FN, &[3], &fp8).unwrap()),
+        (
+            "b.bool",
+            TensorData::new(Dtype::Bool, &[2, 2], &bools).unwrap(),
+        ),
+        (
+            "f.fp8",
+            TensorData::new(Dtype::F8E4M3FN, &[3], &fp8).unwrap(),
+        ),
         ("s.scalar", TensorData::from_slice(&[], &[7u16]).unwrap()),
     ])
     .unwrap();
@@ -112,7 +133,10 @@ fn convert_round_trips_through_safetensors() {
     a.sort_by_key(|t| t.name());
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
-        assert_eq!((x.name(), x.dtype(), x.shape()), (y.name(), y.dtype(), y.shape()));
+        assert_eq!(
+            (x.name(), x.dtype(), x.shape()),
+            (y.name(), y.dtype(), y.shape())
+        );
         assert_eq!(x.as_bytes(), y.as_bytes(), "{}", x.name());
     }
     // Written in name order, as the safetensors header lists them sorted.
@@ -130,6 +154,10 @@ fn convert_refuses_dtypes_safetensors_lacks_and_keeps_the_old_output() {
     let input = fixtures().join("tensorizer-2.12.1/dtypes_all_v2.tensors");
     let out = run(&["convert".as_ref(), input.as_os_str(), out_path.as_os_str()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("has no safetensors equivalent"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has no safetensors equivalent"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(std::fs::read(&out_path).unwrap(), b"previous contents");
 }

@@ -71,9 +71,15 @@ impl CryptInfo {
         let mut chunks = Vec::with_capacity(usize::from(count).min(body.len() / 10));
         for i in 0..count {
             let len = c.u64()?;
-            let len = usize::try_from(len).ok().filter(|&l| l <= c.remaining()).ok_or_else(|| {
-                bad(format!("chunk {i} claims {len} bytes, only {} remain", c.remaining()))
-            })?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&l| l <= c.remaining())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "chunk {i} claims {len} bytes, only {} remain",
+                        c.remaining()
+                    ))
+                })?;
             let mut cc = Cursor::new(c.take(len)?, "crypt info chunk");
             let chunk_type = cc.u16()?;
             let chunk = match chunk_type {
@@ -86,7 +92,9 @@ impl CryptInfo {
                     let memlimit = cc.u64()?;
                     let alg = cc.i32()?;
                     if alg != 2 {
-                        return Err(bad(format!("unsupported pwhash algorithm {alg} (only 2 = Argon2id13)")));
+                        return Err(bad(format!(
+                            "unsupported pwhash algorithm {alg} (only 2 = Argon2id13)"
+                        )));
                     }
                     let salt_len = cc.u16()?;
                     let salt = cc.take(usize::from(salt_len))?.to_vec();
@@ -101,18 +109,27 @@ impl CryptInfo {
                 2 => {
                     let chunk_size = cc.u64()?;
                     if chunk_size < 1024 || chunk_size % 64 != 0 {
-                        return Err(bad(format!("chunk size {chunk_size} must be a multiple of 64 and at least 1024")));
+                        return Err(bad(format!(
+                            "chunk size {chunk_size} must be a multiple of 64 and at least 1024"
+                        )));
                     }
                     let nonce = cc.array()?;
                     let num_macs = cc.u64()?;
                     if num_macs.checked_mul(MAC_LEN as u64) != Some(cc.remaining() as u64) {
-                        return Err(bad(format!("{num_macs} MACs do not fill the {}-byte remainder of the chunk", cc.remaining())));
+                        return Err(bad(format!(
+                            "{num_macs} MACs do not fill the {}-byte remainder of the chunk",
+                            cc.remaining()
+                        )));
                     }
                     let mut macs = Vec::with_capacity(cc.remaining() / MAC_LEN);
                     for _ in 0..num_macs {
                         macs.push(cc.array()?);
                     }
-                    CryptChunk::XSalsa20Parallel { chunk_size, nonce, macs }
+                    CryptChunk::XSalsa20Parallel {
+                        chunk_size,
+                        nonce,
+                        macs,
+                    }
                 }
                 3 => CryptChunk::XSalsa20Sequential {
                     nonce: cc.array()?,
@@ -121,12 +138,18 @@ impl CryptInfo {
                 other => return Err(bad(format!("unknown chunk type {other}"))),
             };
             if cc.remaining() != 0 {
-                return Err(bad(format!("chunk {i} has {} unexpected trailing bytes", cc.remaining())));
+                return Err(bad(format!(
+                    "chunk {i} has {} unexpected trailing bytes",
+                    cc.remaining()
+                )));
             }
             chunks.push(chunk);
         }
         if c.remaining() != 0 {
-            return Err(bad(format!("{} unexpected bytes after the last chunk", c.remaining())));
+            return Err(bad(format!(
+                "{} unexpected bytes after the last chunk",
+                c.remaining()
+            )));
         }
         Ok(Self { chunks })
     }
@@ -149,7 +172,11 @@ impl CryptInfo {
                     out.extend_from_slice(&(k.salt.len() as u16).to_le_bytes());
                     out.extend_from_slice(&k.salt);
                 }
-                CryptChunk::XSalsa20Parallel { chunk_size, nonce, macs } => {
+                CryptChunk::XSalsa20Parallel {
+                    chunk_size,
+                    nonce,
+                    macs,
+                } => {
                     out.extend_from_slice(&2u16.to_le_bytes());
                     out.extend_from_slice(&chunk_size.to_le_bytes());
                     out.extend_from_slice(nonce);

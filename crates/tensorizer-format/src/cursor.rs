@@ -15,7 +15,11 @@ pub(crate) struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     /// `what` names the structure in truncation errors ("file header", ...).
     pub(crate) fn new(bytes: &'a [u8], what: &'static str) -> Self {
-        Self { bytes, pos: 0, what }
+        Self {
+            bytes,
+            pos: 0,
+            what,
+        }
     }
 
     pub(crate) fn remaining(&self) -> usize {

@@ -258,12 +258,15 @@ impl DtypeString {
                 .ok_or(invalid("torch dtype name must start with \"torch.\""))?;
             let dtype = Dtype::from_torch_name(name).ok_or(invalid("unknown torch dtype"))?;
             if dtype.itemsize() != size {
-                return Err(invalid("void size differs from the torch dtype's item size"));
+                return Err(invalid(
+                    "void size differs from the torch dtype's item size",
+                ));
             }
             dtype
         } else {
             // Python ignores a torch name after a non-void numpy type.
-            Dtype::from_numpy_kind(kind, size).ok_or(invalid("no tensor dtype for this numpy type"))?
+            Dtype::from_numpy_kind(kind, size)
+                .ok_or(invalid("no tensor dtype for this numpy type"))?
         };
         Ok(Self {
             raw: raw.to_owned(),
@@ -306,10 +309,19 @@ mod tests {
             assert_eq!(parsed.dtype(), d);
             assert_eq!(parsed.is_opaque(), d.is_opaque(), "{d}");
         }
-        assert_eq!(DtypeString::new(Dtype::BF16).as_str(), "<V2\0torch.bfloat16");
-        assert_eq!(DtypeString::new(Dtype::F8E4M3FN).as_str(), "|V1\0torch.float8_e4m3fn");
+        assert_eq!(
+            DtypeString::new(Dtype::BF16).as_str(),
+            "<V2\0torch.bfloat16"
+        );
+        assert_eq!(
+            DtypeString::new(Dtype::F8E4M3FN).as_str(),
+            "|V1\0torch.float8_e4m3fn"
+        );
         assert_eq!(DtypeString::new(Dtype::C128).as_str(), "<c16");
-        assert_eq!(DtypeString::opaque(Dtype::U16).as_str(), "<V2\0torch.uint16");
+        assert_eq!(
+            DtypeString::opaque(Dtype::U16).as_str(),
+            "<V2\0torch.uint16"
+        );
     }
 
     #[test]

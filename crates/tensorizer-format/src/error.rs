@@ -8,7 +8,9 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum FormatError {
     /// The first five bytes are not `|TZR|`.
-    #[error("not a tensorizer file: magic bytes are {found:02x?}, expected 7c 54 5a 52 7c (\"|TZR|\")")]
+    #[error(
+        "not a tensorizer file: magic bytes are {found:02x?}, expected 7c 54 5a 52 7c (\"|TZR|\")"
+    )]
     BadMagic {
         /// The bytes found at offset 0.
         found: Vec<u8>,

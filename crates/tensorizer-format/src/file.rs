@@ -68,14 +68,19 @@ impl<'a> TensorizerFile<'a> {
 /// Parses the header of `entry` from exactly the bytes between its header
 /// and data offsets, and checks it against the entry. Errors carry the
 /// header's absolute offset.
-pub fn parse_header_at(bytes: &[u8], entry: &IndexEntry, has_crypt_info: bool) -> Result<TensorHeader> {
-    let header = TensorHeader::parse(bytes, entry.wide_dims, has_crypt_info).map_err(|e| match e {
-        FormatError::InvalidTensorHeader { reason, .. } => FormatError::InvalidTensorHeader {
-            offset: entry.header_offset,
-            reason: format!("tensor {:?}: {reason}", entry.name.to_string()),
-        },
-        other => other,
-    })?;
+pub fn parse_header_at(
+    bytes: &[u8],
+    entry: &IndexEntry,
+    has_crypt_info: bool,
+) -> Result<TensorHeader> {
+    let header =
+        TensorHeader::parse(bytes, entry.wide_dims, has_crypt_info).map_err(|e| match e {
+            FormatError::InvalidTensorHeader { reason, .. } => FormatError::InvalidTensorHeader {
+                offset: entry.header_offset,
+                reason: format!("tensor {:?}: {reason}", entry.name.to_string()),
+            },
+            other => other,
+        })?;
     header.check_matches(entry)?;
     Ok(header)
 }

@@ -91,7 +91,11 @@ impl FileHeader {
         // file reports truncation rather than a garbage version.
         let version = FormatVersion::new(raw_version)?;
         if flag_bytes[1..].iter().any(|&b| b != 0) || flag_bytes[0] > 3 {
-            let hex: String = flag_bytes.iter().rev().map(|b| format!("{b:02x}")).collect();
+            let hex: String = flag_bytes
+                .iter()
+                .rev()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             let hex = hex.trim_start_matches('0');
             return Err(FormatError::UnsupportedFlags(hex.to_owned()));
         }
@@ -104,7 +108,11 @@ impl FileHeader {
         }
         // Flags mean something only from version 4 on (Python ignores the
         // encrypted bit of older files); keep the value what encode writes.
-        let flags = if version >= FormatVersion::META_TENSOR { flags } else { FeatureFlags::default() };
+        let flags = if version >= FormatVersion::META_TENSOR {
+            flags
+        } else {
+            FeatureFlags::default()
+        };
         Ok(Self {
             version,
             flags,

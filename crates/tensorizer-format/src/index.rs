@@ -261,7 +261,11 @@ impl IndexEntry {
             tensor: self.name.to_string(),
             reason,
         };
-        if self.data_offset < self.header_offset.saturating_add(crate::tensor_header::MIN_HEADER_LEN) {
+        if self.data_offset
+            < self
+                .header_offset
+                .saturating_add(crate::tensor_header::MIN_HEADER_LEN)
+        {
             return Err(bad(format!(
                 "data offset {} leaves no room for a header at {}",
                 self.data_offset, self.header_offset
@@ -272,7 +276,9 @@ impl IndexEntry {
         }
         // Python asserts that stored data has exactly numel * itemsize bytes;
         // 0 is legal for meta and zero-element tensors.
-        if self.data_length != 0 && self.shape.byte_len(self.dtype.dtype().itemsize()) != Some(self.data_length) {
+        if self.data_length != 0
+            && self.shape.byte_len(self.dtype.dtype().itemsize()) != Some(self.data_length)
+        {
             return Err(bad(format!(
                 "data length {} does not match shape {} of {}",
                 self.data_length,
@@ -286,7 +292,13 @@ impl IndexEntry {
     /// Encoded size of this entry.
     pub fn encoded_len(&self, versioned: bool) -> usize {
         let tag = if versioned { 4 } else { 0 };
-        tag + 2 + self.name.as_bytes().len() + 1 + 1 + self.dtype.as_str().len() + self.shape.encoded_len(self.wide_dims) + 24
+        tag + 2
+            + self.name.as_bytes().len()
+            + 1
+            + 1
+            + self.dtype.as_str().len()
+            + self.shape.encoded_len(self.wide_dims)
+            + 24
     }
 
     /// Appends the entry; `versioned` = the file has flag bit 1.
@@ -300,11 +312,13 @@ impl IndexEntry {
         } else if self.wide_dims {
             return Err(unencodable("u64 dimensions need a versioned (v5) index"));
         }
-        let name_len = u16::try_from(self.name.as_bytes().len()).map_err(|_| unencodable("name longer than 65535 bytes"))?;
+        let name_len = u16::try_from(self.name.as_bytes().len())
+            .map_err(|_| unencodable("name longer than 65535 bytes"))?;
         out.extend_from_slice(&name_len.to_le_bytes());
         out.extend_from_slice(self.name.as_bytes());
         out.push(self.tensor_type as u8);
-        let dtype_len = u8::try_from(self.dtype.as_str().len()).map_err(|_| unencodable("dtype string longer than 255 bytes"))?;
+        let dtype_len = u8::try_from(self.dtype.as_str().len())
+            .map_err(|_| unencodable("dtype string longer than 255 bytes"))?;
         out.push(dtype_len);
         out.extend_from_slice(self.dtype.as_str().as_bytes());
         self.shape.encode(out, self.wide_dims, &self.name)?;
@@ -335,11 +349,13 @@ impl Metadata {
         let mut c = Cursor::new(first_bytes, "index length");
         c.take(crate::file_header::FILE_HEADER_LEN)?;
         let index_len = c.u64()?;
-        INDEX_OFFSET.checked_add(index_len).ok_or(FormatError::Truncated {
-            what: "metadata index",
-            needed: u64::MAX,
-            available: first_bytes.len() as u64,
-        })
+        INDEX_OFFSET
+            .checked_add(index_len)
+            .ok_or(FormatError::Truncated {
+                what: "metadata index",
+                needed: u64::MAX,
+                available: first_bytes.len() as u64,
+            })
     }
 
     /// Parses header and index from the start of a file; `prologue` must hold
@@ -377,7 +393,10 @@ impl Metadata {
             if entry.header_offset < end {
                 return Err(FormatError::InvalidOffset {
                     tensor: entry.name.to_string(),
-                    reason: format!("header offset {} lies inside the index (which ends at {end})", entry.header_offset),
+                    reason: format!(
+                        "header offset {} lies inside the index (which ends at {end})",
+                        entry.header_offset
+                    ),
                 });
             }
             entries.push(entry);
@@ -424,7 +443,11 @@ impl Metadata {
         if out.len() > want {
             return Err(FormatError::Unencodable {
                 tensor: String::new(),
-                reason: format!("index entries need {} bytes, index block has {}", out.len() - INDEX_OFFSET as usize, self.index_len),
+                reason: format!(
+                    "index entries need {} bytes, index block has {}",
+                    out.len() - INDEX_OFFSET as usize,
+                    self.index_len
+                ),
             });
         }
         out.resize(want, 0);

@@ -14,11 +14,15 @@ mod path;
 mod plan;
 mod tensor_header;
 
-pub use crypt_info::{CryptChunk, CryptInfo, DEFAULT_CHUNK_SIZE, KeyDerivation, MAC_LEN, NONCE_LEN};
+pub use crypt_info::{
+    CryptChunk, CryptInfo, DEFAULT_CHUNK_SIZE, KeyDerivation, MAC_LEN, NONCE_LEN,
+};
 pub use dtype::{Dtype, DtypeString, OPAQUE_SEPARATOR};
 pub use error::{FormatError, Result};
 pub use file::{Record, TensorizerFile, parse_header_at};
-pub use file_header::{FILE_HEADER_LEN, FeatureFlags, FileHeader, FormatVersion, INDEX_OFFSET, MAGIC};
+pub use file_header::{
+    FILE_HEADER_LEN, FeatureFlags, FileHeader, FormatVersion, INDEX_OFFSET, MAGIC,
+};
 pub use hash::{HashKind, StoredHash, TensorHasher};
 pub use index::{IndexEntry, Metadata, Shape, TensorName, TensorType};
 pub use path::{PathComponent, STRUCTURED_NAME_MARKER, TensorPath, check_paths_distinct};

@@ -103,7 +103,9 @@ impl TensorPath {
             return Ok(Self(vec![PathComponent::Key(text.to_owned())]));
         }
         if bytes.len() < 3 || bytes[1] != b'[' || bytes[bytes.len() - 1] != b']' {
-            return Err(invalid("structured name must be 0x1E followed by a JSON array"));
+            return Err(invalid(
+                "structured name must be 0x1E followed by a JSON array",
+            ));
         }
         if bytes.contains(&b'\n') || bytes.contains(&b'\r') {
             return Err(invalid("structured name contains a line break"));
@@ -305,7 +307,8 @@ impl<'a> JsonArray<'a> {
                         if !(0xDC00..0xE000).contains(&lo) {
                             return Err("invalid low surrogate".into());
                         }
-                        let cp = 0x10000 + ((u32::from(hi) - 0xD800) << 10) + (u32::from(lo) - 0xDC00);
+                        let cp =
+                            0x10000 + ((u32::from(hi) - 0xD800) << 10) + (u32::from(lo) - 0xDC00);
                         char::from_u32(cp).ok_or("invalid code point")?
                     } else {
                         char::from_u32(u32::from(hi)).ok_or("lone low surrogate")?
@@ -334,12 +337,16 @@ pub fn check_paths_distinct<'p>(paths: impl IntoIterator<Item = &'p TensorPath>)
         } else {
             let kinds_differ = matches!(
                 (&a[common], &b[common]),
-                (PathComponent::Index(_), PathComponent::Key(_)) | (PathComponent::Key(_), PathComponent::Index(_))
+                (PathComponent::Index(_), PathComponent::Key(_))
+                    | (PathComponent::Key(_), PathComponent::Index(_))
             );
             kinds_differ.then_some("one level mixes string keys and integer indices")
         };
         if let Some(problem) = problem {
-            return Err(FormatError::ConflictingNames(format!("{} and {}: {problem}", pair[0], pair[1])));
+            return Err(FormatError::ConflictingNames(format!(
+                "{} and {}: {problem}",
+                pair[0], pair[1]
+            )));
         }
     }
     Ok(())
@@ -360,7 +367,10 @@ mod tests {
         let p = path(&["\u{e9}".into(), 0.into()]);
         assert_eq!(p.encode(), b"\x1e[\"\\u00e9\",0]");
         let p = path(&["\u{1F600}\"\\\n\u{1}\u{7f}".into(), 1.into()]);
-        assert_eq!(p.encode(), b"\x1e[\"\\ud83d\\ude00\\\"\\\\\\n\\u0001\x7f\",1]");
+        assert_eq!(
+            p.encode(),
+            b"\x1e[\"\\ud83d\\ude00\\\"\\\\\\n\\u0001\x7f\",1]"
+        );
         assert_eq!(TensorPath::from("a.b").encode(), b"a.b");
         assert_eq!(path(&[3.into()]).encode(), b"\x1e[3]");
     }
@@ -374,7 +384,10 @@ mod tests {
         ] {
             assert_eq!(TensorPath::decode(&p.encode()).unwrap(), p);
         }
-        assert_eq!(TensorPath::decode(b"\x1e[ \"a\" , 1 ]").unwrap(), path(&["a".into(), 1.into()]));
+        assert_eq!(
+            TensorPath::decode(b"\x1e[ \"a\" , 1 ]").unwrap(),
+            path(&["a".into(), 1.into()])
+        );
     }
 
     #[test]

@@ -186,20 +186,22 @@ impl FilePlan {
         } else {
             FeatureFlags::default()
         };
-        let entries_len: u64 = entries.iter().map(|e| e.encoded_len(long_seen) as u64).sum();
+        let entries_len: u64 = entries
+            .iter()
+            .map(|e| e.encoded_len(long_seen) as u64)
+            .sum();
         let index_len = entries_len.max(options.min_index_len);
         let mut offset = INDEX_OFFSET + index_len;
         let mut tensor_size = 0u64;
         for ((e, h), meta) in entries.iter_mut().zip(&headers).zip(metas) {
             e.header_offset = offset;
             e.data_offset = offset + h.encoded_len() as u64;
-            offset = e
-                .data_offset
-                .checked_add(e.data_length)
-                .ok_or_else(|| FormatError::Unencodable {
+            offset = e.data_offset.checked_add(e.data_length).ok_or_else(|| {
+                FormatError::Unencodable {
                     tensor: e.name.to_string(),
                     reason: "file would exceed 2^64 bytes".into(),
-                })?;
+                }
+            })?;
             // Python counts no bytes for meta tensors, even the 0-d one's.
             if !meta {
                 tensor_size += e.data_length;

@@ -57,16 +57,20 @@ impl TensorHeader {
         if header_size != bytes.len() as u64 || header_size < MIN_HEADER_LEN {
             return Err(FormatError::InvalidTensorHeader {
                 offset: 0,
-                reason: format!("header size field says {header_size} bytes, header has {}", bytes.len()),
+                reason: format!(
+                    "header size field says {header_size} bytes, header has {}",
+                    bytes.len()
+                ),
             });
         }
         // data_length lives in the last 8 bytes whatever precedes it.
         let (body, tail) = bytes.split_at(bytes.len() - 8);
         let data_length = i64::from_le_bytes(tail.try_into().expect("8 bytes"));
-        let data_length = u64::try_from(data_length).map_err(|_| FormatError::InvalidTensorHeader {
-            offset: 0,
-            reason: format!("negative data length {data_length}"),
-        })?;
+        let data_length =
+            u64::try_from(data_length).map_err(|_| FormatError::InvalidTensorHeader {
+                offset: 0,
+                reason: format!("negative data length {data_length}"),
+            })?;
         let mut c = Cursor::new(body, "tensor header");
         c.take(8)?;
         let module_idx = c.u16()?;
@@ -80,12 +84,16 @@ impl TensorHeader {
         let hashes = parse_hashes(&mut c, &name)?;
         let crypt_info = if has_crypt_info {
             let len = c.u64()?;
-            let len = usize::try_from(len).ok().filter(|&l| l <= c.remaining()).ok_or_else(|| {
-                FormatError::InvalidCryptInfo {
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&l| l <= c.remaining())
+                .ok_or_else(|| FormatError::InvalidCryptInfo {
                     tensor: name.to_string(),
-                    reason: format!("block claims {len} bytes, header has {} left", c.remaining()),
-                }
-            })?;
+                    reason: format!(
+                        "block claims {len} bytes, header has {} left",
+                        c.remaining()
+                    ),
+                })?;
             Some(CryptInfo::parse(c.take(len)?, &name.to_string())?)
         } else {
             None
@@ -119,14 +127,20 @@ impl TensorHeader {
         out.extend_from_slice(&0u64.to_le_bytes());
         out.extend_from_slice(&self.module_idx.to_le_bytes());
         out.push(self.tensor_type as u8);
-        let name_len = u16::try_from(self.name.as_bytes().len()).map_err(|_| unencodable("name longer than 65535 bytes"))?;
+        let name_len = u16::try_from(self.name.as_bytes().len())
+            .map_err(|_| unencodable("name longer than 65535 bytes"))?;
         out.extend_from_slice(&name_len.to_le_bytes());
         out.extend_from_slice(self.name.as_bytes());
-        let dtype_len = u8::try_from(self.dtype.as_str().len()).map_err(|_| unencodable("dtype string longer than 255 bytes"))?;
+        let dtype_len = u8::try_from(self.dtype.as_str().len())
+            .map_err(|_| unencodable("dtype string longer than 255 bytes"))?;
         out.push(dtype_len);
         out.extend_from_slice(self.dtype.as_str().as_bytes());
         self.shape.encode(&mut out, self.wide_dims, &self.name)?;
-        let section_len: usize = 1 + self.hashes.iter().map(|h| 2 + h.kind().value_len()).sum::<usize>();
+        let section_len: usize = 1 + self
+            .hashes
+            .iter()
+            .map(|h| 2 + h.kind().value_len())
+            .sum::<usize>();
         let section_len = u16::try_from(section_len).map_err(|_| unencodable("too many hashes"))?;
         out.extend_from_slice(&section_len.to_le_bytes());
         out.push(u8::try_from(self.hashes.len()).map_err(|_| unencodable("too many hashes"))?);
@@ -163,7 +177,11 @@ impl TensorHeader {
             + self.dtype.as_str().len()
             + self.shape.encoded_len(self.wide_dims)
             + 3
-            + self.hashes.iter().map(|h| 2 + h.kind().value_len()).sum::<usize>()
+            + self
+                .hashes
+                .iter()
+                .map(|h| 2 + h.kind().value_len())
+                .sum::<usize>()
             + self.crypt_info.as_ref().map_or(0, CryptInfo::encoded_len)
             + self.unparsed.len()
             + 8
@@ -197,7 +215,12 @@ impl TensorHeader {
     /// Recomputes the stored hashes accepted by `check` over this header and
     /// `data` and compares; the first difference is an error.
     pub fn verify(&self, data: &[u8], check: impl Fn(HashKind) -> bool) -> Result<()> {
-        let wanted: Vec<StoredHash> = self.hashes.iter().copied().filter(|h| check(h.kind())).collect();
+        let wanted: Vec<StoredHash> = self
+            .hashes
+            .iter()
+            .copied()
+            .filter(|h| check(h.kind()))
+            .collect();
         if wanted.is_empty() {
             return Ok(());
         }
@@ -206,7 +229,10 @@ impl TensorHeader {
         h.update(data);
         let computed = h.finish();
         for expected in wanted {
-            let actual = computed.iter().find(|c| c.kind() == expected.kind()).copied();
+            let actual = computed
+                .iter()
+                .find(|c| c.kind() == expected.kind())
+                .copied();
             if let Some(actual) = actual.filter(|a| *a != expected) {
                 return Err(FormatError::HashMismatch {
                     tensor: self.name.to_string(),
@@ -277,7 +303,10 @@ fn parse_hashes(c: &mut Cursor<'_>, name: &TensorName) -> Result<Vec<StoredHash>
         hashes.push(h);
     }
     if s.remaining() != 0 {
-        return Err(bad(format!("{} unexpected bytes at the end of the hash section", s.remaining())));
+        return Err(bad(format!(
+            "{} unexpected bytes at the end of the hash section",
+            s.remaining()
+        )));
     }
     Ok(hashes)
 }

@@ -7,7 +7,9 @@ use proptest::prelude::*;
 use tensorizer_format::{FormatError, Metadata, TensorizerFile};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -18,7 +20,12 @@ fn parse_all(bytes: &[u8]) -> Result<usize, FormatError> {
     for record in file.records() {
         let record = record?;
         // Encrypted data can only be checked after decryption (tensorizer-crypto).
-        if !record.header.crypt_info.as_ref().is_some_and(|c| c.is_encrypted()) {
+        if !record
+            .header
+            .crypt_info
+            .as_ref()
+            .is_some_and(|c| c.is_encrypted())
+        {
             record.header.verify(record.data, |_| true)?;
         }
         n += 1;
@@ -28,7 +35,11 @@ fn parse_all(bytes: &[u8]) -> Result<usize, FormatError> {
 
 #[test]
 fn every_truncation_is_an_error() {
-    for name in ["spec/v1_nested.tensors", "tensorizer-2.12.1/long_dims.tensors", "spec/v3_enc_pwhash.tensors"] {
+    for name in [
+        "spec/v1_nested.tensors",
+        "tensorizer-2.12.1/long_dims.tensors",
+        "spec/v3_enc_pwhash.tensors",
+    ] {
         let bytes = fixture(name);
         // The file minus its 8-byte terminator is still complete.
         let complete = bytes.len() - 8;
@@ -57,12 +68,25 @@ fn huge_tensor_count_fails_before_allocating() {
 
 #[test]
 fn fixed_errors_are_named() {
-    let cases: &[(&str, fn(&mut Vec<u8>), &str)] = &[
+    type Mutation = fn(&mut Vec<u8>);
+    let cases: &[(&str, Mutation, &str)] = &[
         ("bad magic", |b| b[3] = b'X', "not a tensorizer file"),
-        ("version", |b| b[5] = 99, "unsupported data-format version 99"),
+        (
+            "version",
+            |b| b[5] = 99,
+            "unsupported data-format version 99",
+        ),
         ("flags", |b| b[9] = 4, "unsupported feature flags"),
-        ("versioned before v5", |b| b[9] = 2, "versioned_headers (2) is set in a version 1 file"),
-        ("tensor type", |b| b[73 + 2 + 1] = 7, "invalid tensor type 7"),
+        (
+            "versioned before v5",
+            |b| b[9] = 2,
+            "versioned_headers (2) is set in a version 1 file",
+        ),
+        (
+            "tensor type",
+            |b| b[73 + 2 + 1] = 7,
+            "invalid tensor type 7",
+        ),
         ("dtype", |b| b[73 + 2 + 1 + 2] = b'x', "invalid dtype"),
     ];
     for (what, mutate, expect) in cases {

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use tensorizer_format::{
-    CryptChunk, CryptInfo, Dtype, DtypeString, FilePlan, KeyDerivation, PathComponent, PlanOptions, RecordSpec,
-    Shape, TERMINATOR, TensorPath, TensorType, TensorizerFile,
+    CryptChunk, CryptInfo, Dtype, DtypeString, FilePlan, KeyDerivation, PathComponent, PlanOptions,
+    RecordSpec, Shape, TERMINATOR, TensorPath, TensorType, TensorizerFile,
 };
 
 /// Writes a whole file from a plan and per-record data.
@@ -24,19 +24,33 @@ fn write(plan: &FilePlan, data: &[Vec<u8>]) -> Vec<u8> {
 fn spec_example_10_1_is_byte_exact() {
     let data: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let plan = FilePlan::new(
-        vec![RecordSpec::new(0, TensorType::Param, TensorPath::from("a"), Dtype::F32, [2, 3])],
+        vec![RecordSpec::new(
+            0,
+            TensorType::Param,
+            TensorPath::from("a"),
+            Dtype::F32,
+            [2, 3],
+        )],
         PlanOptions::default(),
     )
     .unwrap();
     let file = write(&plan, &[data]);
-    let expected = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/spec/v1_plain.tensors")).unwrap();
+    let expected = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/spec/v1_plain.tensors"
+    ))
+    .unwrap();
     assert_eq!(file.len(), 262_327);
     assert_eq!(file, expected);
 }
 
 fn dtype() -> impl Strategy<Value = DtypeString> {
     (proptest::sample::select(Dtype::ALL), any::<bool>()).prop_map(|(d, opaque)| {
-        if opaque { DtypeString::opaque(d) } else { DtypeString::new(d) }
+        if opaque {
+            DtypeString::opaque(d)
+        } else {
+            DtypeString::new(d)
+        }
     })
 }
 
@@ -63,13 +77,34 @@ fn shape() -> impl Strategy<Value = Shape> {
 }
 
 fn crypt_info() -> impl Strategy<Value = CryptInfo> {
-    let kdf = (any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..20)).prop_map(|(o, m, salt)| {
-        CryptChunk::KeyDerivation(KeyDerivation { method: 1, opslimit: o, memlimit: m, alg: 2, salt })
-    });
-    let par = (1u64..100, any::<[u8; 24]>(), proptest::collection::vec(any::<[u8; 16]>(), 0..5))
-        .prop_map(|(k, nonce, macs)| CryptChunk::XSalsa20Parallel { chunk_size: k * 1024, nonce, macs });
-    let seq = (any::<[u8; 24]>(), any::<[u8; 16]>()).prop_map(|(nonce, mac)| CryptChunk::XSalsa20Sequential { nonce, mac });
-    proptest::collection::vec(prop_oneof![kdf, par, seq], 0..3).prop_map(|chunks| CryptInfo { chunks })
+    let kdf = (
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..20),
+    )
+        .prop_map(|(o, m, salt)| {
+            CryptChunk::KeyDerivation(KeyDerivation {
+                method: 1,
+                opslimit: o,
+                memlimit: m,
+                alg: 2,
+                salt,
+            })
+        });
+    let par = (
+        1u64..100,
+        any::<[u8; 24]>(),
+        proptest::collection::vec(any::<[u8; 16]>(), 0..5),
+    )
+        .prop_map(|(k, nonce, macs)| CryptChunk::XSalsa20Parallel {
+            chunk_size: k * 1024,
+            nonce,
+            macs,
+        });
+    let seq = (any::<[u8; 24]>(), any::<[u8; 16]>())
+        .prop_map(|(nonce, mac)| CryptChunk::XSalsa20Sequential { nonce, mac });
+    proptest::collection::vec(prop_oneof![kdf, par, seq], 0..3)
+        .prop_map(|chunks| CryptInfo { chunks })
 }
 
 #[derive(Debug, Clone)]
@@ -83,9 +118,22 @@ struct Rec {
 }
 
 fn record() -> impl Strategy<Value = Rec> {
-    (path(), dtype(), shape(), prop::bool::weighted(0.15), any::<u16>(), 0u8..3).prop_map(|(path, dtype, shape, meta, module_idx, ty)| {
-        Rec { path, dtype, shape, meta, module_idx, ty: TensorType::from_u8(ty).unwrap() }
-    })
+    (
+        path(),
+        dtype(),
+        shape(),
+        prop::bool::weighted(0.15),
+        any::<u16>(),
+        0u8..3,
+    )
+        .prop_map(|(path, dtype, shape, meta, module_idx, ty)| Rec {
+            path,
+            dtype,
+            shape,
+            meta,
+            module_idx,
+            ty: TensorType::from_u8(ty).unwrap(),
+        })
 }
 
 proptest! {

@@ -20,12 +20,18 @@ impl AtomicFile {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
             .tempfile_in(&dir)
-            .map_err(io_error(dest, format!("creating a temporary file in {}", dir.display())))?;
+            .map_err(io_error(
+                dest,
+                format!("creating a temporary file in {}", dir.display()),
+            ))?;
         Ok(Self {
             temp,
             dest: dest.to_path_buf(),
@@ -47,11 +53,18 @@ impl AtomicFile {
     /// Flushes to disk and renames over the destination.
     pub(crate) fn commit(self) -> Result<()> {
         let dest = self.dest;
-        self.temp.as_file().sync_all().map_err(io_error(&dest, "flushing to disk"))?;
-        self.temp.persist(&dest).map_err(|e| io_error(&dest, "renaming into place")(e.error))?;
+        self.temp
+            .as_file()
+            .sync_all()
+            .map_err(io_error(&dest, "flushing to disk"))?;
+        self.temp
+            .persist(&dest)
+            .map_err(|e| io_error(&dest, "renaming into place")(e.error))?;
         if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
             // Make the rename itself durable.
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir, "flushing the directory"))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error(dir, "flushing the directory"))?;
         }
         Ok(())
     }

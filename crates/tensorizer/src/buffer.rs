@@ -72,7 +72,12 @@ impl Drop for AlignedBuffer {
     fn drop(&mut self) {
         if self.len != 0 {
             // SAFETY: allocated in `zeroed` with exactly this layout.
-            unsafe { alloc::dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, ALIGNMENT)) }
+            unsafe {
+                alloc::dealloc(
+                    self.ptr.as_ptr(),
+                    Layout::from_size_align_unchecked(self.len, ALIGNMENT),
+                )
+            }
         }
     }
 }
@@ -85,7 +90,9 @@ impl Clone for AlignedBuffer {
 
 impl std::fmt::Debug for AlignedBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlignedBuffer").field("len", &self.len).finish_non_exhaustive()
+        f.debug_struct("AlignedBuffer")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 

@@ -6,7 +6,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use tensorizer_format::{HashKind, IndexEntry, Metadata, TensorHeader, TensorPath, parse_header_at};
+use tensorizer_format::{
+    HashKind, IndexEntry, Metadata, TensorHeader, TensorPath, parse_header_at,
+};
 
 use crate::buffer::AlignedBuffer;
 use crate::error::{Error, Result, format_error, io_error};
@@ -78,10 +80,14 @@ impl Deserializer {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(io_error(&path, "opening"))?;
-        let file_len = file.metadata().map_err(io_error(&path, "reading file size"))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(io_error(&path, "reading file size"))?
+            .len();
 
         let mut first = vec![0u8; tensorizer_format::INDEX_OFFSET.min(file_len) as usize];
-        file.read_exact_at(&mut first, 0).map_err(io_error(&path, "reading the file header"))?;
+        file.read_exact_at(&mut first, 0)
+            .map_err(io_error(&path, "reading the file header"))?;
         let prologue_len = Metadata::prologue_len(&first).map_err(format_error(&path))?;
         if prologue_len > file_len {
             return Err(Error::Format {
@@ -95,13 +101,21 @@ impl Deserializer {
         }
         // Bounded by the file's size, checked just above.
         let mut prologue = vec![0u8; prologue_len as usize];
-        file.read_exact_at(&mut prologue, 0).map_err(io_error(&path, "reading the index"))?;
+        file.read_exact_at(&mut prologue, 0)
+            .map_err(io_error(&path, "reading the index"))?;
         let metadata = Metadata::parse(&prologue).map_err(format_error(&path))?;
-        metadata.check_file_len(file_len).map_err(format_error(&path))?;
+        metadata
+            .check_file_len(file_len)
+            .map_err(format_error(&path))?;
         if metadata.entries.is_empty() {
             return Err(Error::EmptyIndex { path });
         }
-        let by_path = metadata.entries.iter().enumerate().map(|(i, e)| (e.name.path().clone(), i)).collect();
+        let by_path = metadata
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.path().clone(), i))
+            .collect();
         Ok(Self {
             path,
             file,
@@ -156,15 +170,22 @@ impl Deserializer {
                 path: self.path.clone(),
                 source: tensorizer_format::FormatError::InvalidOffset {
                     tensor: entry.name.to_string(),
-                    reason: format!("header of {} bytes exceeds the {max}-byte limit", entry.header_size()),
+                    reason: format!(
+                        "header of {} bytes exceeds the {max}-byte limit",
+                        entry.header_size()
+                    ),
                 },
             });
         }
         let mut bytes = vec![0u8; entry.header_size() as usize];
         self.file
             .read_exact_at(&mut bytes, entry.header_offset)
-            .map_err(io_error(&self.path, format!("reading the header of tensor {:?}", entry.name.to_string())))?;
-        parse_header_at(&bytes, entry, self.metadata.header.has_crypt_info()).map_err(format_error(&self.path))
+            .map_err(io_error(
+                &self.path,
+                format!("reading the header of tensor {:?}", entry.name.to_string()),
+            ))?;
+        parse_header_at(&bytes, entry, self.metadata.header.has_crypt_info())
+            .map_err(format_error(&self.path))
     }
 
     /// Reads tensor `name`.
@@ -189,18 +210,26 @@ impl Deserializer {
         }
         let meta = entry.is_meta();
         let len = entry.deserialized_length().unwrap_or(u64::MAX);
-        let mut data = usize::try_from(len).ok().and_then(AlignedBuffer::zeroed).ok_or_else(|| Error::Allocation {
-            path: self.path.clone(),
-            tensor: entry.name.to_string(),
-            bytes: len,
-        })?;
+        let mut data = usize::try_from(len)
+            .ok()
+            .and_then(AlignedBuffer::zeroed)
+            .ok_or_else(|| Error::Allocation {
+                path: self.path.clone(),
+                tensor: entry.name.to_string(),
+                bytes: len,
+            })?;
         if !meta {
             self.file
                 .read_exact_at(&mut data, entry.data_offset)
-                .map_err(io_error(&self.path, format!("reading the data of tensor {:?}", entry.name.to_string())))?;
+                .map_err(io_error(
+                    &self.path,
+                    format!("reading the data of tensor {:?}", entry.name.to_string()),
+                ))?;
         }
         let hashed: &[u8] = if meta { &[] } else { &data };
-        header.verify(hashed, |k| self.verify.checks(k)).map_err(format_error(&self.path))?;
+        header
+            .verify(hashed, |k| self.verify.checks(k))
+            .map_err(format_error(&self.path))?;
         Ok(Tensor {
             path: entry.name.path().clone(),
             module_idx: header.module_idx,
@@ -214,8 +243,13 @@ impl Deserializer {
 
     /// Reads, in parallel, every tensor whose index entry passes `filter`;
     /// results come in file order.
-    pub fn read_filtered(&self, filter: impl Fn(&IndexEntry) -> bool + Sync) -> Result<Vec<Tensor>> {
-        let selected: Vec<usize> = (0..self.len()).filter(|&i| filter(&self.metadata.entries[i])).collect();
+    pub fn read_filtered(
+        &self,
+        filter: impl Fn(&IndexEntry) -> bool + Sync,
+    ) -> Result<Vec<Tensor>> {
+        let selected: Vec<usize> = (0..self.len())
+            .filter(|&i| filter(&self.metadata.entries[i]))
+            .collect();
         selected.into_par_iter().map(|i| self.read_at(i)).collect()
     }
 

@@ -101,10 +101,17 @@ pub enum Error {
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) fn io_error(path: &std::path::Path, action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io_error(
+    path: &std::path::Path,
+    action: impl Into<String>,
+) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_path_buf();
     let action = action.into();
-    move |source| Error::Io { path, action, source }
+    move |source| Error::Io {
+        path,
+        action,
+        source,
+    }
 }
 
 pub(crate) fn format_error(path: &std::path::Path) -> impl FnOnce(FormatError) -> Error {

@@ -21,4 +21,6 @@ pub use serializer::{Serializer, WriteSummary};
 pub use tensor::{Tensor, TensorData};
 /// The format layer, for users who need the byte-level types.
 pub use tensorizer_format as format;
-pub use tensorizer_format::{Dtype, DtypeString, IndexEntry, PathComponent, TensorPath, TensorType};
+pub use tensorizer_format::{
+    Dtype, DtypeString, IndexEntry, PathComponent, TensorPath, TensorType,
+};

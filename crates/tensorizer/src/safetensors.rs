@@ -49,7 +49,10 @@ pub fn to_safetensors_dtype(dtype: Dtype) -> Option<StDtype> {
 /// The tensorizer dtype with the same bytes, if there is one (safetensors'
 /// sub-byte F4/F6 types count elements, not bytes, and have none).
 pub fn from_safetensors_dtype(dtype: StDtype) -> Option<Dtype> {
-    Dtype::ALL.iter().copied().find(|&d| to_safetensors_dtype(d) == Some(dtype))
+    Dtype::ALL
+        .iter()
+        .copied()
+        .find(|&d| to_safetensors_dtype(d) == Some(dtype))
 }
 
 /// Converts a safetensors file into a tensorizer file (tensors sorted by name).
@@ -68,14 +71,22 @@ pub fn safetensors_to_tensorizer(input: &Path, output: &Path) -> Result<WriteSum
     for (name, view) in &tensors {
         let dtype = from_safetensors_dtype(view.dtype()).ok_or_else(|| Error::Safetensors {
             path: input.to_path_buf(),
-            message: format!("tensor {name:?}: dtype {:?} has no tensorizer equivalent", view.dtype()),
+            message: format!(
+                "tensor {name:?}: dtype {:?} has no tensorizer equivalent",
+                view.dtype()
+            ),
         })?;
         let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
         let data = TensorData::new(dtype, &shape, view.data()).map_err(|_| Error::Safetensors {
             path: input.to_path_buf(),
             message: format!("tensor {name:?}: data length does not match its shape"),
         })?;
-        s.write_tensor(0, name.as_str(), tensorizer_format::TensorType::StateDict, data)?;
+        s.write_tensor(
+            0,
+            name.as_str(),
+            tensorizer_format::TensorType::StateDict,
+            data,
+        )?;
     }
     s.write_to_file(output)
 }
@@ -125,7 +136,9 @@ pub fn safetensors_name(path: &tensorizer_format::TensorPath) -> String {
 
 /// Converts a tensorizer file (hashes verified) into a safetensors file.
 pub fn tensorizer_to_safetensors(input: &Path, output: &Path) -> Result<SafetensorsSummary> {
-    let tensors = Deserializer::open(input)?.verify(Verify::Crc32).read_all()?;
+    let tensors = Deserializer::open(input)?
+        .verify(Verify::Crc32)
+        .read_all()?;
     let mut names = HashSet::new();
     let mut views = Vec::with_capacity(tensors.len());
     for t in &tensors {
@@ -133,8 +146,9 @@ pub fn tensorizer_to_safetensors(input: &Path, output: &Path) -> Result<Safetens
             path: output.to_path_buf(),
             message: format!("tensor {:?}: {what}", t.name()),
         };
-        let dtype = to_safetensors_dtype(t.dtype())
-            .ok_or_else(|| unsupported(format!("dtype {} has no safetensors equivalent", t.dtype())))?;
+        let dtype = to_safetensors_dtype(t.dtype()).ok_or_else(|| {
+            unsupported(format!("dtype {} has no safetensors equivalent", t.dtype()))
+        })?;
         let shape = t
             .shape()
             .iter()
@@ -143,18 +157,29 @@ pub fn tensorizer_to_safetensors(input: &Path, output: &Path) -> Result<Safetens
             .map_err(|_| unsupported("dimension too large".into()))?;
         let name = safetensors_name(t.path());
         if !names.insert(name.clone()) {
-            return Err(unsupported(format!("two tensors map to the safetensors name {name:?}")));
+            return Err(unsupported(format!(
+                "two tensors map to the safetensors name {name:?}"
+            )));
         }
-        views.push((name, TensorView { dtype, shape, tensor: t }));
+        views.push((
+            name,
+            TensorView {
+                dtype,
+                shape,
+                tensor: t,
+            },
+        ));
     }
     let summary = SafetensorsSummary {
         tensors: views.len(),
         tensor_bytes: tensors.iter().map(|t| t.as_bytes().len() as u64).sum(),
     };
     let out = AtomicFile::create(output)?;
-    safetensors::tensor::serialize_to_file(views, None, out.path()).map_err(|e| Error::Safetensors {
-        path: output.to_path_buf(),
-        message: e.to_string(),
+    safetensors::tensor::serialize_to_file(views, None, out.path()).map_err(|e| {
+        Error::Safetensors {
+            path: output.to_path_buf(),
+            message: e.to_string(),
+        }
     })?;
     out.commit()?;
     Ok(summary)

@@ -70,7 +70,13 @@ impl<'a> Serializer<'a> {
         tensor_type: TensorType,
         tensor: TensorData<'a>,
     ) -> Result<&mut Self> {
-        let mut spec = RecordSpec::new(module_idx, tensor_type, name.into(), tensor.dtype, tensor.shape);
+        let mut spec = RecordSpec::new(
+            module_idx,
+            tensor_type,
+            name.into(),
+            tensor.dtype,
+            tensor.shape,
+        );
         spec.meta = tensor.bytes.is_none();
         // A 0-d meta tensor stores one zero element, as Python writes it.
         let zeros = &ZEROS[..spec.data_length().unwrap_or(0).min(ZEROS.len() as u64) as usize];
@@ -102,7 +108,9 @@ impl<'a> Serializer<'a> {
 
     fn plan(&self, dest: &Path) -> Result<FilePlan> {
         if self.records.is_empty() {
-            return Err(Error::NothingToWrite { path: dest.to_path_buf() });
+            return Err(Error::NothingToWrite {
+                path: dest.to_path_buf(),
+            });
         }
         FilePlan::new(self.records.clone(), PlanOptions::default()).map_err(format_error(dest))
     }
@@ -114,18 +122,23 @@ impl<'a> Serializer<'a> {
         let out = AtomicFile::create(dest)?;
         let file = out.file();
         let tmp = out.path().to_path_buf();
-        file.set_len(plan.file_len()).map_err(io_error(&tmp, "sizing the file"))?;
+        file.set_len(plan.file_len())
+            .map_err(io_error(&tmp, "sizing the file"))?;
         let prologue = plan.metadata.encode().map_err(format_error(dest))?;
-        file.write_all_at(&prologue, 0).map_err(io_error(&tmp, "writing the index"))?;
+        file.write_all_at(&prologue, 0)
+            .map_err(io_error(&tmp, "writing the index"))?;
         (0..self.records.len()).into_par_iter().try_for_each(|i| {
             let entry = &plan.metadata.entries[i];
             let data = self.data[i].unwrap_or_default();
             let header = plan.seal_header(i, data).map_err(format_error(dest))?;
             let what = || format!("writing tensor {:?}", entry.name.to_string());
-            file.write_all_at(&header, entry.header_offset).map_err(io_error(&tmp, what()))?;
-            file.write_all_at(data, entry.data_offset).map_err(io_error(&tmp, what()))
+            file.write_all_at(&header, entry.header_offset)
+                .map_err(io_error(&tmp, what()))?;
+            file.write_all_at(data, entry.data_offset)
+                .map_err(io_error(&tmp, what()))
         })?;
-        file.write_all_at(&TERMINATOR, plan.terminator_offset()).map_err(io_error(&tmp, "writing the terminator"))?;
+        file.write_all_at(&TERMINATOR, plan.terminator_offset())
+            .map_err(io_error(&tmp, "writing the terminator"))?;
         let summary = summary(&plan, out.dest());
         out.commit()?;
         Ok(summary)
@@ -136,7 +149,11 @@ impl<'a> Serializer<'a> {
         let dest = Path::new("<memory>");
         let plan = self.plan(dest)?;
         let mut out = plan.metadata.encode().map_err(format_error(dest))?;
-        out.reserve(usize::try_from(plan.file_len()).unwrap_or(0).saturating_sub(out.len()));
+        out.reserve(
+            usize::try_from(plan.file_len())
+                .unwrap_or(0)
+                .saturating_sub(out.len()),
+        );
         for (i, data) in self.data.iter().enumerate() {
             let data = data.unwrap_or_default();
             out.extend(plan.seal_header(i, data).map_err(format_error(dest))?);

@@ -24,9 +24,13 @@ fn expected_failure(file: &str) -> Option<&'static str> {
     Some(match file {
         "fail_empty_index.tensors" => "index is empty",
         "fail_empty_name.tensors" => "empty tensor name",
-        "corrupt_data_flip.tensors" | "corrupt_crc_flip.tensors" | "corrupt_header_flip.tensors" => "failed CRC32 verification",
+        "corrupt_data_flip.tensors"
+        | "corrupt_crc_flip.tensors"
+        | "corrupt_header_flip.tensors" => "failed CRC32 verification",
         "corrupt_sha_flip.tensors" => "failed SHA256 verification",
-        "corrupt_header_name_flip.tensors" | "corrupt_index_name_flip.tensors" => "disagrees with the index on name",
+        "corrupt_header_name_flip.tensors" | "corrupt_index_name_flip.tensors" => {
+            "disagrees with the index on name"
+        }
         "corrupt_truncated_data.tensors" => "but the file has only",
         "corrupt_truncated_header.tensors" => "truncated file header",
         "corrupt_truncated_index.tensors" => "truncated metadata index",
@@ -50,9 +54,20 @@ fn valid_fixtures_match_their_manifest() {
             let name = f["file"].as_str().unwrap();
             let path = fixtures().join(set).join(name);
             let d = Deserializer::open(&path).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(u64::from(d.metadata().header.version.get()), f["format_version"].as_u64().unwrap(), "{name}");
-            assert_eq!(u64::from(d.metadata().header.flags.bits()), f["feature_flags"].as_u64().unwrap(), "{name}");
-            let loaded = d.verify(Verify::All).read_all().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                u64::from(d.metadata().header.version.get()),
+                f["format_version"].as_u64().unwrap(),
+                "{name}"
+            );
+            assert_eq!(
+                u64::from(d.metadata().header.flags.bits()),
+                f["feature_flags"].as_u64().unwrap(),
+                "{name}"
+            );
+            let loaded = d
+                .verify(Verify::All)
+                .read_all()
+                .unwrap_or_else(|e| panic!("{e}"));
             let expected = f["tensors"].as_array().unwrap();
             assert_eq!(loaded.len(), expected.len(), "{name}");
             let entries = Deserializer::open(&path).unwrap();
@@ -77,10 +92,14 @@ fn broken_fixtures_fail_with_clear_errors() {
     for set in SETS {
         for f in fixtures_of(set) {
             let name = f["file"].as_str().unwrap();
-            let Some(phrase) = expected_failure(name) else { continue };
+            let Some(phrase) = expected_failure(name) else {
+                continue;
+            };
             assert!(f["must_fail"].as_bool().unwrap(), "{name}");
             let path = fixtures().join(set).join(name);
-            let err = Deserializer::open(&path).and_then(|d| d.verify(Verify::All).read_all()).unwrap_err();
+            let err = Deserializer::open(&path)
+                .and_then(|d| d.verify(Verify::All).read_all())
+                .unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains(phrase), "{name}: {msg}");
             assert!(msg.contains(name), "error does not name the file: {msg}");
@@ -97,15 +116,25 @@ fn python_reader_bugs_are_read_correctly() {
     for (set, name) in [
         ("tensorizer-2.12.1", "fail_empty_opaque.tensors"),
         ("tensorizer-2.12.1", "fail_meta_opaque.tensors"),
-        ("tensorizer-2.12.1-extended-dtypes", "fail_empty_float8.tensors"),
+        (
+            "tensorizer-2.12.1-extended-dtypes",
+            "fail_empty_float8.tensors",
+        ),
     ] {
         let d = Deserializer::open(fixtures().join(set).join(name)).unwrap();
-        let tensors = d.verify(Verify::All).read_all().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let tensors = d
+            .verify(Verify::All)
+            .read_all()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let opaque: Vec<_> = tensors.iter().filter(|t| t.dtype().is_opaque()).collect();
         assert!(!opaque.is_empty(), "{name}");
         for t in opaque {
             let numel: u64 = t.shape().iter().product();
-            assert_eq!(t.as_bytes().len() as u64, numel * t.dtype().itemsize() as u64, "{name}");
+            assert_eq!(
+                t.as_bytes().len() as u64,
+                numel * t.dtype().itemsize() as u64,
+                "{name}"
+            );
             assert!(t.as_bytes().iter().all(|&b| b == 0), "{name}");
             assert!(numel == 0 || t.is_meta(), "{name}");
         }
@@ -117,18 +146,28 @@ fn python_reader_bugs_are_read_correctly() {
 #[test]
 fn encrypted_fixtures_list_and_refuse_data_without_key() {
     for set in SETS {
-        for f in fixtures_of(set).iter().filter(|f| is_encrypted(f) && !f["must_fail"].as_bool().unwrap()) {
+        for f in fixtures_of(set)
+            .iter()
+            .filter(|f| is_encrypted(f) && !f["must_fail"].as_bool().unwrap())
+        {
             let name = f["file"].as_str().unwrap();
             let d = Deserializer::open(fixtures().join(set).join(name)).unwrap();
             assert!(d.metadata().header.has_crypt_info(), "{name}");
             for (entry, want) in d.entries().iter().zip(f["tensors"].as_array().unwrap()) {
                 assert_eq!(path_json(entry.name.path()), want["name"], "{name}");
-                assert_eq!(entry.data_offset, want["data_offset"].as_u64().unwrap(), "{name}");
+                assert_eq!(
+                    entry.data_offset,
+                    want["data_offset"].as_u64().unwrap(),
+                    "{name}"
+                );
                 let result = d.read(entry.name.path().clone());
                 if entry.data_length > 0 {
                     assert!(matches!(result, Err(Error::Encrypted { .. })), "{name}");
                 } else {
-                    assert_eq!(sha256_hex(result.unwrap().as_bytes()), want["sha256"].as_str().unwrap());
+                    assert_eq!(
+                        sha256_hex(result.unwrap().as_bytes()),
+                        want["sha256"].as_str().unwrap()
+                    );
                 }
             }
         }
@@ -152,7 +191,13 @@ fn deterministic_fixtures_rewrite_byte_identically() {
             let tensors = Deserializer::open(&path).unwrap().read_all().unwrap();
             let mut s = Serializer::new();
             for t in &tensors {
-                s.write_tensor(t.module_idx(), t.path().clone(), t.tensor_type(), t.as_data()).unwrap();
+                s.write_tensor(
+                    t.module_idx(),
+                    t.path().clone(),
+                    t.tensor_type(),
+                    t.as_data(),
+                )
+                .unwrap();
             }
             let ours = s.to_bytes().unwrap();
             let theirs = std::fs::read(&path).unwrap();
@@ -167,19 +212,41 @@ fn deterministic_fixtures_rewrite_byte_identically() {
 #[test]
 fn spec_fixtures_match_their_manifest() {
     let dir = fixtures().join("spec");
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     for (file, m) in manifest.as_object().unwrap() {
         let bytes = std::fs::read(dir.join(file)).unwrap();
         assert_eq!(sha256_hex(&bytes), m["file_sha256"].as_str().unwrap());
-        let d = Deserializer::open(dir.join(file)).unwrap().verify(Verify::All);
+        let d = Deserializer::open(dir.join(file))
+            .unwrap()
+            .verify(Verify::All);
         let h = &d.metadata().header;
-        assert_eq!(u64::from(h.version.get()), m["version"].as_u64().unwrap(), "{file}");
-        assert_eq!(u64::from(h.flags.bits()), m["flags"].as_u64().unwrap(), "{file}");
+        assert_eq!(
+            u64::from(h.version.get()),
+            m["version"].as_u64().unwrap(),
+            "{file}"
+        );
+        assert_eq!(
+            u64::from(h.flags.bits()),
+            m["flags"].as_u64().unwrap(),
+            "{file}"
+        );
         assert_eq!(h.tensor_size, m["tensor_size"].as_u64().unwrap(), "{file}");
-        for (i, (entry, want)) in d.entries().iter().zip(m["tensors"].as_array().unwrap()).enumerate() {
+        for (i, (entry, want)) in d
+            .entries()
+            .iter()
+            .zip(m["tensors"].as_array().unwrap())
+            .enumerate()
+        {
             let header = d.read_header(i).unwrap();
-            assert_eq!(String::from_utf8_lossy(entry.name.as_bytes()), want["name"].as_str().unwrap());
-            assert_eq!(u64::from(header.module_idx), want["module_idx"].as_u64().unwrap());
+            assert_eq!(
+                String::from_utf8_lossy(entry.name.as_bytes()),
+                want["name"].as_str().unwrap()
+            );
+            assert_eq!(
+                u64::from(header.module_idx),
+                want["module_idx"].as_u64().unwrap()
+            );
             assert_eq!(entry.tensor_type as u64, want["type"].as_u64().unwrap());
             assert_eq!(entry.dtype.as_str(), want["dtype"].as_str().unwrap());
             assert_eq!(serde_json::json!(entry.shape.dims()), want["shape"]);
@@ -191,7 +258,11 @@ fn spec_fixtures_match_their_manifest() {
             } else {
                 let t = d.read_at(i).unwrap();
                 if entry.data_length > 0 {
-                    assert_eq!(sha256_hex(t.as_bytes()), want["plaintext_sha256"].as_str().unwrap(), "{file}");
+                    assert_eq!(
+                        sha256_hex(t.as_bytes()),
+                        want["plaintext_sha256"].as_str().unwrap(),
+                        "{file}"
+                    );
                 }
             }
         }

@@ -25,7 +25,11 @@ fn oracle_python() -> PathBuf {
         )
     });
     let py = PathBuf::from(py);
-    assert!(py.exists(), "TENSORIZER_ORACLE_PYTHON={} does not exist; run scripts/setup_oracle.sh", py.display());
+    assert!(
+        py.exists(),
+        "TENSORIZER_ORACLE_PYTHON={} does not exist; run scripts/setup_oracle.sh",
+        py.display()
+    );
     py
 }
 
@@ -110,7 +114,10 @@ impl Case {
     /// The Python reader fails on zero-element or meta tensors of opaque
     /// dtypes (FORMAT.md §11 a) even though its writer produces them.
     fn python_can_read(&self) -> bool {
-        !self.tensors.iter().any(|t| t.dtype.is_opaque() && (t.meta || t.shape.contains(&0)))
+        !self
+            .tensors
+            .iter()
+            .any(|t| t.dtype.is_opaque() && (t.meta || t.shape.contains(&0)))
     }
 }
 
@@ -119,7 +126,11 @@ fn cases() -> Vec<Case> {
     let mut cases: Vec<Case> = ORACLE_DTYPES
         .iter()
         .map(|&d| {
-            let tensors = shapes.iter().enumerate().map(|(i, s)| sd(format!("{d}.rank{i}"), d, s)).collect();
+            let tensors = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| sd(format!("{d}.rank{i}"), d, s))
+                .collect();
             Case::new(format!("dtype_{d}"), tensors)
         })
         .collect();
@@ -136,24 +147,52 @@ fn cases() -> Vec<Case> {
     ));
     cases.push(Case::new(
         "empty_opaque",
-        vec![sd("bf", Dtype::BF16, &[0, 4]), sd("c32", Dtype::C32, &[3, 0])],
+        vec![
+            sd("bf", Dtype::BF16, &[0, 4]),
+            sd("c32", Dtype::C32, &[3, 0]),
+        ],
     ));
     cases.push(Case::new(
         "unicode_names",
-        ["层.权重", "emoji😀.w", "combining e\u{301}", "tab\tnew\nline", "nul\0byte", "[0]", "quo\"te\\", ".root"]
-            .iter()
-            .map(|n| sd(*n, Dtype::F32, &[2]))
-            .collect(),
+        [
+            "层.权重",
+            "emoji😀.w",
+            "combining e\u{301}",
+            "tab\tnew\nline",
+            "nul\0byte",
+            "[0]",
+            "quo\"te\\",
+            ".root",
+        ]
+        .iter()
+        .map(|n| sd(*n, Dtype::F32, &[2]))
+        .collect(),
     ));
     use PathComponent::{Index as I, Key as K};
     let k = |s: &str| K(s.to_owned());
     cases.push(Case::new(
         "nested",
         vec![
-            sd(structured(vec![k("model"), k("layers"), I(0), k("w")]), Dtype::F32, &[2, 2]),
-            sd(structured(vec![k("model"), k("layers"), I(0), k("b")]), Dtype::BF16, &[2]),
-            sd(structured(vec![k("model"), k("layers"), I(1), k("w")]), Dtype::F32, &[2, 2]),
-            sd(structured(vec![k("model"), k("layers"), I(1), k("b")]), Dtype::BF16, &[2]),
+            sd(
+                structured(vec![k("model"), k("layers"), I(0), k("w")]),
+                Dtype::F32,
+                &[2, 2],
+            ),
+            sd(
+                structured(vec![k("model"), k("layers"), I(0), k("b")]),
+                Dtype::BF16,
+                &[2],
+            ),
+            sd(
+                structured(vec![k("model"), k("layers"), I(1), k("w")]),
+                Dtype::F32,
+                &[2, 2],
+            ),
+            sd(
+                structured(vec![k("model"), k("layers"), I(1), k("b")]),
+                Dtype::BF16,
+                &[2],
+            ),
             sd(structured(vec![k("model"), k("head")]), Dtype::F16, &[3]),
             sd(structured(vec![k("é\u{1F600}"), I(0)]), Dtype::I64, &[1]),
             sd("lm_head", Dtype::F32, &[4]),
@@ -164,7 +203,11 @@ fn cases() -> Vec<Case> {
         (0..1000)
             .map(|i| {
                 let d = ORACLE_DTYPES[i % ORACLE_DTYPES.len()];
-                sd(format!("layers.{i}.w"), d, if i % 7 == 0 { &[] } else { &[2, 1] })
+                sd(
+                    format!("layers.{i}.w"),
+                    d,
+                    if i % 7 == 0 { &[] } else { &[2, 1] },
+                )
             })
             .collect(),
     ));
@@ -191,14 +234,26 @@ fn cases() -> Vec<Case> {
         "meta",
         vec![
             sd("real", Dtype::F32, &[2, 2]),
-            Spec { meta: true, ..sd("ghost", Dtype::F32, &[4, 5]) },
-            Spec { meta: true, ..sd("ghost_i", Dtype::I8, &[3]) },
+            Spec {
+                meta: true,
+                ..sd("ghost", Dtype::F32, &[4, 5])
+            },
+            Spec {
+                meta: true,
+                ..sd("ghost_i", Dtype::I8, &[3])
+            },
             sd("after", Dtype::BF16, &[2]),
         ],
     );
     meta.write_tensor = true;
     cases.push(meta);
-    cases.push(Case::new("meta_opaque", vec![Spec { meta: true, ..sd("m", Dtype::BF16, &[2, 3]) }]));
+    cases.push(Case::new(
+        "meta_opaque",
+        vec![Spec {
+            meta: true,
+            ..sd("m", Dtype::BF16, &[2, 3])
+        }],
+    ));
     cases.push(Case::new(
         "long_dims",
         vec![
@@ -211,13 +266,25 @@ fn cases() -> Vec<Case> {
     ));
     cases.push(Case::new(
         "big",
-        vec![sd("big", Dtype::F32, &[2048, 1024]), sd("small", Dtype::BF16, &[7])],
+        vec![
+            sd("big", Dtype::F32, &[2048, 1024]),
+            sd("small", Dtype::BF16, &[7]),
+        ],
     ));
     // Python writes a 0-d meta tensor with data_length = itemsize over a
     // never-written gap and hashes uninitialised memory (FORMAT.md §11 c), so
     // its output differs run to run. We write the same layout with zeros and
     // hashes of zeros: same length, and Python reads and verifies it.
-    let mut meta_0d = Case::new("meta_0d", vec![Spec { meta: true, ..sd("s", Dtype::F64, &[]) }, sd("x", Dtype::F32, &[1])]);
+    let mut meta_0d = Case::new(
+        "meta_0d",
+        vec![
+            Spec {
+                meta: true,
+                ..sd("s", Dtype::F64, &[])
+            },
+            sd("x", Dtype::F32, &[1]),
+        ],
+    );
     meta_0d.identical = false;
     cases.push(meta_0d);
     let mut rng = Rng(2026);
@@ -229,7 +296,10 @@ fn cases() -> Vec<Case> {
                 let rank = rng.below(5) as usize;
                 let shape: Vec<u64> = (0..rank).map(|_| rng.below(6)).collect();
                 let meta = !d.is_opaque() && rank > 0 && rng.below(8) == 0;
-                Spec { meta, ..sd(format!("r{c}.t{i}"), d, &shape) }
+                Spec {
+                    meta,
+                    ..sd(format!("r{c}.t{i}"), d, &shape)
+                }
             })
             .collect();
         cases.push(Case::new(format!("random_{c}"), tensors));
@@ -266,7 +336,8 @@ fn prepare(dir: &Path, case: &Case, rng: &mut Rng) -> (PathBuf, PathBuf) {
             let n = (t.shape.iter().product::<u64>() * t.dtype.itemsize() as u64) as usize;
             TensorData::new(t.dtype, &t.shape, &raw[off..off + n]).unwrap()
         };
-        s.write_tensor(t.module_idx, t.path.clone(), t.ty, data).unwrap();
+        s.write_tensor(t.module_idx, t.path.clone(), t.ty, data)
+            .unwrap();
         let mut st = json!({
             "name": name_json(&t.path),
             "dtype": t.dtype.torch_name(),
@@ -309,44 +380,87 @@ fn byte_identical_to_python_and_readable_by_it() {
     let jobs_path = dir.path().join("jobs.json");
     std::fs::write(&jobs_path, serde_json::to_vec(&jobs).unwrap()).unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/oracle_batch.py");
-    let out = Command::new(&py).arg(&script).arg(&jobs_path).output().expect("run the oracle");
-    assert!(out.status.success(), "oracle_batch failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(&jobs_path)
+        .output()
+        .expect("run the oracle");
+    assert!(
+        out.status.success(),
+        "oracle_batch failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
 
     let mut identical = 0;
     let mut read_by_python = 0;
     for (i, case) in cases.iter().enumerate() {
         let (write, read) = (&results[2 * i], &results[2 * i + 1]);
-        assert_eq!(write["ok"], true, "{}: Python writer failed: {}", case.name, write["error"]);
+        assert_eq!(
+            write["ok"], true,
+            "{}: Python writer failed: {}",
+            case.name, write["error"]
+        );
         let (ours, theirs) = &files[i];
         let (a, b) = (std::fs::read(ours).unwrap(), std::fs::read(theirs).unwrap());
         if case.identical {
-            assert!(a == b, "{}: our file ({} bytes) differs from Python's ({} bytes)", case.name, a.len(), b.len());
+            assert!(
+                a == b,
+                "{}: our file ({} bytes) differs from Python's ({} bytes)",
+                case.name,
+                a.len(),
+                b.len()
+            );
             identical += 1;
         } else {
             assert_eq!(a.len(), b.len(), "{}: same layout as Python's", case.name);
         }
 
         if !case.python_can_read() {
-            assert_eq!(read["ok"], false, "{}: the Python reader bug seems fixed; update the test", case.name);
+            assert_eq!(
+                read["ok"], false,
+                "{}: the Python reader bug seems fixed; update the test",
+                case.name
+            );
             continue;
         }
-        assert_eq!(read["ok"], true, "{}: Python could not read our file: {}", case.name, read["error"]);
+        assert_eq!(
+            read["ok"], true,
+            "{}: Python could not read our file: {}",
+            case.name, read["error"]
+        );
         let loaded = read["info"]["tensors"].as_array().unwrap();
         assert_eq!(loaded.len(), case.tensors.len(), "{}", case.name);
-        let ours = tensorizer::Deserializer::open(ours).unwrap().read_all().unwrap();
+        let ours = tensorizer::Deserializer::open(ours)
+            .unwrap()
+            .read_all()
+            .unwrap();
         for (py_t, t) in loaded.iter().zip(&ours) {
             assert_eq!(py_t["name"], name_json(t.path()), "{}", case.name);
             assert_eq!(py_t["dtype"], t.dtype().torch_name(), "{}", case.name);
             assert_eq!(py_t["shape"], json!(t.shape()), "{}", case.name);
-            assert_eq!(py_t["sha256"], sha256_hex(t.as_bytes()), "{}: {}", case.name, t.name());
+            assert_eq!(
+                py_t["sha256"],
+                sha256_hex(t.as_bytes()),
+                "{}: {}",
+                case.name,
+                t.name()
+            );
             assert_eq!(py_t["tensor_type"], t.tensor_type().name(), "{}", case.name);
             assert_eq!(py_t["module_idx"], t.module_idx(), "{}", case.name);
         }
         read_by_python += 1;
     }
-    println!("{identical} generated cases byte-identical to Python; {read_by_python} read back by Python");
+    println!(
+        "{identical} generated cases byte-identical to Python; {read_by_python} read back by Python"
+    );
     assert_eq!(identical, cases.len() - 1);
-    assert_eq!(read_by_python, cases.iter().filter(|c| c.python_can_read()).count());
-    assert!(read_by_python >= 30, "too few cases the Python reader can check: {read_by_python}");
+    assert_eq!(
+        read_by_python,
+        cases.iter().filter(|c| c.python_can_read()).count()
+    );
+    assert!(
+        read_by_python >= 30,
+        "too few cases the Python reader can check: {read_by_python}"
+    );
 }

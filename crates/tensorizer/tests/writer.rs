@@ -1,7 +1,10 @@
 //! Writer behaviour beyond what Python can check: a superset of its cases,
 //! refusals with clear errors, and atomic replacement.
 
-use tensorizer::{Deserializer, Dtype, Error, PathComponent, Serializer, TensorData, TensorPath, TensorType, Verify};
+use tensorizer::{
+    Deserializer, Dtype, Error, PathComponent, Serializer, TensorData, TensorPath, TensorType,
+    Verify,
+};
 
 #[test]
 fn more_than_32_dimensions_round_trip() {
@@ -10,9 +13,14 @@ fn more_than_32_dimensions_round_trip() {
     let shape: Vec<u64> = (0..40).map(|i| if i % 13 == 0 { 2 } else { 1 }).collect();
     let data: Vec<f32> = (0..16).map(|i| i as f32).collect();
     let mut s = Serializer::new();
-    s.write_state_dict([("deep", TensorData::from_slice(&shape, &data).unwrap())]).unwrap();
+    s.write_state_dict([("deep", TensorData::from_slice(&shape, &data).unwrap())])
+        .unwrap();
     s.write_to_file(&path).unwrap();
-    let t = Deserializer::open(&path).unwrap().verify(Verify::All).read("deep").unwrap();
+    let t = Deserializer::open(&path)
+        .unwrap()
+        .verify(Verify::All)
+        .read("deep")
+        .unwrap();
     assert_eq!(t.shape(), &shape[..]);
     assert_eq!(t.as_slice::<f32>().unwrap(), &data[..]);
 }
@@ -24,7 +32,10 @@ fn opaque_meta_and_empty_tensors_round_trip() {
     let mut s = Serializer::new();
     s.write_state_dict([
         ("meta_bf16", TensorData::meta(Dtype::BF16, &[3, 4])),
-        ("empty_fp8", TensorData::new(Dtype::F8E4M3FN, &[0, 5], &[]).unwrap()),
+        (
+            "empty_fp8",
+            TensorData::new(Dtype::F8E4M3FN, &[0, 5], &[]).unwrap(),
+        ),
         ("scalar_meta", TensorData::meta(Dtype::C128, &[])),
     ])
     .unwrap();
@@ -51,21 +62,49 @@ fn refuses_what_no_reader_could_load() {
 
     let mut s = Serializer::new();
     s.write_state_dict([("", t())]).unwrap();
-    assert!(s.write_to_file(&path).unwrap_err().to_string().contains("empty tensor name"));
+    assert!(
+        s.write_to_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("empty tensor name")
+    );
 
     let mut s = Serializer::new();
     s.write_state_dict([("a", t()), ("a", t())]).unwrap();
-    assert!(s.write_to_file(&path).unwrap_err().to_string().contains("the same name appears twice"));
+    assert!(
+        s.write_to_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("the same name appears twice")
+    );
 
-    let nested = TensorPath::new(vec![PathComponent::Key("a".into()), PathComponent::Index(0)]).unwrap();
+    let nested = TensorPath::new(vec![
+        PathComponent::Key("a".into()),
+        PathComponent::Index(0),
+    ])
+    .unwrap();
     let mut s = Serializer::new();
-    s.write_state_dict([(TensorPath::from("a"), t()), (nested, t())]).unwrap();
-    assert!(s.write_to_file(&path).unwrap_err().to_string().contains("prefix"));
+    s.write_state_dict([(TensorPath::from("a"), t()), (nested, t())])
+        .unwrap();
+    assert!(
+        s.write_to_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("prefix")
+    );
     assert!(!path.exists(), "nothing may be left behind");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temp files left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no temp files left behind"
+    );
 
     let bad = TensorData::new(Dtype::F32, &[3], &[0u8; 8]).unwrap_err();
-    assert!(bad.to_string().contains("8 bytes do not hold shape [3] of float32"), "{bad}");
+    assert!(
+        bad.to_string()
+            .contains("8 bytes do not hold shape [3] of float32"),
+        "{bad}"
+    );
 }
 
 #[test]
@@ -74,16 +113,31 @@ fn failed_write_leaves_the_previous_file() {
     let path = dir.path().join("model.tensors");
     let one = [1.0f32];
     let mut s = Serializer::new();
-    s.write_tensor(0, "w", TensorType::Param, TensorData::from_slice(&[1], &one).unwrap()).unwrap();
+    s.write_tensor(
+        0,
+        "w",
+        TensorType::Param,
+        TensorData::from_slice(&[1], &one).unwrap(),
+    )
+    .unwrap();
     s.write_to_file(&path).unwrap();
     let before = std::fs::read(&path).unwrap();
 
     // The destination's directory vanishes: the temp file cannot be created.
     let gone = dir.path().join("gone/model.tensors");
     let mut s = Serializer::new();
-    s.write_tensor(0, "w", TensorType::Param, TensorData::from_slice(&[1], &one).unwrap()).unwrap();
+    s.write_tensor(
+        0,
+        "w",
+        TensorType::Param,
+        TensorData::from_slice(&[1], &one).unwrap(),
+    )
+    .unwrap();
     let err = s.write_to_file(&gone).unwrap_err();
-    assert!(err.to_string().contains("creating a temporary file"), "{err}");
+    assert!(
+        err.to_string().contains("creating a temporary file"),
+        "{err}"
+    );
 
     // The rename fails (a directory is in the way): the directory stays, and
     // the neighbour file is untouched.
@@ -91,7 +145,13 @@ fn failed_write_leaves_the_previous_file() {
     std::fs::create_dir(&blocked).unwrap();
     std::fs::write(blocked.join("keep"), b"x").unwrap();
     let mut s = Serializer::new();
-    s.write_tensor(0, "w", TensorType::Param, TensorData::from_slice(&[1], &one).unwrap()).unwrap();
+    s.write_tensor(
+        0,
+        "w",
+        TensorType::Param,
+        TensorData::from_slice(&[1], &one).unwrap(),
+    )
+    .unwrap();
     let err = s.write_to_file(&blocked).unwrap_err();
     assert!(err.to_string().contains("renaming into place"), "{err}");
     assert!(blocked.join("keep").exists());
@@ -103,7 +163,8 @@ fn hostile_meta_size_is_an_error_not_an_abort() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("huge.tensors");
     let mut s = Serializer::new();
-    s.write_state_dict([("huge", TensorData::meta(Dtype::F64, &[1 << 40, 1 << 30]))]).unwrap();
+    s.write_state_dict([("huge", TensorData::meta(Dtype::F64, &[1 << 40, 1 << 30]))])
+        .unwrap();
     s.write_to_file(&path).unwrap();
     let err = Deserializer::open(&path).unwrap().read("huge").unwrap_err();
     assert!(matches!(err, Error::Allocation { .. }), "{err}");
@@ -114,14 +175,23 @@ fn hostile_meta_size_is_an_error_not_an_abort() {
 fn typed_views_and_lookup() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.tensors");
-    let bf: Vec<half::bf16> = [1.5f32, -2.0].iter().map(|&x| half::bf16::from_f32(x)).collect();
+    let bf: Vec<half::bf16> = [1.5f32, -2.0]
+        .iter()
+        .map(|&x| half::bf16::from_f32(x))
+        .collect();
     let mut s = Serializer::new();
-    s.write_state_dict([("bf", TensorData::from_slice(&[2], &bf).unwrap())]).unwrap();
+    s.write_state_dict([("bf", TensorData::from_slice(&[2], &bf).unwrap())])
+        .unwrap();
     s.write_to_file(&path).unwrap();
     let d = Deserializer::open(&path).unwrap();
     let t = d.read("bf").unwrap();
     assert_eq!(t.as_slice::<half::bf16>().unwrap(), &bf[..]);
-    assert!(t.as_slice::<f32>().unwrap_err().to_string().contains("holds bfloat16, not float32"));
+    assert!(
+        t.as_slice::<f32>()
+            .unwrap_err()
+            .to_string()
+            .contains("holds bfloat16, not float32")
+    );
     assert_eq!(t.as_bytes().as_ptr() as usize % tensorizer::ALIGNMENT, 0);
     assert!(matches!(d.read("nope"), Err(Error::NotFound { .. })));
     let filtered = d.read_filtered(|e| e.dtype.dtype() == Dtype::F32).unwrap();
