@@ -51,15 +51,32 @@ fn walk(backend: Backend, state: &[u32; 16], data: &mut [u8], when: MacWhen) -> 
         let (blocks, _) = Block::slice_as_chunks(piece);
         mac.update(blocks);
     };
-    if when == MacWhen::BeforeXor && !head_is_last {
+    if head_is_last {
+        // Fewer than 33 bytes: the whole message is this head.
+        let xor_head = |head: &mut [u8]| head.iter_mut().zip(&block0[32..]).for_each(|(d, k)| *d ^= k);
+        let tag = match when {
+            MacWhen::BeforeXor => {
+                let tag = mac.compute_unpadded(head);
+                xor_head(head);
+                tag
+            }
+            MacWhen::AfterXor => {
+                xor_head(head);
+                mac.compute_unpadded(head)
+            }
+            MacWhen::Never => {
+                xor_head(head);
+                mac.compute_unpadded(&[])
+            }
+        };
+        return tag.into();
+    }
+    if when == MacWhen::BeforeXor {
         feed(&mut mac, head);
     }
     head.iter_mut().zip(&block0[32..]).for_each(|(d, k)| *d ^= k);
-    if when == MacWhen::AfterXor && !head_is_last {
+    if when == MacWhen::AfterXor {
         feed(&mut mac, head);
-    }
-    if head_is_last {
-        return mac.compute_unpadded(head).into();
     }
     let pieces = rest.len().div_ceil(PIECE);
     for (i, piece) in rest.chunks_mut(PIECE).enumerate() {
