@@ -9,7 +9,7 @@ Usage (with the oracle python from setup_oracle.sh):
 
 JOBS.json is a list of
     {"op": "write", "spec": "case.json", "out": "python.tensors"}
-    {"op": "read", "file": "ours.tensors", "key_hex": null}
+    {"op": "read", "file": "ours.tensors", "key_hex": null, "passphrase": null}
 Prints one JSON list on stdout, one result per job, in order:
     write -> {"ok": true, "summary": {...}} | {"ok": false, "error": "..."}
     read  -> {"ok": true, "info": {...}}    | {"ok": false, "error": "..."}
@@ -33,7 +33,8 @@ def run(job):
             return {"ok": True, "summary": oracle_write.write_from_spec(spec, job["out"], base)}
         if job["op"] == "read":
             key = bytes.fromhex(job["key_hex"]) if job.get("key_hex") else None
-            return {"ok": True, "info": oracle_read.read_tensorizer_file(job["file"], key=key)}
+            pw = job["passphrase"].encode("utf-8") if job.get("passphrase") else None
+            return {"ok": True, "info": oracle_read.read_tensorizer_file(job["file"], key=key, passphrase=pw)}
         return {"ok": False, "error": f"unknown op {job['op']!r}"}
     except Exception as e:  # the real library refused: report, keep going
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}

@@ -20,6 +20,9 @@ fn main() {
         let t = Instant::now();
         assert!(open(backend, &key, &nonce, &mut data, &mac));
         let dec = mib / t.elapsed().as_secs_f64();
-        println!("{:<8} keystream {ks:7.0} MiB/s  seal {enc:7.0} MiB/s  open {dec:7.0} MiB/s", backend.name());
+        println!(
+            "{:<8} keystream {ks:7.0} MiB/s  seal {enc:7.0} MiB/s  open {dec:7.0} MiB/s",
+            backend.name()
+        );
     }
 }

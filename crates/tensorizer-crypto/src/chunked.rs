@@ -11,7 +11,13 @@ use crate::secretbox::{self, Mac};
 
 /// Encrypts `data` in place as chunks of `chunk_size` bytes (the last may be
 /// shorter), in parallel; returns one MAC per chunk (none for empty data).
-pub fn seal_chunks(backend: Backend, key: &EncryptionKey, nonce: &Nonce, chunk_size: usize, data: &mut [u8]) -> Vec<Mac> {
+pub fn seal_chunks(
+    backend: Backend,
+    key: &EncryptionKey,
+    nonce: &Nonce,
+    chunk_size: usize,
+    data: &mut [u8],
+) -> Vec<Mac> {
     assert!(chunk_size > 0, "chunk size must be positive");
     data.par_chunks_mut(chunk_size)
         .enumerate()
@@ -53,7 +59,9 @@ pub fn open_chunks(
     let failed: Vec<usize> = data
         .par_chunks_mut(chunk_size)
         .enumerate()
-        .filter_map(|(i, chunk)| (!secretbox::open(backend, key, &nonce.add(i as u64), chunk, &macs[i])).then_some(i))
+        .filter_map(|(i, chunk)| {
+            (!secretbox::open(backend, key, &nonce.add(i as u64), chunk, &macs[i])).then_some(i)
+        })
         .collect();
     if failed.is_empty() {
         return Ok(());
@@ -69,7 +77,10 @@ pub fn open_chunks(
             second: b as u64,
             chunks,
         },
-        Diagnosis::Tampered(i) => CryptoError::ChunkTampered { chunk: i as u64, chunks },
+        Diagnosis::Tampered(i) => CryptoError::ChunkTampered {
+            chunk: i as u64,
+            chunks,
+        },
     })
 }
 
@@ -82,7 +93,14 @@ enum Diagnosis {
 /// Failed chunks still hold their ciphertext: tell a wrong key (nothing
 /// authenticates) from swapped chunks (they authenticate at each other's
 /// positions) from modified ones.
-fn diagnose(key: &EncryptionKey, nonce: &Nonce, chunk_size: usize, data: &[u8], macs: &[Mac], failed: &[usize]) -> Diagnosis {
+fn diagnose(
+    key: &EncryptionKey,
+    nonce: &Nonce,
+    chunk_size: usize,
+    data: &[u8],
+    macs: &[Mac],
+    failed: &[usize],
+) -> Diagnosis {
     if failed.len() == macs.len() {
         return Diagnosis::WrongKey;
     }

@@ -23,7 +23,9 @@ pub enum CryptoError {
     #[error("the passphrase is empty")]
     EmptyPassphrase,
     /// Stored MACs do not fit the data length.
-    #[error("{len} bytes in chunks of {chunk_size} need {expected} MACs, but {found} are stored (truncated or extended data)")]
+    #[error(
+        "{len} bytes in chunks of {chunk_size} need {expected} MACs, but {found} are stored (truncated or extended data)"
+    )]
     ChunkCount {
         /// Data length.
         len: u64,
@@ -36,7 +38,9 @@ pub enum CryptoError {
     },
     /// Some chunks authenticate and this one does not: it, its MAC or its
     /// position was modified.
-    #[error("chunk {chunk} of {chunks} failed authentication (the other chunks pass): its data or MAC was modified")]
+    #[error(
+        "chunk {chunk} of {chunks} failed authentication (the other chunks pass): its data or MAC was modified"
+    )]
     ChunkTampered {
         /// Index of the first failing chunk.
         chunk: u64,
@@ -44,7 +48,9 @@ pub enum CryptoError {
         chunks: u64,
     },
     /// Two chunks authenticate only at each other's positions.
-    #[error("chunks {first} and {second} of {chunks} are swapped (each authenticates only at the other's position)")]
+    #[error(
+        "chunks {first} and {second} of {chunks} are swapped (each authenticates only at the other's position)"
+    )]
     ChunksSwapped {
         /// One of the two.
         first: u64,
@@ -54,7 +60,9 @@ pub enum CryptoError {
         chunks: u64,
     },
     /// Not one chunk authenticates.
-    #[error("none of the {chunks} chunks authenticates: wrong key or passphrase, or a modified nonce, key-derivation record or data")]
+    #[error(
+        "none of the {chunks} chunks authenticates: wrong key or passphrase, or a modified nonce, key-derivation record or data"
+    )]
     WrongKey {
         /// Number of chunks.
         chunks: u64,

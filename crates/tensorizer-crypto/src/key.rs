@@ -29,7 +29,9 @@ impl EncryptionKey {
 
     /// A key from a slice, which must be 32 bytes long.
     pub fn from_slice(bytes: &[u8]) -> Result<Self> {
-        let bytes: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::KeyLength(bytes.len()))?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| CryptoError::KeyLength(bytes.len()))?;
         Ok(Self { bytes })
     }
 
@@ -43,8 +45,10 @@ impl EncryptionKey {
         if text.len() == 64 && text.iter().all(u8::is_ascii_hexdigit) {
             let mut bytes = [0u8; 32];
             for (b, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
-                let hex = std::str::from_utf8(pair).map_err(|_| CryptoError::KeyFile(contents.len()))?;
-                *b = u8::from_str_radix(hex, 16).map_err(|_| CryptoError::KeyFile(contents.len()))?;
+                let hex =
+                    std::str::from_utf8(pair).map_err(|_| CryptoError::KeyFile(contents.len()))?;
+                *b = u8::from_str_radix(hex, 16)
+                    .map_err(|_| CryptoError::KeyFile(contents.len()))?;
             }
             return Ok(Self { bytes });
         }
@@ -59,9 +63,18 @@ impl EncryptionKey {
             return Err(CryptoError::EmptyPassphrase);
         }
         params.check()?;
-        let argon_params = argon2::Params::new((params.memlimit / 1024) as u32, params.opslimit as u32, 1, Some(32))
-            .map_err(|e| CryptoError::InvalidKdf(e.to_string()))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
+        let argon_params = argon2::Params::new(
+            (params.memlimit / 1024) as u32,
+            params.opslimit as u32,
+            1,
+            Some(32),
+        )
+        .map_err(|e| CryptoError::InvalidKdf(e.to_string()))?;
+        let argon = argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon_params,
+        );
         let mut bytes = [0u8; 32];
         argon
             .hash_password_into(passphrase, &params.salt, &mut bytes)
@@ -136,27 +149,38 @@ impl KdfParams {
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).map_err(|e| CryptoError::Rng(e.to_string()))?;
         let (opslimit, memlimit) = strength.limits();
-        Ok(Self { opslimit, memlimit, salt })
+        Ok(Self {
+            opslimit,
+            memlimit,
+            salt,
+        })
     }
 
     /// Explicit values (checked against libsodium's ranges).
     pub fn with_salt(opslimit: u64, memlimit: u64, salt: [u8; 16]) -> Result<Self> {
-        let p = Self { opslimit, memlimit, salt };
+        let p = Self {
+            opslimit,
+            memlimit,
+            salt,
+        };
         p.check()?;
         Ok(p)
     }
 
     /// Parameters read from a file, where the salt length is stored too.
     pub fn from_stored(opslimit: u64, memlimit: u64, salt: &[u8]) -> Result<Self> {
-        let salt: [u8; 16] = salt
-            .try_into()
-            .map_err(|_| CryptoError::InvalidKdf(format!("salt has {} bytes, libsodium uses 16", salt.len())))?;
+        let salt: [u8; 16] = salt.try_into().map_err(|_| {
+            CryptoError::InvalidKdf(format!("salt has {} bytes, libsodium uses 16", salt.len()))
+        })?;
         Self::with_salt(opslimit, memlimit, salt)
     }
 
     fn check(&self) -> Result<()> {
         if !(1..=MAX_OPSLIMIT).contains(&self.opslimit) {
-            return Err(CryptoError::InvalidKdf(format!("opslimit {} outside 1..={MAX_OPSLIMIT}", self.opslimit)));
+            return Err(CryptoError::InvalidKdf(format!(
+                "opslimit {} outside 1..={MAX_OPSLIMIT}",
+                self.opslimit
+            )));
         }
         if !(8192..=MAX_MEMLIMIT).contains(&self.memlimit) {
             return Err(CryptoError::InvalidKdf(format!(

@@ -31,7 +31,13 @@ pub fn hsalsa20(key: &[u8; 32], input: &[u8; 16]) -> [u8; 32] {
 /// XORs `data` with the raw Salsa20 keystream of `key` (32 bytes) and an
 /// 8-byte nonce, from block `counter` on (for tests and benchmarks of the
 /// backends; tensor data goes through [`seal`] and [`open`]).
-pub fn salsa20_xor(backend: Backend, key: &[u8; 32], nonce: &[u8; 8], counter: u64, data: &mut [u8]) {
+pub fn salsa20_xor(
+    backend: Backend,
+    key: &[u8; 32],
+    nonce: &[u8; 8],
+    counter: u64,
+    data: &mut [u8],
+) {
     let state = salsa::initial_state(&salsa::words::<8>(key), nonce);
     salsa::xor_keystream(backend, &state, counter, data);
 }

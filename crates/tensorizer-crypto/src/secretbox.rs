@@ -53,7 +53,11 @@ fn walk(backend: Backend, state: &[u32; 16], data: &mut [u8], when: MacWhen) -> 
     };
     if head_is_last {
         // Fewer than 33 bytes: the whole message is this head.
-        let xor_head = |head: &mut [u8]| head.iter_mut().zip(&block0[32..]).for_each(|(d, k)| *d ^= k);
+        let xor_head = |head: &mut [u8]| {
+            head.iter_mut()
+                .zip(&block0[32..])
+                .for_each(|(d, k)| *d ^= k)
+        };
         let tag = match when {
             MacWhen::BeforeXor => {
                 let tag = mac.compute_unpadded(head);
@@ -74,7 +78,9 @@ fn walk(backend: Backend, state: &[u32; 16], data: &mut [u8], when: MacWhen) -> 
     if when == MacWhen::BeforeXor {
         feed(&mut mac, head);
     }
-    head.iter_mut().zip(&block0[32..]).for_each(|(d, k)| *d ^= k);
+    head.iter_mut()
+        .zip(&block0[32..])
+        .for_each(|(d, k)| *d ^= k);
     if when == MacWhen::AfterXor {
         feed(&mut mac, head);
     }
@@ -116,7 +122,13 @@ pub fn seal(backend: Backend, key: &EncryptionKey, nonce: &Nonce, data: &mut [u8
 /// (`crypto_secretbox_open_detached`), in one fused pass. On failure `data`
 /// holds the ciphertext again and `false` is returned.
 #[must_use]
-pub fn open(backend: Backend, key: &EncryptionKey, nonce: &Nonce, data: &mut [u8], mac: &Mac) -> bool {
+pub fn open(
+    backend: Backend,
+    key: &EncryptionKey,
+    nonce: &Nonce,
+    data: &mut [u8],
+    mac: &Mac,
+) -> bool {
     let state = box_state(key, nonce);
     let tag = walk(backend, &state, data, MacWhen::BeforeXor);
     if bool::from(tag.ct_eq(mac)) {
@@ -129,7 +141,13 @@ pub fn open(backend: Backend, key: &EncryptionKey, nonce: &Nonce, data: &mut [u8
 /// Like [`open`], but checks the MAC in a first pass and decrypts in a
 /// second, so no byte is ever XORed before authentication.
 #[must_use]
-pub fn open_verify_first(backend: Backend, key: &EncryptionKey, nonce: &Nonce, data: &mut [u8], mac: &Mac) -> bool {
+pub fn open_verify_first(
+    backend: Backend,
+    key: &EncryptionKey,
+    nonce: &Nonce,
+    data: &mut [u8],
+    mac: &Mac,
+) -> bool {
     if !authenticates(key, nonce, data, mac) {
         return false;
     }

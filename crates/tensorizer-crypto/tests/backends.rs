@@ -3,7 +3,9 @@
 //! lengths (including counter carries across 2^32 blocks).
 
 use proptest::prelude::*;
-use tensorizer_crypto::{Backend, EncryptionKey, Nonce, authenticates, open, open_verify_first, salsa20_xor, seal};
+use tensorizer_crypto::{
+    Backend, EncryptionKey, Nonce, authenticates, open, open_verify_first, salsa20_xor, seal,
+};
 use xsalsa20poly1305::aead::{AeadInPlace, KeyInit};
 
 proptest! {

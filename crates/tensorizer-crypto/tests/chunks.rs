@@ -50,19 +50,39 @@ fn modified_chunk_or_mac_is_named() {
     let mut flipped = data.clone();
     flipped[2 * CHUNK + 100] ^= 1;
     let err = open_chunks(Backend::detect(), &key, &nonce, CHUNK, &mut flipped, &macs).unwrap_err();
-    assert_eq!(err, CryptoError::ChunkTampered { chunk: 2, chunks: 4 });
+    assert_eq!(
+        err,
+        CryptoError::ChunkTampered {
+            chunk: 2,
+            chunks: 4
+        }
+    );
     no_plaintext(&flipped, &plain);
 
     let mut bad_macs = macs.clone();
     bad_macs[3][5] ^= 0x80;
     let mut d = data.clone();
     let err = open_chunks(Backend::detect(), &key, &nonce, CHUNK, &mut d, &bad_macs).unwrap_err();
-    assert_eq!(err, CryptoError::ChunkTampered { chunk: 3, chunks: 4 });
+    assert_eq!(
+        err,
+        CryptoError::ChunkTampered {
+            chunk: 3,
+            chunks: 4
+        }
+    );
     no_plaintext(&d, &plain);
 
     // A modified nonce: no chunk authenticates.
     let mut d = data.clone();
-    let err = open_chunks(Backend::detect(), &key, &nonce.add(1 << 40), CHUNK, &mut d, &macs).unwrap_err();
+    let err = open_chunks(
+        Backend::detect(),
+        &key,
+        &nonce.add(1 << 40),
+        CHUNK,
+        &mut d,
+        &macs,
+    )
+    .unwrap_err();
     assert!(matches!(err, CryptoError::WrongKey { .. }));
 }
 
@@ -75,7 +95,14 @@ fn swapped_chunks_are_named() {
     let mut macs2 = macs.clone();
     macs2.swap(1, 3);
     let err = open_chunks(Backend::detect(), &key, &nonce, CHUNK, &mut swapped, &macs).unwrap_err();
-    assert_eq!(err, CryptoError::ChunksSwapped { first: 1, second: 3, chunks: 4 });
+    assert_eq!(
+        err,
+        CryptoError::ChunksSwapped {
+            first: 1,
+            second: 3,
+            chunks: 4
+        }
+    );
     no_plaintext(&swapped, &plain);
     // Swapping data and MACs together still fails: positions are bound by the nonce.
     let mut both = data.clone();
@@ -90,9 +117,25 @@ fn truncated_chunk_is_named() {
     // The last chunk lost 100 bytes: its MAC fails.
     let mut short = data[..data.len() - 100].to_vec();
     let err = open_chunks(Backend::detect(), &key, &nonce, CHUNK, &mut short, &macs).unwrap_err();
-    assert_eq!(err, CryptoError::ChunkTampered { chunk: 3, chunks: 4 });
+    assert_eq!(
+        err,
+        CryptoError::ChunkTampered {
+            chunk: 3,
+            chunks: 4
+        }
+    );
     // A whole chunk lost: the MAC count no longer fits.
     let mut shorter = data[..3 * CHUNK - 1].to_vec();
     let err = open_chunks(Backend::detect(), &key, &nonce, CHUNK, &mut shorter, &macs).unwrap_err();
-    assert!(matches!(err, CryptoError::ChunkCount { expected: 3, found: 4, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CryptoError::ChunkCount {
+                expected: 3,
+                found: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

@@ -241,8 +241,29 @@ impl FilePlan {
     /// planned length is unchanged). Takes `&self` so tensors can be sealed in
     /// parallel.
     pub fn seal_header(&self, i: usize, plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.seal_header_with(i, plaintext, None)
+    }
+
+    /// Like [`FilePlan::seal_header`], with the final crypt info (the MACs
+    /// known after encryption) in place of the planned one. The hashes do not
+    /// cover the crypt info, so it may change; its length may not.
+    pub fn seal_header_with(
+        &self,
+        i: usize,
+        plaintext: &[u8],
+        crypt_info: Option<CryptInfo>,
+    ) -> Result<Vec<u8>> {
         let mut header = self.headers[i].clone();
         header.hashes = header.compute_hashes(plaintext)?;
+        if let Some(ci) = crypt_info {
+            if header.crypt_info.as_ref().map(CryptInfo::encoded_len) != Some(ci.encoded_len()) {
+                return Err(FormatError::Unencodable {
+                    tensor: header.name.to_string(),
+                    reason: "final crypt info differs in size from the planned one".into(),
+                });
+            }
+            header.crypt_info = Some(ci);
+        }
         header.encode()
     }
 }

@@ -73,6 +73,8 @@ pub struct Deserializer {
     metadata: Metadata,
     by_path: HashMap<TensorPath, usize>,
     verify: Verify,
+    #[cfg(feature = "encryption")]
+    decryptor: Option<crate::encryption::Decryptor>,
 }
 
 impl Deserializer {
@@ -122,7 +124,25 @@ impl Deserializer {
             metadata,
             by_path,
             verify: Verify::default(),
+            #[cfg(feature = "encryption")]
+            decryptor: None,
         })
+    }
+
+    /// Decrypts with `decryption` (a key, or a passphrase whose key is
+    /// derived from each tensor's stored parameters). An error if the file is
+    /// not encrypted, as in the Python library.
+    #[cfg(feature = "encryption")]
+    pub fn decryption(mut self, decryption: crate::encryption::Decryption) -> Result<Self> {
+        let header = &self.metadata.header;
+        if !header.has_crypt_info() {
+            return Err(Error::NotEncrypted {
+                path: self.path,
+                version: header.version.get(),
+            });
+        }
+        self.decryptor = Some(crate::encryption::Decryptor::new(decryption));
+        Ok(self)
     }
 
     /// Sets which hashes to check (default [`Verify::Crc32`]).
@@ -202,7 +222,8 @@ impl Deserializer {
     pub fn read_at(&self, i: usize) -> Result<Tensor> {
         let entry = &self.metadata.entries[i];
         let header = self.read_header(i)?;
-        if header.crypt_info.as_ref().is_some_and(|c| c.is_encrypted()) {
+        let encrypted = header.crypt_info.as_ref().is_some_and(|c| c.is_encrypted());
+        if encrypted && !self.can_decrypt() {
             return Err(Error::Encrypted {
                 path: self.path.clone(),
                 tensor: entry.name.to_string(),
@@ -226,6 +247,16 @@ impl Deserializer {
                     format!("reading the data of tensor {:?}", entry.name.to_string()),
                 ))?;
         }
+        if let Some(info) = header.crypt_info.as_ref().filter(|_| encrypted) {
+            self.decrypt(entry, info, &mut data)?;
+        } else if header.crypt_info.is_some() && entry.data_length > 0 && self.can_decrypt() {
+            // Python refuses plaintext data inside a file read with a key.
+            return Err(Error::Decryption {
+                path: self.path.clone(),
+                tensor: entry.name.to_string(),
+                reason: "the tensor holds data but no cipher chunk (stored unencrypted in an encrypted file)".into(),
+            });
+        }
         let hashed: &[u8] = if meta { &[] } else { &data };
         header
             .verify(hashed, |k| self.verify.checks(k))
@@ -238,6 +269,54 @@ impl Deserializer {
             shape: header.shape,
             meta,
             data,
+        })
+    }
+
+    fn can_decrypt(&self) -> bool {
+        #[cfg(feature = "encryption")]
+        return self.decryptor.is_some();
+        #[cfg(not(feature = "encryption"))]
+        return false;
+    }
+
+    #[cfg(feature = "encryption")]
+    fn decrypt(
+        &self,
+        entry: &IndexEntry,
+        info: &tensorizer_format::CryptInfo,
+        data: &mut [u8],
+    ) -> Result<()> {
+        use crate::encryption::DecryptFailure;
+        let decryptor = self.decryptor.as_ref().expect("checked by can_decrypt");
+        decryptor.open(info, data).map_err(|failure| {
+            let reason = match failure {
+                DecryptFailure::Layout(why) => why,
+                DecryptFailure::NoKdfRecord => {
+                    "a passphrase was given, but the tensor stores no key-derivation record (it was encrypted with a raw key)".into()
+                }
+                DecryptFailure::Crypto(e @ tensorizer_crypto::CryptoError::WrongKey { .. }) if decryptor.uses_passphrase() => {
+                    format!("{e} (check the passphrase)")
+                }
+                DecryptFailure::Crypto(e) => e.to_string(),
+            };
+            Error::Decryption {
+                path: self.path.clone(),
+                tensor: entry.name.to_string(),
+                reason,
+            }
+        })
+    }
+
+    #[cfg(not(feature = "encryption"))]
+    fn decrypt(
+        &self,
+        entry: &IndexEntry,
+        _: &tensorizer_format::CryptInfo,
+        _: &mut [u8],
+    ) -> Result<()> {
+        Err(Error::Encrypted {
+            path: self.path.clone(),
+            tensor: entry.name.to_string(),
         })
     }
 

@@ -52,6 +52,32 @@ pub enum Error {
         /// The tensor.
         tensor: String,
     },
+    /// A tensor's data could not be decrypted (wrong key, modified data, ...).
+    #[error("{}: tensor {tensor:?}: decryption failed: {reason}", path.display())]
+    Decryption {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// What the crypto layer found, naming the chunk.
+        reason: String,
+    },
+    /// A key was given for a file that is not encrypted.
+    #[error("{}: decryption was requested, but the file is not encrypted (data version {version})", path.display())]
+    NotEncrypted {
+        /// The file.
+        path: PathBuf,
+        /// Its data-format version.
+        version: u32,
+    },
+    /// Encryption could not be set up (no randomness, too few given nonces, bad parameters).
+    #[error("{}: cannot encrypt: {message}", path.display())]
+    Encryption {
+        /// The destination.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A tensor too large for this machine's memory (or a hostile header).
     #[error("{}: cannot allocate {bytes} bytes for tensor {tensor:?}", path.display())]
     Allocation {

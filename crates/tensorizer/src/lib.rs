@@ -8,7 +8,11 @@ mod atomic;
 mod buffer;
 mod deserializer;
 mod element;
+#[cfg(feature = "encryption")]
+pub mod encryption;
 mod error;
+#[cfg(feature = "encryption")]
+mod rewrite;
 pub mod safetensors;
 mod serializer;
 mod tensor;
@@ -16,7 +20,11 @@ mod tensor;
 pub use buffer::{ALIGNMENT, AlignedBuffer};
 pub use deserializer::{Deserializer, Verify};
 pub use element::Element;
+#[cfg(feature = "encryption")]
+pub use encryption::{Decryption, Encryption, EncryptionKey, KdfParams, KdfStrength, Nonce};
 pub use error::{Error, Result};
+#[cfg(feature = "encryption")]
+pub use rewrite::rewrite;
 pub use serializer::{Serializer, WriteSummary};
 pub use tensor::{Tensor, TensorData};
 /// The format layer, for users who need the byte-level types.

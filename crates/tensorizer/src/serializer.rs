@@ -1,5 +1,6 @@
 //! Writing `.tensors` files.
 
+use std::borrow::Cow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,8 @@ use crate::tensor::TensorData;
 pub struct Serializer<'a> {
     records: Vec<RecordSpec>,
     data: Vec<Option<&'a [u8]>>,
+    #[cfg(feature = "encryption")]
+    encryption: Option<crate::encryption::Encryption>,
 }
 
 /// Enough zero bytes for one element of any dtype.
@@ -96,6 +99,14 @@ impl<'a> Serializer<'a> {
         Ok(self)
     }
 
+    /// Encrypts every tensor's data (XSalsa20-Poly1305, 2 MiB chunks, as the
+    /// Python writer does); headers, names, dtypes and shapes stay readable.
+    #[cfg(feature = "encryption")]
+    pub fn encryption(&mut self, encryption: crate::encryption::Encryption) -> &mut Self {
+        self.encryption = Some(encryption);
+        self
+    }
+
     /// Number of tensors added so far.
     pub fn len(&self) -> usize {
         self.records.len()
@@ -106,17 +117,55 @@ impl<'a> Serializer<'a> {
         self.records.is_empty()
     }
 
-    fn plan(&self, dest: &Path) -> Result<FilePlan> {
+    #[cfg_attr(not(feature = "encryption"), allow(unused_mut))]
+    fn plan(&mut self, dest: &Path) -> Result<FilePlan> {
         if self.records.is_empty() {
             return Err(Error::NothingToWrite {
                 path: dest.to_path_buf(),
             });
         }
-        FilePlan::new(self.records.clone(), PlanOptions::default()).map_err(format_error(dest))
+        let mut records = self.records.clone();
+        let mut options = PlanOptions::default();
+        #[cfg(feature = "encryption")]
+        if let Some(enc) = &mut self.encryption {
+            options.encrypted = true;
+            for r in &mut records {
+                let planned = enc
+                    .plan(r.data_length().map_err(format_error(dest))?)
+                    .map_err(|e| Error::Encryption {
+                        path: dest.to_path_buf(),
+                        message: e.to_string(),
+                    })?;
+                r.crypt_info = Some(planned);
+            }
+        }
+        FilePlan::new(records, options).map_err(format_error(dest))
+    }
+
+    /// The encoded header and the stored bytes (ciphertext when encrypting)
+    /// of record `i`.
+    fn record(&self, plan: &FilePlan, i: usize, dest: &Path) -> Result<(Vec<u8>, Cow<'a, [u8]>)> {
+        let data: &'a [u8] = self.data[i].unwrap_or_default();
+        #[cfg(feature = "encryption")]
+        if let (Some(enc), Some(planned)) = (&self.encryption, plan.headers[i].crypt_info.as_ref())
+            && planned.is_encrypted()
+        {
+            let mut ciphertext = data.to_vec();
+            let sealed = enc.seal(planned, &mut ciphertext);
+            // Hashes cover the plaintext, which `data` still is.
+            let header = plan
+                .seal_header_with(i, data, Some(sealed))
+                .map_err(format_error(dest))?;
+            return Ok((header, Cow::Owned(ciphertext)));
+        }
+        Ok((
+            plan.seal_header(i, data).map_err(format_error(dest))?,
+            Cow::Borrowed(data),
+        ))
     }
 
     /// Writes the file atomically (temp file, fsync, rename).
-    pub fn write_to_file(self, path: impl AsRef<Path>) -> Result<WriteSummary> {
+    pub fn write_to_file(mut self, path: impl AsRef<Path>) -> Result<WriteSummary> {
         let dest = path.as_ref();
         let plan = self.plan(dest)?;
         let out = AtomicFile::create(dest)?;
@@ -129,12 +178,11 @@ impl<'a> Serializer<'a> {
             .map_err(io_error(&tmp, "writing the index"))?;
         (0..self.records.len()).into_par_iter().try_for_each(|i| {
             let entry = &plan.metadata.entries[i];
-            let data = self.data[i].unwrap_or_default();
-            let header = plan.seal_header(i, data).map_err(format_error(dest))?;
+            let (header, data) = self.record(&plan, i, dest)?;
             let what = || format!("writing tensor {:?}", entry.name.to_string());
             file.write_all_at(&header, entry.header_offset)
                 .map_err(io_error(&tmp, what()))?;
-            file.write_all_at(data, entry.data_offset)
+            file.write_all_at(&data, entry.data_offset)
                 .map_err(io_error(&tmp, what()))
         })?;
         file.write_all_at(&TERMINATOR, plan.terminator_offset())
@@ -145,7 +193,7 @@ impl<'a> Serializer<'a> {
     }
 
     /// Encodes the file into memory.
-    pub fn to_bytes(self) -> Result<Vec<u8>> {
+    pub fn to_bytes(mut self) -> Result<Vec<u8>> {
         let dest = Path::new("<memory>");
         let plan = self.plan(dest)?;
         let mut out = plan.metadata.encode().map_err(format_error(dest))?;
@@ -154,10 +202,10 @@ impl<'a> Serializer<'a> {
                 .unwrap_or(0)
                 .saturating_sub(out.len()),
         );
-        for (i, data) in self.data.iter().enumerate() {
-            let data = data.unwrap_or_default();
-            out.extend(plan.seal_header(i, data).map_err(format_error(dest))?);
-            out.extend_from_slice(data);
+        for i in 0..self.records.len() {
+            let (header, data) = self.record(&plan, i, dest)?;
+            out.extend(header);
+            out.extend_from_slice(&data);
         }
         out.extend_from_slice(&TERMINATOR);
         Ok(out)

@@ -13,7 +13,10 @@ const LANES: usize = 8;
 
 macro_rules! rotl {
     ($v:expr, $n:literal) => {
-        _mm256_or_si256(_mm256_slli_epi32::<$n>($v), _mm256_srli_epi32::<{ 32 - $n }>($v))
+        _mm256_or_si256(
+            _mm256_slli_epi32::<$n>($v),
+            _mm256_srli_epi32::<{ 32 - $n }>($v),
+        )
     };
 }
 

@@ -12,10 +12,22 @@ const LANES: usize = 16;
 
 macro_rules! quarter {
     ($x:ident, $a:literal, $b:literal, $c:literal, $d:literal) => {
-        $x[$b] = _mm512_xor_si512($x[$b], _mm512_rol_epi32::<7>(_mm512_add_epi32($x[$a], $x[$d])));
-        $x[$c] = _mm512_xor_si512($x[$c], _mm512_rol_epi32::<9>(_mm512_add_epi32($x[$b], $x[$a])));
-        $x[$d] = _mm512_xor_si512($x[$d], _mm512_rol_epi32::<13>(_mm512_add_epi32($x[$c], $x[$b])));
-        $x[$a] = _mm512_xor_si512($x[$a], _mm512_rol_epi32::<18>(_mm512_add_epi32($x[$d], $x[$c])));
+        $x[$b] = _mm512_xor_si512(
+            $x[$b],
+            _mm512_rol_epi32::<7>(_mm512_add_epi32($x[$a], $x[$d])),
+        );
+        $x[$c] = _mm512_xor_si512(
+            $x[$c],
+            _mm512_rol_epi32::<9>(_mm512_add_epi32($x[$b], $x[$a])),
+        );
+        $x[$d] = _mm512_xor_si512(
+            $x[$d],
+            _mm512_rol_epi32::<13>(_mm512_add_epi32($x[$c], $x[$b])),
+        );
+        $x[$a] = _mm512_xor_si512(
+            $x[$a],
+            _mm512_rol_epi32::<18>(_mm512_add_epi32($x[$d], $x[$c])),
+        );
     };
 }
 

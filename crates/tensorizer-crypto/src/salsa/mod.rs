@@ -4,11 +4,11 @@
 //! This module is the only place with `unsafe` in the crate: the SIMD
 //! kernels use `core::arch` intrinsics behind runtime feature detection.
 
-mod portable;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod portable;
 
 use std::sync::OnceLock;
 
@@ -49,7 +49,9 @@ impl Backend {
             if std::arch::is_x86_feature_detected!("avx2") {
                 out.push(Backend::Avx2);
             }
-            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx2") {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx2")
+            {
                 out.push(Backend::Avx512);
             }
         }
@@ -93,7 +95,8 @@ pub(crate) fn hsalsa20(key: &[u8; 32], nonce16: &[u8; 16]) -> [u32; 8] {
     let k = words::<8>(key);
     let n = words::<4>(nonce16);
     let mut x = [
-        SIGMA[0], k[0], k[1], k[2], k[3], SIGMA[1], n[0], n[1], n[2], n[3], SIGMA[2], k[4], k[5], k[6], k[7], SIGMA[3],
+        SIGMA[0], k[0], k[1], k[2], k[3], SIGMA[1], n[0], n[1], n[2], n[3], SIGMA[2], k[4], k[5],
+        k[6], k[7], SIGMA[3],
     ];
     portable::rounds(&mut x);
     [x[0], x[5], x[10], x[15], x[6], x[7], x[8], x[9]]

@@ -1,0 +1,231 @@
+//! Encryption options of the facade: what the `Serializer` encrypts with and
+//! what the `Deserializer` decrypts with. The cryptography itself is
+//! `tensorizer-crypto`'s.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+pub use tensorizer_crypto::{Backend, CryptoError, EncryptionKey, KdfParams, KdfStrength, Nonce};
+use tensorizer_format::{CryptChunk, CryptInfo, DEFAULT_CHUNK_SIZE, KeyDerivation, MAC_LEN};
+use zeroize::Zeroizing;
+
+/// How a [`crate::Serializer`] encrypts: a key (random, raw or derived from a
+/// passphrase), 2 MiB chunks as the Python writer uses, and a fresh random
+/// nonce per tensor unless nonces are given.
+#[derive(Debug)]
+pub struct Encryption {
+    key: EncryptionKey,
+    kdf: Option<KdfParams>,
+    nonces: Option<VecDeque<Nonce>>,
+}
+
+impl Encryption {
+    /// Encrypts with `key`; nothing about the key is stored in the file.
+    pub fn with_key(key: EncryptionKey) -> Self {
+        Self {
+            key,
+            kdf: None,
+            nonces: None,
+        }
+    }
+
+    /// Derives the key from `passphrase` with Argon2id; the parameters and
+    /// salt are stored in every encrypted tensor's header.
+    pub fn from_passphrase(passphrase: &[u8], params: KdfParams) -> Result<Self, CryptoError> {
+        Ok(Self {
+            key: EncryptionKey::derive(passphrase, &params)?,
+            kdf: Some(params),
+            nonces: None,
+        })
+    }
+
+    /// Uses these initial nonces, one per tensor with data in write order,
+    /// instead of random ones: output becomes reproducible (tests, golden
+    /// files). Never reuse nonces with the same key for different data.
+    pub fn with_nonces(mut self, nonces: impl IntoIterator<Item = Nonce>) -> Self {
+        self.nonces = Some(nonces.into_iter().collect());
+        self
+    }
+
+    /// The key in use.
+    pub fn key(&self) -> &EncryptionKey {
+        &self.key
+    }
+
+    /// The planned crypt info of a tensor with `data_length` bytes: MACs zeroed.
+    pub(crate) fn plan(&mut self, data_length: u64) -> Result<CryptInfo, CryptoError> {
+        if data_length == 0 {
+            // Nothing to encrypt: an empty crypt info, as for meta tensors.
+            return Ok(CryptInfo::default());
+        }
+        let nonce = match &mut self.nonces {
+            Some(list) => list
+                .pop_front()
+                .ok_or_else(|| CryptoError::Rng("ran out of the given nonces".into()))?,
+            None => Nonce::random()?,
+        };
+        let mut chunks = Vec::with_capacity(2);
+        if let Some(k) = &self.kdf {
+            chunks.push(CryptChunk::KeyDerivation(KeyDerivation {
+                method: 1,
+                opslimit: k.opslimit,
+                memlimit: k.memlimit,
+                alg: 2,
+                salt: k.salt.to_vec(),
+            }));
+        }
+        chunks.push(CryptChunk::XSalsa20Parallel {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            nonce: nonce.0,
+            macs: vec![[0; MAC_LEN]; data_length.div_ceil(DEFAULT_CHUNK_SIZE) as usize],
+        });
+        Ok(CryptInfo { chunks })
+    }
+
+    /// Encrypts `data` in place per `planned`; returns the crypt info with MACs.
+    pub(crate) fn seal(&self, planned: &CryptInfo, data: &mut [u8]) -> CryptInfo {
+        let mut out = planned.clone();
+        for chunk in &mut out.chunks {
+            if let CryptChunk::XSalsa20Parallel {
+                chunk_size,
+                nonce,
+                macs,
+            } = chunk
+            {
+                *macs = tensorizer_crypto::seal_chunks(
+                    Backend::detect(),
+                    &self.key,
+                    &Nonce(*nonce),
+                    *chunk_size as usize,
+                    data,
+                );
+            }
+        }
+        out
+    }
+}
+
+/// How a [`crate::Deserializer`] decrypts.
+pub enum Decryption {
+    /// The 32-byte key; works for every encrypted file.
+    Key(EncryptionKey),
+    /// A passphrase; the key is re-derived from each tensor's stored
+    /// Argon2id parameters (cached per distinct parameter set).
+    Passphrase(Zeroizing<Vec<u8>>),
+}
+
+impl Decryption {
+    /// From a passphrase.
+    pub fn passphrase(passphrase: impl Into<Vec<u8>>) -> Self {
+        Decryption::Passphrase(Zeroizing::new(passphrase.into()))
+    }
+}
+
+impl std::fmt::Debug for Decryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decryption::Key(_) => f.write_str("Decryption::Key(<redacted>)"),
+            Decryption::Passphrase(_) => f.write_str("Decryption::Passphrase(<redacted>)"),
+        }
+    }
+}
+
+/// What decrypting one tensor found wrong, before the tensor name is added.
+#[derive(Debug)]
+pub(crate) enum DecryptFailure {
+    /// The crypt info has no usable cipher chunk.
+    Layout(String),
+    /// A passphrase, but the tensor stores no key-derivation record.
+    NoKdfRecord,
+    /// The crypto layer refused.
+    Crypto(CryptoError),
+}
+
+/// A [`Decryption`] plus the keys derived so far.
+#[derive(Debug)]
+pub(crate) struct Decryptor {
+    source: Decryption,
+    derived: Mutex<HashMap<KdfParams, EncryptionKey>>,
+}
+
+impl Decryptor {
+    pub(crate) fn new(source: Decryption) -> Self {
+        Self {
+            source,
+            derived: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn uses_passphrase(&self) -> bool {
+        matches!(self.source, Decryption::Passphrase(_))
+    }
+
+    fn key_for(&self, info: &CryptInfo) -> Result<EncryptionKey, DecryptFailure> {
+        match &self.source {
+            Decryption::Key(k) => Ok(k.clone()),
+            Decryption::Passphrase(pw) => {
+                let kdf = info
+                    .chunks
+                    .iter()
+                    .find_map(|c| match c {
+                        CryptChunk::KeyDerivation(k) => Some(k),
+                        _ => None,
+                    })
+                    .ok_or(DecryptFailure::NoKdfRecord)?;
+                let params = KdfParams::from_stored(kdf.opslimit, kdf.memlimit, &kdf.salt)
+                    .map_err(DecryptFailure::Crypto)?;
+                let mut cache = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(k) = cache.get(&params) {
+                    return Ok(k.clone());
+                }
+                let key = EncryptionKey::derive(pw, &params).map_err(DecryptFailure::Crypto)?;
+                cache.insert(params, key.clone());
+                Ok(key)
+            }
+        }
+    }
+
+    /// Decrypts `data` in place per `info`.
+    pub(crate) fn open(&self, info: &CryptInfo, data: &mut [u8]) -> Result<(), DecryptFailure> {
+        let ciphers: Vec<&CryptChunk> = info
+            .chunks
+            .iter()
+            .filter(|c| !matches!(c, CryptChunk::KeyDerivation(_)))
+            .collect();
+        let [cipher] = ciphers[..] else {
+            return Err(DecryptFailure::Layout(format!(
+                "expected exactly one cipher chunk in the crypt info, found {}",
+                ciphers.len()
+            )));
+        };
+        let key = self.key_for(info)?;
+        let backend = Backend::detect();
+        let result = match cipher {
+            CryptChunk::XSalsa20Parallel {
+                chunk_size,
+                nonce,
+                macs,
+            } => {
+                let chunk_size = usize::try_from(*chunk_size).unwrap_or(usize::MAX);
+                tensorizer_crypto::open_chunks(
+                    backend,
+                    &key,
+                    &Nonce(*nonce),
+                    chunk_size,
+                    data,
+                    macs,
+                )
+            }
+            CryptChunk::XSalsa20Sequential { nonce, mac } => tensorizer_crypto::open_chunks(
+                backend,
+                &key,
+                &Nonce(*nonce),
+                data.len().max(1),
+                data,
+                &[*mac],
+            ),
+            CryptChunk::KeyDerivation(_) => unreachable!("filtered above"),
+        };
+        result.map_err(DecryptFailure::Crypto)
+    }
+}
