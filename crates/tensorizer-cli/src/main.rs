@@ -5,11 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tensorizer::{Deserializer, Error, PathComponent, TensorPath, Verify, format::MAGIC};
+use tensorizer::{
+    Decryption, Deserializer, Encryption, EncryptionKey, Error, KdfParams, KdfStrength,
+    PathComponent, TensorPath, Verify, format::MAGIC,
+};
 
 #[derive(Parser)]
 #[command(
@@ -32,11 +35,67 @@ enum Command {
         /// (reads every tensor to hash it).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        key: KeyArgs,
     },
-    /// Check every stored CRC-32 and SHA-256; exit status 1 names each failing tensor.
+    /// Check every stored CRC-32 and SHA-256 (and every MAC of an encrypted
+    /// file); exit status 1 names each failing tensor.
     Verify {
         /// The .tensors file.
         file: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Write a new random 32-byte key file (raw bytes, mode 0600).
+    Keygen {
+        /// Where to write the key.
+        keyfile: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Encrypt a file's tensor data with a key file or a passphrase.
+    Encrypt {
+        /// Unencrypted input.
+        input: PathBuf,
+        /// Encrypted output.
+        output: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Argon2id cost when encrypting with a passphrase.
+        #[arg(long, value_enum, default_value_t = Strength::Moderate)]
+        kdf: Strength,
+    },
+    /// Decrypt a file into an unencrypted one.
+    Decrypt {
+        /// Encrypted input.
+        input: PathBuf,
+        /// Unencrypted output.
+        output: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Re-encrypt a file under another key or passphrase.
+    Rekey {
+        /// Encrypted input.
+        input: PathBuf,
+        /// Output, encrypted with the new key.
+        output: PathBuf,
+        /// The current key file (32 raw bytes or 64 hex digits).
+        #[arg(long, conflicts_with = "old_passphrase_file")]
+        old_key_file: Option<PathBuf>,
+        /// A file holding the current passphrase (used byte for byte).
+        #[arg(long)]
+        old_passphrase_file: Option<PathBuf>,
+        /// The new key file.
+        #[arg(long, conflicts_with = "new_passphrase_file")]
+        new_key_file: Option<PathBuf>,
+        /// A file holding the new passphrase.
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+        /// Argon2id cost for a new passphrase.
+        #[arg(long, value_enum, default_value_t = Strength::Moderate)]
+        kdf: Strength,
     },
     /// Convert safetensors -> tensorizer or tensorizer -> safetensors (detected from the input).
     Convert {
@@ -47,12 +106,185 @@ enum Command {
     },
 }
 
+/// Where a key comes from: a key file, a passphrase file, or the
+/// `TENSORIZER_PASSPHRASE` environment variable.
+#[derive(Args, Debug, Clone)]
+struct KeyArgs {
+    /// Key file: 32 raw bytes (as `keygen` and vLLM write) or 64 hex digits.
+    #[arg(long, conflicts_with_all = ["passphrase_file", "passphrase"])]
+    key_file: Option<PathBuf>,
+    /// File holding the passphrase, used byte for byte (mind trailing newlines).
+    #[arg(long, conflicts_with = "passphrase")]
+    passphrase_file: Option<PathBuf>,
+    /// The passphrase itself (prefer the environment variable to the command line).
+    #[arg(long, env = "TENSORIZER_PASSPHRASE", hide_env_values = true)]
+    passphrase: Option<String>,
+}
+
+/// libsodium's Argon2id presets.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum Strength {
+    Min,
+    Interactive,
+    Moderate,
+    Sensitive,
+}
+
+impl From<Strength> for KdfStrength {
+    fn from(s: Strength) -> Self {
+        match s {
+            Strength::Min => KdfStrength::Min,
+            Strength::Interactive => KdfStrength::Interactive,
+            Strength::Moderate => KdfStrength::Moderate,
+            Strength::Sensitive => KdfStrength::Sensitive,
+        }
+    }
+}
+
+enum Secret {
+    Key(EncryptionKey),
+    Passphrase(Vec<u8>),
+}
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        action: format!("reading the {what}"),
+        source,
+    })
+}
+
+fn key_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Encryption {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+impl KeyArgs {
+    fn secret(&self) -> Result<Option<Secret>, Error> {
+        secret(
+            self.key_file.as_deref(),
+            self.passphrase_file.as_deref(),
+            self.passphrase.as_deref(),
+        )
+    }
+
+    fn decryption(&self) -> Result<Option<Decryption>, Error> {
+        Ok(self.secret()?.map(|s| match s {
+            Secret::Key(k) => Decryption::Key(k),
+            Secret::Passphrase(p) => Decryption::passphrase(p),
+        }))
+    }
+}
+
+fn secret(
+    key_file: Option<&Path>,
+    passphrase_file: Option<&Path>,
+    passphrase: Option<&str>,
+) -> Result<Option<Secret>, Error> {
+    if let Some(path) = key_file {
+        let key = EncryptionKey::from_key_file(&read_file(path, "key file")?)
+            .map_err(|e| key_error(path, e))?;
+        return Ok(Some(Secret::Key(key)));
+    }
+    if let Some(path) = passphrase_file {
+        return Ok(Some(Secret::Passphrase(read_file(
+            path,
+            "passphrase file",
+        )?)));
+    }
+    Ok(passphrase.map(|p| Secret::Passphrase(p.as_bytes().to_vec())))
+}
+
+fn encryption(secret: Secret, strength: Strength, out: &Path) -> Result<Encryption, Error> {
+    match secret {
+        Secret::Key(k) => Ok(Encryption::with_key(k)),
+        Secret::Passphrase(p) => {
+            let params = KdfParams::new(strength.into()).map_err(|e| key_error(out, e))?;
+            Encryption::from_passphrase(&p, params).map_err(|e| key_error(out, e))
+        }
+    }
+}
+
+fn open(file: &Path, key: &KeyArgs) -> Result<Deserializer, Error> {
+    let d = Deserializer::open(file)?;
+    match key.decryption()? {
+        Some(dec) => d.decryption(dec),
+        None => Ok(d),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Inspect { file, json } => inspect(&file, json),
-        Command::Verify { file } => verify(&file),
+        Command::Inspect { file, json, key } => inspect(&file, json, &key),
+        Command::Verify { file, key } => verify(&file, &key),
         Command::Convert { input, output } => convert(&input, &output),
+        Command::Keygen { keyfile, force } => keygen(&keyfile, force),
+        Command::Encrypt {
+            input,
+            output,
+            key,
+            kdf,
+        } => (|| {
+            let secret = key.secret()?.ok_or_else(|| {
+                key_error(
+                    &output,
+                    "give --key-file, --passphrase-file or TENSORIZER_PASSPHRASE",
+                )
+            })?;
+            let enc = encryption(secret, kdf, &output)?;
+            report_rewrite(
+                tensorizer::rewrite(&input, &output, None, Some(enc)),
+                "encrypted",
+            )
+        })(),
+        Command::Decrypt { input, output, key } => (|| {
+            let dec = key.decryption()?.ok_or_else(|| {
+                key_error(
+                    &input,
+                    "give --key-file, --passphrase-file or TENSORIZER_PASSPHRASE",
+                )
+            })?;
+            report_rewrite(
+                tensorizer::rewrite(&input, &output, Some(dec), None),
+                "decrypted",
+            )
+        })(),
+        Command::Rekey {
+            input,
+            output,
+            old_key_file,
+            old_passphrase_file,
+            new_key_file,
+            new_passphrase_file,
+            kdf,
+        } => (|| {
+            let old = KeyArgs {
+                key_file: old_key_file,
+                passphrase_file: old_passphrase_file,
+                passphrase: None,
+            };
+            let dec = old
+                .decryption()?
+                .ok_or_else(|| key_error(&input, "give --old-key-file or --old-passphrase-file"))?;
+            let new = secret(
+                new_key_file.as_deref(),
+                new_passphrase_file.as_deref(),
+                None,
+            )?
+            .ok_or_else(|| key_error(&output, "give --new-key-file or --new-passphrase-file"))?;
+            report_rewrite(
+                tensorizer::rewrite(
+                    &input,
+                    &output,
+                    Some(dec),
+                    Some(encryption(new, kdf, &output)?),
+                ),
+                "re-encrypted",
+            )
+        })(),
     };
     match result {
         Ok(code) => code,
@@ -118,8 +350,55 @@ fn file_sha256(path: &Path) -> Result<String, Error> {
     Ok(hex(&hasher.finalize()))
 }
 
-fn inspect(path: &Path, as_json: bool) -> Result<ExitCode, Error> {
-    let d = Deserializer::open(path)?;
+fn report_rewrite(
+    result: Result<tensorizer::WriteSummary, Error>,
+    verb: &str,
+) -> Result<ExitCode, Error> {
+    let s = result?;
+    println!(
+        "{}: {verb}, {} tensors, {} bytes (data version {})",
+        s.path.display(),
+        s.tensors,
+        s.bytes,
+        s.version
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(path: &Path, force: bool) -> Result<ExitCode, Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = EncryptionKey::random().map_err(|e| key_error(path, e))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let io = |action: &str| {
+        let action = action.to_owned();
+        move |source| Error::Io {
+            path: path.to_path_buf(),
+            action,
+            source,
+        }
+    };
+    let mut f = options
+        .open(path)
+        .map_err(io("creating the key file (use --force to replace one)"))?;
+    f.write_all(key.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io("writing the key"))?;
+    println!(
+        "{}: new 32-byte key written (keep it secret; without it the data is lost)",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(path: &Path, as_json: bool, key: &KeyArgs) -> Result<ExitCode, Error> {
+    let d = open(path, key)?;
     let header = &d.metadata().header;
     if !as_json {
         let mut out = format!(
@@ -211,9 +490,9 @@ fn inspect(path: &Path, as_json: bool) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(path: &Path) -> Result<ExitCode, Error> {
+fn verify(path: &Path, key: &KeyArgs) -> Result<ExitCode, Error> {
     let started = Instant::now();
-    let d = Deserializer::open(path)?.verify(Verify::All);
+    let d = open(path, key)?.verify(Verify::All);
     let total: u64 = d.entries().iter().map(|e| e.data_length).sum();
     let bar = progress(total, "verifying");
     let mut failures = 0;
@@ -221,7 +500,7 @@ fn verify(path: &Path) -> Result<ExitCode, Error> {
         bar.set_message(e.name.to_string());
         match d.read_at(i) {
             Ok(_) => {}
-            Err(err @ Error::Format { .. }) => {
+            Err(err @ (Error::Format { .. } | Error::Decryption { .. })) => {
                 bar.suspend(|| eprintln!("tensorizer: {err}"));
                 failures += 1;
             }

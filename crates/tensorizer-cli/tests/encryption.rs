@@ -1,0 +1,117 @@
+//! keygen, encrypt, decrypt, rekey, and key options on inspect and verify.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn tz(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tensorizer"));
+    c.args(args).env_remove("TENSORIZER_PASSPHRASE");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn keygen_encrypt_verify_rekey_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let plain = fixtures().join("tensorizer-2.12.1/dtypes_all_v2.tensors");
+    let plain = plain.to_str().unwrap();
+
+    ok(&tz(&["keygen", &p("k1")], &[]));
+    assert_eq!(std::fs::read(p("k1")).unwrap().len(), 32);
+    let again = tz(&["keygen", &p("k1")], &[]);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "keygen must not overwrite a key"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(p("k1")).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    ok(&tz(
+        &["encrypt", plain, &p("enc"), "--key-file", &p("k1")],
+        &[],
+    ));
+    ok(&tz(&["verify", &p("enc"), "--key-file", &p("k1")], &[]));
+    let no_key = tz(&["verify", &p("enc")], &[]);
+    assert_eq!(no_key.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("no decryption key was given"));
+
+    ok(&tz(&["keygen", &p("k2")], &[]));
+    let wrong = tz(&["verify", &p("enc"), "--key-file", &p("k2")], &[]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("wrong key"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+
+    std::fs::write(p("pw"), b"hunter2").unwrap();
+    ok(&tz(
+        &[
+            "rekey",
+            &p("enc"),
+            &p("enc2"),
+            "--old-key-file",
+            &p("k1"),
+            "--new-passphrase-file",
+            &p("pw"),
+            "--kdf",
+            "min",
+        ],
+        &[],
+    ));
+    let listing = tz(
+        &["inspect", "--json", &p("enc2")],
+        &[("TENSORIZER_PASSPHRASE", "hunter2")],
+    );
+    ok(&listing);
+    let doc: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    assert_eq!(doc["format_version"], 3);
+    assert!(doc["tensors"][0]["sha256"].is_string());
+
+    ok(&tz(
+        &[
+            "decrypt",
+            &p("enc2"),
+            &p("back"),
+            "--passphrase-file",
+            &p("pw"),
+        ],
+        &[],
+    ));
+    assert!(
+        std::fs::read(p("back")).unwrap() == std::fs::read(plain).unwrap(),
+        "round trip must restore the exact bytes"
+    );
+
+    ok(&tz(
+        &["encrypt", plain, &p("enc3"), "--kdf", "min"],
+        &[("TENSORIZER_PASSPHRASE", "from env")],
+    ));
+    ok(&tz(
+        &["verify", &p("enc3")],
+        &[("TENSORIZER_PASSPHRASE", "from env")],
+    ));
+    let missing = tz(&["encrypt", plain, &p("enc4")], &[]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--key-file"));
+}
