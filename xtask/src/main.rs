@@ -136,6 +136,19 @@ fn test() -> Result {
             "warnings",
         ]),
     )?;
+    run(
+        "clippy, facade without default features",
+        cargo().args([
+            "clippy",
+            "-p",
+            "tensorizer",
+            "--no-default-features",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
     let mut tests = cargo();
     if has_cargo_subcommand("nextest") {
         tests.args([

@@ -7,6 +7,7 @@ mod chunked;
 mod error;
 mod key;
 mod nonce;
+mod poly;
 mod salsa;
 mod secretbox;
 
@@ -14,6 +15,7 @@ pub use chunked::{open_chunks, seal_chunks};
 pub use error::{CryptoError, Result};
 pub use key::{EncryptionKey, KdfParams, KdfStrength, MAX_MEMLIMIT, MAX_OPSLIMIT};
 pub use nonce::Nonce;
+pub use poly::PolyKernel;
 pub use salsa::Backend;
 pub use secretbox::{Mac, authenticates, open, open_verify_first, seal};
 
@@ -26,6 +28,13 @@ pub fn hsalsa20(key: &[u8; 32], input: &[u8; 16]) -> [u8; 32] {
         o.copy_from_slice(&w.to_le_bytes());
     }
     out
+}
+
+/// Poly1305 one-time authenticator of `data` under a 32-byte key with a
+/// chosen kernel (for tests and benchmarks; secretboxes use
+/// [`PolyKernel::detect`]).
+pub fn poly1305(kernel: PolyKernel, key: &[u8; 32], data: &[u8]) -> [u8; 16] {
+    poly::Poly1305::with_kernel(key, kernel).finish(data)
 }
 
 /// XORs `data` with the raw Salsa20 keystream of `key` (32 bytes) and an

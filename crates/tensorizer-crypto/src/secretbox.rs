@@ -6,12 +6,11 @@
 //! over memory. On a MAC mismatch the XOR is undone before returning, so the
 //! caller's buffer never holds plaintext that failed authentication.
 
-use poly1305::universal_hash::{KeyInit, UniversalHash};
-use poly1305::{Block, Poly1305};
 use subtle::ConstantTimeEq;
 
 use crate::key::EncryptionKey;
 use crate::nonce::Nonce;
+use crate::poly::Poly1305;
 use crate::salsa::{self, BLOCK_LEN, Backend};
 
 /// A Poly1305 tag.
@@ -41,16 +40,12 @@ enum MacWhen {
 /// block 0) and computes Poly1305 over the ciphertext as `when` says.
 fn walk(backend: Backend, state: &[u32; 16], data: &mut [u8], when: MacWhen) -> Mac {
     let block0 = salsa::block(state, 0);
-    let mut poly_key = [0u8; 32];
-    poly_key.copy_from_slice(&block0[..32]);
-    let mut mac = Poly1305::new(&poly_key.into());
+    let mut mac = Poly1305::new(block0[..32].try_into().expect("32 bytes"));
     let (head, rest) = data.split_at_mut(data.len().min(32));
     let head_is_last = rest.is_empty();
 
-    let feed = |mac: &mut Poly1305, piece: &[u8]| {
-        let (blocks, _) = Block::slice_as_chunks(piece);
-        mac.update(blocks);
-    };
+    // Every piece but the last is a whole number of 16-byte blocks.
+    let feed = |mac: &mut Poly1305, piece: &[u8]| mac.update(piece);
     if head_is_last {
         // Fewer than 33 bytes: the whole message is this head.
         let xor_head = |head: &mut [u8]| {
@@ -60,20 +55,20 @@ fn walk(backend: Backend, state: &[u32; 16], data: &mut [u8], when: MacWhen) -> 
         };
         let tag = match when {
             MacWhen::BeforeXor => {
-                let tag = mac.compute_unpadded(head);
+                let tag = mac.finish(head);
                 xor_head(head);
                 tag
             }
             MacWhen::AfterXor => {
                 xor_head(head);
-                mac.compute_unpadded(head)
+                mac.finish(head)
             }
             MacWhen::Never => {
                 xor_head(head);
-                mac.compute_unpadded(&[])
+                [0; 16]
             }
         };
-        return tag.into();
+        return tag;
     }
     if when == MacWhen::BeforeXor {
         feed(&mut mac, head);
@@ -92,17 +87,21 @@ fn walk(backend: Backend, state: &[u32; 16], data: &mut [u8], when: MacWhen) -> 
         }
         let counter = 1 + (i * PIECE / BLOCK_LEN) as u64;
         if last {
-            let (full, _) = Block::slice_as_chunks(piece);
-            let cut = full.len() * 16;
-            if when == MacWhen::BeforeXor {
-                mac.update(Block::slice_as_chunks(&piece[..cut]).0);
-                let tag = mac.clone().compute_unpadded(&piece[cut..]);
-                salsa::xor_keystream(backend, state, counter, piece);
-                return tag.into();
-            }
-            salsa::xor_keystream(backend, state, counter, piece);
-            mac.update(Block::slice_as_chunks(&piece[..cut]).0);
-            return mac.compute_unpadded(&piece[cut..]).into();
+            return match when {
+                MacWhen::BeforeXor => {
+                    let tag = mac.finish(piece);
+                    salsa::xor_keystream(backend, state, counter, piece);
+                    tag
+                }
+                MacWhen::AfterXor => {
+                    salsa::xor_keystream(backend, state, counter, piece);
+                    mac.finish(piece)
+                }
+                MacWhen::Never => {
+                    salsa::xor_keystream(backend, state, counter, piece);
+                    [0; 16]
+                }
+            };
         }
         salsa::xor_keystream(backend, state, counter, piece);
         if when == MacWhen::AfterXor {
@@ -159,11 +158,6 @@ pub fn open_verify_first(
 /// (nothing is decrypted).
 pub fn authenticates(key: &EncryptionKey, nonce: &Nonce, ciphertext: &[u8], mac: &Mac) -> bool {
     let block0 = salsa::block(&box_state(key, nonce), 0);
-    let mut poly_key = [0u8; 32];
-    poly_key.copy_from_slice(&block0[..32]);
-    let mut poly = Poly1305::new(&poly_key.into());
-    let (blocks, rest) = Block::slice_as_chunks(ciphertext);
-    poly.update(blocks);
-    let tag: Mac = poly.compute_unpadded(rest).into();
+    let tag = Poly1305::new(block0[..32].try_into().expect("32 bytes")).finish(ciphertext);
     bool::from(tag.ct_eq(mac))
 }

@@ -3,6 +3,7 @@
 //! lengths (including counter carries across 2^32 blocks).
 
 use proptest::prelude::*;
+use tensorizer_crypto::PolyKernel;
 use tensorizer_crypto::{
     Backend, EncryptionKey, Nonce, authenticates, open, open_verify_first, salsa20_xor, seal,
 };
@@ -44,6 +45,43 @@ proptest! {
             prop_assert_eq!(&fused, &data);
             prop_assert!(open_verify_first(backend, &k, &Nonce(nonce), &mut buf, &mac));
             prop_assert_eq!(&buf, &data);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Our Poly1305 (portable and AVX-512 IFMA) equals the RustCrypto crate.
+    #[test]
+    fn poly1305_equals_rustcrypto(key in any::<[u8; 32]>(), data in prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300),
+        proptest::collection::vec(any::<u8>(), 0..5000),
+        proptest::collection::vec(Just(0xffu8), 0..3000),
+    ]) {
+        use poly1305::universal_hash::KeyInit;
+        let expected = poly1305::Poly1305::new(&key.into()).compute_unpadded(&data);
+        for kernel in PolyKernel::available() {
+            prop_assert_eq!(&tensorizer_crypto::poly1305(kernel, &key, &data)[..], &expected[..], "{:?}", kernel);
+        }
+    }
+}
+
+#[test]
+fn poly1305_extreme_limbs() {
+    use poly1305::universal_hash::KeyInit;
+    // All-ones keys and data push every limb to its bound.
+    for key in [[0xffu8; 32], [0u8; 32], std::array::from_fn(|i| i as u8)] {
+        for len in [0, 16, 128, 129, 256, 1024 + 15, 65536] {
+            let data = vec![0xffu8; len];
+            let expected = poly1305::Poly1305::new(&key.into()).compute_unpadded(&data);
+            for kernel in PolyKernel::available() {
+                assert_eq!(
+                    &tensorizer_crypto::poly1305(kernel, &key, &data)[..],
+                    &expected[..],
+                    "len {len} {kernel:?}"
+                );
+            }
         }
     }
 }
