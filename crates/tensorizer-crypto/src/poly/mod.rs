@@ -128,9 +128,7 @@ impl Poly1305 {
     pub(crate) fn with_kernel(key: &[u8; 32], kernel: PolyKernel) -> Self {
         use poly1305::universal_hash::KeyInit;
         match kernel {
-            PolyKernel::RustCrypto => {
-                Poly1305::RustCrypto(poly1305::Poly1305::new(&(*key).into()))
-            }
+            PolyKernel::RustCrypto => Poly1305::RustCrypto(poly1305::Poly1305::new(&(*key).into())),
             PolyKernel::Portable => Poly1305::Ours(Radix44::new(key, false)),
             PolyKernel::Ifma => Poly1305::Ours(Radix44::new(key, ifma_available())),
         }
