@@ -144,6 +144,7 @@ fn argon2id(c: &mut Criterion) {
         KdfStrength::Min,
         KdfStrength::Interactive,
         KdfStrength::Moderate,
+        KdfStrength::Sensitive,
     ] {
         let params = KdfParams::new(strength).unwrap();
         g.bench_function(format!("{strength:?}"), |b| {
