@@ -27,13 +27,6 @@ pub fn rewrite(
     if let Some(e) = encryption {
         s.encryption(e);
     }
-    for t in &tensors {
-        s.write_tensor(
-            t.module_idx(),
-            t.path().clone(),
-            t.tensor_type(),
-            t.as_data(),
-        )?;
-    }
+    s.write_tensors(&tensors)?;
     s.write_to_file(output)
 }

@@ -88,6 +88,21 @@ impl<'a> Serializer<'a> {
         Ok(self)
     }
 
+    /// Adds loaded tensors back as they were read: module index, type,
+    /// dtype spelling and meta-ness kept, so an unencrypted result is the
+    /// bytes the Python writer would produce for them.
+    pub fn write_tensors(&mut self, tensors: &'a [crate::Tensor]) -> Result<&mut Self> {
+        for t in tensors {
+            self.write_tensor(
+                t.module_idx(),
+                t.path().clone(),
+                t.tensor_type(),
+                t.as_data(),
+            )?;
+        }
+        Ok(self)
+    }
+
     /// Adds state-dict entries (type STATE_DICT, module index 0), in order.
     pub fn write_state_dict<N: Into<TensorPath>>(
         &mut self,

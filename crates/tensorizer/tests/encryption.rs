@@ -100,15 +100,7 @@ fn reencrypt(path: &Path, decryption: Decryption, encryption: Encryption) -> Vec
         .unwrap();
     let mut s = Serializer::new();
     s.encryption(encryption);
-    for t in &tensors {
-        s.write_tensor(
-            t.module_idx(),
-            t.path().clone(),
-            t.tensor_type(),
-            t.as_data(),
-        )
-        .unwrap();
-    }
+    s.write_tensors(&tensors).unwrap();
     s.to_bytes().unwrap()
 }
 

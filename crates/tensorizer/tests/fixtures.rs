@@ -190,15 +190,7 @@ fn deterministic_fixtures_rewrite_byte_identically() {
             let path = fixtures().join(set).join(name);
             let tensors = Deserializer::open(&path).unwrap().read_all().unwrap();
             let mut s = Serializer::new();
-            for t in &tensors {
-                s.write_tensor(
-                    t.module_idx(),
-                    t.path().clone(),
-                    t.tensor_type(),
-                    t.as_data(),
-                )
-                .unwrap();
-            }
+            s.write_tensors(&tensors).unwrap();
             let ours = s.to_bytes().unwrap();
             let theirs = std::fs::read(&path).unwrap();
             assert!(ours == theirs, "{name}: our bytes differ from Python's");
