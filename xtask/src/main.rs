@@ -109,6 +109,48 @@ fn setup_oracle() -> Result<PathBuf> {
     Ok(PathBuf::from(py))
 }
 
+/// nginx is the real HTTP server of the HTTP tests (a private config on a
+/// loopback port; the tests start and stop it).
+fn ensure_nginx() -> Result {
+    if ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+    {
+        return Ok(());
+    }
+    let sudo: &[&str] = if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
+    {
+        &[]
+    } else {
+        &["sudo", "-n"]
+    };
+    let apt = |args: &[&str]| {
+        let mut c = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+        if !sudo.is_empty() {
+            c.args(&sudo[1..]).arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run("apt-get update", &mut apt(&["update", "-q"]))?;
+    run(
+        "install nginx-light",
+        &mut apt(&[
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "nginx-light",
+        ]),
+    )
+    .map_err(|e| {
+        format!("{e}: the HTTP tests need nginx (apt-get install -y nginx-light, as root)")
+    })
+}
+
 fn ensure_cargo_fuzz() -> Result {
     if !has_cargo_subcommand("fuzz") {
         run(
@@ -122,6 +164,7 @@ fn ensure_cargo_fuzz() -> Result {
 fn test() -> Result {
     let started = Instant::now();
     let oracle = setup_oracle()?;
+    ensure_nginx()?;
     ensure_cargo_fuzz()?;
     run("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(

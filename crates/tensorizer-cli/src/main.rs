@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// List the tensors of a file (name, dtype, shape, type, offsets).
     Inspect {
-        /// The .tensors file.
+        /// The .tensors file: a path, file:// or http(s):// URI.
         file: PathBuf,
         /// One JSON document with the fields `oracle_read.py --json` prints
         /// (reads every tensor to hash it).
@@ -41,7 +41,7 @@ enum Command {
     /// Check every stored CRC-32 and SHA-256 (and every MAC of an encrypted
     /// file); exit status 1 names each failing tensor.
     Verify {
-        /// The .tensors file.
+        /// The .tensors file: a path, file:// or http(s):// URI.
         file: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
@@ -207,8 +207,9 @@ fn encryption(secret: Secret, strength: Strength, out: &Path) -> Result<Encrypti
     }
 }
 
+/// Opens a path or URI (`file://`, `http(s)://`).
 fn open(file: &Path, key: &KeyArgs) -> Result<Deserializer, Error> {
-    let d = Deserializer::open(file)?;
+    let d = Deserializer::open_uri(&file.to_string_lossy())?;
     match key.decryption()? {
         Some(dec) => d.decryption(dec),
         None => Ok(d),

@@ -1,8 +1,6 @@
 //! Reading `.tensors` files from local storage.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -11,8 +9,9 @@ use tensorizer_format::{
 };
 
 use crate::buffer::AlignedBuffer;
-use crate::error::{Error, Result, format_error, io_error};
+use crate::error::{Error, Result, format_error, source_error};
 use crate::tensor::Tensor;
+use tensorizer_io::{LocalFile, RangeSource, RetryPolicy};
 
 /// Which stored hashes to check when loading.
 ///
@@ -69,7 +68,7 @@ const MAX_PLAIN_HEADER: u64 = 1 << 20;
 #[derive(Debug)]
 pub struct Deserializer {
     path: PathBuf,
-    file: File,
+    source: Box<dyn RangeSource>,
     metadata: Metadata,
     by_path: HashMap<TensorPath, usize>,
     verify: Verify,
@@ -78,18 +77,32 @@ pub struct Deserializer {
 }
 
 impl Deserializer {
-    /// Opens `path` and parses its header and index.
+    /// Opens a local file and parses its header and index.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(io_error(&path, "opening"))?;
-        let file_len = file
-            .metadata()
-            .map_err(io_error(&path, "reading file size"))?
-            .len();
+        let source = LocalFile::open(path.as_ref()).map_err(source_error("opening"))?;
+        Self::from_source(Box::new(source))
+    }
 
-        let mut first = vec![0u8; tensorizer_format::INDEX_OFFSET.min(file_len) as usize];
-        file.read_exact_at(&mut first, 0)
-            .map_err(io_error(&path, "reading the file header"))?;
+    /// Opens a URI: a plain path, `file://`, or `http(s)://` (feature
+    /// `http`), with the default retry policy.
+    pub fn open_uri(uri: &str) -> Result<Self> {
+        Self::open_uri_with(uri, &RetryPolicy::default())
+    }
+
+    /// Like [`Deserializer::open_uri`] with explicit retries and timeouts.
+    pub fn open_uri_with(uri: &str, policy: &RetryPolicy) -> Result<Self> {
+        let source = tensorizer_io::open_source(uri, policy).map_err(source_error("opening"))?;
+        Self::from_source(source)
+    }
+
+    /// Reads from any [`RangeSource`]: parses the header and index with one
+    /// small read plus one read of the index.
+    pub fn from_source(source: Box<dyn RangeSource>) -> Result<Self> {
+        let path = PathBuf::from(source.uri());
+        let file_len = source.len();
+        let first = source
+            .read_range(0, tensorizer_format::INDEX_OFFSET.min(file_len))
+            .map_err(source_error("reading the file header"))?;
         let prologue_len = Metadata::prologue_len(&first).map_err(format_error(&path))?;
         if prologue_len > file_len {
             return Err(Error::Format {
@@ -101,10 +114,10 @@ impl Deserializer {
                 },
             });
         }
-        // Bounded by the file's size, checked just above.
-        let mut prologue = vec![0u8; prologue_len as usize];
-        file.read_exact_at(&mut prologue, 0)
-            .map_err(io_error(&path, "reading the index"))?;
+        // Bounded by the source's size, checked just above.
+        let prologue = source
+            .read_range(0, prologue_len)
+            .map_err(source_error("reading the index"))?;
         let metadata = Metadata::parse(&prologue).map_err(format_error(&path))?;
         metadata
             .check_file_len(file_len)
@@ -120,7 +133,7 @@ impl Deserializer {
             .collect();
         Ok(Self {
             path,
-            file,
+            source,
             metadata,
             by_path,
             verify: Verify::default(),
@@ -151,7 +164,7 @@ impl Deserializer {
         self
     }
 
-    /// The file's path.
+    /// The file's path or URI.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -197,13 +210,13 @@ impl Deserializer {
                 },
             });
         }
-        let mut bytes = vec![0u8; entry.header_size() as usize];
-        self.file
-            .read_exact_at(&mut bytes, entry.header_offset)
-            .map_err(io_error(
-                &self.path,
-                format!("reading the header of tensor {:?}", entry.name.to_string()),
-            ))?;
+        let bytes = self
+            .source
+            .read_range(entry.header_offset, entry.header_size())
+            .map_err(source_error(format!(
+                "reading the header of tensor {:?}",
+                entry.name.to_string()
+            )))?;
         parse_header_at(&bytes, entry, self.metadata.header.has_crypt_info())
             .map_err(format_error(&self.path))
     }
@@ -240,12 +253,12 @@ impl Deserializer {
                 bytes: len,
             })?;
         if !meta {
-            self.file
-                .read_exact_at(&mut data, entry.data_offset)
-                .map_err(io_error(
-                    &self.path,
-                    format!("reading the data of tensor {:?}", entry.name.to_string()),
-                ))?;
+            self.source
+                .read_exact_at(entry.data_offset, &mut data)
+                .map_err(source_error(format!(
+                    "reading the data of tensor {:?}",
+                    entry.name.to_string()
+                )))?;
         }
         if let Some(info) = header.crypt_info.as_ref().filter(|_| encrypted) {
             self.decrypt(entry, info, &mut data)?;

@@ -21,6 +21,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The source or sink failed (local file, HTTP, ...); the inner error
+    /// names the URI, the byte range and the cause.
+    #[error("{action}: {source}")]
+    Source {
+        /// What was being done ("reading tensor \"x\"", ...).
+        action: String,
+        /// The I/O layer's error.
+        #[source]
+        source: tensorizer_io::IoError,
+    },
     /// The bytes are not a valid tensorizer file (or a hash does not match).
     #[error("{}: {source}", path.display())]
     Format {
@@ -138,6 +148,13 @@ pub(crate) fn io_error(
         action,
         source,
     }
+}
+
+pub(crate) fn source_error(
+    action: impl Into<String>,
+) -> impl FnOnce(tensorizer_io::IoError) -> Error {
+    let action = action.into();
+    move |source| Error::Source { action, source }
 }
 
 pub(crate) fn format_error(path: &std::path::Path) -> impl FnOnce(FormatError) -> Error {

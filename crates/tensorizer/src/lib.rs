@@ -4,7 +4,6 @@
 #[cfg(target_endian = "big")]
 compile_error!("tensorizer files are little-endian; big-endian hosts are not supported");
 
-mod atomic;
 mod buffer;
 mod deserializer;
 mod element;
@@ -32,3 +31,6 @@ pub use tensorizer_format as format;
 pub use tensorizer_format::{
     Dtype, DtypeString, IndexEntry, PathComponent, TensorPath, TensorType,
 };
+/// The I/O layer: sources, sinks, retry policy.
+pub use tensorizer_io as io;
+pub use tensorizer_io::RetryPolicy;

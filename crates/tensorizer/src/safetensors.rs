@@ -14,11 +14,11 @@ use std::path::Path;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
 use tensorizer_format::{Dtype, PathComponent};
 
-use crate::atomic::AtomicFile;
 use crate::error::{Error, Result, io_error};
 use crate::serializer::{Serializer, WriteSummary};
 use crate::tensor::{Tensor, TensorData};
 use crate::{Deserializer, Verify};
+use tensorizer_io::{LocalSink, Sink};
 
 /// The safetensors dtype with the same bytes, if there is one.
 pub fn to_safetensors_dtype(dtype: Dtype) -> Option<StDtype> {
@@ -174,13 +174,16 @@ pub fn tensorizer_to_safetensors(input: &Path, output: &Path) -> Result<Safetens
         tensors: views.len(),
         tensor_bytes: tensors.iter().map(|t| t.as_bytes().len() as u64).sum(),
     };
-    let out = AtomicFile::create(output)?;
-    safetensors::tensor::serialize_to_file(views, None, out.path()).map_err(|e| {
+    let out =
+        LocalSink::create(output).map_err(crate::error::source_error("starting the write"))?;
+    safetensors::tensor::serialize_to_file(views, None, out.temp_path()).map_err(|e| {
         Error::Safetensors {
             path: output.to_path_buf(),
             message: e.to_string(),
         }
     })?;
-    out.commit()?;
+    Box::new(out)
+        .commit()
+        .map_err(crate::error::source_error("committing the output"))?;
     Ok(summary)
 }

@@ -1,15 +1,14 @@
 //! Writing `.tensors` files.
 
 use std::borrow::Cow;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use tensorizer_format::{FilePlan, PlanOptions, RecordSpec, TERMINATOR, TensorPath, TensorType};
 
-use crate::atomic::AtomicFile;
-use crate::error::{Error, Result, format_error, io_error};
+use crate::error::{Error, Result, format_error, source_error};
 use crate::tensor::TensorData;
+use tensorizer_io::{LocalSink, Sink};
 
 /// Collects tensors, then writes them as one `.tensors` file.
 ///
@@ -179,31 +178,43 @@ impl<'a> Serializer<'a> {
         ))
     }
 
-    /// Writes the file atomically (temp file, fsync, rename).
-    pub fn write_to_file(mut self, path: impl AsRef<Path>) -> Result<WriteSummary> {
-        let dest = path.as_ref();
-        let plan = self.plan(dest)?;
-        let out = AtomicFile::create(dest)?;
-        let file = out.file();
-        let tmp = out.path().to_path_buf();
-        file.set_len(plan.file_len())
-            .map_err(io_error(&tmp, "sizing the file"))?;
-        let prologue = plan.metadata.encode().map_err(format_error(dest))?;
-        file.write_all_at(&prologue, 0)
-            .map_err(io_error(&tmp, "writing the index"))?;
+    /// Writes a local file atomically (temp file, fsync, rename).
+    pub fn write_to_file(self, path: impl AsRef<Path>) -> Result<WriteSummary> {
+        let sink = LocalSink::create(path.as_ref()).map_err(source_error("starting the write"))?;
+        self.write_to_sink(Box::new(sink))
+    }
+
+    /// Writes to a URI (a plain path or `file://`), atomically.
+    pub fn write_to_uri(self, uri: &str) -> Result<WriteSummary> {
+        let sink = tensorizer_io::create_sink(uri).map_err(source_error("starting the write"))?;
+        self.write_to_sink(sink)
+    }
+
+    /// Writes into any [`Sink`]: every tensor at its planned offset, in
+    /// parallel, then commits. On error the sink is dropped uncommitted, so
+    /// the destination keeps its previous content.
+    pub fn write_to_sink(mut self, sink: Box<dyn Sink>) -> Result<WriteSummary> {
+        let dest = PathBuf::from(sink.uri());
+        let plan = self.plan(&dest)?;
+        sink.reserve(plan.file_len())
+            .map_err(source_error("sizing the output"))?;
+        let prologue = plan.metadata.encode().map_err(format_error(&dest))?;
+        sink.write_all_at(0, &prologue)
+            .map_err(source_error("writing the index"))?;
         (0..self.records.len()).into_par_iter().try_for_each(|i| {
             let entry = &plan.metadata.entries[i];
-            let (header, data) = self.record(&plan, i, dest)?;
+            let (header, data) = self.record(&plan, i, &dest)?;
             let what = || format!("writing tensor {:?}", entry.name.to_string());
-            file.write_all_at(&header, entry.header_offset)
-                .map_err(io_error(&tmp, what()))?;
-            file.write_all_at(&data, entry.data_offset)
-                .map_err(io_error(&tmp, what()))
+            sink.write_all_at(entry.header_offset, &header)
+                .map_err(source_error(what()))?;
+            sink.write_all_at(entry.data_offset, &data)
+                .map_err(source_error(what()))
         })?;
-        file.write_all_at(&TERMINATOR, plan.terminator_offset())
-            .map_err(io_error(&tmp, "writing the terminator"))?;
-        let summary = summary(&plan, out.dest());
-        out.commit()?;
+        sink.write_all_at(plan.terminator_offset(), &TERMINATOR)
+            .map_err(source_error("writing the terminator"))?;
+        let summary = summary(&plan, &dest);
+        sink.commit()
+            .map_err(source_error("committing the output"))?;
         Ok(summary)
     }
 

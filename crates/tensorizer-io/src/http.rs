@@ -1,0 +1,281 @@
+//! HTTP(S) objects read with `Range` requests over pooled keep-alive
+//! connections; many threads may read at once.
+//!
+//! A broken body is resumed from the last byte received; connection errors,
+//! 5xx and 429 are retried with backoff; other 4xx fail at once. A server
+//! that ignores `Range` is detected (never mis-read) and read sequentially,
+//! with a warning.
+
+use std::io::Read;
+use std::time::Instant;
+
+use reqwest::StatusCode;
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
+
+use crate::error::{IoError, Result};
+use crate::{RangeSource, ReadHints, RetryPolicy};
+
+/// An object behind an `http://` or `https://` URL.
+#[derive(Debug)]
+pub struct HttpSource {
+    uri: String,
+    client: Client,
+    len: u64,
+    ranges: bool,
+    policy: RetryPolicy,
+}
+
+/// One failed attempt.
+struct Failure {
+    message: String,
+    status: Option<u16>,
+    retryable: bool,
+}
+
+impl Failure {
+    fn transport(e: impl std::fmt::Display) -> Self {
+        Self {
+            message: e.to_string(),
+            status: None,
+            retryable: true,
+        }
+    }
+
+    fn status(status: StatusCode) -> Self {
+        let code = status.as_u16();
+        let hint = match code {
+            401 | 403 => " (access denied: check credentials)",
+            404 => " (no such object)",
+            _ => "",
+        };
+        Self {
+            message: format!("HTTP {status}{hint}"),
+            status: Some(code),
+            retryable: status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    fn protocol(message: String) -> Self {
+        Self {
+            message,
+            status: None,
+            retryable: false,
+        }
+    }
+}
+
+impl HttpSource {
+    /// Opens `uri`: one ranged request learns the size and whether the
+    /// server honours `Range`.
+    pub fn open(uri: &str, policy: RetryPolicy) -> Result<Self> {
+        let client = Client::builder()
+            .connect_timeout(policy.connect_timeout)
+            .timeout(policy.request_timeout)
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("tensorizer-rs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| IoError::Protocol {
+                uri: uri.to_owned(),
+                message: format!("cannot build an HTTP client: {e}"),
+            })?;
+        let mut me = Self {
+            uri: uri.to_owned(),
+            client,
+            len: 0,
+            ranges: true,
+            policy,
+        };
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match me.probe() {
+                Ok(()) => return Ok(me),
+                Err(f) if f.retryable && me.policy.may_retry(attempts, started) => {
+                    std::thread::sleep(me.policy.backoff(attempts));
+                }
+                Err(f) => return Err(me.remote_error(0, 1, f, attempts)),
+            }
+        }
+    }
+
+    fn probe(&mut self) -> Result<(), Failure> {
+        let resp = self
+            .client
+            .get(&self.uri)
+            .header(RANGE, "bytes=0-0")
+            .send()
+            .map_err(Failure::transport)?;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let (_, _, total) = content_range(&resp).map_err(Failure::protocol)?;
+                self.len = total;
+                self.ranges = true;
+            }
+            StatusCode::OK => {
+                self.len = header_u64(&resp, CONTENT_LENGTH).ok_or_else(|| {
+                    Failure::protocol("server ignores Range and sends no Content-Length".into())
+                })?;
+                self.ranges = false;
+                tracing::warn!(uri = %self.uri, "server ignores Range requests: reading sequentially, which is slow");
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                // An empty object: "Content-Range: bytes */0".
+                self.len = 0;
+            }
+            other => return Err(Failure::status(other)),
+        }
+        Ok(())
+    }
+
+    /// True when the server honours `Range` requests.
+    pub fn supports_ranges(&self) -> bool {
+        self.ranges
+    }
+
+    fn remote_error(&self, start: u64, end: u64, f: Failure, attempts: u32) -> IoError {
+        IoError::Remote {
+            uri: self.uri.clone(),
+            start,
+            end,
+            message: f.message,
+            attempts,
+            status: f.status,
+        }
+    }
+
+    /// One request for `dst.len()` bytes at `start`; returns how many bytes
+    /// arrived (all of them, or fewer with the failure that cut it short).
+    fn fetch(&self, start: u64, dst: &mut [u8]) -> (usize, Option<Failure>) {
+        let end = start + dst.len() as u64;
+        let mut request = self.client.get(&self.uri);
+        if self.ranges {
+            request = request.header(RANGE, format!("bytes={start}-{}", end - 1));
+        }
+        let mut resp = match request.send() {
+            Ok(r) => r,
+            Err(e) => return (0, Some(Failure::transport(e))),
+        };
+        let status = resp.status();
+        if self.ranges {
+            if status != StatusCode::PARTIAL_CONTENT {
+                let f = if status == StatusCode::OK {
+                    Failure::protocol(
+                        "server ignored the Range header (answered 200 with the whole object)"
+                            .into(),
+                    )
+                } else {
+                    Failure::status(status)
+                };
+                return (0, Some(f));
+            }
+            match content_range(&resp) {
+                Ok((a, b, _)) if a == start && b == end - 1 => {}
+                Ok((a, b, _)) => {
+                    let msg = format!("asked for bytes {start}-{}, server sent {a}-{b}", end - 1);
+                    return (0, Some(Failure::protocol(msg)));
+                }
+                Err(msg) => return (0, Some(Failure::protocol(msg))),
+            }
+        } else {
+            if status != StatusCode::OK {
+                return (0, Some(Failure::status(status)));
+            }
+            // No ranges: skip to `start` through the body.
+            if let Err(e) = std::io::copy(&mut (&mut resp).take(start), &mut std::io::sink()) {
+                return (0, Some(Failure::transport(e)));
+            }
+        }
+        let mut got = 0;
+        while got < dst.len() {
+            match resp.read(&mut dst[got..]) {
+                Ok(0) => {
+                    let msg = format!("connection closed after {got} of {} bytes", dst.len());
+                    return (got, Some(Failure::transport(msg)));
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return (
+                        got,
+                        Some(Failure::transport(format!(
+                            "after {got} of {} bytes: {e}",
+                            dst.len()
+                        ))),
+                    );
+                }
+            }
+        }
+        (got, None)
+    }
+}
+
+impl RangeSource for HttpSource {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        let started = Instant::now();
+        let mut done = 0;
+        let mut attempts = 0;
+        while done < buf.len() {
+            attempts += 1;
+            let (got, failure) = self.fetch(offset + done as u64, &mut buf[done..]);
+            // Resume after whatever arrived.
+            done += got;
+            let Some(f) = failure else { continue };
+            if !(f.retryable && self.policy.may_retry(attempts, started)) {
+                return Err(self.remote_error(offset, offset + buf.len() as u64, f, attempts));
+            }
+            tracing::debug!(uri = %self.uri, attempt = attempts, error = %f.message, "retrying");
+            std::thread::sleep(self.policy.backoff(attempts));
+        }
+        Ok(())
+    }
+
+    fn hints(&self) -> ReadHints {
+        if self.ranges {
+            ReadHints {
+                request_size: 8 << 20,
+                concurrency: 8,
+            }
+        } else {
+            ReadHints {
+                request_size: usize::MAX,
+                concurrency: 1,
+            }
+        }
+    }
+}
+
+fn header_u64(resp: &Response, name: reqwest::header::HeaderName) -> Option<u64> {
+    resp.headers().get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Parses `Content-Range: bytes A-B/TOTAL`.
+fn content_range(resp: &Response) -> std::result::Result<(u64, u64, u64), String> {
+    let raw = resp
+        .headers()
+        .get(CONTENT_RANGE)
+        .ok_or("206 response without Content-Range")?
+        .to_str()
+        .map_err(|_| "unreadable Content-Range")?;
+    let parse = || -> Option<(u64, u64, u64)> {
+        let rest = raw.strip_prefix("bytes ")?;
+        let (range, total) = rest.split_once('/')?;
+        let (a, b) = range.split_once('-')?;
+        Some((
+            a.trim().parse().ok()?,
+            b.trim().parse().ok()?,
+            total.trim().parse().ok()?,
+        ))
+    };
+    parse().ok_or_else(|| format!("malformed Content-Range {raw:?}"))
+}

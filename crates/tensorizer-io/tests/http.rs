@@ -1,0 +1,234 @@
+//! HTTP sources against nginx and against misbehaving servers: byte-exact
+//! reads, bounded retries, resumption, and clear final errors.
+#![cfg(feature = "http")]
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tensorizer_io::{HttpSource, IoError, RangeSource, RetryPolicy};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn fast_policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        deadline: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(1),
+    }
+}
+
+fn blob(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 131 % 251) as u8).collect()
+}
+
+/// Reads the whole source in `piece`-byte ranges from four threads.
+fn read_all(src: &dyn RangeSource, piece: usize) -> Vec<u8> {
+    let mut out = vec![0u8; src.len() as usize];
+    std::thread::scope(|s| {
+        for (i, chunk) in out.chunks_mut(piece).enumerate() {
+            s.spawn(move || src.read_exact_at((i * piece) as u64, chunk).unwrap());
+        }
+    });
+    out
+}
+
+#[test]
+fn every_fixture_reads_byte_exact_through_nginx() {
+    for set in ["tensorizer-2.12.1", "spec"] {
+        let dir = fixtures().join(set);
+        let nginx = Nginx::start(&dir);
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "tensors") {
+                continue;
+            }
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let src = HttpSource::open(&nginx.url(name), RetryPolicy::default()).unwrap();
+            assert!(src.supports_ranges());
+            let local = std::fs::read(&path).unwrap();
+            assert_eq!(src.len(), local.len() as u64, "{name}");
+            assert!(read_all(&src, 100_003) == local, "{name}");
+            n += 1;
+        }
+        assert!(n >= 6);
+    }
+}
+
+#[test]
+fn retries_5xx_then_succeeds() {
+    let body = blob(300_000);
+    for status in [503, 429, 500] {
+        let server = TestServer::start(
+            body.clone(),
+            Behavior {
+                fail_status: status,
+                fail_first: 2,
+                ..Behavior::default()
+            },
+        );
+        let src = HttpSource::open(&server.url(), fast_policy()).unwrap();
+        assert_eq!(src.read_range(1000, 5000).unwrap(), &body[1000..6000]);
+        assert_eq!(
+            server.requests.load(std::sync::atomic::Ordering::SeqCst),
+            4,
+            "2 failures, probe, read"
+        );
+    }
+}
+
+#[test]
+fn broken_bodies_resume_at_the_last_byte() {
+    let body = blob(1 << 20);
+    let server = TestServer::start(
+        body.clone(),
+        Behavior {
+            cut_after: Some(40_000),
+            cut_first: 4,
+            ..Behavior::default()
+        },
+    );
+    let src = HttpSource::open(&server.url(), fast_policy()).unwrap();
+    assert_eq!(src.read_range(0, body.len() as u64).unwrap(), body);
+    // The probe, three cut requests (indices 1-3), then one resumed request for the rest.
+    assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[test]
+fn servers_ignoring_range_are_read_sequentially_not_misread() {
+    let body = blob(200_000);
+    let server = TestServer::start(
+        body.clone(),
+        Behavior {
+            ignore_range: true,
+            ..Behavior::default()
+        },
+    );
+    let src = HttpSource::open(&server.url(), fast_policy()).unwrap();
+    assert!(!src.supports_ranges());
+    assert_eq!(src.hints().concurrency, 1);
+    assert_eq!(
+        src.read_range(123_456, 1000).unwrap(),
+        &body[123_456..124_456]
+    );
+}
+
+#[test]
+fn a_wrong_content_range_is_an_error_not_data() {
+    let server = TestServer::start(
+        blob(10_000),
+        Behavior {
+            wrong_range_start: Some(5),
+            ..Behavior::default()
+        },
+    );
+    // The probe asks for 0-0 and is told 5-0: refused at open.
+    let err = HttpSource::open(&server.url(), fast_policy())
+        .err()
+        .map(|e| e.to_string());
+    let err = err.unwrap_or_else(|| {
+        let src = HttpSource::open(&server.url(), fast_policy()).unwrap();
+        src.read_range(100, 10).unwrap_err().to_string()
+    });
+    assert!(
+        err.contains("server sent 5-") || err.contains("malformed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn client_errors_fail_at_once() {
+    for (status, phrase) in [
+        (403, "check credentials"),
+        (401, "check credentials"),
+        (404, "no such object"),
+    ] {
+        let server = TestServer::start(
+            blob(100),
+            Behavior {
+                fail_status: status,
+                fail_first: 100,
+                ..Behavior::default()
+            },
+        );
+        let err = HttpSource::open(&server.url(), fast_policy()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(phrase) && msg.contains(&server.url()), "{msg}");
+        assert!(matches!(err, IoError::Remote { attempts: 1, .. }), "{msg}");
+        assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}
+
+#[test]
+fn a_stalled_server_ends_in_a_clear_error_within_the_deadline() {
+    let server = TestServer::start(
+        blob(100_000),
+        Behavior {
+            stall_body: true,
+            ..Behavior::default()
+        },
+    );
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        request_timeout: Duration::from_millis(300),
+        ..fast_policy()
+    };
+    let src = HttpSource::open(&server.url(), policy).unwrap();
+    let started = Instant::now();
+    let err = src.read_range(10, 5000).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        msg.contains("bytes 10..5010") && msg.contains("after 3 attempts"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_fault_proxy_cannot_corrupt_reads() {
+    let dir = fixtures().join("tensorizer-2.12.1");
+    let nginx = Nginx::start(&dir);
+    let local = std::fs::read(dir.join("encrypted_random_key.tensors")).unwrap();
+    for fault in [
+        Fault::ResetAfter {
+            bytes: 70_000,
+            connections: 3,
+        },
+        Fault::CloseMidHeader { connections: 2 },
+    ] {
+        let proxy = FaultProxy::start(nginx.port, fault);
+        let src =
+            HttpSource::open(&proxy.url("encrypted_random_key.tensors"), fast_policy()).unwrap();
+        assert!(read_all(&src, 1 << 20) == local, "{fault:?}");
+        assert!(proxy.connections.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    }
+    // A fault that never ends: bounded attempts, then the error.
+    let proxy = FaultProxy::start(
+        nginx.port,
+        Fault::ResetAfter {
+            bytes: 70_000,
+            connections: usize::MAX,
+        },
+    );
+    let started = Instant::now();
+    let result = HttpSource::open(&proxy.url("encrypted_random_key.tensors"), fast_policy())
+        .and_then(|s| s.read_range(0, 1 << 20));
+    let msg = result.unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        msg.contains("gave up after 4 attempts") && msg.contains("bytes 0..1048576"),
+        "{msg}"
+    );
+}

@@ -1,0 +1,328 @@
+//! Test servers on 127.0.0.1: a misbehaving in-process HTTP server, nginx,
+//! and a fault-injecting TCP proxy. Every loop here is bounded and every
+//! server stops when dropped.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How the in-process server misbehaves.
+#[derive(Debug, Clone, Default)]
+pub struct Behavior {
+    /// Answer 200 with the whole body, ignoring Range.
+    pub ignore_range: bool,
+    /// Answer this status to the first `fail_first` requests.
+    pub fail_status: u16,
+    /// How many requests get `fail_status` (0 = none).
+    pub fail_first: usize,
+    /// Close the connection after this many body bytes, for the first `cut_first` requests.
+    pub cut_after: Option<usize>,
+    /// Requests with an index below this are cut (the probe, index 0, never is).
+    pub cut_first: usize,
+    /// Stall (send headers, then nothing) on every request after the probe.
+    pub stall_body: bool,
+    /// Answer with this Content-Range start instead of the right one.
+    pub wrong_range_start: Option<u64>,
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TestServer {
+    pub fn start(body: Vec<u8>, behavior: Behavior) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s, body) = (requests.clone(), stop.clone(), Arc::new(body));
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let n = r.fetch_add(1, Ordering::SeqCst);
+                        let (body, b) = (body.clone(), behavior.clone());
+                        thread::spawn(move || serve(stream, &body, &b, n));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self {
+            addr,
+            requests,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/model.tensors", self.addr)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(mut stream: TcpStream, body: &[u8], b: &Behavior, n: usize) {
+    stream.set_nonblocking(false).ok();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => req.extend_from_slice(&buf[..k]),
+        }
+        if req.len() > 64 * 1024 {
+            return;
+        }
+    }
+    let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+    let range = text
+        .lines()
+        .find_map(|l| l.strip_prefix("range: bytes="))
+        .and_then(|r| {
+            let (a, b) = r.trim().split_once('-')?;
+            Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
+        });
+    if n < b.fail_first {
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {} Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            b.fail_status
+        );
+        return;
+    }
+    let (status, start, end) = match range {
+        Some((a, z)) if !b.ignore_range => {
+            if a >= body.len() as u64 {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                return;
+            }
+            (
+                "206 Partial Content",
+                a as usize,
+                (z as usize + 1).min(body.len()),
+            )
+        }
+        _ => ("200 OK", 0, body.len()),
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        end - start
+    );
+    if status.starts_with("206") {
+        let shown = b.wrong_range_start.unwrap_or(start as u64);
+        head += &format!(
+            "Content-Range: bytes {shown}-{}/{}\r\n",
+            end - 1,
+            body.len()
+        );
+    }
+    head += "\r\n";
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let probe = range == Some((0, 0));
+    if b.stall_body && !probe {
+        thread::sleep(Duration::from_secs(5));
+        return;
+    }
+    let mut payload = &body[start..end];
+    if let Some(cut) = b
+        .cut_after
+        .filter(|_| n < b.cut_first + b.fail_first && !probe)
+    {
+        payload = &payload[..cut.min(payload.len())];
+        let _ = stream.write_all(payload);
+        let _ = stream.shutdown(Shutdown::Both);
+        return;
+    }
+    let _ = stream.write_all(payload);
+}
+
+/// nginx serving `root` on a loopback port, stopped on drop.
+pub struct Nginx {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn start(root: &Path) -> Self {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().map(PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| {
+            panic!("nginx is not installed: run `cargo xtask test` (installs it) or `apt-get install -y nginx-light`")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = format!(
+            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+             uwsgi_temp_path {d}; scgi_temp_path {d}; sendfile on; keepalive_requests 10000;\n\
+             server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            d = dir.path().display(),
+            root = root.display()
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new(nginx)
+            .args([
+                "-c",
+                &dir.path().join("nginx.conf").to_string_lossy(),
+                "-p",
+                &dir.path().to_string_lossy(),
+            ])
+            // One process, no workers (master_process off): killing it stops
+            // everything, and no orphan keeps the test's output pipes open.
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server on port {port} did not start"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What the proxy does to a connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Pass everything.
+    None,
+    /// Reset the first `n` connections after `bytes` bytes from upstream.
+    ResetAfter { bytes: usize, connections: usize },
+    /// Close the first `connections` connections after a few bytes of the response header.
+    CloseMidHeader { connections: usize },
+}
+
+/// A TCP proxy from a loopback port to `upstream`, injecting `fault`.
+pub struct FaultProxy {
+    pub port: u16,
+    pub connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16, fault: Fault) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (connections.clone(), stop.clone());
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((client, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                thread::spawn(move || relay(client, upstream, fault, n));
+            }
+        });
+        Self {
+            port,
+            connections,
+            stop,
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn relay(client: TcpStream, upstream: u16, fault: Fault, n: usize) {
+    client.set_nonblocking(false).ok();
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    thread::spawn(move || {
+        let _ = std::io::copy(&mut c_read, &mut s_write);
+        let _ = s_write.shutdown(Shutdown::Write);
+    });
+    let limit = match fault {
+        Fault::ResetAfter { bytes, connections } if n < connections => Some(bytes),
+        Fault::CloseMidHeader { connections } if n < connections => Some(7),
+        _ => None,
+    };
+    let (mut s_read, mut c_write) = (server, client);
+    let mut sent = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let k = match s_read.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => k,
+        };
+        let k = limit.map_or(k, |l| k.min(l - sent));
+        if c_write.write_all(&buf[..k]).is_err() {
+            break;
+        }
+        sent += k;
+        if limit.is_some_and(|l| sent >= l) {
+            let _ = c_write.shutdown(Shutdown::Both);
+            let _ = s_read.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+    let _ = c_write.shutdown(Shutdown::Write);
+}
