@@ -51,7 +51,7 @@ impl RetryPolicy {
     }
 
     /// True when another attempt may start: attempts left and deadline not passed.
-    pub(crate) fn may_retry(&self, attempts: u32, started: Instant) -> bool {
+    pub fn may_retry(&self, attempts: u32, started: Instant) -> bool {
         attempts < self.max_attempts && started.elapsed() < self.deadline
     }
 }
