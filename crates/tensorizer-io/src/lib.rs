@@ -5,16 +5,36 @@
 mod error;
 #[cfg(feature = "http")]
 mod http;
+mod layout;
 mod local;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod retry;
+pub mod s3;
 
 use std::path::Path;
 
 pub use error::{IoError, Result};
 #[cfg(feature = "http")]
 pub use http::HttpSource;
+pub use layout::{FileLayout, Segment, SegmentKind};
 pub use local::{LocalFile, LocalSink};
+#[cfg(feature = "redis")]
+pub use redis::{RedisSink, RedisSource};
 pub use retry::RetryPolicy;
+pub use s3::{Addressing, S3Config, S3Options};
+#[cfg(feature = "s3")]
+pub use s3::{S3Sink, S3Source};
+
+/// How to reach remote storage: retries and timeouts for every remote
+/// source, and S3 credentials and endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct StorageOptions {
+    /// Retries and timeouts.
+    pub retry: RetryPolicy,
+    /// S3 credentials, endpoint and addressing (looked up when unset).
+    pub s3: S3Options,
+}
 
 /// The request size and concurrency a source performs best with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +110,10 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// The URI or path, for messages.
     fn uri(&self) -> &str;
 
-    /// The final size, when known up front (lets a file be preallocated).
-    fn reserve(&self, _len: u64) -> Result<()> {
+    /// Announces the file before the first write: its size (lets a file
+    /// be preallocated, sizes multipart parts) and its segments (name
+    /// Redis keys).
+    fn reserve(&self, _layout: &FileLayout) -> Result<()> {
         Ok(())
     }
 
@@ -102,42 +124,80 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     fn commit(self: Box<Self>) -> Result<()>;
 }
 
-/// Opens a source by URI: `http://` and `https://` (feature `http`),
-/// `file://` paths, and plain paths.
-pub fn open_source(uri: &str, policy: &RetryPolicy) -> Result<Box<dyn RangeSource>> {
-    let _ = policy;
+/// Opens a source by URI: plain paths and `file://`, `http(s)://` (feature
+/// `http`), `s3://bucket/key` (feature `s3`), `redis://host[:port]/prefix`
+/// (feature `redis`).
+pub fn open_source(uri: &str, options: &StorageOptions) -> Result<Box<dyn RangeSource>> {
+    let _ = options;
     match scheme(uri).as_deref() {
         Some("file") => Ok(Box::new(LocalFile::open(Path::new(&uri[7..]))?)),
         Some("http" | "https") => {
             #[cfg(feature = "http")]
-            return Ok(Box::new(HttpSource::open(uri, policy.clone())?));
+            return Ok(Box::new(HttpSource::open(uri, options.retry.clone())?));
             #[cfg(not(feature = "http"))]
-            return Err(IoError::Unsupported {
-                uri: uri.to_owned(),
-                message: "reading http(s):// URIs needs the cargo feature `http`".into(),
-            });
+            return Err(feature_off(uri, "http"));
         }
-        Some(other) if other.len() > 1 => Err(IoError::Unsupported {
-            uri: uri.to_owned(),
-            message: format!(
-                "unknown URI scheme {other:?} (supported: file, http, https, or a plain path)"
-            ),
-        }),
+        Some("s3") => {
+            #[cfg(feature = "s3")]
+            return Ok(Box::new(S3Source::open(uri, &options.s3, &options.retry)?));
+            #[cfg(not(feature = "s3"))]
+            return Err(feature_off(uri, "s3"));
+        }
+        Some("redis") => {
+            #[cfg(feature = "redis")]
+            return Ok(Box::new(RedisSource::open(uri, &options.retry)?));
+            #[cfg(not(feature = "redis"))]
+            return Err(feature_off(uri, "redis"));
+        }
+        Some(other) if other.len() > 1 => Err(unknown_scheme(uri, other)),
         _ => Ok(Box::new(LocalFile::open(Path::new(uri))?)),
     }
 }
 
-/// Opens a sink by URI: `file://` paths and plain paths.
-pub fn create_sink(uri: &str) -> Result<Box<dyn Sink>> {
+/// Opens a sink by URI: plain paths and `file://`, `s3://bucket/key`
+/// (feature `s3`), `redis://host[:port]/prefix` (feature `redis`).
+/// HTTP is read-only.
+pub fn create_sink(uri: &str, options: &StorageOptions) -> Result<Box<dyn Sink>> {
+    let _ = options;
     match scheme(uri).as_deref() {
         Some("file") => Ok(Box::new(LocalSink::create(Path::new(&uri[7..]))?)),
-        Some(other) if other.len() > 1 => Err(IoError::Unsupported {
+        Some("http" | "https") => Err(IoError::Unsupported {
             uri: uri.to_owned(),
-            message: format!(
-                "cannot write to {other}:// URIs yet (supported: file, or a plain path)"
-            ),
+            message: "HTTP(S) URIs are read-only; write to a file, s3:// or redis://".into(),
         }),
+        Some("s3") => {
+            #[cfg(feature = "s3")]
+            return Ok(Box::new(S3Sink::create(uri, &options.s3, &options.retry)?));
+            #[cfg(not(feature = "s3"))]
+            return Err(feature_off(uri, "s3"));
+        }
+        Some("redis") => {
+            #[cfg(feature = "redis")]
+            return Ok(Box::new(RedisSink::create(uri, &options.retry)?));
+            #[cfg(not(feature = "redis"))]
+            return Err(feature_off(uri, "redis"));
+        }
+        Some(other) if other.len() > 1 => Err(unknown_scheme(uri, other)),
         _ => Ok(Box::new(LocalSink::create(Path::new(uri))?)),
+    }
+}
+
+#[allow(dead_code, reason = "unused when every backend feature is on")]
+fn feature_off(uri: &str, feature: &str) -> IoError {
+    IoError::Unsupported {
+        uri: uri.to_owned(),
+        message: format!(
+            "{feature}:// URIs need the cargo feature `{feature}` of tensorizer (or tensorizer-io)"
+        ),
+    }
+}
+
+fn unknown_scheme(uri: &str, scheme: &str) -> IoError {
+    IoError::Unsupported {
+        uri: uri.to_owned(),
+        message: format!(
+            "unknown URI scheme {scheme:?} (supported: file, http, https, s3, redis, or a plain path)"
+        ),
     }
 }
 

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::FileLayout;
 use crate::error::{IoError, Result};
 use crate::{RangeSource, ReadHints, Sink};
 
@@ -123,10 +124,10 @@ impl Sink for LocalSink {
         &self.uri
     }
 
-    fn reserve(&self, len: u64) -> Result<()> {
+    fn reserve(&self, layout: &FileLayout) -> Result<()> {
         self.temp
             .as_file()
-            .set_len(len)
+            .set_len(layout.len)
             .map_err(self.err("sizing the file"))
     }
 

@@ -1,7 +1,8 @@
 //! Local files: positional reads checked against the size, atomic sinks.
 
 use tensorizer_io::{
-    IoError, LocalFile, LocalSink, RangeSource, RetryPolicy, Sink, create_sink, open_source,
+    FileLayout, IoError, LocalFile, LocalSink, RangeSource, Sink, StorageOptions, create_sink,
+    open_source,
 };
 
 #[test]
@@ -21,11 +22,11 @@ fn reads_ranges_and_refuses_past_the_end() {
     assert!(src.read_range(0, u64::MAX).is_err());
     let via_uri = open_source(
         &format!("file://{}", path.display()),
-        &RetryPolicy::default(),
+        &StorageOptions::default(),
     )
     .unwrap();
     assert_eq!(via_uri.read_range(0, 3).unwrap(), vec![0, 1, 2]);
-    let err = open_source("gopher://x/y", &RetryPolicy::default())
+    let err = open_source("gopher://x/y", &StorageOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown URI scheme \"gopher\""), "{err}");
@@ -37,14 +38,14 @@ fn sinks_commit_atomically_or_leave_the_old_file() {
     let path = dir.path().join("out.bin");
     std::fs::write(&path, b"old").unwrap();
     let sink = LocalSink::create(&path).unwrap();
-    sink.reserve(6).unwrap();
+    sink.reserve(&FileLayout::with_len(6)).unwrap();
     sink.write_all_at(3, b"def").unwrap();
     sink.write_all_at(0, b"abc").unwrap();
     drop(sink); // abandoned: nothing changes, no temp file stays
     assert_eq!(std::fs::read(&path).unwrap(), b"old");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 
-    let sink = create_sink(path.to_str().unwrap()).unwrap();
+    let sink = create_sink(path.to_str().unwrap(), &StorageOptions::default()).unwrap();
     sink.write_all_at(0, b"new!").unwrap();
     sink.commit().unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"new!");

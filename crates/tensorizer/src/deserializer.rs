@@ -11,7 +11,7 @@ use tensorizer_format::{
 use crate::buffer::AlignedBuffer;
 use crate::error::{Error, Result, format_error, source_error};
 use crate::tensor::Tensor;
-use tensorizer_io::{LocalFile, RangeSource, RetryPolicy};
+use tensorizer_io::{LocalFile, RangeSource, StorageOptions};
 
 /// Which stored hashes to check when loading.
 ///
@@ -83,15 +83,17 @@ impl Deserializer {
         Self::from_source(Box::new(source))
     }
 
-    /// Opens a URI: a plain path, `file://`, or `http(s)://` (feature
-    /// `http`), with the default retry policy.
+    /// Opens a URI: a plain path, `file://`, `http(s)://` (feature `http`),
+    /// `s3://bucket/key` (feature `s3`) or `redis://host[:port]/prefix`
+    /// (feature `redis`), with default retries and S3 credentials looked up
+    /// from the environment and `~/.s3cfg`.
     pub fn open_uri(uri: &str) -> Result<Self> {
-        Self::open_uri_with(uri, &RetryPolicy::default())
+        Self::open_uri_with(uri, &StorageOptions::default())
     }
 
-    /// Like [`Deserializer::open_uri`] with explicit retries and timeouts.
-    pub fn open_uri_with(uri: &str, policy: &RetryPolicy) -> Result<Self> {
-        let source = tensorizer_io::open_source(uri, policy).map_err(source_error("opening"))?;
+    /// Like [`Deserializer::open_uri`] with explicit retries, timeouts and S3 settings.
+    pub fn open_uri_with(uri: &str, options: &StorageOptions) -> Result<Self> {
+        let source = tensorizer_io::open_source(uri, options).map_err(source_error("opening"))?;
         Self::from_source(source)
     }
 

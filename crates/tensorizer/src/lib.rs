@@ -33,4 +33,4 @@ pub use tensorizer_format::{
 };
 /// The I/O layer: sources, sinks, retry policy.
 pub use tensorizer_io as io;
-pub use tensorizer_io::RetryPolicy;
+pub use tensorizer_io::{RetryPolicy, S3Options, StorageOptions};

@@ -8,7 +8,7 @@ use tensorizer_format::{FilePlan, PlanOptions, RecordSpec, TERMINATOR, TensorPat
 
 use crate::error::{Error, Result, format_error, source_error};
 use crate::tensor::TensorData;
-use tensorizer_io::{LocalSink, Sink};
+use tensorizer_io::{FileLayout, LocalSink, Segment, SegmentKind, Sink, StorageOptions};
 
 /// Collects tensors, then writes them as one `.tensors` file.
 ///
@@ -184,9 +184,17 @@ impl<'a> Serializer<'a> {
         self.write_to_sink(Box::new(sink))
     }
 
-    /// Writes to a URI (a plain path or `file://`), atomically.
+    /// Writes to a URI, atomically: a plain path or `file://`, `s3://bucket/key`
+    /// (feature `s3`), `redis://host[:port]/prefix` (feature `redis`), with
+    /// credentials looked up as in [`StorageOptions`]' defaults.
     pub fn write_to_uri(self, uri: &str) -> Result<WriteSummary> {
-        let sink = tensorizer_io::create_sink(uri).map_err(source_error("starting the write"))?;
+        self.write_to_uri_with(uri, &StorageOptions::default())
+    }
+
+    /// Like [`Serializer::write_to_uri`] with explicit retries, timeouts and S3 settings.
+    pub fn write_to_uri_with(self, uri: &str, options: &StorageOptions) -> Result<WriteSummary> {
+        let sink =
+            tensorizer_io::create_sink(uri, options).map_err(source_error("starting the write"))?;
         self.write_to_sink(sink)
     }
 
@@ -196,8 +204,8 @@ impl<'a> Serializer<'a> {
     pub fn write_to_sink(mut self, sink: Box<dyn Sink>) -> Result<WriteSummary> {
         let dest = PathBuf::from(sink.uri());
         let plan = self.plan(&dest)?;
-        sink.reserve(plan.file_len())
-            .map_err(source_error("sizing the output"))?;
+        sink.reserve(&layout(&plan))
+            .map_err(source_error("announcing the file layout"))?;
         let prologue = plan.metadata.encode().map_err(format_error(&dest))?;
         sink.write_all_at(0, &prologue)
             .map_err(source_error("writing the index"))?;
@@ -235,6 +243,37 @@ impl<'a> Serializer<'a> {
         }
         out.extend_from_slice(&TERMINATOR);
         Ok(out)
+    }
+}
+
+/// The segments of the planned file, for sinks that store them separately.
+fn layout(plan: &FilePlan) -> FileLayout {
+    let mut segments = vec![Segment {
+        offset: 0,
+        len: plan.metadata.records_offset(),
+        kind: SegmentKind::Prologue,
+    }];
+    for entry in &plan.metadata.entries {
+        let name = String::from_utf8_lossy(entry.name.as_bytes()).into_owned();
+        segments.push(Segment {
+            offset: entry.header_offset,
+            len: entry.data_offset - entry.header_offset,
+            kind: SegmentKind::TensorHeader(name.clone()),
+        });
+        segments.push(Segment {
+            offset: entry.data_offset,
+            len: entry.data_length,
+            kind: SegmentKind::TensorData(name),
+        });
+    }
+    segments.push(Segment {
+        offset: plan.terminator_offset(),
+        len: TERMINATOR.len() as u64,
+        kind: SegmentKind::Terminator,
+    });
+    FileLayout {
+        len: plan.file_len(),
+        segments,
     }
 }
 

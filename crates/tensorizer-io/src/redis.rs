@@ -1,0 +1,571 @@
+//! Files stored in Redis with the Python library's key layout
+//! (`TensorDeserializer.to_redis`, `RedisStreamFile`): each key holds the
+//! bytes of the file starting at the offset after its last `:`.
+//!
+//! ```text
+//! {prefix}:header:0                 magic, header, index   (bytes 0 .. 73 + metadata_len)
+//! {prefix}:{name}:{header_offset}   a tensor's header
+//! {prefix}:{name}:{data_offset}     its data
+//! ```
+//!
+//! Reading lists `{prefix}:*`, sorts the keys by offset and serves any byte
+//! range with `GETRANGE`s over a pool of connections. Writing stores every
+//! key under a temporary prefix, then swaps the whole file in with one
+//! `MULTI`/`EXEC` (old keys deleted, new ones renamed), so readers see the
+//! old file or the new one, never a mix; an uncommitted sink deletes its
+//! temporary keys. Data larger than [`MAX_VALUE`] is split into several
+//! keys, which Python reads the same way (Redis refuses values over 512 MB).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use redis::{Client, Connection, RedisError};
+
+use crate::error::{IoError, Result};
+use crate::{FileLayout, RangeSource, ReadHints, RetryPolicy, SegmentKind, Sink};
+
+/// Largest value written to one key.
+pub const MAX_VALUE: u64 = 256 << 20;
+/// Largest `GETRANGE` answer asked for at once.
+const MAX_GET: u64 = 16 << 20;
+
+/// `redis://host[:port]/prefix` → (`redis://host:port/0`, prefix).
+pub fn parse_redis_uri(uri: &str) -> Result<(String, String)> {
+    let bad = |why: &str| IoError::Unsupported {
+        uri: uri.to_owned(),
+        message: format!("not a Redis URI ({why}); expected redis://host[:port]/prefix"),
+    };
+    let rest = uri
+        .split_once("://")
+        .filter(|(s, _)| s.eq_ignore_ascii_case("redis"))
+        .ok_or_else(|| bad("scheme is not redis"))?
+        .1;
+    let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = prefix.trim_start_matches('/');
+    if authority.is_empty() {
+        return Err(bad("no host"));
+    }
+    if prefix.is_empty() {
+        return Err(bad("no key prefix"));
+    }
+    let host_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        || authority.ends_with(']')
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:6379")
+    };
+    Ok((format!("redis://{host_port}/0"), prefix.to_owned()))
+}
+
+/// Escapes glob characters so `SCAN MATCH` takes the prefix literally.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Connections to one server, reused across threads.
+struct Pool {
+    uri: String,
+    client: Client,
+    idle: Mutex<Vec<Connection>>,
+    policy: RetryPolicy,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    fn new(uri: &str, url: &str, policy: &RetryPolicy) -> Result<Self> {
+        let client = Client::open(url).map_err(|e| IoError::Unsupported {
+            uri: uri.to_owned(),
+            message: format!("bad Redis address: {e}"),
+        })?;
+        Ok(Self {
+            uri: uri.to_owned(),
+            client,
+            idle: Mutex::new(Vec::new()),
+            policy: policy.clone(),
+        })
+    }
+
+    fn connect(&self) -> std::result::Result<Connection, RedisError> {
+        let con = self
+            .client
+            .get_connection_with_timeout(self.policy.connect_timeout)?;
+        con.set_read_timeout(Some(self.policy.request_timeout))?;
+        con.set_write_timeout(Some(self.policy.request_timeout))?;
+        Ok(con)
+    }
+
+    /// Runs `f` on a pooled connection; connection failures are retried on
+    /// a new connection with backoff, server errors are not.
+    fn with<T>(
+        &self,
+        what: impl Fn() -> String,
+        range: (u64, u64),
+        mut f: impl FnMut(&mut Connection) -> std::result::Result<T, RedisError>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let pooled = self.idle.lock().expect("pool lock").pop();
+            let result = match pooled {
+                Some(con) => Ok(con),
+                None => self.connect(),
+            }
+            .and_then(|mut con| f(&mut con).map(|v| (v, con)));
+            match result {
+                Ok((value, con)) => {
+                    self.idle.lock().expect("pool lock").push(con);
+                    return Ok(value);
+                }
+                Err(e) => {
+                    let transient = e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_connection_refusal()
+                        || e.is_timeout();
+                    if transient && self.policy.may_retry(attempts, started) {
+                        tracing::warn!(uri = %self.uri, attempt = attempts, "Redis: {e}; retrying");
+                        std::thread::sleep(self.policy.backoff(attempts));
+                        continue;
+                    }
+                    return Err(IoError::Remote {
+                        uri: self.uri.clone(),
+                        start: range.0,
+                        end: range.1,
+                        message: format!("{}: {e}", what()),
+                        attempts,
+                        status: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Every key matching `{prefix}:*`.
+    fn scan(&self, prefix: &str) -> Result<Vec<Vec<u8>>> {
+        let pattern = format!("{}:*", glob_escape(prefix));
+        self.with(
+            || format!("listing keys {pattern}"),
+            (0, 0),
+            |con| {
+                let mut keys = Vec::new();
+                let mut cursor = 0u64;
+                loop {
+                    let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query(con)?;
+                    keys.extend(batch);
+                    if next == 0 {
+                        return Ok(keys);
+                    }
+                    cursor = next;
+                }
+            },
+        )
+    }
+}
+
+/// A key and the bytes of the file it holds.
+#[derive(Debug, Clone)]
+struct Piece {
+    key: Vec<u8>,
+    offset: u64,
+    len: u64,
+}
+
+/// The offset a key stands for: the integer after its last `:`.
+fn key_offset(key: &[u8]) -> Option<u64> {
+    let pos = key.iter().rposition(|&b| b == b':')?;
+    std::str::from_utf8(&key[pos + 1..]).ok()?.parse().ok()
+}
+
+/// A file stored in Redis, as `RedisStreamFile` reads it.
+#[derive(Debug)]
+pub struct RedisSource {
+    pool: Pool,
+    pieces: Vec<Piece>,
+    len: u64,
+}
+
+impl RedisSource {
+    /// Opens `redis://host[:port]/prefix`: lists the prefix's keys and
+    /// their sizes.
+    pub fn open(uri: &str, policy: &RetryPolicy) -> Result<Self> {
+        let (url, prefix) = parse_redis_uri(uri)?;
+        let pool = Pool::new(uri, &url, policy)?;
+        let keys = pool.scan(&prefix)?;
+        let keys: Vec<(Vec<u8>, u64)> = keys
+            .into_iter()
+            .filter_map(|k| match key_offset(&k) {
+                Some(off) => Some((k, off)),
+                None => {
+                    tracing::debug!(key = %String::from_utf8_lossy(&k), "not part of the file: no offset");
+                    None
+                }
+            })
+            .collect();
+        if keys.is_empty() {
+            return Err(IoError::Protocol {
+                uri: uri.to_owned(),
+                message: format!(
+                    "no keys named {prefix}:*:<offset> on the server (nothing stored under this prefix)"
+                ),
+            });
+        }
+        let lens: Vec<u64> = pool.with(
+            || "reading key sizes".into(),
+            (0, 0),
+            |con| {
+                let mut pipe = redis::pipe();
+                for (k, _) in &keys {
+                    pipe.cmd("STRLEN").arg(k);
+                }
+                pipe.query(con)
+            },
+        )?;
+        let mut pieces: Vec<Piece> = keys
+            .into_iter()
+            .zip(lens)
+            .map(|((key, offset), len)| Piece { key, offset, len })
+            .collect();
+        pieces.sort_by_key(|p| p.offset);
+        for pair in pieces.windows(2) {
+            if pair[0].offset + pair[0].len > pair[1].offset {
+                return Err(IoError::Protocol {
+                    uri: uri.to_owned(),
+                    message: format!(
+                        "keys {} and {} overlap (two files under one prefix?)",
+                        String::from_utf8_lossy(&pair[0].key),
+                        String::from_utf8_lossy(&pair[1].key)
+                    ),
+                });
+            }
+        }
+        let len = pieces.last().map_or(0, |p| p.offset + p.len);
+        Ok(Self { pool, pieces, len })
+    }
+
+    /// Number of keys the file is stored in.
+    pub fn keys(&self) -> usize {
+        self.pieces.len()
+    }
+}
+
+impl RangeSource for RedisSource {
+    fn uri(&self) -> &str {
+        &self.pool.uri
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        let mut at = offset;
+        let end = offset + buf.len() as u64;
+        let mut i = self.pieces.partition_point(|p| p.offset + p.len <= at);
+        while at < end {
+            let piece = self
+                .pieces
+                .get(i)
+                .filter(|p| p.offset <= at)
+                .ok_or_else(|| IoError::Protocol {
+                    uri: self.pool.uri.clone(),
+                    message: format!("byte {at} is in no key (a key is missing)"),
+                })?;
+            let stop = end.min(piece.offset + piece.len).min(at + MAX_GET);
+            let (a, b) = (at - piece.offset, stop - piece.offset);
+            let bytes: Vec<u8> = self.pool.with(
+                || format!("GETRANGE {}", String::from_utf8_lossy(&piece.key)),
+                (at, stop),
+                |con| {
+                    redis::cmd("GETRANGE")
+                        .arg(&piece.key)
+                        .arg(a)
+                        .arg(b - 1)
+                        .query(con)
+                },
+            )?;
+            if bytes.len() as u64 != stop - at {
+                return Err(IoError::Protocol {
+                    uri: self.pool.uri.clone(),
+                    message: format!(
+                        "key {} changed while reading (got {} bytes of {})",
+                        String::from_utf8_lossy(&piece.key),
+                        bytes.len(),
+                        stop - at
+                    ),
+                });
+            }
+            let dst = (at - offset) as usize;
+            buf[dst..dst + bytes.len()].copy_from_slice(&bytes);
+            at = stop;
+            if at == piece.offset + piece.len {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn hints(&self) -> ReadHints {
+        ReadHints {
+            request_size: MAX_GET as usize,
+            concurrency: 8,
+        }
+    }
+}
+
+/// A key to be written: its final name, and the file bytes it holds.
+#[derive(Debug)]
+struct PendingKey {
+    name: String,
+    offset: u64,
+    len: u64,
+}
+
+/// Writes a file into Redis under a prefix, replacing what was there at
+/// commit. Needs the file's layout ([`Sink::reserve`]) to name the keys.
+#[derive(Debug)]
+pub struct RedisSink {
+    pool: Pool,
+    prefix: String,
+    staging: String,
+    keys: OnceLock<Vec<PendingKey>>,
+    /// Partly written keys: buffer and bytes written.
+    partial: Mutex<HashMap<usize, (Vec<u8>, u64)>>,
+    committed: bool,
+}
+
+impl RedisSink {
+    /// Prepares a write to `redis://host[:port]/prefix` (connects to check
+    /// the server is there).
+    pub fn create(uri: &str, policy: &RetryPolicy) -> Result<Self> {
+        let (url, prefix) = parse_redis_uri(uri)?;
+        let pool = Pool::new(uri, &url, policy)?;
+        pool.with(
+            || "PING".into(),
+            (0, 0),
+            |con| redis::cmd("PING").query::<String>(con),
+        )?;
+        let mut tag = [0u8; 8];
+        getrandom::fill(&mut tag).map_err(|e| IoError::Protocol {
+            uri: uri.to_owned(),
+            message: format!("no randomness for a staging prefix: {e}"),
+        })?;
+        let staging = format!("{prefix}.tmp-{:016x}", u64::from_le_bytes(tag));
+        Ok(Self {
+            pool,
+            prefix,
+            staging,
+            keys: OnceLock::new(),
+            partial: Mutex::new(HashMap::new()),
+            committed: false,
+        })
+    }
+
+    fn staged(&self, key: &PendingKey) -> String {
+        format!("{}:{}:{}", self.staging, key.name, key.offset)
+    }
+
+    fn set(&self, key: &PendingKey, data: &[u8]) -> Result<()> {
+        let staged = self.staged(key);
+        self.pool.with(
+            || format!("SET {staged}"),
+            (key.offset, key.offset + key.len),
+            |con| redis::cmd("SET").arg(&staged).arg(data).query::<()>(con),
+        )
+    }
+}
+
+impl Sink for RedisSink {
+    fn uri(&self) -> &str {
+        &self.pool.uri
+    }
+
+    fn reserve(&self, layout: &FileLayout) -> Result<()> {
+        let mut keys = Vec::new();
+        for segment in &layout.segments {
+            let name = match &segment.kind {
+                SegmentKind::Prologue => "header",
+                SegmentKind::TensorHeader(name) | SegmentKind::TensorData(name) => name,
+                // Python does not store the terminator either.
+                SegmentKind::Terminator => continue,
+            };
+            let mut at = segment.offset;
+            while at < segment.end() || (segment.len == 0 && at == segment.offset) {
+                let len = MAX_VALUE.min(segment.end() - at);
+                keys.push(PendingKey {
+                    name: name.to_owned(),
+                    offset: at,
+                    len,
+                });
+                if len == 0 {
+                    break;
+                }
+                at += len;
+            }
+        }
+        self.keys.set(keys).map_err(|_| IoError::Protocol {
+            uri: self.pool.uri.clone(),
+            message: "the file layout was announced twice".into(),
+        })
+    }
+
+    fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let keys = self.keys.get().map(Vec::as_slice).unwrap_or_default();
+        if keys.is_empty() {
+            return Err(IoError::Unsupported {
+                uri: self.pool.uri.clone(),
+                message: "a Redis sink names keys after tensors: announce the file's \
+                          segments with Sink::reserve first (tensorizer's Serializer does)"
+                    .into(),
+            });
+        }
+        let mut at = offset;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let i = keys.partition_point(|k| k.offset + k.len <= at);
+            let Some(key) = keys.get(i).filter(|k| k.offset <= at) else {
+                // Bytes outside every key: only the terminator, which is not stored.
+                return Ok(());
+            };
+            let within = (at - key.offset) as usize;
+            let n = rest.len().min(key.len as usize - within);
+            if within == 0 && n as u64 == key.len {
+                self.set(key, &rest[..n])?;
+            } else {
+                let full = {
+                    let mut partial = self.partial.lock().expect("partial lock");
+                    let (buf, filled) = partial
+                        .entry(i)
+                        .or_insert_with(|| (vec![0; key.len as usize], 0));
+                    buf[within..within + n].copy_from_slice(&rest[..n]);
+                    *filled += n as u64;
+                    (*filled >= key.len).then(|| partial.remove(&i).expect("present").0)
+                };
+                if let Some(buf) = full {
+                    self.set(key, &buf)?;
+                }
+            }
+            at += n as u64;
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        let keys = self.keys.take().unwrap_or_default();
+        if let Some((i, _)) = self.partial.lock().expect("partial lock").iter().next() {
+            return Err(IoError::Protocol {
+                uri: self.pool.uri.clone(),
+                message: format!(
+                    "bytes {}.. were never completely written; not committing",
+                    keys[*i].offset
+                ),
+            });
+        }
+        // Zero-length keys (empty tensors) are never written; store them now.
+        for key in keys.iter().filter(|k| k.len == 0) {
+            self.set(key, &[])?;
+        }
+        let old = self.pool.scan(&self.prefix)?;
+        let renames: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| {
+                (
+                    self.staged(k),
+                    format!("{}:{}:{}", self.prefix, k.name, k.offset),
+                )
+            })
+            .collect();
+        self.pool.with(
+            || "swapping the new keys in (MULTI/EXEC)".into(),
+            (0, 0),
+            |con| {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for key in &old {
+                    pipe.cmd("DEL").arg(key).ignore();
+                }
+                for (from, to) in &renames {
+                    pipe.cmd("RENAME").arg(from).arg(to).ignore();
+                }
+                pipe.query::<()>(con)
+            },
+        )?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for RedisSink {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        // Best effort: remove what was staged.
+        if let Ok(staged) = self.pool.scan(&self.staging) {
+            let _ = self.pool.with(
+                || "deleting staged keys".into(),
+                (0, 0),
+                |con| {
+                    let mut pipe = redis::pipe();
+                    for key in &staged {
+                        pipe.cmd("DEL").arg(key).ignore();
+                    }
+                    pipe.query::<()>(con)
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_uris() {
+        assert_eq!(
+            parse_redis_uri("redis://127.0.0.1:7000/models/llama").unwrap(),
+            ("redis://127.0.0.1:7000/0".into(), "models/llama".into())
+        );
+        assert_eq!(
+            parse_redis_uri("redis://cache/m").unwrap(),
+            ("redis://cache:6379/0".into(), "m".into())
+        );
+        for bad in ["redis://host", "redis://host/", "redis:///p", "http://h/p"] {
+            assert!(parse_redis_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn offsets_after_the_last_colon() {
+        assert_eq!(key_offset(b"p:header:0"), Some(0));
+        assert_eq!(key_offset(b"p:a:b.c:262217"), Some(262217));
+        assert_eq!(key_offset(b"p:nope"), None);
+        assert_eq!(glob_escape("a*b[c]"), "a\\*b\\[c\\]");
+    }
+}
