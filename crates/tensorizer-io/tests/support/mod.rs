@@ -1,5 +1,5 @@
 //! Test servers on 127.0.0.1: a misbehaving in-process HTTP server, nginx,
-//! and a fault-injecting TCP proxy. Every loop here is bounded and every
+//! moto and s3s-fs (S3), redis-server, and a fault-injecting TCP proxy. Every loop here is bounded and every
 //! server stops when dropped.
 #![allow(dead_code)]
 
@@ -244,6 +244,10 @@ pub enum Fault {
     ResetAfter { bytes: usize, connections: usize },
     /// Close the first `connections` connections after a few bytes of the response header.
     CloseMidHeader { connections: usize },
+    /// Answer `503 Slow Down` on the first `connections` connections.
+    Unavailable { connections: usize },
+    /// Hold the first `connections` connections open without a byte for `stall`.
+    Stall { connections: usize, stall: Duration },
 }
 
 /// A TCP proxy from a loopback port to `upstream`, injecting `fault`.
@@ -290,8 +294,27 @@ impl Drop for FaultProxy {
     }
 }
 
-fn relay(client: TcpStream, upstream: u16, fault: Fault, n: usize) {
+fn relay(mut client: TcpStream, upstream: u16, fault: Fault, n: usize) {
     client.set_nonblocking(false).ok();
+    match fault {
+        Fault::Unavailable { connections } if n < connections => {
+            let mut request = [0u8; 4096];
+            let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = client.read(&mut request);
+            let body = "<Error><Code>SlowDown</Code><Message>injected</Message></Error>";
+            let _ = write!(
+                client,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            return;
+        }
+        Fault::Stall { connections, stall } if n < connections => {
+            thread::sleep(stall);
+            return;
+        }
+        _ => {}
+    }
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
         return;
     };
@@ -325,4 +348,156 @@ fn relay(client: TcpStream, upstream: u16, fault: Fault, n: usize) {
         }
     }
     let _ = c_write.shutdown(Shutdown::Write);
+}
+
+/// Kills the child when dropped.
+pub struct Process {
+    pub port: u16,
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_quiet(program: &Path, args: &[&str]) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
+}
+
+fn find_tool(env: &str, candidates: &[PathBuf], install: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env).map(PathBuf::from) {
+        return p;
+    }
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| panic!("{install} (or set {env}); `cargo xtask test` installs it"))
+}
+
+fn home() -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+}
+
+/// A raw HTTP/1.1 request; returns status and body.
+pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// moto's S3 server (does not check signatures), with a bucket.
+pub fn moto(bucket: &str) -> Process {
+    let mut candidates = vec![home().join(".cache/tensorizer-oracle/bin/moto_server")];
+    if let Some(py) = std::env::var_os("TENSORIZER_ORACLE_PYTHON") {
+        candidates.insert(0, Path::new(&py).with_file_name("moto_server"));
+    }
+    let program = find_tool(
+        "TENSORIZER_MOTO_SERVER",
+        &candidates,
+        "moto is not installed: pip install 'moto[server]==5.2.5' into the oracle venv",
+    );
+    let port = free_port();
+    let child = spawn_quiet(&program, &["-H", "127.0.0.1", "-p", &port.to_string()]);
+    let server = Process {
+        port,
+        child,
+        _dir: None,
+    };
+    wait_for_port(port);
+    let (status, body) = http_request(port, "PUT", &format!("/{bucket}"));
+    assert_eq!(status, 200, "creating bucket {bucket} on moto: {body}");
+    server
+}
+
+/// s3s-fs: an S3 server over a directory that checks SigV4 signatures.
+pub fn s3s_fs(bucket: &str, access_key: &str, secret_key: &str) -> Process {
+    let program = find_tool(
+        "TENSORIZER_S3S_FS",
+        &[home().join(".cargo/bin/s3s-fs")],
+        "s3s-fs is not installed: cargo install s3s-fs@0.14.1 --features binary --locked",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(bucket)).unwrap();
+    let port = free_port();
+    let child = spawn_quiet(
+        &program,
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            access_key,
+            "--secret-key",
+            secret_key,
+            &dir.path().to_string_lossy(),
+        ],
+    );
+    let server = Process {
+        port,
+        child,
+        _dir: Some(dir),
+    };
+    wait_for_port(port);
+    server
+}
+
+/// redis-server without persistence.
+pub fn redis_server() -> Process {
+    let program = find_tool(
+        "TENSORIZER_REDIS_SERVER",
+        &[
+            PathBuf::from("/usr/bin/redis-server"),
+            PathBuf::from("/usr/local/bin/redis-server"),
+        ],
+        "redis-server is not installed: apt-get install -y redis-server",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = spawn_quiet(
+        &program,
+        &[
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir.path().to_string_lossy(),
+        ],
+    );
+    let server = Process {
+        port,
+        child,
+        _dir: Some(dir),
+    };
+    wait_for_port(port);
+    server
 }

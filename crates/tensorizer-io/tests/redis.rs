@@ -1,0 +1,152 @@
+//! Redis sources and sinks against a real redis-server: the Python key
+//! layout, atomic replacement, cleanup of failed writes, and faults.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tensorizer_io::{
+    FileLayout, RangeSource, RedisSink, RedisSource, RetryPolicy, Segment, SegmentKind, Sink,
+};
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        deadline: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(2),
+    }
+}
+
+/// A made-up file: prologue 100 bytes, tensor "a" (header 20, data 1000),
+/// tensor "b.c" (header 20, data 0), terminator 8.
+fn layout() -> FileLayout {
+    let seg = |offset, len, kind| Segment { offset, len, kind };
+    FileLayout {
+        len: 1148,
+        segments: vec![
+            seg(0, 100, SegmentKind::Prologue),
+            seg(100, 20, SegmentKind::TensorHeader("a".into())),
+            seg(120, 1000, SegmentKind::TensorData("a".into())),
+            seg(1120, 20, SegmentKind::TensorHeader("b.c".into())),
+            seg(1140, 0, SegmentKind::TensorData("b.c".into())),
+            seg(1140, 8, SegmentKind::Terminator),
+        ],
+    }
+}
+
+fn file(seed: u8) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..1140u32)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+        .collect();
+    v.extend([0u8; 8]);
+    v
+}
+
+fn write(uri: &str, data: &[u8], commit: bool) {
+    let sink = RedisSink::create(uri, &policy()).unwrap();
+    sink.reserve(&layout()).unwrap();
+    // Whole segments, a segment in two pieces, and the terminator.
+    sink.write_all_at(0, &data[..100]).unwrap();
+    sink.write_all_at(600, &data[600..1120]).unwrap();
+    sink.write_all_at(100, &data[100..600]).unwrap();
+    sink.write_all_at(1120, &data[1120..]).unwrap();
+    if commit {
+        Box::new(sink).commit().unwrap();
+    }
+}
+
+fn keys(port: u16) -> Vec<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn python_key_layout_round_trip_and_atomic_replacement() {
+    let server = redis_server();
+    let uri = format!("redis://127.0.0.1:{}/models/m1", server.port);
+    let first = file(1);
+    write(&uri, &first, true);
+    assert_eq!(
+        keys(server.port),
+        [
+            "models/m1:a:100",
+            "models/m1:a:120",
+            "models/m1:b.c:1120",
+            "models/m1:b.c:1140",
+            "models/m1:header:0"
+        ]
+    );
+    let src = RedisSource::open(&uri, &policy()).unwrap();
+    // The terminator is not stored, as in Python.
+    assert_eq!(src.len(), 1140);
+    assert_eq!(src.read_range(0, 1140).unwrap(), &first[..1140]);
+    assert_eq!(src.read_range(90, 40).unwrap(), &first[90..130]);
+
+    // A failed write leaves the old file and no staged keys.
+    write(&uri, &file(2), false);
+    assert_eq!(keys(server.port).len(), 5);
+    let src = RedisSource::open(&uri, &policy()).unwrap();
+    assert_eq!(src.read_range(0, 1140).unwrap(), &first[..1140]);
+
+    // A committed write replaces it whole.
+    let second = file(3);
+    write(&uri, &second, true);
+    assert_eq!(keys(server.port).len(), 5);
+    let src = RedisSource::open(&uri, &policy()).unwrap();
+    assert_eq!(src.read_range(0, 1140).unwrap(), &second[..1140]);
+}
+
+#[test]
+fn clear_errors_for_missing_prefix_server_and_layout() {
+    let server = redis_server();
+    let err = RedisSource::open(
+        &format!("redis://127.0.0.1:{}/nothing", server.port),
+        &policy(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no keys named nothing:*"), "{err}");
+
+    let sink =
+        RedisSink::create(&format!("redis://127.0.0.1:{}/p", server.port), &policy()).unwrap();
+    let err = sink.write_all_at(0, b"x").unwrap_err().to_string();
+    assert!(err.contains("Sink::reserve"), "{err}");
+
+    let dead = free_port();
+    let err = RedisSource::open(&format!("redis://127.0.0.1:{dead}/p"), &policy())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("127.0.0.1:{dead}")) && err.contains("4 attempts"),
+        "{err}"
+    );
+}
+
+#[test]
+fn connection_resets_are_retried() {
+    let server = redis_server();
+    let uri = format!("redis://127.0.0.1:{}/m", server.port);
+    let data = file(5);
+    write(&uri, &data, true);
+    let proxy = FaultProxy::start(
+        server.port,
+        Fault::ResetAfter {
+            bytes: 200,
+            connections: 2,
+        },
+    );
+    let via_proxy = format!("redis://127.0.0.1:{}/m", proxy.port);
+    let src = RedisSource::open(&via_proxy, &policy()).unwrap();
+    assert_eq!(src.read_range(0, 1140).unwrap(), &data[..1140]);
+    let connections = proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("Redis reset after 200 bytes: completed over {connections} connections");
+    assert!((3..=6).contains(&connections), "{connections}");
+}
