@@ -534,7 +534,7 @@ mod tests {
                 Some(("FLAGID", "CFGSECRET")),
                 Some("http://object.example.com:9000"),
             ),
-            // An explicit endpoint beats host_base.
+            // An explicit endpoint beats host_base; use_https = False still applies.
             (
                 S3Options {
                     endpoint: Some("minio.local".into()),
@@ -542,7 +542,7 @@ mod tests {
                 },
                 env(&[("HOME", h)]),
                 Some(("CFGID", "CFGSECRET")),
-                Some("https://minio.local"),
+                Some("http://minio.local"),
             ),
             // No s3cmd config: AWS_* env, endpoint from AWS_ENDPOINT_URL_S3 over AWS_ENDPOINT_URL.
             (
