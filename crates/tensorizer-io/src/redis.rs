@@ -244,9 +244,11 @@ impl RedisSource {
                 pipe.query(con)
             },
         )?;
+        // Empty keys (data of empty tensors) hold no bytes.
         let mut pieces: Vec<Piece> = keys
             .into_iter()
             .zip(lens)
+            .filter(|(_, len)| *len > 0)
             .map(|((key, offset), len)| Piece { key, offset, len })
             .collect();
         pieces.sort_by_key(|p| p.offset);
