@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tensorizer::{
     Decryption, Deserializer, Encryption, EncryptionKey, Error, KdfParams, KdfStrength,
-    PathComponent, TensorPath, Verify, format::MAGIC,
+    PathComponent, S3Options, StorageOptions, TensorPath, Verify, format::MAGIC,
 };
 
 #[derive(Parser)]
@@ -23,14 +23,55 @@ use tensorizer::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+/// Where remote files live. Every file argument is a path or a URI:
+/// `file://`, `http(s)://` (read-only), `s3://bucket/key`,
+/// `redis://host[:port]/prefix`.
+#[derive(Args, Debug, Clone, Default)]
+struct StorageArgs {
+    /// S3 access key id (default: S3_ACCESS_KEY_ID, ~/.s3cfg, AWS_ACCESS_KEY_ID, ~/.aws/credentials).
+    #[arg(long, global = true)]
+    s3_access_key_id: Option<String>,
+    /// S3 secret access key (prefer the environment or ~/.s3cfg to the command line).
+    #[arg(long, global = true, hide_env_values = true)]
+    s3_secret_access_key: Option<String>,
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: S3_ENDPOINT_URL,
+    /// host_base of ~/.s3cfg, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, global = true)]
+    s3_endpoint: Option<String>,
+    /// S3 signing region (default: AWS_REGION, AWS_DEFAULT_REGION, us-east-1).
+    #[arg(long, global = true)]
+    s3_region: Option<String>,
+    /// An s3cmd config file to read instead of ~/.s3cfg.
+    #[arg(long, global = true)]
+    s3_config: Option<PathBuf>,
+}
+
+impl StorageArgs {
+    fn options(&self) -> StorageOptions {
+        StorageOptions {
+            s3: S3Options {
+                access_key_id: self.s3_access_key_id.clone(),
+                secret_access_key: self.s3_secret_access_key.clone(),
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                config_path: self.s3_config.clone(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// List the tensors of a file (name, dtype, shape, type, offsets).
     Inspect {
-        /// The .tensors file: a path, file:// or http(s):// URI.
-        file: PathBuf,
+        /// The .tensors file: a path or URI.
+        file: String,
         /// One JSON document with the fields `oracle_read.py --json` prints
         /// (reads every tensor to hash it).
         #[arg(long)]
@@ -41,8 +82,8 @@ enum Command {
     /// Check every stored CRC-32 and SHA-256 (and every MAC of an encrypted
     /// file); exit status 1 names each failing tensor.
     Verify {
-        /// The .tensors file: a path, file:// or http(s):// URI.
-        file: PathBuf,
+        /// The .tensors file: a path or URI.
+        file: String,
         #[command(flatten)]
         key: KeyArgs,
     },
@@ -56,10 +97,10 @@ enum Command {
     },
     /// Encrypt a file's tensor data with a key file or a passphrase.
     Encrypt {
-        /// Unencrypted input.
-        input: PathBuf,
-        /// Encrypted output.
-        output: PathBuf,
+        /// Unencrypted input (path or URI).
+        input: String,
+        /// Encrypted output (path or URI).
+        output: String,
         #[command(flatten)]
         key: KeyArgs,
         /// Argon2id cost when encrypting with a passphrase.
@@ -68,19 +109,19 @@ enum Command {
     },
     /// Decrypt a file into an unencrypted one.
     Decrypt {
-        /// Encrypted input.
-        input: PathBuf,
-        /// Unencrypted output.
-        output: PathBuf,
+        /// Encrypted input (path or URI).
+        input: String,
+        /// Unencrypted output (path or URI).
+        output: String,
         #[command(flatten)]
         key: KeyArgs,
     },
     /// Re-encrypt a file under another key or passphrase.
     Rekey {
-        /// Encrypted input.
-        input: PathBuf,
-        /// Output, encrypted with the new key.
-        output: PathBuf,
+        /// Encrypted input (path or URI).
+        input: String,
+        /// Output, encrypted with the new key (path or URI).
+        output: String,
         /// The current key file (32 raw bytes or 64 hex digits).
         #[arg(long, conflicts_with = "old_passphrase_file")]
         old_key_file: Option<PathBuf>,
@@ -97,7 +138,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Strength::Moderate)]
         kdf: Strength,
     },
-    /// Convert safetensors -> tensorizer or tensorizer -> safetensors (detected from the input).
+    /// Copy a .tensors file between storages byte for byte (push a model to
+    /// S3 or Redis, fetch one to disk); encrypted files copy without a key.
+    Copy {
+        /// Source: path or URI.
+        input: String,
+        /// Destination: path, s3:// or redis:// URI (replaced atomically).
+        output: String,
+    },
+    /// Convert safetensors -> tensorizer or tensorizer -> safetensors
+    /// (detected from the input; local files: use `copy` for remote ones).
     Convert {
         /// Input file (.safetensors or .tensors).
         input: PathBuf,
@@ -154,9 +204,9 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
     })
 }
 
-fn key_error(path: &Path, e: impl std::fmt::Display) -> Error {
+fn key_error(path: impl AsRef<Path>, e: impl std::fmt::Display) -> Error {
     Error::Encryption {
-        path: path.to_path_buf(),
+        path: path.as_ref().to_path_buf(),
         message: e.to_string(),
     }
 }
@@ -197,7 +247,7 @@ fn secret(
     Ok(passphrase.map(|p| Secret::Passphrase(p.as_bytes().to_vec())))
 }
 
-fn encryption(secret: Secret, strength: Strength, out: &Path) -> Result<Encryption, Error> {
+fn encryption(secret: Secret, strength: Strength, out: &str) -> Result<Encryption, Error> {
     match secret {
         Secret::Key(k) => Ok(Encryption::with_key(k)),
         Secret::Passphrase(p) => {
@@ -207,9 +257,9 @@ fn encryption(secret: Secret, strength: Strength, out: &Path) -> Result<Encrypti
     }
 }
 
-/// Opens a path or URI (`file://`, `http(s)://`).
-fn open(file: &Path, key: &KeyArgs) -> Result<Deserializer, Error> {
-    let d = Deserializer::open_uri(&file.to_string_lossy())?;
+/// Opens a path or URI.
+fn open(file: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<Deserializer, Error> {
+    let d = Deserializer::open_uri_with(file, storage)?;
     match key.decryption()? {
         Some(dec) => d.decryption(dec),
         None => Ok(d),
@@ -218,9 +268,21 @@ fn open(file: &Path, key: &KeyArgs) -> Result<Deserializer, Error> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let storage = cli.storage.options();
     let result = match cli.command {
-        Command::Inspect { file, json, key } => inspect(&file, json, &key),
-        Command::Verify { file, key } => verify(&file, &key),
+        Command::Inspect { file, json, key } => inspect(&file, json, &key, &storage),
+        Command::Verify { file, key } => verify(&file, &key, &storage),
+        Command::Copy { input, output } => (|| {
+            let started = Instant::now();
+            let s = tensorizer::copy(&input, &output, &storage)?;
+            println!(
+                "{input} -> {output}: {} tensors, {} bytes in {:.2} s",
+                s.tensors,
+                s.bytes,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        })(),
         Command::Convert { input, output } => convert(&input, &output),
         Command::Keygen { keyfile, force } => keygen(&keyfile, force),
         Command::Encrypt {
@@ -237,7 +299,7 @@ fn main() -> ExitCode {
             })?;
             let enc = encryption(secret, kdf, &output)?;
             report_rewrite(
-                tensorizer::rewrite(&input, &output, None, Some(enc)),
+                tensorizer::rewrite_uri(&input, &output, &storage, None, Some(enc)),
                 "encrypted",
             )
         })(),
@@ -249,7 +311,7 @@ fn main() -> ExitCode {
                 )
             })?;
             report_rewrite(
-                tensorizer::rewrite(&input, &output, Some(dec), None),
+                tensorizer::rewrite_uri(&input, &output, &storage, Some(dec), None),
                 "decrypted",
             )
         })(),
@@ -277,9 +339,10 @@ fn main() -> ExitCode {
             )?
             .ok_or_else(|| key_error(&output, "give --new-key-file or --new-passphrase-file"))?;
             report_rewrite(
-                tensorizer::rewrite(
+                tensorizer::rewrite_uri(
                     &input,
                     &output,
+                    &storage,
                     Some(dec),
                     Some(encryption(new, kdf, &output)?),
                 ),
@@ -332,21 +395,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn file_sha256(path: &Path) -> Result<String, Error> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        action: "hashing the file".into(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
+/// SHA-256 of the whole file, read through its source (local or remote).
+fn file_sha256(source: &dyn tensorizer::io::RangeSource) -> Result<String, Error> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+    let piece = 8u64 << 20;
+    let mut at = 0;
+    while at < source.len() {
+        let n = piece.min(source.len() - at);
+        let bytes = source.read_range(at, n).map_err(|e| Error::Source {
+            action: "hashing the file".into(),
+            source: e,
+        })?;
+        hasher.update(&bytes);
+        at += n;
     }
     Ok(hex(&hasher.finalize()))
 }
@@ -398,13 +459,18 @@ fn keygen(path: &Path, force: bool) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(path: &Path, as_json: bool, key: &KeyArgs) -> Result<ExitCode, Error> {
-    let d = open(path, key)?;
+fn inspect(
+    path: &str,
+    as_json: bool,
+    key: &KeyArgs,
+    storage: &StorageOptions,
+) -> Result<ExitCode, Error> {
+    let d = open(path, key, storage)?;
     let header = &d.metadata().header;
     if !as_json {
         let mut out = format!(
             "{}: version {}, flags {}, {} tensors, {} bytes of tensor data{}",
-            path.display(),
+            path,
             header.version.get(),
             header.flags.bits(),
             d.len(),
@@ -471,11 +537,11 @@ fn inspect(path: &Path, as_json: bool, key: &KeyArgs) -> Result<ExitCode, Error>
         tensors.push(rec);
     }
     bar.finish_and_clear();
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let size = d.source().len();
     let doc = json!({
-        "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "file": path.rsplit('/').next(),
         "file_size": size,
-        "file_sha256": file_sha256(path)?,
+        "file_sha256": file_sha256(d.source())?,
         "reader": concat!("tensorizer-rs ", env!("CARGO_PKG_VERSION")),
         "magic_ok": true,
         "format_version": header.version.get(),
@@ -491,9 +557,9 @@ fn inspect(path: &Path, as_json: bool, key: &KeyArgs) -> Result<ExitCode, Error>
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(path: &Path, key: &KeyArgs) -> Result<ExitCode, Error> {
+fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCode, Error> {
     let started = Instant::now();
-    let d = open(path, key)?.verify(Verify::All);
+    let d = open(path, key, storage)?.verify(Verify::All);
     let total: u64 = d.entries().iter().map(|e| e.data_length).sum();
     let bar = progress(total, "verifying");
     let mut failures = 0;
@@ -513,7 +579,7 @@ fn verify(path: &Path, key: &KeyArgs) -> Result<ExitCode, Error> {
     if failures > 0 {
         eprintln!(
             "tensorizer: {}: {failures} of {} tensors failed verification",
-            path.display(),
+            path,
             d.len()
         );
         return Ok(ExitCode::FAILURE);
@@ -521,7 +587,7 @@ fn verify(path: &Path, key: &KeyArgs) -> Result<ExitCode, Error> {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{}: {} tensors OK (CRC-32 and SHA-256), {} bytes in {secs:.2} s ({:.2} GiB/s)",
-        path.display(),
+        path,
         d.len(),
         total,
         total as f64 / secs / (1u64 << 30) as f64

@@ -171,6 +171,11 @@ impl Deserializer {
         &self.path
     }
 
+    /// Where the bytes come from.
+    pub fn source(&self) -> &dyn RangeSource {
+        self.source.as_ref()
+    }
+
     /// File header and index.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata

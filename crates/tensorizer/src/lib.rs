@@ -5,6 +5,7 @@
 compile_error!("tensorizer files are little-endian; big-endian hosts are not supported");
 
 mod buffer;
+mod copy;
 mod deserializer;
 mod element;
 #[cfg(feature = "encryption")]
@@ -17,13 +18,14 @@ mod serializer;
 mod tensor;
 
 pub use buffer::{ALIGNMENT, AlignedBuffer};
+#[cfg(feature = "encryption")]
+pub use copy::copy;
 pub use deserializer::{Deserializer, Verify};
 pub use element::Element;
 #[cfg(feature = "encryption")]
 pub use encryption::{Decryption, Encryption, EncryptionKey, KdfParams, KdfStrength, Nonce};
 pub use error::{Error, Result};
-#[cfg(feature = "encryption")]
-pub use rewrite::rewrite;
+pub use rewrite::{rewrite, rewrite_uri};
 pub use serializer::{Serializer, WriteSummary};
 pub use tensor::{Tensor, TensorData};
 /// The format layer, for users who need the byte-level types.

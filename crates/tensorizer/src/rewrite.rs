@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use tensorizer_io::StorageOptions;
+
 use crate::encryption::{Decryption, Encryption};
 use crate::error::Result;
 use crate::{Deserializer, Serializer, Verify, WriteSummary};
@@ -18,7 +20,25 @@ pub fn rewrite(
     decryption: Option<Decryption>,
     encryption: Option<Encryption>,
 ) -> Result<WriteSummary> {
-    let mut reader = Deserializer::open(input)?.verify(Verify::All);
+    rewrite_uri(
+        &input.to_string_lossy(),
+        &output.to_string_lossy(),
+        &StorageOptions::default(),
+        decryption,
+        encryption,
+    )
+}
+
+/// [`rewrite`] between URIs: local paths, `s3://`, `redis://`, and
+/// `http(s)://` as input.
+pub fn rewrite_uri(
+    input: &str,
+    output: &str,
+    storage: &StorageOptions,
+    decryption: Option<Decryption>,
+    encryption: Option<Encryption>,
+) -> Result<WriteSummary> {
+    let mut reader = Deserializer::open_uri_with(input, storage)?.verify(Verify::All);
     if let Some(d) = decryption {
         reader = reader.decryption(d)?;
     }
@@ -28,5 +48,5 @@ pub fn rewrite(
         s.encryption(e);
     }
     s.write_tensors(&tensors)?;
-    s.write_to_file(output)
+    s.write_to_uri_with(output, storage)
 }

@@ -204,7 +204,7 @@ impl<'a> Serializer<'a> {
     pub fn write_to_sink(mut self, sink: Box<dyn Sink>) -> Result<WriteSummary> {
         let dest = PathBuf::from(sink.uri());
         let plan = self.plan(&dest)?;
-        sink.reserve(&layout(&plan))
+        sink.reserve(&layout(&plan.metadata))
             .map_err(source_error("announcing the file layout"))?;
         let prologue = plan.metadata.encode().map_err(format_error(&dest))?;
         sink.write_all_at(0, &prologue)
@@ -246,14 +246,15 @@ impl<'a> Serializer<'a> {
     }
 }
 
-/// The segments of the planned file, for sinks that store them separately.
-fn layout(plan: &FilePlan) -> FileLayout {
+/// The segments of a file with this index, for sinks that store them
+/// separately (Redis names keys after tensors).
+pub(crate) fn layout(metadata: &tensorizer_format::Metadata) -> FileLayout {
     let mut segments = vec![Segment {
         offset: 0,
-        len: plan.metadata.records_offset(),
+        len: metadata.records_offset(),
         kind: SegmentKind::Prologue,
     }];
-    for entry in &plan.metadata.entries {
+    for entry in &metadata.entries {
         let name = String::from_utf8_lossy(entry.name.as_bytes()).into_owned();
         segments.push(Segment {
             offset: entry.header_offset,
@@ -266,13 +267,19 @@ fn layout(plan: &FilePlan) -> FileLayout {
             kind: SegmentKind::TensorData(name),
         });
     }
+    let end = metadata
+        .entries
+        .iter()
+        .map(|e| e.end_offset())
+        .max()
+        .unwrap_or(metadata.records_offset());
     segments.push(Segment {
-        offset: plan.terminator_offset(),
+        offset: end,
         len: TERMINATOR.len() as u64,
         kind: SegmentKind::Terminator,
     });
     FileLayout {
-        len: plan.file_len(),
+        len: end + TERMINATOR.len() as u64,
         segments,
     }
 }
