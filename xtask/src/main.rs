@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: the project's automation, in Rust so it runs
 //! wherever cargo does.
 //!
-//! - `test`: installs what the tests need (the Python oracle, cargo-fuzz),
+//! - `test`: installs what the tests need (the Python oracle, the test
+//!   servers, cargo-fuzz),
 //!   then runs fmt, clippy, every test, doc tests, docs and a short fuzz run.
 //! - `demo [--size 1GiB]`: writes a synthetic model and reads it back.
 //! - `fuzz [--seconds N] [TARGET...]`: seeds and runs the cargo-fuzz targets.
@@ -109,45 +110,20 @@ fn setup_oracle() -> Result<PathBuf> {
     Ok(PathBuf::from(py))
 }
 
-/// nginx is the real HTTP server of the HTTP tests (a private config on a
-/// loopback port; the tests start and stop it).
-fn ensure_nginx() -> Result {
-    if ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .any(|p| Path::new(p).exists())
-    {
-        return Ok(());
-    }
-    let sudo: &[&str] = if Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0"))
-    {
-        &[]
-    } else {
-        &["sudo", "-n"]
-    };
-    let apt = |args: &[&str]| {
-        let mut c = Command::new(sudo.first().copied().unwrap_or("apt-get"));
-        if !sudo.is_empty() {
-            c.args(&sudo[1..]).arg("apt-get");
-        }
-        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
-    run("apt-get update", &mut apt(&["update", "-q"]))?;
+/// The servers of the I/O tests (nginx, redis-server, moto, s3s-fs),
+/// installed by `scripts/setup_servers.sh`; the tests start them on
+/// loopback ports and stop them.
+fn setup_servers(oracle: &Path) -> Result {
     run(
-        "install nginx-light",
-        &mut apt(&[
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "nginx-light",
-        ]),
+        "servers: scripts/setup_servers.sh (nginx, redis-server, moto, s3s-fs)",
+        Command::new("bash")
+            .arg(root().join("scripts/setup_servers.sh"))
+            .arg(oracle),
     )
     .map_err(|e| {
-        format!("{e}: the HTTP tests need nginx (apt-get install -y nginx-light, as root)")
+        format!(
+            "{e}: it needs root (or sudo) for apt-get, and network access to PyPI and crates.io"
+        )
     })
 }
 
@@ -164,7 +140,7 @@ fn ensure_cargo_fuzz() -> Result {
 fn test() -> Result {
     let started = Instant::now();
     let oracle = setup_oracle()?;
-    ensure_nginx()?;
+    setup_servers(&oracle)?;
     ensure_cargo_fuzz()?;
     run("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(

@@ -18,13 +18,13 @@ mod serializer;
 mod tensor;
 
 pub use buffer::{ALIGNMENT, AlignedBuffer};
-#[cfg(feature = "encryption")]
 pub use copy::copy;
 pub use deserializer::{Deserializer, Verify};
 pub use element::Element;
 #[cfg(feature = "encryption")]
 pub use encryption::{Decryption, Encryption, EncryptionKey, KdfParams, KdfStrength, Nonce};
 pub use error::{Error, Result};
+#[cfg(feature = "encryption")]
 pub use rewrite::{rewrite, rewrite_uri};
 pub use serializer::{Serializer, WriteSummary};
 pub use tensor::{Tensor, TensorData};

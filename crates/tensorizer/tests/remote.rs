@@ -289,9 +289,9 @@ fn files_written_to_s3_and_redis_are_read_by_us_and_by_python() {
     };
     let key = EncryptionKey::from_bytes([7; 32]);
     let targets = [
-        (format!("s3://out/vllm/m/v1/model.tensors"), None),
+        ("s3://out/vllm/m/v1/model.tensors".to_owned(), None),
         (
-            format!("s3://out/vllm/m/v1/model-encrypted.tensors"),
+            "s3://out/vllm/m/v1/model-encrypted.tensors".to_owned(),
             Some(&key),
         ),
         (format!("redis://127.0.0.1:{}/m", redis.port), None),

@@ -196,35 +196,37 @@ impl S3Config {
             .or_else(|| nonempty("S3_ENDPOINT_URL"));
         let mut force_http = options.force_http;
 
-        if id.is_none() || secret.is_none() {
-            if let Some((path, cfg)) = s3cmd_config(options.config_path.as_deref(), env)? {
-                if id.is_none() && cfg.access_key.is_some() {
-                    id = cfg.access_key;
-                    from.push("s3cmd config");
-                }
-                if secret.is_none() && cfg.secret_key.is_some() {
-                    secret = cfg.secret_key;
-                    from.push("s3cmd config");
-                }
-                endpoint = endpoint.or(cfg.host_base);
-                force_http = force_http.or(cfg.use_https.map(|https| !https));
-                tracing::debug!(path = %path.display(), "read s3cmd config");
+        if (id.is_none() || secret.is_none())
+            && let Some((path, cfg)) = s3cmd_config(options.config_path.as_deref(), env)?
+        {
+            if id.is_none() && cfg.access_key.is_some() {
+                id = cfg.access_key;
+                from.push("s3cmd config");
             }
+            if secret.is_none() && cfg.secret_key.is_some() {
+                secret = cfg.secret_key;
+                from.push("s3cmd config");
+            }
+            endpoint = endpoint.or(cfg.host_base);
+            force_http = force_http.or(cfg.use_https.map(|https| !https));
+            tracing::debug!(path = %path.display(), "read s3cmd config");
         }
-        if id.is_none() && secret.is_none() {
-            if let (Some(i), Some(s)) = (
+        if id.is_none()
+            && secret.is_none()
+            && let (Some(i), Some(s)) = (
                 nonempty("AWS_ACCESS_KEY_ID"),
                 nonempty("AWS_SECRET_ACCESS_KEY"),
-            ) {
-                (id, secret, token) = (Some(i), Some(s), token.or(nonempty("AWS_SESSION_TOKEN")));
-                from.push("AWS_* environment");
-            }
+            )
+        {
+            (id, secret, token) = (Some(i), Some(s), token.or(nonempty("AWS_SESSION_TOKEN")));
+            from.push("AWS_* environment");
         }
-        if id.is_none() && secret.is_none() {
-            if let Some((i, s, t)) = aws_shared_credentials(env) {
-                (id, secret, token) = (Some(i), Some(s), token.or(t));
-                from.push("AWS shared credentials file");
-            }
+        if id.is_none()
+            && secret.is_none()
+            && let Some((i, s, t)) = aws_shared_credentials(env)
+        {
+            (id, secret, token) = (Some(i), Some(s), token.or(t));
+            from.push("AWS shared credentials file");
         }
         from.dedup();
 
@@ -472,6 +474,7 @@ mod tests {
     const S3CFG: &str = "[default]\naccess_key = CFGID\nsecret_key = CFGSECRET\nhost_base = object.example.com:9000\nuse_https = False\n";
 
     #[test]
+    #[allow(clippy::type_complexity, reason = "a table of cases")]
     fn precedence_table() {
         let home = home_with(
             Some(S3CFG),
