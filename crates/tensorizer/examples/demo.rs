@@ -132,6 +132,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             assert_eq!(t.as_bytes(), &original[..], "{}", t.name());
         }
     }
-    std::fs::remove_file(&path)?;
+    if std::env::var_os("DEMO_KEEP").is_none() {
+        std::fs::remove_file(&path)?;
+    }
     Ok(())
 }
