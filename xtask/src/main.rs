@@ -6,11 +6,14 @@
 //!   then runs fmt, clippy, every test, doc tests, docs and a short fuzz run.
 //! - `demo [--size 1GiB]`: writes a synthetic model and reads it back.
 //! - `fuzz [--seconds N] [TARGET...]`: seeds and runs the cargo-fuzz targets.
+//! - `bench [--size 2GiB | --model FILE] [--runs 3]`: the side-by-side
+//!   table (ours, the Python library, safetensors, curl, the pread limit).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod bench;
 mod seeds;
 
 /// Fuzz targets in `fuzz/fuzz_targets/`.
@@ -33,9 +36,10 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo(&args[1..]),
         Some("fuzz") => fuzz_command(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...]"
+                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 3]"
             );
             return ExitCode::from(2);
         }
@@ -149,6 +153,7 @@ fn test() -> Result {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--all-features",
             "--locked",
             "--",
             "-D",
@@ -174,6 +179,7 @@ fn test() -> Result {
             "nextest",
             "run",
             "--workspace",
+            "--all-features",
             "--locked",
             "--no-fail-fast",
         ]);
@@ -184,6 +190,7 @@ fn test() -> Result {
         tests.args([
             "test",
             "--workspace",
+            "--all-features",
             "--locked",
             "--lib",
             "--bins",
@@ -195,15 +202,23 @@ fn test() -> Result {
     run("tests", &mut tests)?;
     run(
         "doc tests",
-        cargo().args(["test", "--workspace", "--locked", "--doc"]),
+        cargo().args(["test", "--workspace", "--all-features", "--locked", "--doc"]),
     )?;
     run(
         "docs",
         cargo()
-            .args(["doc", "--workspace", "--no-deps", "--locked"])
+            .args([
+                "doc",
+                "--workspace",
+                "--all-features",
+                "--no-deps",
+                "--locked",
+            ])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     fuzz(TEST_FUZZ_SECONDS, &FUZZ_TARGETS)?;
+    eprintln!("\n==> bench smoke run (64 MiB, one run per row)");
+    bench::bench(&["--size", "64MiB", "--runs", "1", "--no-report", "--strict"].map(String::from))?;
     eprintln!(
         "\nxtask test: all passed in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use tensorizer_format::{
-    HashKind, IndexEntry, Metadata, TensorHeader, TensorPath, parse_header_at,
+    Dtype, HashKind, IndexEntry, Metadata, TensorHeader, TensorPath, parse_header_at,
 };
 
 use crate::buffer::AlignedBuffer;
@@ -74,6 +74,67 @@ pub struct Deserializer {
     verify: Verify,
     #[cfg(feature = "encryption")]
     decryptor: Option<crate::encryption::Decryptor>,
+    num_readers: Option<usize>,
+    progress: Option<Callback>,
+    cast: Option<Dtype>,
+}
+
+/// The progress callback, printable in `Debug` output.
+#[derive(Clone)]
+struct Callback(ProgressFn);
+
+impl std::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<progress callback>")
+    }
+}
+
+/// A progress callback (see [`Deserializer::on_progress`]).
+pub type ProgressFn = std::sync::Arc<dyn Fn(&Progress<'_>) + Send + Sync>;
+
+/// How far a multi-tensor load is, passed to the progress callback after
+/// every tensor.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// Tensor data bytes loaded so far.
+    pub bytes: u64,
+    /// Tensor data bytes to load in all.
+    pub total_bytes: u64,
+    /// Tensors loaded so far.
+    pub tensors: usize,
+    /// Tensors to load in all.
+    pub total_tensors: usize,
+    /// The tensor just finished.
+    pub name: &'a str,
+}
+
+/// Shared counters of one load.
+struct Tracker<'a> {
+    callback: Option<&'a ProgressFn>,
+    bytes: std::sync::atomic::AtomicU64,
+    tensors: std::sync::atomic::AtomicUsize,
+    total_bytes: u64,
+    total_tensors: usize,
+}
+
+impl Tracker<'_> {
+    fn done(&self, tensor: &Tensor) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes = self
+            .bytes
+            .fetch_add(tensor.as_bytes().len() as u64, Relaxed)
+            + tensor.as_bytes().len() as u64;
+        let tensors = self.tensors.fetch_add(1, Relaxed) + 1;
+        if let Some(f) = self.callback {
+            f(&Progress {
+                bytes,
+                total_bytes: self.total_bytes,
+                tensors,
+                total_tensors: self.total_tensors,
+                name: &tensor.name(),
+            });
+        }
+    }
 }
 
 impl Deserializer {
@@ -141,6 +202,9 @@ impl Deserializer {
             verify: Verify::default(),
             #[cfg(feature = "encryption")]
             decryptor: None,
+            num_readers: None,
+            progress: None,
+            cast: None,
         })
     }
 
@@ -164,6 +228,65 @@ impl Deserializer {
     pub fn verify(mut self, verify: Verify) -> Self {
         self.verify = verify;
         self
+    }
+
+    /// How many tensors are read at once by [`Deserializer::read_all`],
+    /// [`Deserializer::read_filtered`] and [`Deserializer::stream`].
+    /// Default: the source's preferred concurrency (8 for HTTP, 16 for S3),
+    /// at least the number of cores.
+    pub fn num_readers(mut self, n: usize) -> Self {
+        self.num_readers = Some(n.max(1));
+        self
+    }
+
+    /// Calls `f` after every tensor of a multi-tensor load (the CLI draws
+    /// its progress bars with it).
+    pub fn on_progress(mut self, f: impl Fn(&Progress<'_>) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Callback(std::sync::Arc::new(f)));
+        self
+    }
+
+    /// Converts every floating-point tensor (float16, bfloat16, float32,
+    /// float64) to `dtype` as it is loaded, like the Python library's
+    /// `dtype=` option; other tensors load unchanged. Costs one extra pass
+    /// over the converted tensors.
+    pub fn dtype(mut self, dtype: Dtype) -> Self {
+        self.cast = Some(dtype);
+        self
+    }
+
+    fn readers(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        self.num_readers
+            .unwrap_or_else(|| self.source.hints().concurrency.max(cores))
+    }
+
+    /// A thread pool of [`Deserializer::num_readers`] threads: reads block
+    /// on I/O, so they get their own threads rather than rayon's global,
+    /// one-per-core pool.
+    fn pool(&self) -> Result<rayon::ThreadPool> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(self.readers())
+            .thread_name(|i| format!("tensorizer-read-{i}"))
+            .build()
+            .map_err(|e| Error::Io {
+                path: self.path.clone(),
+                action: "starting reader threads".into(),
+                source: std::io::Error::other(e),
+            })
+    }
+
+    fn tracker(&self, selected: &[usize]) -> Tracker<'_> {
+        Tracker {
+            callback: self.progress.as_ref().map(|c| &c.0),
+            bytes: 0.into(),
+            tensors: 0.into(),
+            total_bytes: selected
+                .iter()
+                .map(|&i| self.metadata.entries[i].deserialized_length().unwrap_or(0))
+                .sum(),
+            total_tensors: selected.len(),
+        }
     }
 
     /// The file's path or URI.
@@ -260,8 +383,15 @@ impl Deserializer {
                 bytes: len,
             })?;
         if !meta {
-            self.source
-                .read_exact_at(entry.data_offset, &mut data)
+            // Large tensors are read in request-size pieces at once (one
+            // HTTP/S3 stream would be far below the link's speed).
+            let piece = self.source.hints().request_size.max(1 << 20);
+            data.par_chunks_mut(piece)
+                .enumerate()
+                .try_for_each(|(k, chunk)| {
+                    self.source
+                        .read_exact_at(entry.data_offset + (k * piece) as u64, chunk)
+                })
                 .map_err(source_error(format!(
                     "reading the data of tensor {:?}",
                     entry.name.to_string()
@@ -281,7 +411,7 @@ impl Deserializer {
         header
             .verify(hashed, |k| self.verify.checks(k))
             .map_err(format_error(&self.path))?;
-        Ok(Tensor {
+        let tensor = Tensor {
             path: entry.name.path().clone(),
             module_idx: header.module_idx,
             tensor_type: header.tensor_type,
@@ -289,7 +419,19 @@ impl Deserializer {
             shape: header.shape,
             meta,
             data,
-        })
+        };
+        match self.cast {
+            Some(to)
+                if to != tensor.dtype()
+                    && matches!(
+                        tensor.dtype(),
+                        Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64
+                    ) =>
+            {
+                tensor.cast(to)
+            }
+            _ => Ok(tensor),
+        }
     }
 
     fn can_decrypt(&self) -> bool {
@@ -349,11 +491,91 @@ impl Deserializer {
         let selected: Vec<usize> = (0..self.len())
             .filter(|&i| filter(&self.metadata.entries[i]))
             .collect();
-        selected.into_par_iter().map(|i| self.read_at(i)).collect()
+        let tracker = self.tracker(&selected);
+        self.pool()?.install(|| {
+            selected
+                .into_par_iter()
+                .map(|i| {
+                    let t = self.read_at(i)?;
+                    tracker.done(&t);
+                    Ok(t)
+                })
+                .collect()
+        })
     }
 
     /// Reads every tensor, in parallel; results come in file order.
     pub fn read_all(&self) -> Result<Vec<Tensor>> {
         self.read_filtered(|_| true)
+    }
+
+    /// Hands every tensor, in file order, to `consume`, holding at most
+    /// `budget` bytes of tensor data in memory (or one tensor, if larger):
+    /// the next half of the budget is read and verified while `consume`
+    /// works on the current one. Stops at the first error, from the file
+    /// or from `consume`.
+    ///
+    /// ```
+    /// # use tensorizer::{Deserializer, Serializer, TensorData};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("m.tensors");
+    /// # let mut s = Serializer::new();
+    /// # s.write_state_dict([("w", TensorData::from_slice(&[2], &[1.0f32, 2.0])?)])?;
+    /// # s.write_to_file(&path)?;
+    /// let mut total = 0;
+    /// Deserializer::open(&path)?.stream(64 << 20, |tensor| {
+    ///     total += tensor.as_bytes().len(); // e.g. copy to the GPU, then drop
+    ///     Ok(())
+    /// })?;
+    /// assert_eq!(total, 8);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stream(&self, budget: u64, mut consume: impl FnMut(Tensor) -> Result<()>) -> Result<()> {
+        let half = (budget / 2).max(1);
+        let mut windows: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut held = 0u64;
+        for (i, e) in self.metadata.entries.iter().enumerate() {
+            let len = e.deserialized_length().unwrap_or(u64::MAX);
+            let current = windows.last_mut().expect("never empty");
+            if !current.is_empty() && held.saturating_add(len) > half {
+                windows.push(Vec::new());
+                held = 0;
+            }
+            windows.last_mut().expect("never empty").push(i);
+            held = held.saturating_add(len);
+        }
+        let all: Vec<usize> = (0..self.len()).collect();
+        let tracker = self.tracker(&all);
+        let pool = self.pool()?;
+        // One window in flight while the caller consumes the previous one.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Tensor>>>(0);
+        std::thread::scope(|s| {
+            let tracker = &tracker;
+            let pool = &pool;
+            s.spawn(move || {
+                for window in windows {
+                    let read: Result<Vec<Tensor>> = pool.install(|| {
+                        window
+                            .into_par_iter()
+                            .map(|i| {
+                                let t = self.read_at(i)?;
+                                tracker.done(&t);
+                                Ok(t)
+                            })
+                            .collect()
+                    });
+                    let failed = read.is_err();
+                    if tx.send(read).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            for window in rx {
+                for tensor in window? {
+                    consume(tensor)?;
+                }
+            }
+            Ok(())
+        })
     }
 }

@@ -108,6 +108,18 @@ pub enum Error {
         /// The dtype of the view asked for.
         requested: Dtype,
     },
+    /// A cast between dtypes that have no value conversion.
+    #[error(
+        "tensor {tensor:?}: cannot cast {from} to {to} (casts exist between float16, bfloat16, float32 and float64)"
+    )]
+    Cast {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        from: Dtype,
+        /// The dtype asked for.
+        to: Dtype,
+    },
     /// Data whose length does not match its dtype and shape.
     #[error("{len} bytes do not hold shape {shape:?} of {dtype}")]
     DataLength {

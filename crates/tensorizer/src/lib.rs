@@ -11,6 +11,8 @@ mod element;
 #[cfg(feature = "encryption")]
 pub mod encryption;
 mod error;
+#[cfg(feature = "tokio")]
+pub mod nonblocking;
 #[cfg(feature = "encryption")]
 mod rewrite;
 pub mod safetensors;
@@ -19,7 +21,7 @@ mod tensor;
 
 pub use buffer::{ALIGNMENT, AlignedBuffer};
 pub use copy::copy;
-pub use deserializer::{Deserializer, Verify};
+pub use deserializer::{Deserializer, Progress, ProgressFn, Verify};
 pub use element::Element;
 #[cfg(feature = "encryption")]
 pub use encryption::{Decryption, Encryption, EncryptionKey, KdfParams, KdfStrength, Nonce};

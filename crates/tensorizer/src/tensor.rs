@@ -19,6 +19,12 @@ pub struct Tensor {
     pub(crate) data: AlignedBuffer,
 }
 
+fn fill<T>(out: &mut [T], values: &[f64], convert: impl Fn(f64) -> T) {
+    for (o, &v) in out.iter_mut().zip(values) {
+        *o = convert(v);
+    }
+}
+
 impl Tensor {
     /// The tensor's name.
     pub fn path(&self) -> &TensorPath {
@@ -90,6 +96,90 @@ impl Tensor {
         }
         // The buffer is 64-byte aligned and holds whole elements.
         Ok(bytemuck::cast_slice(&self.data))
+    }
+
+    /// A copy converted to `dtype`, as the Python library's `dtype=` load
+    /// option does: conversions between float16, bfloat16, float32 and
+    /// float64 (rounded to nearest even); the same dtype is a plain copy;
+    /// anything else is [`Error::Cast`].
+    ///
+    /// ```
+    /// # use tensorizer::{Dtype, Serializer, TensorData, Deserializer};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("m.tensors");
+    /// # let mut s = Serializer::new();
+    /// # s.write_state_dict([("w", TensorData::from_slice(&[2], &[1.5f32, -2.0])?)])?;
+    /// # s.write_to_file(&path)?;
+    /// let w = Deserializer::open(&path)?.read("w")?.cast(Dtype::BF16)?;
+    /// assert_eq!(w.as_slice::<half::bf16>()?, &[half::bf16::from_f32(1.5), half::bf16::from_f32(-2.0)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cast(&self, dtype: Dtype) -> Result<Tensor> {
+        use half::{bf16, f16};
+        let from = self.dtype();
+        if from == dtype {
+            return Ok(self.clone());
+        }
+        let floating = |d: Dtype| matches!(d, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64);
+        if !floating(from) || !floating(dtype) {
+            return Err(Error::Cast {
+                tensor: self.name(),
+                from,
+                to: dtype,
+            });
+        }
+        let values: Vec<f64> = match from {
+            Dtype::F16 => self.as_slice::<f16>()?.iter().map(|v| v.to_f64()).collect(),
+            Dtype::BF16 => self
+                .as_slice::<bf16>()?
+                .iter()
+                .map(|v| v.to_f64())
+                .collect(),
+            Dtype::F32 => self
+                .as_slice::<f32>()?
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect(),
+            _ => self.as_slice::<f64>()?.to_vec(),
+        };
+        let bytes = values.len() * dtype.itemsize();
+        let mut data = AlignedBuffer::zeroed(bytes).ok_or_else(|| Error::Allocation {
+            path: "<cast>".into(),
+            tensor: self.name(),
+            bytes: bytes as u64,
+        })?;
+        // The buffer is 64-byte aligned and holds whole elements.
+        match dtype {
+            Dtype::F16 => fill(
+                bytemuck::cast_slice_mut::<u8, f16>(&mut data),
+                &values,
+                f16::from_f64,
+            ),
+            Dtype::BF16 => fill(
+                bytemuck::cast_slice_mut::<u8, bf16>(&mut data),
+                &values,
+                bf16::from_f64,
+            ),
+            Dtype::F32 => fill(
+                bytemuck::cast_slice_mut::<u8, f32>(&mut data),
+                &values,
+                |v| v as f32,
+            ),
+            _ => fill(
+                bytemuck::cast_slice_mut::<u8, f64>(&mut data),
+                &values,
+                |v| v,
+            ),
+        }
+        Ok(Tensor {
+            path: self.path.clone(),
+            module_idx: self.module_idx,
+            tensor_type: self.tensor_type,
+            dtype: dtype.into(),
+            shape: self.shape.clone(),
+            meta: self.meta,
+            data,
+        })
     }
 
     /// Borrows this tensor as data to write (meta tensors stay meta).

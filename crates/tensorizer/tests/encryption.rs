@@ -297,7 +297,10 @@ fn each_kind_of_damage_is_a_distinct_error() {
     assert!(ok[2].as_bytes().is_empty() && ok[3].is_meta());
 
     let expect = |file: &Path, pw: &str, phrase: &str| {
-        let err = open_pw(file, pw).unwrap_err().to_string();
+        let err = match open_pw(file, pw) {
+            Ok(_) => panic!("{} with {pw:?} loaded, expected {phrase:?}", file.display()),
+            Err(e) => e.to_string(),
+        };
         assert!(err.contains(phrase), "expected {phrase:?} in: {err}");
         assert!(
             err.contains("tensor \""),
@@ -316,9 +319,17 @@ fn each_kind_of_damage_is_a_distinct_error() {
     let big_at = d.entries()[1].data_offset;
 
     let p = copy("flip_data.tensors");
-    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-    f.write_all_at(&[big[(2 << 20) + 5] ^ 0xff ^ 0x55], big_at + (2 << 20) + 5)
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
         .unwrap();
+    // Flip bits of the stored ciphertext byte (a byte derived from the
+    // plaintext would equal it one run in 256).
+    let at = big_at + (2 << 20) + 5;
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x55], at).unwrap();
     expect(&p, "secret", "chunk 1 of 3 failed authentication");
 
     let p = copy("flip_mac.tensors");

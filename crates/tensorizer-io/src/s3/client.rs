@@ -38,14 +38,6 @@ const CONCURRENCY: usize = 8;
 /// they only drive sockets, the bytes are copied by the calling thread.
 fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return Err(IoError::Unsupported {
-            uri: "s3://".into(),
-            message: "the blocking S3 client was called from inside a tokio runtime; \
-                      call it through tokio::task::spawn_blocking"
-                .into(),
-        });
-    }
     RUNTIME
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
@@ -59,6 +51,34 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
             uri: "s3://".into(),
             message: format!("cannot start the S3 runtime: {e}"),
         })
+}
+
+/// Runs `fut` on the S3 runtime; the receiver yields its output. Waiting
+/// on a std channel rather than `Runtime::block_on` works from any thread,
+/// including one that belongs to the caller's own tokio runtime (where
+/// `block_on` would panic); there it blocks that thread, so async callers
+/// should still go through `spawn_blocking`.
+fn spawn<T: Send + 'static>(
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<std::sync::mpsc::Receiver<T>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime()?.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    Ok(rx)
+}
+
+/// Waits for a request started with [`spawn`].
+fn wait<T>(rx: std::sync::mpsc::Receiver<T>, uri: &str) -> Result<T> {
+    rx.recv().map_err(|_| IoError::Protocol {
+        uri: uri.to_owned(),
+        message: "the S3 runtime dropped a request (a task panicked)".into(),
+    })
+}
+
+/// Runs `fut` on the S3 runtime and waits for it.
+fn block<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static, uri: &str) -> Result<T> {
+    wait(spawn(fut)?, uri)
 }
 
 /// `s3://bucket/key` → (bucket, key).
@@ -204,9 +224,8 @@ impl S3Source {
     /// the object's size (one HEAD request).
     pub fn open(uri: &str, options: &S3Options, policy: &RetryPolicy) -> Result<Self> {
         let object = Object::new(uri, options, policy)?;
-        let rt = runtime()?;
-        let meta = rt
-            .block_on(object.store.head(&object.path))
+        let (store, path) = (object.store.clone(), object.path.clone());
+        let meta = block(async move { store.head(&path).await }, uri)?
             .map_err(|e| object.error(0..0, &e, policy.max_attempts))?;
         Ok(Self {
             object,
@@ -232,7 +251,6 @@ impl RangeSource for S3Source {
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len())?;
-        let rt = runtime()?;
         let pieces: Vec<(u64, &mut [u8])> = buf
             .chunks_mut(REQUEST_SIZE)
             .scan(offset, |at, chunk| {
@@ -249,21 +267,15 @@ impl RangeSource for S3Source {
                 .map(|(start, chunk)| {
                     let (store, path) = (self.object.store.clone(), self.object.path.clone());
                     let range = *start..*start + chunk.len() as u64;
-                    rt.spawn(async move { store.get_range(&path, range).await })
+                    spawn(async move { store.get_range(&path, range).await })
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             for (request, (start, chunk)) in requests.into_iter().zip(window) {
                 let range = start..start + chunk.len() as u64;
-                let bytes = rt
-                    .block_on(request)
-                    .map_err(|e| IoError::Protocol {
-                        uri: self.object.uri.clone(),
-                        message: format!("S3 request task failed: {e}"),
-                    })?
-                    .map_err(|e| {
-                        self.object
-                            .error(range.clone(), &e, self.policy.max_attempts)
-                    })?;
+                let bytes = wait(request, &self.object.uri)?.map_err(|e| {
+                    self.object
+                        .error(range.clone(), &e, self.policy.max_attempts)
+                })?;
                 if bytes.len() != chunk.len() {
                     return Err(IoError::Protocol {
                         uri: self.object.uri.clone(),
@@ -350,9 +362,12 @@ impl S3Sink {
         if let Some(id) = upload.as_ref() {
             return Ok(id.clone());
         }
-        let id = runtime()?
-            .block_on(self.object.store.create_multipart(&self.object.path))
-            .map_err(|e| self.object.error(0..0, &e, self.policy.max_attempts))?;
+        let (store, path) = (self.object.store.clone(), self.object.path.clone());
+        let id = block(
+            async move { store.create_multipart(&path).await },
+            &self.object.uri,
+        )?
+        .map_err(|e| self.object.error(0..0, &e, self.policy.max_attempts))?;
         *upload = Some(id.clone());
         Ok(id)
     }
@@ -363,7 +378,6 @@ impl S3Sink {
             return Ok(());
         }
         let id = self.upload_id()?;
-        let rt = runtime()?;
         let size = self.part_size();
         let requests: Vec<_> = parts
             .into_iter()
@@ -375,19 +389,14 @@ impl S3Sink {
                 );
                 let range = i as u64 * size..i as u64 * size + data.len() as u64;
                 let task =
-                    rt.spawn(
+                    spawn(
                         async move { store.put_part(&path, &id, i, PutPayload::from(data)).await },
                     );
-                (i, range, task)
+                task.map(|task| (i, range, task))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         for (i, range, task) in requests {
-            let part = rt
-                .block_on(task)
-                .map_err(|e| IoError::Protocol {
-                    uri: self.object.uri.clone(),
-                    message: format!("S3 upload task failed: {e}"),
-                })?
+            let part = wait(task, &self.object.uri)?
                 .map_err(|e| self.object.error(range, &e, self.policy.max_attempts))?;
             self.state.lock().expect("parts lock").done.insert(i, part);
         }
@@ -496,16 +505,15 @@ impl Sink for S3Sink {
                 .collect();
             (rest, end)
         };
-        let rt = runtime()?;
         let started = self.upload.lock().expect("upload lock").is_some();
+        let (store, path) = (self.object.store.clone(), self.object.path.clone());
         if !started && rest.len() <= 1 {
             // Small object: one PUT, atomic by itself.
             let data = rest.into_iter().next().map(|(_, b)| b).unwrap_or_default();
-            rt.block_on(
-                self.object
-                    .store
-                    .put(&self.object.path, PutPayload::from(data)),
-            )
+            block(
+                async move { store.put(&path, PutPayload::from(data)).await },
+                &self.object.uri,
+            )?
             .map_err(|e| self.object.error(0..end, &e, self.policy.max_attempts))?;
             return Ok(());
         }
@@ -514,11 +522,11 @@ impl Sink for S3Sink {
         let parts: Vec<PartId> = std::mem::take(&mut self.state.lock().expect("parts lock").done)
             .into_values()
             .collect();
-        rt.block_on(
-            self.object
-                .store
-                .complete_multipart(&self.object.path, &id, parts),
-        )
+        let upload = id.clone();
+        block(
+            async move { store.complete_multipart(&path, &upload, parts).await },
+            &self.object.uri,
+        )?
         .map_err(|e| self.object.error(0..end, &e, self.policy.max_attempts))?;
         // Completed: nothing to abort on drop.
         self.upload.lock().expect("upload lock").take();
@@ -531,13 +539,14 @@ impl Drop for S3Sink {
         let Some(id) = self.upload.get_mut().ok().and_then(Option::take) else {
             return;
         };
-        match runtime() {
-            Ok(rt) => {
-                if let Err(e) =
-                    rt.block_on(self.object.store.abort_multipart(&self.object.path, &id))
-                {
-                    tracing::warn!(uri = %self.object.uri, "aborting the multipart upload failed: {e}");
-                }
+        let (store, path) = (self.object.store.clone(), self.object.path.clone());
+        match block(
+            async move { store.abort_multipart(&path, &id).await },
+            &self.object.uri,
+        ) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(uri = %self.object.uri, "aborting the multipart upload failed: {e}")
             }
             Err(e) => tracing::warn!(uri = %self.object.uri, "multipart upload left open: {e}"),
         }

@@ -1,0 +1,291 @@
+//! `bench-load`: one measurement per process, driven by `cargo xtask bench`
+//! (so each row's peak RSS is its own). Prints one JSON object:
+//! `{"gib_s": [per run], "bytes": N, "rss_kib": peak resident set}`.
+//!
+//! ```text
+//! bench-load make-model OUT.tensors --size 2GiB     # fp16/bf16 tensors of LLM shapes
+//! bench-load pread FILE [--threads N] [--runs R] [--cold]
+//! bench-load load URI [--runs R] [--cold] [--key-file K] [--verify none|crc32|all] [--s3-endpoint E]
+//! bench-load stream URI [--runs R] [--budget BYTES]   # bounded-memory streaming into a callback
+//! bench-load serialize FILE OUT [--runs R]
+//! ```
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Instant;
+
+use tensorizer::{
+    AlignedBuffer, Decryption, Deserializer, Dtype, EncryptionKey, S3Options, Serializer,
+    StorageOptions, TensorData, Verify,
+};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench-load: {e}");
+        std::process::exit(1);
+    }
+}
+
+struct Args {
+    positional: Vec<String>,
+    runs: usize,
+    threads: usize,
+    cold: bool,
+    key_file: Option<String>,
+    verify: Verify,
+    size: u64,
+    budget: u64,
+    s3_endpoint: Option<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        positional: Vec::new(),
+        runs: 3,
+        threads: std::thread::available_parallelism().map_or(4, |n| n.get() * 4),
+        cold: false,
+        key_file: None,
+        verify: Verify::Crc32,
+        size: 2 << 30,
+        budget: 256 << 20,
+        s3_endpoint: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--runs" => a.runs = value()?.parse()?,
+            "--threads" => a.threads = value()?.parse()?,
+            "--cold" => a.cold = true,
+            "--key-file" => a.key_file = Some(value()?),
+            "--size" => a.size = parse_size(&value()?).ok_or("bad --size")?,
+            "--budget" => a.budget = parse_size(&value()?).ok_or("bad --budget")?,
+            "--s3-endpoint" => a.s3_endpoint = Some(value()?),
+            "--verify" => {
+                a.verify = match value()?.as_str() {
+                    "none" => Verify::None,
+                    "crc32" => Verify::Crc32,
+                    "all" => Verify::All,
+                    other => return Err(format!("--verify {other}?").into()),
+                }
+            }
+            _ => a.positional.push(arg),
+        }
+    }
+    Ok(a)
+}
+
+fn run() -> Result {
+    let args = parse_args()?;
+    let pos = |i: usize| {
+        args.positional
+            .get(i)
+            .cloned()
+            .ok_or("missing argument (see the usage at the top of bench_load.rs)")
+    };
+    match pos(0)?.as_str() {
+        "make-model" => make_model(Path::new(&pos(1)?), args.size),
+        "pread" => {
+            let file = pos(1)?;
+            report(&args, |_| {
+                pread_all(Path::new(&file), args.threads, args.cold)
+            })
+        }
+        "load" => {
+            let uri = pos(1)?;
+            let storage = storage(&args);
+            let key = match &args.key_file {
+                Some(k) => Some(EncryptionKey::from_key_file(&std::fs::read(k)?)?),
+                None => None,
+            };
+            report(&args, |_| {
+                if args.cold {
+                    drop_cache(Path::new(&uri));
+                }
+                let mut d = Deserializer::open_uri_with(&uri, &storage)?.verify(args.verify);
+                if let Some(k) = &key {
+                    d = d.decryption(Decryption::Key(k.clone()))?;
+                }
+                let tensors = d.read_all()?;
+                Ok(tensors.iter().map(|t| t.as_bytes().len() as u64).sum())
+            })
+        }
+        "stream" => {
+            let uri = pos(1)?;
+            let storage = storage(&args);
+            report(&args, |_| {
+                let d = Deserializer::open_uri_with(&uri, &storage)?.verify(args.verify);
+                let mut bytes = 0u64;
+                d.stream(args.budget, |t| {
+                    bytes += t.as_bytes().len() as u64;
+                    Ok(())
+                })?;
+                Ok(bytes)
+            })
+        }
+        "serialize" => {
+            let (input, output) = (pos(1)?, pos(2)?);
+            let tensors = Deserializer::open(&input)?.read_all()?;
+            report(&args, |_| {
+                let mut s = Serializer::new();
+                s.write_tensors(&tensors)?;
+                Ok(s.write_to_file(&output)?.bytes)
+            })
+        }
+        other => Err(format!("unknown command {other:?}").into()),
+    }
+}
+
+fn storage(args: &Args) -> StorageOptions {
+    StorageOptions {
+        s3: S3Options {
+            endpoint: args.s3_endpoint.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Runs `f` `args.runs` times and prints GiB/s per run and the peak RSS.
+fn report(args: &Args, mut f: impl FnMut(usize) -> Result<u64>) -> Result {
+    let mut gib_s = Vec::new();
+    let mut bytes = 0;
+    for i in 0..args.runs {
+        let started = Instant::now();
+        bytes = f(i)?;
+        gib_s.push(bytes as f64 / started.elapsed().as_secs_f64() / (1u64 << 30) as f64);
+    }
+    println!(
+        "{{\"gib_s\": {gib_s:?}, \"bytes\": {bytes}, \"rss_kib\": {}}}",
+        peak_rss_kib()
+    );
+    Ok(())
+}
+
+/// `VmHWM` of this process.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Evicts a local file from the page cache (clean pages only, no root needed).
+fn drop_cache(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: advice on an open descriptor; no memory is touched.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+}
+
+/// The hardware limit for a loader: the whole file into fresh memory with
+/// parallel 16 MiB `pread`s.
+fn pread_all(path: &Path, threads: usize, cold: bool) -> Result<u64> {
+    if cold {
+        drop_cache(path);
+    }
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len() as usize;
+    let mut buf = AlignedBuffer::zeroed(len).ok_or("allocation")?;
+    let piece = 16 << 20;
+    let queue = std::sync::Mutex::new(buf.chunks_mut(piece).enumerate().collect::<Vec<_>>());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let Some((i, chunk)) = queue.lock().unwrap().pop() else {
+                        return;
+                    };
+                    file.read_exact_at(chunk, (i * piece) as u64).unwrap();
+                }
+            });
+        }
+    });
+    Ok(len as u64)
+}
+
+/// A decoder's tensors (bf16 attention, fp16 MLP, f32 norms) at LLM shapes
+/// until `size` bytes are used; random contents.
+fn make_model(out: &Path, size: u64) -> Result {
+    let hidden: u64 = if size >= 1 << 30 { 4096 } else { 1024 };
+    let inter = hidden * 11 / 4;
+    let mut layout: Vec<(String, Dtype, Vec<u64>)> = vec![(
+        "model.embed_tokens.weight".into(),
+        Dtype::BF16,
+        vec![32000.min(size / hidden / 8), hidden],
+    )];
+    let bytes = |d: Dtype, s: &[u64]| s.iter().product::<u64>() * d.itemsize() as u64;
+    let mut total = bytes(layout[0].1, &layout[0].2);
+    let mut layer = 0;
+    while total < size {
+        for (n, d, s) in [
+            ("self_attn.q_proj.weight", Dtype::BF16, vec![hidden, hidden]),
+            ("self_attn.k_proj.weight", Dtype::BF16, vec![hidden, hidden]),
+            ("self_attn.v_proj.weight", Dtype::BF16, vec![hidden, hidden]),
+            ("self_attn.o_proj.weight", Dtype::BF16, vec![hidden, hidden]),
+            ("mlp.gate_proj.weight", Dtype::F16, vec![inter, hidden]),
+            ("mlp.up_proj.weight", Dtype::F16, vec![inter, hidden]),
+            ("mlp.down_proj.weight", Dtype::F16, vec![hidden, inter]),
+            ("input_layernorm.weight", Dtype::F16, vec![hidden]),
+            ("post_attention_layernorm.weight", Dtype::F16, vec![hidden]),
+        ] {
+            if total >= size {
+                break;
+            }
+            total += bytes(d, &s);
+            layout.push((format!("model.layers.{layer}.{n}"), d, s));
+        }
+        layer += 1;
+    }
+    let buffers: Vec<Vec<u8>> = layout
+        .iter()
+        .enumerate()
+        .map(|(i, (_, d, s))| {
+            let mut b = vec![0u8; bytes(*d, s) as usize];
+            fill(&mut b, i as u64);
+            b
+        })
+        .collect();
+    let mut s = Serializer::new();
+    for ((name, dtype, shape), data) in layout.iter().zip(&buffers) {
+        s.write_state_dict([(name.as_str(), TensorData::new(*dtype, shape, data)?)])?;
+    }
+    let summary = s.write_to_file(out)?;
+    println!(
+        "{{\"bytes\": {}, \"tensors\": {}, \"layers\": {layer}}}",
+        summary.bytes, summary.tensors
+    );
+    Ok(())
+}
+
+fn fill(buf: &mut [u8], seed: u64) {
+    let mut x = seed;
+    for chunk in buf.chunks_mut(8) {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes()[..chunk.len()]);
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num.parse().ok()?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kib" | "k" => 1024.0,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((n * mult) as u64)
+}

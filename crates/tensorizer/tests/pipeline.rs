@@ -1,0 +1,147 @@
+//! The load pipeline's options: streaming with a memory budget, progress,
+//! reader counts, dtype casts, and filters.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use tensorizer::{Deserializer, Dtype, Error, Serializer, TensorData, Verify};
+
+/// 12 tensors of 1 MiB (f32) plus a small bf16 and an int tensor.
+fn model(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("m.tensors");
+    let big: Vec<Vec<f32>> = (0..12)
+        .map(|i| {
+            (0..262_144)
+                .map(|k| (i * 1000 + k % 1000) as f32 * 0.5)
+                .collect()
+        })
+        .collect();
+    let small: Vec<half::bf16> = (0..16).map(|i| half::bf16::from_f32(i as f32)).collect();
+    let ints: Vec<i32> = (0..16).collect();
+    let mut s = Serializer::new();
+    for (i, t) in big.iter().enumerate() {
+        s.write_state_dict([(
+            format!("layer.{i}.weight"),
+            TensorData::from_slice(&[512, 512], t).unwrap(),
+        )])
+        .unwrap();
+    }
+    s.write_state_dict([("norm", TensorData::from_slice(&[16], &small).unwrap())])
+        .unwrap();
+    s.write_state_dict([("ids", TensorData::from_slice(&[16], &ints).unwrap())])
+        .unwrap();
+    s.write_to_file(&path).unwrap();
+    path
+}
+
+#[test]
+fn streaming_delivers_in_file_order_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path());
+    let all = Deserializer::open(&path).unwrap().read_all().unwrap();
+    for budget in [1u64, 3 << 20, 64 << 20] {
+        let mut seen = Vec::new();
+        Deserializer::open(&path)
+            .unwrap()
+            .verify(Verify::All)
+            .stream(budget, |t| {
+                seen.push(t);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen.len(), all.len(), "budget {budget}");
+        for (a, b) in seen.iter().zip(&all) {
+            assert_eq!(a.name(), b.name());
+            assert_eq!(a.as_bytes(), b.as_bytes());
+        }
+    }
+    // The consumer's error stops the stream and comes back as is.
+    let mut n = 0;
+    let err = Deserializer::open(&path)
+        .unwrap()
+        .stream(2 << 20, |_| {
+            n += 1;
+            if n == 3 {
+                Err(Error::NotFound {
+                    path: "consumer".into(),
+                    name: "stop".into(),
+                })
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert_eq!(n, 3);
+}
+
+#[test]
+fn progress_counts_every_tensor_and_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let tensors = Deserializer::open(&path)
+        .unwrap()
+        .num_readers(3)
+        .on_progress(move |p| {
+            log.lock()
+                .unwrap()
+                .push((p.bytes, p.total_bytes, p.tensors, p.total_tensors))
+        })
+        .read_all()
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    let total: u64 = tensors.iter().map(|t| t.as_bytes().len() as u64).sum();
+    assert_eq!(seen.len(), 14);
+    assert!(seen.iter().all(|&(_, tb, _, tt)| tb == total && tt == 14));
+    assert_eq!(seen.iter().map(|s| s.0).max(), Some(total));
+    assert_eq!(seen.iter().map(|s| s.2).max(), Some(14));
+}
+
+#[test]
+fn dtype_casts_floating_tensors_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path());
+    let d = Deserializer::open(&path).unwrap().dtype(Dtype::F16);
+    let w = d.read("layer.1.weight").unwrap();
+    assert_eq!(w.dtype(), Dtype::F16);
+    assert_eq!(w.shape(), &[512, 512]);
+    assert_eq!(
+        w.as_slice::<half::f16>().unwrap()[3],
+        half::f16::from_f32(501.5)
+    );
+    assert_eq!(d.read("norm").unwrap().dtype(), Dtype::F16);
+    assert_eq!(
+        d.read("ids").unwrap().dtype(),
+        Dtype::I32,
+        "integers are not cast"
+    );
+    let ids = Deserializer::open(&path).unwrap().read("ids").unwrap();
+    let err = ids.cast(Dtype::F32).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot cast int32 to float32") || err.contains("cannot cast"),
+        "{err}"
+    );
+    let back = w.cast(Dtype::F32).unwrap();
+    assert_eq!(back.as_slice::<f32>().unwrap()[3], 501.5);
+}
+
+#[test]
+fn filters_and_reader_counts_give_the_same_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path());
+    let all = Deserializer::open(&path).unwrap().read_all().unwrap();
+    for readers in [1, 2, 16] {
+        let got = Deserializer::open(&path)
+            .unwrap()
+            .num_readers(readers)
+            .read_filtered(|e| e.name.to_string().ends_with(".weight"))
+            .unwrap();
+        assert_eq!(got.len(), 12);
+        for (a, b) in got.iter().zip(&all) {
+            assert_eq!(a.as_bytes(), b.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""bench_python.py -- the Python side of `cargo xtask bench`, one measurement
+per process. Prints {"gib_s": [per run], "bytes": N, "rss_kib": peak RSS}.
+
+    bench_python.py tensorizer URI [--runs R] [--num-readers N] [--key-hex K]
+                    [--s3-endpoint E] [--cold]
+    bench_python.py safetensors FILE [--runs R] [--cold]
+    bench_python.py serialize FILE.tensors OUT.tensors [--runs R]
+
+tensorizer: TensorDeserializer(device="cpu"), default options (lazy_load=False,
+verify_hash=False), the given num_readers; S3 through open_stream(force_http=True)
+with S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY from the environment.
+"""
+import argparse
+import json
+import os
+import resource
+import time
+
+
+def drop_cache(path):
+    if os.path.exists(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def nbytes(tensors):
+    return sum(t.element_size() * t.nelement() for t in tensors)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("what")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--num-readers", type=int, default=None)
+    p.add_argument("--key-hex")
+    p.add_argument("--s3-endpoint")
+    p.add_argument("--cold", action="store_true")
+    a = p.parse_args()
+
+    import torch  # noqa: F401
+    rates, total = [], 0
+    for _ in range(a.runs):
+        if a.cold:
+            drop_cache(a.paths[0])
+        start = time.perf_counter()
+        if a.what == "tensorizer":
+            from tensorizer import DecryptionParams, TensorDeserializer, stream_io
+            src = a.paths[0]
+            if src.startswith("s3://"):
+                src = stream_io.open_stream(
+                    src, "rb", s3_access_key_id=os.environ.get("S3_ACCESS_KEY_ID"),
+                    s3_secret_access_key=os.environ.get("S3_SECRET_ACCESS_KEY"),
+                    s3_endpoint=a.s3_endpoint, force_http=True)
+            enc = DecryptionParams.from_key(bytes.fromhex(a.key_hex)) if a.key_hex else None
+            kwargs = {"num_readers": a.num_readers} if a.num_readers else {}
+            d = TensorDeserializer(src, device="cpu", encryption=enc, **kwargs)
+            total = nbytes(d.values())
+            d.close()
+        elif a.what == "safetensors":
+            from safetensors.torch import load_file
+            # load_file maps the file lazily: clone() reads every byte into
+            # owned memory, as a loader must.
+            total = nbytes([t.clone() for t in load_file(a.paths[0]).values()])
+        elif a.what == "serialize":
+            from tensorizer import TensorDeserializer, TensorSerializer
+            if not rates:
+                d = TensorDeserializer(a.paths[0], device="cpu")
+                state = {k: v for k, v in d.items()}
+                d.close()
+                start = time.perf_counter()
+            s = TensorSerializer(a.paths[1])
+            s.write_state_dict(state)
+            s.close()
+            total = nbytes(state.values())
+        else:
+            raise SystemExit(f"unknown measurement {a.what!r}")
+        rates.append(total / (time.perf_counter() - start) / (1 << 30))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"gib_s": rates, "bytes": total, "rss_kib": rss}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,625 @@
+//! `cargo xtask bench`: one command, one run, one table. Builds the release
+//! binaries, makes (or takes) a model, starts nginx (HTTP and a static
+//! S3 endpoint) and redis-server on loopback ports, measures every row in its own process
+//! (so peak RSS is the row's own), prints the table with ratios and
+//! rewrites the generated section of `BENCHMARKS.md`.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Result, cargo, root, run};
+
+struct Options {
+    size: String,
+    model: Option<PathBuf>,
+    runs: usize,
+    write_report: bool,
+    strict: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        size: "2GiB".into(),
+        model: None,
+        runs: 3,
+        write_report: true,
+        strict: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--size" => o.size = value()?,
+            "--model" => o.model = Some(value()?.into()),
+            "--runs" => o.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+            "--no-report" => o.write_report = false,
+            // Smoke runs (in `cargo xtask test`): every row must produce a number.
+            "--strict" => o.strict = true,
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: cargo xtask bench [--size 2GiB | --model FILE] [--runs 3] [--no-report] [--strict]"
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// A server child, killed on drop.
+struct Server {
+    port: u16,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18080)
+}
+
+fn start(program: &str, args: &[String], port: u16) -> Result<Server> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start {program}: {e} (run `cargo xtask test` once: it installs the servers)"
+            )
+        })?;
+    let server = Server { port, child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("{program} did not start on port {port}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(server)
+}
+
+/// One measurement: GiB/s per run and peak RSS, from a child's JSON line.
+#[derive(Debug, Clone)]
+struct Sample {
+    median: f64,
+    rss_mib: f64,
+}
+
+fn measure(what: &str, cmd: &mut Command) -> Result<Sample> {
+    eprintln!("  measuring {what}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{what}: {}", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    let field = |name: &str| -> Option<&str> {
+        let at = line.find(&format!("\"{name}\":"))? + name.len() + 3;
+        Some(line[at..].trim_start())
+    };
+    let mut rates: Vec<f64> = field("gib_s")
+        .and_then(|s| s.strip_prefix('['))
+        .and_then(|s| s.split(']').next())
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    let rss: f64 = field("rss_kib")
+        .and_then(|s| s.trim_end_matches('}').trim().parse().ok())
+        .unwrap_or(0.0);
+    if rates.is_empty() {
+        return Err(format!("{what}: no result in {line:?}"));
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(Sample {
+        median: rates[rates.len() / 2],
+        rss_mib: rss / 1024.0,
+    })
+}
+
+struct Row {
+    name: &'static str,
+    sample: Option<Sample>,
+    limit: &'static str,
+}
+
+pub fn bench(args: &[String]) -> Result {
+    let o = parse(args)?;
+    let root = root();
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    run(
+        "build release binaries (bench-load, tensorizer)",
+        cargo().args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "tensorizer-benches",
+            "--bin",
+            "bench-load",
+            "-p",
+            "tensorizer-cli",
+        ]),
+    )?;
+    let oracle = crate::setup_oracle()?;
+    crate::setup_servers(&oracle)?;
+    run(
+        "pip install safetensors==0.4.5 (Python safetensors, the comparison)",
+        Command::new(&oracle).args(["-m", "pip", "install", "-q", "safetensors==0.4.5"]),
+    )?;
+    let bin = root.join("target/release/bench-load");
+    let cli = root.join("target/release/tensorizer");
+
+    // The model: made here or given, in the folder nginx serves as bucket `bench`.
+    let s3_root = dir.join("s3");
+    let bucket = s3_root.join("bench");
+    std::fs::create_dir_all(&bucket).map_err(|e| e.to_string())?;
+    let model = bucket.join("model.tensors");
+    match &o.model {
+        Some(given) => {
+            std::fs::copy(given, &model).map_err(|e| format!("{}: {e}", given.display()))?;
+        }
+        None => run(
+            &format!("make a {} model", o.size),
+            Command::new(&bin)
+                .args(["make-model"])
+                .arg(&model)
+                .args(["--size", &o.size]),
+        )?,
+    }
+    let st = dir.join("model.safetensors");
+    let enc = bucket.join("model-encrypted.tensors");
+    let key = dir.join("bench.key");
+    let _ = std::fs::remove_file(&key);
+    run("key", Command::new(&cli).arg("keygen").arg(&key))?;
+    run(
+        "encrypted copy",
+        Command::new(&cli)
+            .arg("encrypt")
+            .arg(&model)
+            .arg(&enc)
+            .arg("--key-file")
+            .arg(&key),
+    )?;
+    run(
+        "safetensors copy",
+        Command::new(&cli).arg("convert").arg(&model).arg(&st),
+    )?;
+    let key_hex: String = std::fs::read(&key)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+
+    let nginx_dir = tempfile_dir(&dir, "nginx")?;
+    let http_port = free_port();
+    std::fs::write(
+        nginx_dir.join("nginx.conf"),
+        format!(
+            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+             uwsgi_temp_path {d}; scgi_temp_path {d}; sendfile on; keepalive_requests 10000;\n\
+             server {{ listen 127.0.0.1:{http_port}; root {root}; }} }}\n",
+            d = nginx_dir.display(),
+            root = s3_root.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("nginx is not installed (cargo xtask test installs it)")?;
+    let _nginx = start(
+        nginx,
+        &[
+            "-c".into(),
+            nginx_dir.join("nginx.conf").display().to_string(),
+            "-p".into(),
+            nginx_dir.display().to_string(),
+        ],
+        http_port,
+    )?;
+    let redis_port = free_port();
+    let redis = start(
+        "redis-server",
+        &[
+            "--port".into(),
+            redis_port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+        ],
+        redis_port,
+    )?;
+    let redis_uri = format!("redis://127.0.0.1:{}/bench", redis.port);
+    run(
+        "copy the model into Redis",
+        Command::new(&cli).arg("copy").arg(&model).arg(&redis_uri),
+    )?;
+
+    // nginx serves the bucket folder, so it answers path-style S3 GETs
+    // (`/bench/model.tensors`, signature ignored) as fast as plain HTTP: the
+    // S3 rows measure the S3 clients, not a slow local S3 server (moto and
+    // s3s-fs re-hash the whole object per request; see the io benchmark).
+    let http_url = format!("http://127.0.0.1:{http_port}/bench/model.tensors");
+    let s3_uri = "s3://bench/model.tensors";
+    let s3_endpoint = format!("http://127.0.0.1:{http_port}");
+    let runs = o.runs.to_string();
+    let ours = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.args(args).args(["--runs", &runs]);
+        c.env("S3_ACCESS_KEY_ID", "benchkey")
+            .env("S3_SECRET_ACCESS_KEY", "benchsecret");
+        c
+    };
+    let python = |args: &[&str]| {
+        let mut c = Command::new(&oracle);
+        c.arg(root.join("scripts/bench_python.py"))
+            .args(args)
+            .args(["--runs", &runs]);
+        c.env("S3_ACCESS_KEY_ID", "benchkey")
+            .env("S3_SECRET_ACCESS_KEY", "benchsecret");
+        c
+    };
+    let m = model.to_str().ok_or("non-UTF-8 path")?;
+    let e = enc.to_str().ok_or("non-UTF-8 path")?;
+    let out = dir.join("out.tensors");
+    let out = out.to_str().ok_or("non-UTF-8 path")?;
+    let py_out = dir.join("out-python.tensors");
+    let py_out = py_out.to_str().ok_or("non-UTF-8 path")?;
+    let k = key.to_str().ok_or("non-UTF-8 path")?;
+
+    eprintln!("\n==> measuring ({} runs each, median)", o.runs);
+    let best = |a: Result<Sample>, b: Result<Sample>| -> Option<Sample> {
+        match (a.ok(), b.ok()) {
+            (Some(x), Some(y)) => Some(if x.median >= y.median { x } else { y }),
+            (x, y) => x.or(y),
+        }
+    };
+    let rows = vec![
+        Row {
+            name: "limit: parallel pread, warm cache",
+            sample: measure("pread warm", &mut ours(&["pread", m])).ok(),
+            limit: "memory bandwidth + page faults",
+        },
+        Row {
+            name: "limit: parallel pread, cold cache",
+            sample: measure("pread cold", &mut ours(&["pread", m, "--cold"])).ok(),
+            limit: "disk",
+        },
+        Row {
+            name: "ours: local, warm (CRC-32 verified)",
+            sample: measure("ours warm", &mut ours(&["load", m])).ok(),
+            limit: "page faults of fresh memory, CRC-32",
+        },
+        Row {
+            name: "ours: local, warm, no verification",
+            sample: measure(
+                "ours warm noverify",
+                &mut ours(&["load", m, "--verify", "none"]),
+            )
+            .ok(),
+            limit: "page faults of fresh memory",
+        },
+        Row {
+            name: "ours: local, cold",
+            sample: measure("ours cold", &mut ours(&["load", m, "--cold"])).ok(),
+            limit: "disk",
+        },
+        Row {
+            name: "ours: local, warm, encrypted",
+            sample: measure("ours encrypted", &mut ours(&["load", e, "--key-file", k])).ok(),
+            limit: "XSalsa20-Poly1305 on the cores",
+        },
+        Row {
+            name: "ours: streaming, 256 MiB budget",
+            sample: measure(
+                "ours stream",
+                &mut ours(&["stream", m, "--budget", "256MiB"]),
+            )
+            .ok(),
+            limit: "as warm; bounded memory",
+        },
+        Row {
+            name: "ours: HTTP (nginx)",
+            sample: measure("ours http", &mut ours(&["load", &http_url])).ok(),
+            limit: "loopback TCP + nginx on the same 2 cores",
+        },
+        Row {
+            name: "ours: S3 (path-style GETs, nginx as endpoint)",
+            sample: measure(
+                "ours s3",
+                &mut ours(&["load", s3_uri, "--s3-endpoint", &s3_endpoint]),
+            )
+            .ok(),
+            limit: "loopback TCP + nginx; SigV4 signing",
+        },
+        Row {
+            name: "ours: Redis",
+            sample: measure("ours redis", &mut ours(&["load", &redis_uri])).ok(),
+            limit: "redis-server (single-threaded)",
+        },
+        Row {
+            name: "ours: serialize (fsync)",
+            sample: measure("ours serialize", &mut ours(&["serialize", m, out])).ok(),
+            limit: "disk write + fsync, SHA-256",
+        },
+        Row {
+            name: "python tensorizer 2.12.1: local, warm",
+            sample: best(
+                measure("python warm", &mut python(&["tensorizer", m])),
+                measure(
+                    "python warm n8",
+                    &mut python(&["tensorizer", m, "--num-readers", "8"]),
+                ),
+            ),
+            limit: "",
+        },
+        Row {
+            name: "python tensorizer: local, warm, encrypted",
+            sample: best(
+                measure(
+                    "python encrypted",
+                    &mut python(&["tensorizer", e, "--key-hex", &key_hex]),
+                ),
+                measure(
+                    "python encrypted n8",
+                    &mut python(&["tensorizer", e, "--key-hex", &key_hex, "--num-readers", "8"]),
+                ),
+            ),
+            limit: "",
+        },
+        Row {
+            name: "python tensorizer: HTTP (nginx)",
+            sample: best(
+                measure("python http", &mut python(&["tensorizer", &http_url])),
+                measure(
+                    "python http n8",
+                    &mut python(&["tensorizer", &http_url, "--num-readers", "8"]),
+                ),
+            ),
+            limit: "curl subprocess per reader",
+        },
+        Row {
+            name: "python tensorizer: S3 (same endpoint)",
+            sample: measure(
+                "python s3",
+                &mut python(&["tensorizer", s3_uri, "--s3-endpoint", &s3_endpoint]),
+            )
+            .ok(),
+            limit: "",
+        },
+        Row {
+            name: "python tensorizer: serialize",
+            sample: measure("python serialize", &mut python(&["serialize", m, py_out])).ok(),
+            limit: "",
+        },
+        Row {
+            name: "python safetensors load_file (+clone)",
+            sample: measure(
+                "safetensors",
+                &mut python(&["safetensors", st.to_str().unwrap_or_default()]),
+            )
+            .ok(),
+            limit: "mmap faults + copy",
+        },
+        Row {
+            name: "curl of the same HTTP file",
+            sample: curl(&http_url, o.runs),
+            limit: "loopback TCP: the raw network limit",
+        },
+    ];
+    let get = |name: &str, rows: &[Row]| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.sample.clone())
+            .map(|s| s.median)
+    };
+    let ratio = |a: &str, b: &str, rows: &[Row]| match (get(a, rows), get(b, rows)) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
+        _ => "n/a".into(),
+    };
+    let ratios = vec![
+        (
+            "local warm / python tensorizer (target ≥ 3)",
+            ratio(
+                "ours: local, warm (CRC-32 verified)",
+                "python tensorizer 2.12.1: local, warm",
+                &rows,
+            ),
+        ),
+        (
+            "local warm / safetensors (target ≥ 1.5)",
+            ratio(
+                "ours: local, warm (CRC-32 verified)",
+                "python safetensors load_file (+clone)",
+                &rows,
+            ),
+        ),
+        (
+            "local warm / pread limit (target ≥ 0.7)",
+            ratio(
+                "ours: local, warm (CRC-32 verified)",
+                "limit: parallel pread, warm cache",
+                &rows,
+            ),
+        ),
+        (
+            "local cold / pread cold limit",
+            ratio(
+                "ours: local, cold",
+                "limit: parallel pread, cold cache",
+                &rows,
+            ),
+        ),
+        (
+            "encrypted / unencrypted (target ≥ 0.6)",
+            ratio(
+                "ours: local, warm, encrypted",
+                "ours: local, warm (CRC-32 verified)",
+                &rows,
+            ),
+        ),
+        (
+            "encrypted / python encrypted",
+            ratio(
+                "ours: local, warm, encrypted",
+                "python tensorizer: local, warm, encrypted",
+                &rows,
+            ),
+        ),
+        (
+            "HTTP / curl (target ≥ 0.8)",
+            ratio("ours: HTTP (nginx)", "curl of the same HTTP file", &rows),
+        ),
+        (
+            "HTTP / python HTTP (target ≥ 2)",
+            ratio(
+                "ours: HTTP (nginx)",
+                "python tensorizer: HTTP (nginx)",
+                &rows,
+            ),
+        ),
+        (
+            "S3 / python S3",
+            ratio(
+                "ours: S3 (path-style GETs, nginx as endpoint)",
+                "python tensorizer: S3 (same endpoint)",
+                &rows,
+            ),
+        ),
+        (
+            "serialize / python serialize (target ≥ 3)",
+            ratio(
+                "ours: serialize (fsync)",
+                "python tensorizer: serialize",
+                &rows,
+            ),
+        ),
+    ];
+    let size = std::fs::metadata(&model).map(|m| m.len()).unwrap_or(0);
+    let report = render(&rows, &ratios, size, o.runs);
+    println!("\n{report}");
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.sample.is_none())
+        .map(|r| r.name)
+        .collect();
+    if o.strict && !failed.is_empty() {
+        return Err(format!("bench rows failed: {}", failed.join("; ")));
+    }
+    if o.write_report {
+        write_report(&root.join("BENCHMARKS.md"), &report)?;
+        eprintln!("BENCHMARKS.md updated");
+    }
+    Ok(())
+}
+
+fn tempfile_dir(dir: &Path, name: &str) -> Result<PathBuf> {
+    let d = dir.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+    Ok(d)
+}
+
+/// `curl` of the whole file to /dev/null, `runs` times; GiB/s from curl's own timer.
+fn curl(url: &str, runs: usize) -> Option<Sample> {
+    eprintln!("  measuring curl");
+    let mut rates: Vec<f64> = (0..runs)
+        .filter_map(|_| {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{speed_download}", url])
+                .output()
+                .ok()?;
+            let bytes_per_s: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+            Some(bytes_per_s / (1u64 << 30) as f64)
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    Some(Sample {
+        median: *rates.get(rates.len() / 2)?,
+        rss_mib: 0.0,
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or("?".into(), |kib| {
+            format!("{:.0} GiB", kib / 1024.0 / 1024.0)
+        });
+    format!("{cores} cores of {cpu}, {mem} RAM")
+}
+
+fn render(rows: &[Row], ratios: &[(&str, String)], size: u64, runs: usize) -> String {
+    let mut s = format!(
+        "Machine: {}. Model: {:.2} GiB of fp16/bf16 tensors at LLM shapes; median of {runs} runs, each row in its own process.\n\n\
+         | row | GiB/s | peak RSS MiB | limited by |\n|---|---:|---:|---|\n",
+        machine(),
+        size as f64 / (1u64 << 30) as f64
+    );
+    for r in rows {
+        match &r.sample {
+            Some(x) => {
+                s += &format!(
+                    "| {} | {:.2} | {:.0} | {} |\n",
+                    r.name, x.median, x.rss_mib, r.limit
+                )
+            }
+            None => s += &format!("| {} | failed | | {} |\n", r.name, r.limit),
+        }
+    }
+    s += "\n| ratio | value |\n|---|---:|\n";
+    for (name, v) in ratios {
+        s += &format!("| {name} | {v} |\n");
+    }
+    s
+}
+
+fn write_report(path: &Path, report: &str) -> Result {
+    const START: &str = "<!-- cargo xtask bench: start -->";
+    const END: &str = "<!-- cargo xtask bench: end -->";
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| {
+        format!("# Benchmarks\n\nWritten by `cargo xtask bench`; the section between the markers is regenerated.\n\n{START}\n{END}\n")
+    });
+    let section = format!("{START}\n{report}{END}");
+    let new = match (old.find(START), old.find(END)) {
+        (Some(a), Some(b)) if a < b => format!("{}{section}{}", &old[..a], &old[b + END.len()..]),
+        _ => format!("{old}\n{section}\n"),
+    };
+    std::fs::write(path, new).map_err(|e| format!("{}: {e}", path.display()))
+}
