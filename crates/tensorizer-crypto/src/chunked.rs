@@ -25,8 +25,6 @@ pub fn seal_chunks(
         .collect()
 }
 
-/// Decrypts `data` in place from chunks of `chunk_size` bytes with their MACs.
-///
 /// As the Python reader does, a single MAC means one box over the whole data
 /// whatever `chunk_size` says. Every chunk is authenticated before its
 /// plaintext is kept; on error, `data` holds no plaintext of a failed chunk,
@@ -40,29 +38,84 @@ pub fn open_chunks(
     data: &mut [u8],
     macs: &[Mac],
 ) -> Result<()> {
+    read_and_open_chunks(backend, key, nonce, chunk_size, data, macs, |_, _| {
+        Ok::<(), ()>(())
+    })
+    .map_err(|e| match e {
+        ReadOrOpen::Open(e) => e,
+        ReadOrOpen::Read(()) => unreachable!("the no-op reader never fails"),
+    })
+}
+
+/// Why [`read_and_open_chunks`] failed.
+#[derive(Debug)]
+pub enum ReadOrOpen<E> {
+    /// Filling a chunk failed.
+    Read(E),
+    /// A chunk did not authenticate (or the layout is wrong).
+    Open(CryptoError),
+}
+
+/// [`open_chunks`] with the ciphertext arriving on the way: each parallel
+/// task first calls `read(offset, chunk)` to fill its chunk, then decrypts
+/// it while it is still in cache, so a load reads and decrypts in one pass
+/// over memory instead of two.
+pub fn read_and_open_chunks<E: Send>(
+    backend: Backend,
+    key: &EncryptionKey,
+    nonce: &Nonce,
+    chunk_size: usize,
+    data: &mut [u8],
+    macs: &[Mac],
+    read: impl Fn(usize, &mut [u8]) -> std::result::Result<(), E> + Sync,
+) -> std::result::Result<(), ReadOrOpen<E>> {
     if macs.len() == 1 {
+        // One box over everything: fill it all (in pieces, at once), then open.
+        let piece = chunk_size.clamp(1 << 20, 16 << 20);
+        data.par_chunks_mut(piece)
+            .enumerate()
+            .try_for_each(|(i, c)| read(i * piece, c))
+            .map_err(ReadOrOpen::Read)?;
         return if secretbox::open(backend, key, nonce, data, &macs[0]) {
             Ok(())
         } else {
-            Err(CryptoError::WrongKey { chunks: 1 })
+            Err(ReadOrOpen::Open(CryptoError::WrongKey { chunks: 1 }))
         };
     }
     let expected = data.len().div_ceil(chunk_size.max(1));
     if chunk_size == 0 || macs.len() != expected {
-        return Err(CryptoError::ChunkCount {
+        return Err(ReadOrOpen::Open(CryptoError::ChunkCount {
             len: data.len() as u64,
             chunk_size: chunk_size as u64,
             expected: expected as u64,
             found: macs.len() as u64,
-        });
+        }));
     }
-    let failed: Vec<usize> = data
+    let results: Vec<std::result::Result<bool, E>> = data
         .par_chunks_mut(chunk_size)
         .enumerate()
-        .filter_map(|(i, chunk)| {
-            (!secretbox::open(backend, key, &nonce.add(i as u64), chunk, &macs[i])).then_some(i)
+        .map(|(i, chunk)| {
+            read(i * chunk_size, chunk)?;
+            Ok(secretbox::open(
+                backend,
+                key,
+                &nonce.add(i as u64),
+                chunk,
+                &macs[i],
+            ))
         })
         .collect();
+    let mut failed = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(true) => {}
+            Ok(false) => failed.push(i),
+            Err(e) => {
+                data.fill(0);
+                return Err(ReadOrOpen::Read(e));
+            }
+        }
+    }
     if failed.is_empty() {
         return Ok(());
     }
@@ -70,7 +123,7 @@ pub fn open_chunks(
     let err = diagnose(key, nonce, chunk_size, data, macs, &failed);
     // Authenticated chunks were decrypted; leave nothing of this tensor readable.
     data.fill(0);
-    Err(match err {
+    Err(ReadOrOpen::Open(match err {
         Diagnosis::WrongKey => CryptoError::WrongKey { chunks },
         Diagnosis::Swapped(a, b) => CryptoError::ChunksSwapped {
             first: a as u64,
@@ -81,7 +134,7 @@ pub fn open_chunks(
             chunk: i as u64,
             chunks,
         },
-    })
+    }))
 }
 
 enum Diagnosis {

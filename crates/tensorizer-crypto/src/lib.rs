@@ -11,7 +11,7 @@ mod poly;
 mod salsa;
 mod secretbox;
 
-pub use chunked::{open_chunks, seal_chunks};
+pub use chunked::{ReadOrOpen, open_chunks, read_and_open_chunks, seal_chunks};
 pub use error::{CryptoError, Result};
 pub use key::{EncryptionKey, KdfParams, KdfStrength, MAX_MEMLIMIT, MAX_OPSLIMIT};
 pub use nonce::Nonce;

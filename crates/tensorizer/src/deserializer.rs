@@ -382,24 +382,27 @@ impl Deserializer {
                 tensor: entry.name.to_string(),
                 bytes: len,
             })?;
-        if !meta {
+        let read = |offset: usize, piece: &mut [u8]| {
+            self.source
+                .read_exact_at(entry.data_offset + offset as u64, piece)
+        };
+        if let Some(info) = header.crypt_info.as_ref().filter(|_| encrypted && !meta) {
+            // Each cipher chunk is decrypted as soon as it is read.
+            self.decrypt(entry, info, &mut data, read)?;
+        } else if !meta {
             // Large tensors are read in request-size pieces at once (one
             // HTTP/S3 stream would be far below the link's speed).
             let piece = self.source.hints().request_size.max(1 << 20);
             data.par_chunks_mut(piece)
                 .enumerate()
-                .try_for_each(|(k, chunk)| {
-                    self.source
-                        .read_exact_at(entry.data_offset + (k * piece) as u64, chunk)
-                })
+                .try_for_each(|(k, chunk)| read(k * piece, chunk))
                 .map_err(source_error(format!(
                     "reading the data of tensor {:?}",
                     entry.name.to_string()
                 )))?;
         }
-        if let Some(info) = header.crypt_info.as_ref().filter(|_| encrypted) {
-            self.decrypt(entry, info, &mut data)?;
-        } else if header.crypt_info.is_some() && entry.data_length > 0 && self.can_decrypt() {
+        if !encrypted && header.crypt_info.is_some() && entry.data_length > 0 && self.can_decrypt()
+        {
             // Python refuses plaintext data inside a file read with a key.
             return Err(Error::Decryption {
                 path: self.path.clone(),
@@ -447,11 +450,18 @@ impl Deserializer {
         entry: &IndexEntry,
         info: &tensorizer_format::CryptInfo,
         data: &mut [u8],
+        read: impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync,
     ) -> Result<()> {
         use crate::encryption::DecryptFailure;
         let decryptor = self.decryptor.as_ref().expect("checked by can_decrypt");
-        decryptor.open(info, data).map_err(|failure| {
+        decryptor.read_and_open(info, data, read).map_err(|failure| {
             let reason = match failure {
+                DecryptFailure::Read(source) => {
+                    return Error::Source {
+                        action: format!("reading the data of tensor {:?}", entry.name.to_string()),
+                        source,
+                    };
+                }
                 DecryptFailure::Layout(why) => why,
                 DecryptFailure::NoKdfRecord => {
                     "a passphrase was given, but the tensor stores no key-derivation record (it was encrypted with a raw key)".into()
@@ -475,6 +485,7 @@ impl Deserializer {
         entry: &IndexEntry,
         _: &tensorizer_format::CryptInfo,
         _: &mut [u8],
+        _: impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync,
     ) -> Result<()> {
         Err(Error::Encrypted {
             path: self.path.clone(),

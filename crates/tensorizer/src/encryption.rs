@@ -139,6 +139,8 @@ pub(crate) enum DecryptFailure {
     NoKdfRecord,
     /// The crypto layer refused.
     Crypto(CryptoError),
+    /// Reading the ciphertext failed.
+    Read(tensorizer_io::IoError),
 }
 
 /// A [`Decryption`] plus the keys derived so far.
@@ -185,8 +187,15 @@ impl Decryptor {
         }
     }
 
-    /// Decrypts `data` in place per `info`.
-    pub(crate) fn open(&self, info: &CryptInfo, data: &mut [u8]) -> Result<(), DecryptFailure> {
+    /// Fills `data` with `read(offset, piece)` and decrypts it in place per
+    /// `info`, each chunk right after it arrives (see
+    /// [`tensorizer_crypto::read_and_open_chunks`]).
+    pub(crate) fn read_and_open(
+        &self,
+        info: &CryptInfo,
+        data: &mut [u8],
+        read: impl Fn(usize, &mut [u8]) -> Result<(), tensorizer_io::IoError> + Sync,
+    ) -> Result<(), DecryptFailure> {
         let ciphers: Vec<&CryptChunk> = info
             .chunks
             .iter()
@@ -200,32 +209,33 @@ impl Decryptor {
         };
         let key = self.key_for(info)?;
         let backend = Backend::detect();
-        let result = match cipher {
+        let (nonce, chunk_size, macs) = match cipher {
             CryptChunk::XSalsa20Parallel {
                 chunk_size,
                 nonce,
                 macs,
-            } => {
-                let chunk_size = usize::try_from(*chunk_size).unwrap_or(usize::MAX);
-                tensorizer_crypto::open_chunks(
-                    backend,
-                    &key,
-                    &Nonce(*nonce),
-                    chunk_size,
-                    data,
-                    macs,
-                )
-            }
-            CryptChunk::XSalsa20Sequential { nonce, mac } => tensorizer_crypto::open_chunks(
-                backend,
-                &key,
-                &Nonce(*nonce),
-                data.len().max(1),
-                data,
-                &[*mac],
+            } => (
+                nonce,
+                usize::try_from(*chunk_size).unwrap_or(usize::MAX),
+                macs.as_slice(),
             ),
+            CryptChunk::XSalsa20Sequential { nonce, mac } => {
+                (nonce, data.len().max(1), std::slice::from_ref(mac))
+            }
             CryptChunk::KeyDerivation(_) => unreachable!("filtered above"),
         };
-        result.map_err(DecryptFailure::Crypto)
+        tensorizer_crypto::read_and_open_chunks(
+            backend,
+            &key,
+            &Nonce(*nonce),
+            chunk_size,
+            data,
+            macs,
+            read,
+        )
+        .map_err(|e| match e {
+            tensorizer_crypto::ReadOrOpen::Read(e) => DecryptFailure::Read(e),
+            tensorizer_crypto::ReadOrOpen::Open(e) => DecryptFailure::Crypto(e),
+        })
     }
 }
