@@ -45,6 +45,19 @@ impl Verify {
 /// the densest crypt info the format allows) are refused before allocating.
 const MAX_PLAIN_HEADER: u64 = 1 << 20;
 
+/// Records (header + data) at most this large are read together with their
+/// neighbours; larger ones get requests of their own, straight into their
+/// buffers.
+const SMALL_RECORD: u64 = 1 << 20;
+
+/// One unit of reading.
+enum Work {
+    /// Adjacent small records, one request.
+    Run(Vec<usize>),
+    /// One large record.
+    One(usize),
+}
+
 /// Opens a `.tensors` file and loads tensors from it.
 ///
 /// Opening reads only the file header and the index, so listing is cheap;
@@ -327,6 +340,21 @@ impl Deserializer {
     /// Reads and checks the per-tensor header of tensor `i` (not its data).
     pub fn read_header(&self, i: usize) -> Result<TensorHeader> {
         let entry = &self.metadata.entries[i];
+        self.check_header_size(entry)?;
+        let bytes = self
+            .source
+            .read_range(entry.header_offset, entry.header_size())
+            .map_err(source_error(format!(
+                "reading the header of tensor {:?}",
+                entry.name.to_string()
+            )))?;
+        parse_header_at(&bytes, entry, self.metadata.header.has_crypt_info())
+            .map_err(format_error(&self.path))
+    }
+
+    /// Headers are small; a huge one is a hostile index, refused before
+    /// anything is allocated for it.
+    fn check_header_size(&self, entry: &IndexEntry) -> Result<()> {
         let max = MAX_PLAIN_HEADER + entry.data_length / 64;
         if entry.header_size() > max {
             return Err(Error::Format {
@@ -340,15 +368,7 @@ impl Deserializer {
                 },
             });
         }
-        let bytes = self
-            .source
-            .read_range(entry.header_offset, entry.header_size())
-            .map_err(source_error(format!(
-                "reading the header of tensor {:?}",
-                entry.name.to_string()
-            )))?;
-        parse_header_at(&bytes, entry, self.metadata.header.has_crypt_info())
-            .map_err(format_error(&self.path))
+        Ok(())
     }
 
     /// Reads tensor `name`.
@@ -363,8 +383,24 @@ impl Deserializer {
 
     /// Reads tensor number `i` (file order).
     pub fn read_at(&self, i: usize) -> Result<Tensor> {
-        let entry = &self.metadata.entries[i];
         let header = self.read_header(i)?;
+        let data_offset = self.metadata.entries[i].data_offset;
+        self.load(i, header, |offset: usize, piece: &mut [u8]| {
+            self.source
+                .read_exact_at(data_offset + offset as u64, piece)
+        })
+    }
+
+    /// Loads tensor `i` whose header is known: `read(offset, piece)` fills
+    /// pieces of its stored data (from the source, or from a run of records
+    /// read at once).
+    fn load(
+        &self,
+        i: usize,
+        header: TensorHeader,
+        read: impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync,
+    ) -> Result<Tensor> {
+        let entry = &self.metadata.entries[i];
         let encrypted = header.crypt_info.as_ref().is_some_and(|c| c.is_encrypted());
         if encrypted && !self.can_decrypt() {
             return Err(Error::Encrypted {
@@ -382,10 +418,6 @@ impl Deserializer {
                 tensor: entry.name.to_string(),
                 bytes: len,
             })?;
-        let read = |offset: usize, piece: &mut [u8]| {
-            self.source
-                .read_exact_at(entry.data_offset + offset as u64, piece)
-        };
         if let Some(info) = header.crypt_info.as_ref().filter(|_| encrypted && !meta) {
             // Each cipher chunk is decrypted as soon as it is read.
             self.decrypt(entry, info, &mut data, read)?;
@@ -503,16 +535,108 @@ impl Deserializer {
             .filter(|&i| filter(&self.metadata.entries[i]))
             .collect();
         let tracker = self.tracker(&selected);
-        self.pool()?.install(|| {
-            selected
-                .into_par_iter()
-                .map(|i| {
-                    let t = self.read_at(i)?;
-                    tracker.done(&t);
-                    Ok(t)
+        let pool = self.pool()?;
+        self.read_indices(&selected, &tracker, &pool)
+    }
+
+    /// Reads `indices` (file order) on `pool`: neighbouring small records
+    /// in one request each, large ones on their own.
+    fn read_indices(
+        &self,
+        indices: &[usize],
+        tracker: &Tracker<'_>,
+        pool: &rayon::ThreadPool,
+    ) -> Result<Vec<Tensor>> {
+        let work = self.plan_reads(indices);
+        let done: Vec<Vec<Tensor>> = pool.install(|| {
+            work.into_par_iter()
+                .map(|w| {
+                    let tensors = match w {
+                        Work::Run(run) => self.read_run(&run)?,
+                        Work::One(i) => vec![self.read_at(i)?],
+                    };
+                    tensors.iter().for_each(|t| tracker.done(t));
+                    Ok(tensors)
                 })
-                .collect()
-        })
+                .collect::<Result<_>>()
+        })?;
+        Ok(done.into_iter().flatten().collect())
+    }
+
+    /// Groups `indices` into requests: runs of adjacent records of at most
+    /// [`SMALL_RECORD`] bytes each, up to the source's request size (one
+    /// request instead of two per tensor matters over HTTP and S3, where
+    /// each costs a round trip), and large records alone.
+    fn plan_reads(&self, indices: &[usize]) -> Vec<Work> {
+        let entries = &self.metadata.entries;
+        let request = self.source.hints().request_size as u64;
+        let mut work = Vec::new();
+        let mut run: Vec<usize> = Vec::new();
+        let mut run_len = 0u64;
+        for &i in indices {
+            let e = &entries[i];
+            let size = e.end_offset() - e.header_offset;
+            let small = size <= SMALL_RECORD && self.check_header_size(e).is_ok();
+            let joins = run
+                .last()
+                .is_some_and(|&j| entries[j].end_offset() == e.header_offset)
+                && run_len + size <= request;
+            if !run.is_empty() && !(small && joins) {
+                work.push(Work::Run(std::mem::take(&mut run)));
+                run_len = 0;
+            }
+            if small {
+                run.push(i);
+                run_len += size;
+            } else {
+                work.push(Work::One(i));
+            }
+        }
+        if !run.is_empty() {
+            work.push(Work::Run(run));
+        }
+        work
+    }
+
+    /// Reads a run of adjacent small records with one request; each tensor
+    /// is copied from it into its own buffer.
+    fn read_run(&self, run: &[usize]) -> Result<Vec<Tensor>> {
+        let entries = &self.metadata.entries;
+        let (first, last) = (&entries[run[0]], &entries[run[run.len() - 1]]);
+        let start = first.header_offset;
+        let bytes = self
+            .source
+            .read_range(start, last.end_offset() - start)
+            .map_err(source_error(format!(
+                "reading tensors {:?} to {:?}",
+                first.name.to_string(),
+                last.name.to_string()
+            )))?;
+        run.iter()
+            .map(|&i| {
+                let e = &entries[i];
+                let at = |offset: u64| (offset - start) as usize;
+                let header = parse_header_at(
+                    &bytes[at(e.header_offset)..at(e.data_offset)],
+                    e,
+                    self.metadata.header.has_crypt_info(),
+                )
+                .map_err(format_error(&self.path))?;
+                let data = &bytes[at(e.data_offset)..at(e.end_offset())];
+                self.load(i, header, |offset, piece| {
+                    let src = data.get(offset..offset + piece.len()).ok_or_else(|| {
+                        tensorizer_io::IoError::OutOfRange {
+                            uri: self.source.uri().to_owned(),
+                            start: e.data_offset + offset as u64,
+                            end: e.data_offset + (offset + piece.len()) as u64,
+                            len: e.end_offset(),
+                        }
+                    })?;
+                    piece.copy_from_slice(src);
+                    Ok(())
+                })
+            })
+            .collect()
     }
 
     /// Reads every tensor, in parallel; results come in file order.
@@ -565,16 +689,7 @@ impl Deserializer {
             let pool = &pool;
             s.spawn(move || {
                 for window in windows {
-                    let read: Result<Vec<Tensor>> = pool.install(|| {
-                        window
-                            .into_par_iter()
-                            .map(|i| {
-                                let t = self.read_at(i)?;
-                                tracker.done(&t);
-                                Ok(t)
-                            })
-                            .collect()
-                    });
+                    let read = self.read_indices(&window, tracker, pool);
                     let failed = read.is_err();
                     if tx.send(read).is_err() || failed {
                         return;

@@ -145,3 +145,66 @@ fn filters_and_reader_counts_give_the_same_tensors() {
         }
     }
 }
+
+/// Counts the requests reaching a local file.
+#[derive(Debug)]
+struct Counting {
+    inner: tensorizer::io::LocalFile,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+impl tensorizer::io::RangeSource for Counting {
+    fn uri(&self) -> &str {
+        self.inner.uri()
+    }
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> tensorizer::io::Result<()> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read_exact_at(offset, buf)
+    }
+}
+
+#[test]
+fn small_tensors_are_read_in_few_large_requests() {
+    let path = common::fixtures().join("tensorizer-2.12.1/many_tensors.tensors");
+    let local = Deserializer::open(&path).unwrap().read_all().unwrap();
+    let counting = Arc::new(Counting {
+        inner: tensorizer::io::LocalFile::open(&path).unwrap(),
+        requests: 0.into(),
+    });
+    struct Shared(Arc<Counting>);
+    impl std::fmt::Debug for Shared {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+    impl tensorizer::io::RangeSource for Shared {
+        fn uri(&self) -> &str {
+            self.0.uri()
+        }
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> tensorizer::io::Result<()> {
+            self.0.read_exact_at(offset, buf)
+        }
+    }
+    let d = Deserializer::from_source(Box::new(Shared(counting.clone()))).unwrap();
+    let opened = counting.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let tensors = d.verify(Verify::All).read_all().unwrap();
+    let requests = counting.requests.load(std::sync::atomic::Ordering::SeqCst) - opened;
+    assert_eq!(tensors.len(), local.len());
+    assert!(tensors.len() >= 1000, "{}", tensors.len());
+    for (a, b) in tensors.iter().zip(&local) {
+        assert_eq!(a.as_bytes(), b.as_bytes());
+    }
+    // Two requests per tensor without coalescing; one per 16 MiB with it.
+    assert!(
+        requests <= 4,
+        "{requests} requests for {} tensors",
+        tensors.len()
+    );
+}
