@@ -274,7 +274,10 @@ fn main() -> ExitCode {
         Command::Verify { file, key } => verify(&file, &key, &storage),
         Command::Copy { input, output } => (|| {
             let started = Instant::now();
-            let s = tensorizer::copy(&input, &output, &storage)?;
+            let (bar, callback) = progress_callback("copying");
+            let s = tensorizer::copy_with_progress(&input, &output, &storage, Some(callback));
+            bar.finish_and_clear();
+            let s = s?;
             println!(
                 "{input} -> {output}: {} tensors, {} bytes in {:.2} s",
                 s.tensors,
@@ -299,7 +302,16 @@ fn main() -> ExitCode {
             })?;
             let enc = encryption(secret, kdf, &output)?;
             report_rewrite(
-                tensorizer::rewrite_uri(&input, &output, &storage, None, Some(enc)),
+                with_bar("encrypting", |cb| {
+                    tensorizer::rewrite_with_progress(
+                        &input,
+                        &output,
+                        &storage,
+                        None,
+                        Some(enc),
+                        cb,
+                    )
+                }),
                 "encrypted",
             )
         })(),
@@ -311,7 +323,16 @@ fn main() -> ExitCode {
                 )
             })?;
             report_rewrite(
-                tensorizer::rewrite_uri(&input, &output, &storage, Some(dec), None),
+                with_bar("decrypting", |cb| {
+                    tensorizer::rewrite_with_progress(
+                        &input,
+                        &output,
+                        &storage,
+                        Some(dec),
+                        None,
+                        cb,
+                    )
+                }),
                 "decrypted",
             )
         })(),
@@ -339,13 +360,19 @@ fn main() -> ExitCode {
             )?
             .ok_or_else(|| key_error(&output, "give --new-key-file or --new-passphrase-file"))?;
             report_rewrite(
-                tensorizer::rewrite_uri(
-                    &input,
-                    &output,
-                    &storage,
-                    Some(dec),
-                    Some(encryption(new, kdf, &output)?),
-                ),
+                {
+                    let enc = encryption(new, kdf, &output)?;
+                    with_bar("re-encrypting", |cb| {
+                        tensorizer::rewrite_with_progress(
+                            &input,
+                            &output,
+                            &storage,
+                            Some(dec),
+                            Some(enc),
+                            cb,
+                        )
+                    })
+                },
                 "re-encrypted",
             )
         })(),
@@ -357,6 +384,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A progress bar fed by the library's progress callback (sized on the
+/// first report, since the total is known only once the file is open).
+fn progress_callback(verb: &str) -> (ProgressBar, tensorizer::ProgressFn) {
+    let bar = progress(0, verb);
+    let fed = bar.clone();
+    let callback: tensorizer::ProgressFn =
+        std::sync::Arc::new(move |p: &tensorizer::Progress<'_>| {
+            fed.set_length(p.total_bytes);
+            fed.set_position(p.bytes);
+            fed.set_message(p.name.to_owned());
+        });
+    (bar, callback)
+}
+
+/// Runs `f` with a progress callback drawing a bar, cleared at the end.
+fn with_bar<T>(verb: &str, f: impl FnOnce(Option<tensorizer::ProgressFn>) -> T) -> T {
+    let (bar, callback) = progress_callback(verb);
+    let result = f(Some(callback));
+    bar.finish_and_clear();
+    result
 }
 
 fn progress(total_bytes: u64, verb: &str) -> ProgressBar {

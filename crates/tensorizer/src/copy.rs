@@ -2,13 +2,15 @@
 //! Redis, fetch one to local disk. Nothing is decrypted, so encrypted files
 //! copy without their key.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use rayon::prelude::*;
 use tensorizer_format::TERMINATOR;
-use tensorizer_io::StorageOptions;
+use tensorizer_io::{SegmentKind, StorageOptions};
 
 use crate::error::{Result, source_error};
 use crate::serializer::layout;
-use crate::{Deserializer, WriteSummary};
+use crate::{Deserializer, Progress, ProgressFn, WriteSummary};
 
 /// Bytes moved per request.
 const PIECE: u64 = 16 << 20;
@@ -26,6 +28,17 @@ const PIECE: u64 = 16 << 20;
 /// # Ok::<(), tensorizer::Error>(())
 /// ```
 pub fn copy(input: &str, output: &str, storage: &StorageOptions) -> Result<WriteSummary> {
+    copy_with_progress(input, output, storage, None)
+}
+
+/// [`copy`], calling `progress` after every piece moved (`tensors` counts
+/// pieces of at most 16 MiB; `name` is the tensor the piece belongs to).
+pub fn copy_with_progress(
+    input: &str,
+    output: &str,
+    storage: &StorageOptions,
+    progress: Option<ProgressFn>,
+) -> Result<WriteSummary> {
     let reader = Deserializer::open_uri_with(input, storage)?;
     let layout = layout(reader.metadata());
     let sink =
@@ -35,22 +48,38 @@ pub fn copy(input: &str, output: &str, storage: &StorageOptions) -> Result<Write
     let source = reader.source();
     let end = layout.len - TERMINATOR.len() as u64;
     // Pieces never straddle a segment, so every piece lands in one key.
-    let pieces: Vec<(u64, u64)> = layout
+    let pieces: Vec<(u64, u64, &str)> = layout
         .segments
         .iter()
         .filter(|s| s.end() <= end)
         .flat_map(|s| {
+            let name = match &s.kind {
+                SegmentKind::TensorHeader(n) | SegmentKind::TensorData(n) => n.as_str(),
+                _ => "",
+            };
             (s.offset..s.end())
                 .step_by(PIECE as usize)
-                .map(move |at| (at, PIECE.min(s.end() - at)))
+                .map(move |at| (at, PIECE.min(s.end() - at), name))
         })
         .collect();
-    pieces.par_iter().try_for_each(|&(offset, len)| {
+    let total_bytes = end;
+    let (moved, count) = (AtomicU64::new(0), AtomicUsize::new(0));
+    pieces.par_iter().try_for_each(|&(offset, len, name)| {
         let bytes = source
             .read_range(offset, len)
             .map_err(source_error("reading"))?;
         sink.write_all_at(offset, &bytes)
-            .map_err(source_error("writing"))
+            .map_err(source_error("writing"))?;
+        if let Some(f) = &progress {
+            f(&Progress {
+                bytes: moved.fetch_add(len, Ordering::Relaxed) + len,
+                total_bytes,
+                tensors: count.fetch_add(1, Ordering::Relaxed) + 1,
+                total_tensors: pieces.len(),
+                name,
+            });
+        }
+        Ok::<(), crate::Error>(())
     })?;
     sink.write_all_at(end, &TERMINATOR)
         .map_err(source_error("writing the terminator"))?;

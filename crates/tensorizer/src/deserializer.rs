@@ -581,7 +581,8 @@ impl Deserializer {
                 .last()
                 .is_some_and(|&j| entries[j].end_offset() == e.header_offset)
                 && run_len + size <= request;
-            if !run.is_empty() && !(small && joins) {
+            let extends_run = small && joins;
+            if !run.is_empty() && !extends_run {
                 work.push(Work::Run(std::mem::take(&mut run)));
                 run_len = 0;
             }

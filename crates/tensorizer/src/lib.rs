@@ -20,14 +20,14 @@ mod serializer;
 mod tensor;
 
 pub use buffer::{ALIGNMENT, AlignedBuffer};
-pub use copy::copy;
+pub use copy::{copy, copy_with_progress};
 pub use deserializer::{Deserializer, Progress, ProgressFn, Verify};
 pub use element::Element;
 #[cfg(feature = "encryption")]
 pub use encryption::{Decryption, Encryption, EncryptionKey, KdfParams, KdfStrength, Nonce};
 pub use error::{Error, Result};
 #[cfg(feature = "encryption")]
-pub use rewrite::{rewrite, rewrite_uri};
+pub use rewrite::{rewrite, rewrite_uri, rewrite_with_progress};
 pub use serializer::{Serializer, WriteSummary};
 pub use tensor::{Tensor, TensorData};
 /// The format layer, for users who need the byte-level types.

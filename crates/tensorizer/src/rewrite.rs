@@ -6,7 +6,7 @@ use tensorizer_io::StorageOptions;
 
 use crate::encryption::{Decryption, Encryption};
 use crate::error::Result;
-use crate::{Deserializer, Serializer, Verify, WriteSummary};
+use crate::{Deserializer, ProgressFn, Serializer, Verify, WriteSummary};
 
 /// Reads `input` (decrypting with `decryption` if given, every hash checked)
 /// and writes the same tensors to `output` (encrypted with `encryption` if
@@ -38,7 +38,22 @@ pub fn rewrite_uri(
     decryption: Option<Decryption>,
     encryption: Option<Encryption>,
 ) -> Result<WriteSummary> {
+    rewrite_with_progress(input, output, storage, decryption, encryption, None)
+}
+
+/// [`rewrite_uri`], calling `progress` after every tensor read.
+pub fn rewrite_with_progress(
+    input: &str,
+    output: &str,
+    storage: &StorageOptions,
+    decryption: Option<Decryption>,
+    encryption: Option<Encryption>,
+    progress: Option<ProgressFn>,
+) -> Result<WriteSummary> {
     let mut reader = Deserializer::open_uri_with(input, storage)?.verify(Verify::All);
+    if let Some(f) = progress {
+        reader = reader.on_progress(move |p| f(p));
+    }
     if let Some(d) = decryption {
         reader = reader.decryption(d)?;
     }
