@@ -150,10 +150,9 @@ pub fn bench(args: &[String]) -> Result {
             "--locked",
             "-p",
             "tensorizer-benches",
-            "--bin",
-            "bench-load",
             "-p",
             "tensorizer-cli",
+            "--bins",
         ]),
     )?;
     let oracle = crate::setup_oracle()?;

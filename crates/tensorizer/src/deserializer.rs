@@ -8,7 +8,7 @@ use tensorizer_format::{
     Dtype, HashKind, IndexEntry, Metadata, TensorHeader, TensorPath, parse_header_at,
 };
 
-use crate::buffer::AlignedBuffer;
+use crate::destination::{CallerBuffers, Destination, HostMemory, TensorInfo};
 use crate::error::{Error, Result, format_error, source_error};
 use crate::tensor::Tensor;
 use tensorizer_io::{LocalFile, RangeSource, StorageOptions};
@@ -90,6 +90,7 @@ pub struct Deserializer {
     num_readers: Option<usize>,
     progress: Option<Callback>,
     cast: Option<Dtype>,
+    pieces: std::sync::OnceLock<rayon::ThreadPool>,
 }
 
 /// The progress callback, printable in `Debug` output.
@@ -131,12 +132,11 @@ struct Tracker<'a> {
 }
 
 impl Tracker<'_> {
-    fn done(&self, tensor: &Tensor) {
+    /// Counts the index entry `entry` as loaded.
+    fn done(&self, entry: &IndexEntry) {
         use std::sync::atomic::Ordering::Relaxed;
-        let bytes = self
-            .bytes
-            .fetch_add(tensor.as_bytes().len() as u64, Relaxed)
-            + tensor.as_bytes().len() as u64;
+        let len = entry.deserialized_length().unwrap_or(0);
+        let bytes = self.bytes.fetch_add(len, Relaxed) + len;
         let tensors = self.tensors.fetch_add(1, Relaxed) + 1;
         if let Some(f) = self.callback {
             f(&Progress {
@@ -144,7 +144,7 @@ impl Tracker<'_> {
                 total_bytes: self.total_bytes,
                 tensors,
                 total_tensors: self.total_tensors,
-                name: &tensor.name(),
+                name: &entry.name.to_string(),
             });
         }
     }
@@ -218,6 +218,7 @@ impl Deserializer {
             num_readers: None,
             progress: None,
             cast: None,
+            pieces: std::sync::OnceLock::new(),
         })
     }
 
@@ -287,6 +288,23 @@ impl Deserializer {
                 action: "starting reader threads".into(),
                 source: std::io::Error::other(e),
             })
+    }
+
+    /// The pool that reads (and decrypts) the pieces of one tensor.
+    fn piece_pool(&self) -> Result<&rayon::ThreadPool> {
+        if let Some(pool) = self.pieces.get() {
+            return Ok(pool);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.readers())
+            .thread_name(|i| format!("tensorizer-piece-{i}"))
+            .build()
+            .map_err(|e| Error::Io {
+                path: self.path.clone(),
+                action: "starting reader threads".into(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok(self.pieces.get_or_init(|| pool))
     }
 
     fn tracker(&self, selected: &[usize]) -> Tracker<'_> {
@@ -383,9 +401,16 @@ impl Deserializer {
 
     /// Reads tensor number `i` (file order).
     pub fn read_at(&self, i: usize) -> Result<Tensor> {
+        let host = HostMemory::new(self.cast);
+        self.load_one(&host, i)?;
+        Ok(host.take(&[i]).pop().expect("loaded above"))
+    }
+
+    /// Loads tensor `i` alone: its header, then its data into `dest`.
+    fn load_one<D: Destination>(&self, dest: &D, i: usize) -> Result<()> {
         let header = self.read_header(i)?;
         let data_offset = self.metadata.entries[i].data_offset;
-        self.load(i, header, |offset: usize, piece: &mut [u8]| {
+        self.load(dest, i, header, |offset: usize, piece: &mut [u8]| {
             self.source
                 .read_exact_at(data_offset + offset as u64, piece)
         })
@@ -394,12 +419,13 @@ impl Deserializer {
     /// Loads tensor `i` whose header is known: `read(offset, piece)` fills
     /// pieces of its stored data (from the source, or from a run of records
     /// read at once).
-    fn load(
+    fn load<D: Destination>(
         &self,
+        dest: &D,
         i: usize,
         header: TensorHeader,
         read: impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync,
-    ) -> Result<Tensor> {
+    ) -> Result<()> {
         let entry = &self.metadata.entries[i];
         let encrypted = header.crypt_info.as_ref().is_some_and(|c| c.is_encrypted());
         if encrypted && !self.can_decrypt() {
@@ -410,24 +436,35 @@ impl Deserializer {
         }
         let meta = entry.is_meta();
         let len = entry.deserialized_length().unwrap_or(u64::MAX);
-        let mut data = usize::try_from(len)
-            .ok()
-            .and_then(AlignedBuffer::zeroed)
-            .ok_or_else(|| Error::Allocation {
-                path: self.path.clone(),
-                tensor: entry.name.to_string(),
-                bytes: len,
-            })?;
+        let len = usize::try_from(len).map_err(|_| Error::Allocation {
+            path: self.path.clone(),
+            tensor: entry.name.to_string(),
+            bytes: len,
+        })?;
+        let mut data = dest.allocate(i, entry, len)?;
+        if meta {
+            // Meta tensors read as zeros; a recycled buffer may hold anything.
+            data.fill(0);
+        }
+        // The pieces of one tensor run on their own pool: a reader thread
+        // waiting for them then cannot steal another tensor's work and block
+        // in `allocate` while holding a buffer (a deadlock with recycling
+        // destinations).
         if let Some(info) = header.crypt_info.as_ref().filter(|_| encrypted && !meta) {
             // Each cipher chunk is decrypted as soon as it is read.
-            self.decrypt(entry, info, &mut data, read)?;
+            self.piece_pool()?
+                .install(|| self.decrypt(entry, info, &mut data, &read))?;
         } else if !meta {
             // Large tensors are read in request-size pieces at once (one
             // HTTP/S3 stream would be far below the link's speed).
             let piece = self.source.hints().request_size.max(1 << 20);
-            data.par_chunks_mut(piece)
-                .enumerate()
-                .try_for_each(|(k, chunk)| read(k * piece, chunk))
+            let data = &mut *data;
+            self.piece_pool()?
+                .install(|| {
+                    data.par_chunks_mut(piece)
+                        .enumerate()
+                        .try_for_each(|(k, chunk)| read(k * piece, chunk))
+                })
                 .map_err(source_error(format!(
                     "reading the data of tensor {:?}",
                     entry.name.to_string()
@@ -446,27 +483,15 @@ impl Deserializer {
         header
             .verify(hashed, |k| self.verify.checks(k))
             .map_err(format_error(&self.path))?;
-        let tensor = Tensor {
+        let info = TensorInfo {
             path: entry.name.path().clone(),
             module_idx: header.module_idx,
             tensor_type: header.tensor_type,
             dtype: header.dtype,
             shape: header.shape,
             meta,
-            data,
         };
-        match self.cast {
-            Some(to)
-                if to != tensor.dtype()
-                    && matches!(
-                        tensor.dtype(),
-                        Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64
-                    ) =>
-            {
-                tensor.cast(to)
-            }
-            _ => Ok(tensor),
-        }
+        dest.complete(i, info, data)
     }
 
     fn can_decrypt(&self) -> bool {
@@ -539,28 +564,46 @@ impl Deserializer {
         self.read_indices(&selected, &tracker, &pool)
     }
 
-    /// Reads `indices` (file order) on `pool`: neighbouring small records
-    /// in one request each, large ones on their own.
+    /// Reads `indices` (file order) on `pool` into host memory.
     fn read_indices(
         &self,
         indices: &[usize],
         tracker: &Tracker<'_>,
         pool: &rayon::ThreadPool,
     ) -> Result<Vec<Tensor>> {
+        let host = HostMemory::new(self.cast);
+        self.load_indices(&host, indices, tracker, pool)?;
+        Ok(host.take(indices))
+    }
+
+    /// Loads `indices` on `pool` into `dest`: neighbouring small records
+    /// in one request each, large ones on their own.
+    fn load_indices<D: Destination>(
+        &self,
+        dest: &D,
+        indices: &[usize],
+        tracker: &Tracker<'_>,
+        pool: &rayon::ThreadPool,
+    ) -> Result<()> {
         let work = self.plan_reads(indices);
-        let done: Vec<Vec<Tensor>> = pool.install(|| {
-            work.into_par_iter()
-                .map(|w| {
-                    let tensors = match w {
-                        Work::Run(run) => self.read_run(&run)?,
-                        Work::One(i) => vec![self.read_at(i)?],
-                    };
-                    tensors.iter().for_each(|t| tracker.done(t));
-                    Ok(tensors)
-                })
-                .collect::<Result<_>>()
-        })?;
-        Ok(done.into_iter().flatten().collect())
+        pool.install(|| {
+            work.into_par_iter().try_for_each(|w| {
+                let loaded = match w {
+                    Work::Run(run) => {
+                        self.load_run(dest, &run)?;
+                        run
+                    }
+                    Work::One(i) => {
+                        self.load_one(dest, i)?;
+                        vec![i]
+                    }
+                };
+                for i in loaded {
+                    tracker.done(&self.metadata.entries[i]);
+                }
+                Ok(())
+            })
+        })
     }
 
     /// Groups `indices` into requests: runs of adjacent records of at most
@@ -601,7 +644,7 @@ impl Deserializer {
 
     /// Reads a run of adjacent small records with one request; each tensor
     /// is copied from it into its own buffer.
-    fn read_run(&self, run: &[usize]) -> Result<Vec<Tensor>> {
+    fn load_run<D: Destination>(&self, dest: &D, run: &[usize]) -> Result<()> {
         let entries = &self.metadata.entries;
         let (first, last) = (&entries[run[0]], &entries[run[run.len() - 1]]);
         let start = first.header_offset;
@@ -613,36 +656,92 @@ impl Deserializer {
                 first.name.to_string(),
                 last.name.to_string()
             )))?;
-        run.iter()
-            .map(|&i| {
-                let e = &entries[i];
-                let at = |offset: u64| (offset - start) as usize;
-                let header = parse_header_at(
-                    &bytes[at(e.header_offset)..at(e.data_offset)],
-                    e,
-                    self.metadata.header.has_crypt_info(),
-                )
-                .map_err(format_error(&self.path))?;
-                let data = &bytes[at(e.data_offset)..at(e.end_offset())];
-                self.load(i, header, |offset, piece| {
-                    let src = data.get(offset..offset + piece.len()).ok_or_else(|| {
-                        tensorizer_io::IoError::OutOfRange {
-                            uri: self.source.uri().to_owned(),
-                            start: e.data_offset + offset as u64,
-                            end: e.data_offset + (offset + piece.len()) as u64,
-                            len: e.end_offset(),
-                        }
-                    })?;
-                    piece.copy_from_slice(src);
-                    Ok(())
-                })
+        run.iter().try_for_each(|&i| {
+            let e = &entries[i];
+            let at = |offset: u64| (offset - start) as usize;
+            let header = parse_header_at(
+                &bytes[at(e.header_offset)..at(e.data_offset)],
+                e,
+                self.metadata.header.has_crypt_info(),
+            )
+            .map_err(format_error(&self.path))?;
+            let data = &bytes[at(e.data_offset)..at(e.end_offset())];
+            self.load(dest, i, header, |offset, piece| {
+                let src = data.get(offset..offset + piece.len()).ok_or_else(|| {
+                    tensorizer_io::IoError::OutOfRange {
+                        uri: self.source.uri().to_owned(),
+                        start: e.data_offset + offset as u64,
+                        end: e.data_offset + (offset + piece.len()) as u64,
+                        len: e.end_offset(),
+                    }
+                })?;
+                piece.copy_from_slice(src);
+                Ok(())
             })
-            .collect()
+        })
     }
 
     /// Reads every tensor, in parallel; results come in file order.
     pub fn read_all(&self) -> Result<Vec<Tensor>> {
         self.read_filtered(|_| true)
+    }
+
+    /// Loads every tensor whose entry passes `filter` into `dest` (host
+    /// memory, caller buffers, GPU staging: see [`Destination`]), in
+    /// parallel, with the same request plan, verification, decryption and
+    /// progress as [`Deserializer::read_all`].
+    pub fn load_into<D: Destination>(
+        &self,
+        dest: &D,
+        filter: impl Fn(&IndexEntry) -> bool + Sync,
+    ) -> Result<()> {
+        let selected: Vec<usize> = (0..self.len())
+            .filter(|&i| filter(&self.metadata.entries[i]))
+            .collect();
+        let tracker = self.tracker(&selected);
+        let pool = self.pool()?;
+        self.load_indices(dest, &selected, &tracker, &pool)
+    }
+
+    /// Reads the named tensors straight into the caller's buffers (each
+    /// exactly the tensor's size, e.g. slices of one arena) and returns
+    /// what was loaded, in file order. No other memory is allocated for
+    /// tensor data.
+    ///
+    /// ```
+    /// # use tensorizer::{Deserializer, Serializer, TensorData};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("m.tensors");
+    /// # let mut s = Serializer::new();
+    /// # s.write_state_dict([("a", TensorData::from_slice(&[2], &[1.0f32, 2.0])?), ("b", TensorData::from_slice(&[1], &[3u8])?)])?;
+    /// # s.write_to_file(&path)?;
+    /// let mut arena = vec![0u8; 9];
+    /// let (a, b) = arena.split_at_mut(8);
+    /// let infos = Deserializer::open(&path)?.read_into([("a", a), ("b", b)])?;
+    /// assert_eq!(infos.len(), 2);
+    /// assert_eq!(&arena[..], &[0, 0, 128, 63, 0, 0, 0, 64, 3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_into<'a, N: Into<TensorPath>>(
+        &self,
+        buffers: impl IntoIterator<Item = (N, &'a mut [u8])>,
+    ) -> Result<Vec<TensorInfo>> {
+        let mut by_index = HashMap::new();
+        for (name, buffer) in buffers {
+            let name = name.into();
+            let i = self.position(&name).ok_or_else(|| Error::NotFound {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
+            by_index.insert(i, buffer);
+        }
+        let mut selected: Vec<usize> = by_index.keys().copied().collect();
+        selected.sort_unstable();
+        let dest = CallerBuffers::new(by_index);
+        let tracker = self.tracker(&selected);
+        let pool = self.pool()?;
+        self.load_indices(&dest, &selected, &tracker, &pool)?;
+        Ok(dest.into_infos())
     }
 
     /// Hands every tensor, in file order, to `consume`, holding at most

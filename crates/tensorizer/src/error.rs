@@ -108,6 +108,16 @@ pub enum Error {
         /// The dtype of the view asked for.
         requested: Dtype,
     },
+    /// A caller's buffer of the wrong size for its tensor.
+    #[error("tensor {tensor:?} needs a buffer of {needed} bytes, got {given}")]
+    BufferSize {
+        /// The tensor.
+        tensor: String,
+        /// Bytes in the buffer given.
+        given: u64,
+        /// Bytes the tensor has.
+        needed: u64,
+    },
     /// A cast between dtypes that have no value conversion.
     #[error(
         "tensor {tensor:?}: cannot cast {from} to {to} (casts exist between float16, bfloat16, float32 and float64)"

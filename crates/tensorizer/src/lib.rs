@@ -7,6 +7,7 @@ compile_error!("tensorizer files are little-endian; big-endian hosts are not sup
 mod buffer;
 mod copy;
 mod deserializer;
+pub mod destination;
 mod element;
 #[cfg(feature = "encryption")]
 pub mod encryption;
@@ -22,6 +23,7 @@ mod tensor;
 pub use buffer::{ALIGNMENT, AlignedBuffer};
 pub use copy::{copy, copy_with_progress};
 pub use deserializer::{Deserializer, Progress, ProgressFn, Verify};
+pub use destination::{Destination, TensorInfo};
 pub use element::Element;
 #[cfg(feature = "encryption")]
 pub use encryption::{Decryption, Encryption, EncryptionKey, KdfParams, KdfStrength, Nonce};

@@ -26,6 +26,18 @@ fn fill<T>(out: &mut [T], values: &[f64], convert: impl Fn(f64) -> T) {
 }
 
 impl Tensor {
+    pub(crate) fn from_parts(info: crate::destination::TensorInfo, data: AlignedBuffer) -> Self {
+        Self {
+            path: info.path,
+            module_idx: info.module_idx,
+            tensor_type: info.tensor_type,
+            dtype: info.dtype,
+            shape: info.shape,
+            meta: info.meta,
+            data,
+        }
+    }
+
     /// The tensor's name.
     pub fn path(&self) -> &TensorPath {
         &self.path

@@ -208,3 +208,115 @@ fn small_tensors_are_read_in_few_large_requests() {
         tensors.len()
     );
 }
+
+/// A destination with a fixed pool of staging buffers, like a GPU's pinned
+/// ring: `allocate` waits for a free one, `complete` copies the tensor out
+/// and returns the buffer.
+struct Ring {
+    free: Mutex<Vec<Vec<u8>>>,
+    ready: std::sync::Condvar,
+    in_flight: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+    out: Mutex<std::collections::BTreeMap<usize, Vec<u8>>>,
+}
+
+/// A staging buffer on loan: derefs to its first `len` bytes.
+struct Loan(Vec<u8>, usize);
+
+impl std::ops::Deref for Loan {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0[..self.1]
+    }
+}
+
+impl std::ops::DerefMut for Loan {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0[..self.1]
+    }
+}
+
+impl tensorizer::Destination for Ring {
+    type Buffer = Loan;
+
+    fn allocate(
+        &self,
+        _: usize,
+        _: &tensorizer::IndexEntry,
+        len: usize,
+    ) -> tensorizer::Result<Loan> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut free = self.free.lock().unwrap();
+        while free.is_empty() {
+            free = self.ready.wait(free).unwrap();
+        }
+        let buf = free.pop().unwrap();
+        assert!(len <= buf.len());
+        let n = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(n, SeqCst);
+        Ok(Loan(buf, len))
+    }
+
+    fn complete(
+        &self,
+        index: usize,
+        _: tensorizer::TensorInfo,
+        buffer: Loan,
+    ) -> tensorizer::Result<()> {
+        self.out.lock().unwrap().insert(index, buffer.to_vec());
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.free.lock().unwrap().push(buffer.0);
+        self.ready.notify_one();
+        Ok(())
+    }
+}
+
+#[test]
+fn a_recycling_destination_bounds_buffers_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path());
+    let all = Deserializer::open(&path).unwrap().read_all().unwrap();
+    let ring = Ring {
+        free: Mutex::new(vec![vec![0u8; 1 << 20]; 2]),
+        ready: std::sync::Condvar::new(),
+        in_flight: 0.into(),
+        peak: 0.into(),
+        out: Mutex::default(),
+    };
+    Deserializer::open(&path)
+        .unwrap()
+        .verify(Verify::All)
+        .num_readers(8)
+        .load_into(&ring, |_| true)
+        .unwrap();
+    let out = ring.out.into_inner().unwrap();
+    assert_eq!(out.len(), all.len());
+    for (i, t) in all.iter().enumerate() {
+        assert_eq!(out[&i], t.as_bytes(), "{}", t.name());
+    }
+    assert!(ring.peak.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+}
+
+#[test]
+fn caller_buffers_must_fit_their_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path());
+    let d = Deserializer::open(&path).unwrap();
+    let mut small = [0u8; 10];
+    let err = d
+        .read_into([("norm", &mut small[..])])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs a buffer of 32 bytes, got 10"), "{err}");
+    let mut none = [0u8; 4];
+    let err = d
+        .read_into([("nope", &mut none[..])])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope"), "{err}");
+    let mut norm = [0u8; 32];
+    let infos = d.read_into([("norm", &mut norm[..])]).unwrap();
+    assert_eq!(infos[0].shape.dims(), &[16]);
+    assert_eq!(norm, d.read("norm").unwrap().as_bytes());
+}

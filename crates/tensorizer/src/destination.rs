@@ -1,0 +1,160 @@
+//! Where the loader puts tensor data: host memory ([`Tensor`]s), buffers
+//! the caller owns, or, in `tensorizer-cuda`, pinned staging memory on its
+//! way to a GPU.
+//!
+//! The loader asks the destination for a buffer per tensor, fills it (read,
+//! decrypted, hashes checked) and hands it back with [`Destination::complete`].
+//! A destination that recycles buffers bounds the memory of a load: its
+//! `allocate` may block until an earlier buffer has been completed and
+//! released.
+
+use std::collections::HashMap;
+use std::ops::DerefMut;
+use std::sync::Mutex;
+
+use tensorizer_format::{Dtype, DtypeString, IndexEntry, Shape, TensorPath, TensorType};
+
+use crate::buffer::AlignedBuffer;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Everything about a loaded tensor but its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Name.
+    pub path: TensorPath,
+    /// Module index (Python `write_module`).
+    pub module_idx: u16,
+    /// Parameter, buffer or state-dict entry.
+    pub tensor_type: TensorType,
+    /// Dtype with its stored spelling.
+    pub dtype: DtypeString,
+    /// Shape.
+    pub shape: Shape,
+    /// A meta tensor (no data stored; the buffer was zero-filled).
+    pub meta: bool,
+}
+
+/// A sink for loaded tensors; see the module docs.
+pub trait Destination: Sync {
+    /// The memory one tensor's bytes are written to.
+    type Buffer: DerefMut<Target = [u8]> + Send;
+
+    /// A buffer of exactly `len` bytes for tensor `index` (file order)
+    /// described by `entry`. May block to bound memory in flight.
+    fn allocate(&self, index: usize, entry: &IndexEntry, len: usize) -> Result<Self::Buffer>;
+
+    /// Tensor `index` is in `buffer`, decrypted and verified.
+    fn complete(&self, index: usize, info: TensorInfo, buffer: Self::Buffer) -> Result<()>;
+}
+
+/// Fresh 64-byte aligned host buffers, kept as [`Tensor`]s.
+#[derive(Debug, Default)]
+pub(crate) struct HostMemory {
+    pub(crate) cast: Option<Dtype>,
+    loaded: Mutex<HashMap<usize, Tensor>>,
+}
+
+impl HostMemory {
+    pub(crate) fn new(cast: Option<Dtype>) -> Self {
+        Self {
+            cast,
+            loaded: Mutex::default(),
+        }
+    }
+
+    /// The loaded tensors, in the order of `indices`.
+    pub(crate) fn take(self, indices: &[usize]) -> Vec<Tensor> {
+        let mut loaded = self.loaded.into_inner().unwrap_or_else(|e| e.into_inner());
+        indices.iter().filter_map(|i| loaded.remove(i)).collect()
+    }
+}
+
+impl Destination for HostMemory {
+    type Buffer = AlignedBuffer;
+
+    fn allocate(&self, _: usize, entry: &IndexEntry, len: usize) -> Result<AlignedBuffer> {
+        AlignedBuffer::zeroed(len).ok_or_else(|| Error::Allocation {
+            path: "<host memory>".into(),
+            tensor: entry.name.to_string(),
+            bytes: len as u64,
+        })
+    }
+
+    fn complete(&self, index: usize, info: TensorInfo, data: AlignedBuffer) -> Result<()> {
+        let tensor = Tensor::from_parts(info, data);
+        let tensor = match self.cast {
+            Some(to)
+                if to != tensor.dtype()
+                    && matches!(
+                        tensor.dtype(),
+                        Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64
+                    ) =>
+            {
+                tensor.cast(to)?
+            }
+            _ => tensor,
+        };
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index, tensor);
+        Ok(())
+    }
+}
+
+/// The caller's own buffers, one per tensor, each exactly the tensor's size
+/// (see [`crate::Deserializer::read_into`]).
+#[derive(Debug)]
+pub(crate) struct CallerBuffers<'a> {
+    buffers: Mutex<HashMap<usize, &'a mut [u8]>>,
+    infos: Mutex<Vec<(usize, TensorInfo)>>,
+}
+
+impl<'a> CallerBuffers<'a> {
+    pub(crate) fn new(buffers: HashMap<usize, &'a mut [u8]>) -> Self {
+        Self {
+            buffers: Mutex::new(buffers),
+            infos: Mutex::default(),
+        }
+    }
+
+    /// What was loaded, in file order.
+    pub(crate) fn into_infos(self) -> Vec<TensorInfo> {
+        let mut infos = self.infos.into_inner().unwrap_or_else(|e| e.into_inner());
+        infos.sort_by_key(|(i, _)| *i);
+        infos.into_iter().map(|(_, info)| info).collect()
+    }
+}
+
+impl<'a> Destination for CallerBuffers<'a> {
+    type Buffer = &'a mut [u8];
+
+    fn allocate(&self, index: usize, entry: &IndexEntry, len: usize) -> Result<&'a mut [u8]> {
+        let buffer = self
+            .buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&index)
+            .ok_or_else(|| Error::NotFound {
+                path: "<caller buffers>".into(),
+                name: entry.name.to_string(),
+            })?;
+        if buffer.len() != len {
+            return Err(Error::BufferSize {
+                tensor: entry.name.to_string(),
+                given: buffer.len() as u64,
+                needed: len as u64,
+            });
+        }
+        Ok(buffer)
+    }
+
+    fn complete(&self, index: usize, info: TensorInfo, _: &'a mut [u8]) -> Result<()> {
+        self.infos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((index, info));
+        Ok(())
+    }
+}
