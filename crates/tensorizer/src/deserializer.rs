@@ -275,21 +275,6 @@ impl Deserializer {
             .unwrap_or_else(|| self.source.hints().concurrency.max(cores))
     }
 
-    /// A thread pool of [`Deserializer::num_readers`] threads: reads block
-    /// on I/O, so they get their own threads rather than rayon's global,
-    /// one-per-core pool.
-    fn pool(&self) -> Result<rayon::ThreadPool> {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(self.readers())
-            .thread_name(|i| format!("tensorizer-read-{i}"))
-            .build()
-            .map_err(|e| Error::Io {
-                path: self.path.clone(),
-                action: "starting reader threads".into(),
-                source: std::io::Error::other(e),
-            })
-    }
-
     /// The pool that reads (and decrypts) the pieces of one tensor.
     fn piece_pool(&self) -> Result<&rayon::ThreadPool> {
         if let Some(pool) = self.pieces.get() {
@@ -560,8 +545,7 @@ impl Deserializer {
             .filter(|&i| filter(&self.metadata.entries[i]))
             .collect();
         let tracker = self.tracker(&selected);
-        let pool = self.pool()?;
-        self.read_indices(&selected, &tracker, &pool)
+        self.read_indices(&selected, &tracker, self.readers())
     }
 
     /// Reads `indices` (file order) on `pool` into host memory.
@@ -569,10 +553,10 @@ impl Deserializer {
         &self,
         indices: &[usize],
         tracker: &Tracker<'_>,
-        pool: &rayon::ThreadPool,
+        readers: usize,
     ) -> Result<Vec<Tensor>> {
         let host = HostMemory::new(self.cast);
-        self.load_indices(&host, indices, tracker, pool)?;
+        self.load_indices(&host, indices, tracker, readers)?;
         Ok(host.take(indices))
     }
 
@@ -583,27 +567,48 @@ impl Deserializer {
         dest: &D,
         indices: &[usize],
         tracker: &Tracker<'_>,
-        pool: &rayon::ThreadPool,
+        readers: usize,
     ) -> Result<()> {
-        let work = self.plan_reads(indices);
-        pool.install(|| {
-            work.into_par_iter().try_for_each(|w| {
-                let loaded = match w {
-                    Work::Run(run) => {
-                        self.load_run(dest, &run)?;
-                        run
+        let work = std::sync::Mutex::new(self.plan_reads(indices).into_iter());
+        let failure: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+        // Plain threads pulling from a queue, not a rayon pool: a reader
+        // may block in `Destination::allocate` (a recycling staging ring),
+        // and a rayon worker waiting for a tensor's pieces would steal
+        // another tensor's work and block there while holding a buffer.
+        std::thread::scope(|s| {
+            for _ in 0..readers.min(indices.len()).max(1) {
+                s.spawn(|| {
+                    loop {
+                        if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                            return;
+                        }
+                        let Some(w) = work.lock().unwrap_or_else(|e| e.into_inner()).next() else {
+                            return;
+                        };
+                        let result = match w {
+                            Work::Run(run) => self.load_run(dest, &run).map(|()| run),
+                            Work::One(i) => self.load_one(dest, i).map(|()| vec![i]),
+                        };
+                        match result {
+                            Ok(loaded) => loaded
+                                .iter()
+                                .for_each(|&i| tracker.done(&self.metadata.entries[i])),
+                            Err(e) => {
+                                failure
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .get_or_insert(e);
+                                return;
+                            }
+                        }
                     }
-                    Work::One(i) => {
-                        self.load_one(dest, i)?;
-                        vec![i]
-                    }
-                };
-                for i in loaded {
-                    tracker.done(&self.metadata.entries[i]);
-                }
-                Ok(())
-            })
-        })
+                });
+            }
+        });
+        match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Groups `indices` into requests: runs of adjacent records of at most
@@ -699,8 +704,7 @@ impl Deserializer {
             .filter(|&i| filter(&self.metadata.entries[i]))
             .collect();
         let tracker = self.tracker(&selected);
-        let pool = self.pool()?;
-        self.load_indices(dest, &selected, &tracker, &pool)
+        self.load_indices(dest, &selected, &tracker, self.readers())
     }
 
     /// Reads the named tensors straight into the caller's buffers (each
@@ -739,8 +743,7 @@ impl Deserializer {
         selected.sort_unstable();
         let dest = CallerBuffers::new(by_index);
         let tracker = self.tracker(&selected);
-        let pool = self.pool()?;
-        self.load_indices(&dest, &selected, &tracker, &pool)?;
+        self.load_indices(&dest, &selected, &tracker, self.readers())?;
         Ok(dest.into_infos())
     }
 
@@ -781,15 +784,14 @@ impl Deserializer {
         }
         let all: Vec<usize> = (0..self.len()).collect();
         let tracker = self.tracker(&all);
-        let pool = self.pool()?;
+        let readers = self.readers();
         // One window in flight while the caller consumes the previous one.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Tensor>>>(0);
         std::thread::scope(|s| {
             let tracker = &tracker;
-            let pool = &pool;
             s.spawn(move || {
                 for window in windows {
-                    let read = self.read_indices(&window, tracker, pool);
+                    let read = self.read_indices(&window, tracker, readers);
                     let failed = read.is_err();
                     if tx.send(read).is_err() || failed {
                         return;
