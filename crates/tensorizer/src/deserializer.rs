@@ -691,6 +691,21 @@ impl Deserializer {
         self.read_filtered(|_| true)
     }
 
+    /// Hands every tensor to `consume` as soon as it is loaded (completion
+    /// order, not file order; calls never overlap), so a consumer can start
+    /// on early tensors while later ones are still being read. Stops at the
+    /// first error.
+    pub fn for_each_unordered(
+        &self,
+        consume: impl FnMut(Tensor) -> Result<()> + Send,
+    ) -> Result<()> {
+        let dest = crate::destination::Callback {
+            consume: std::sync::Mutex::new(consume),
+            cast: self.cast,
+        };
+        self.load_into(&dest, |_| true)
+    }
+
     /// Loads every tensor whose entry passes `filter` into `dest` (host
     /// memory, caller buffers, GPU staging: see [`Destination`]), in
     /// parallel, with the same request plan, verification, decryption and

@@ -158,3 +158,24 @@ impl<'a> Destination for CallerBuffers<'a> {
         Ok(())
     }
 }
+
+/// Host buffers handed to a callback as soon as each tensor is loaded.
+pub(crate) struct Callback<F> {
+    pub(crate) consume: Mutex<F>,
+    pub(crate) cast: Option<Dtype>,
+}
+
+impl<F: FnMut(Tensor) -> Result<()> + Send> Destination for Callback<F> {
+    type Buffer = AlignedBuffer;
+
+    fn allocate(&self, index: usize, entry: &IndexEntry, len: usize) -> Result<AlignedBuffer> {
+        HostMemory::new(None).allocate(index, entry, len)
+    }
+
+    fn complete(&self, index: usize, info: TensorInfo, data: AlignedBuffer) -> Result<()> {
+        let host = HostMemory::new(self.cast);
+        host.complete(index, info, data)?;
+        let tensor = host.take(&[index]).pop().expect("completed above");
+        (self.consume.lock().unwrap_or_else(|e| e.into_inner()))(tensor)
+    }
+}

@@ -108,6 +108,16 @@ pub enum Error {
         /// The dtype of the view asked for.
         requested: Dtype,
     },
+    /// A GPU operation failed (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    #[error("{what}: {source}")]
+    Cuda {
+        /// The tensor or step.
+        what: String,
+        /// The CUDA layer's error.
+        #[source]
+        source: tensorizer_cuda::CudaError,
+    },
     /// A caller's buffer of the wrong size for its tensor.
     #[error("tensor {tensor:?} needs a buffer of {needed} bytes, got {given}")]
     BufferSize {

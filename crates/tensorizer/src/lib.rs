@@ -6,6 +6,8 @@ compile_error!("tensorizer files are little-endian; big-endian hosts are not sup
 
 mod buffer;
 mod copy;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod deserializer;
 pub mod destination;
 mod element;

@@ -320,3 +320,23 @@ fn caller_buffers_must_fit_their_tensors() {
     assert_eq!(infos[0].shape.dims(), &[16]);
     assert_eq!(norm, d.read("norm").unwrap().as_bytes());
 }
+
+#[test]
+fn unordered_delivery_gives_every_tensor_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path());
+    let all = Deserializer::open(&path).unwrap().read_all().unwrap();
+    let mut got = std::collections::BTreeMap::new();
+    Deserializer::open(&path)
+        .unwrap()
+        .num_readers(4)
+        .for_each_unordered(|t| {
+            assert!(got.insert(t.name(), t.as_bytes().to_vec()).is_none());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(got.len(), all.len());
+    for t in &all {
+        assert_eq!(got[&t.name()], t.as_bytes());
+    }
+}

@@ -1,0 +1,445 @@
+//! Device upload for tensorizer: a CUDA context per GPU, a fixed ring of
+//! pinned host staging buffers, asynchronous host-to-device copies spread
+//! over several streams, and device arenas (one allocation per model).
+//!
+//! The CUDA driver (`libcuda.so`) is loaded at run time, so this crate
+//! builds everywhere and reports [`CudaError::NoDriver`] where there is no
+//! GPU, instead of failing to link or panicking.
+//!
+//! The flow, driven by the facade's loader (`tensorizer` feature `cuda`):
+//! a reader takes a [`Staging`] buffer from the [`StagingRing`] (waiting
+//! while all are in flight), fills it (read, decrypt and hash in place:
+//! the buffers are ordinary pinned memory, not write-combined, because the
+//! CPU reads them), then [`Gpu::upload`] enqueues the copy into the arena
+//! on the next stream and records an event; the buffer goes back to the
+//! ring at once and its next user waits for that event, so host memory is
+//! `count × size` whatever the model size, and reading never waits for a
+//! copy unless every buffer is in flight.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut, DriverError};
+use thiserror::Error;
+
+/// Device allocations are aligned to this (what cuMemAlloc guarantees; enough for any dtype and vector loads).
+pub const DEVICE_ALIGNMENT: usize = 256;
+
+/// Why a CUDA operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CudaError {
+    /// No CUDA driver library on this machine.
+    #[error(
+        "no CUDA driver: libcuda.so could not be loaded (no NVIDIA GPU or driver on this machine)"
+    )]
+    NoDriver,
+    /// The driver refused an operation.
+    #[error("CUDA {action}: {source}")]
+    Driver {
+        /// What was being done.
+        action: String,
+        /// The driver's error.
+        #[source]
+        source: DriverError,
+    },
+    /// Not enough device memory.
+    #[error(
+        "GPU {device}: out of memory allocating {what}: {bytes} bytes requested, {free} of {total} bytes free"
+    )]
+    OutOfMemory {
+        /// Device ordinal.
+        device: usize,
+        /// What the memory was for.
+        what: String,
+        /// Bytes asked for.
+        bytes: u64,
+        /// Free device memory.
+        free: u64,
+        /// Total device memory.
+        total: u64,
+    },
+    /// A tensor larger than a staging buffer.
+    #[error("{bytes} bytes do not fit a {staging}-byte staging buffer (raise the staging size)")]
+    TooLarge {
+        /// Bytes needed.
+        bytes: u64,
+        /// Staging buffer size.
+        staging: u64,
+    },
+}
+
+fn driver(action: &str) -> impl FnOnce(DriverError) -> CudaError + '_ {
+    move |source| CudaError::Driver {
+        action: action.to_owned(),
+        source,
+    }
+}
+
+/// True when the CUDA driver library can be loaded (checked before any
+/// call that would panic without it).
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to dlopen the library; no CUDA call is made.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Number of CUDA devices, or [`CudaError::NoDriver`].
+pub fn device_count() -> Result<usize, CudaError> {
+    if !driver_available() {
+        return Err(CudaError::NoDriver);
+    }
+    CudaContext::device_count()
+        .map(|n| n.max(0) as usize)
+        .map_err(driver("counting devices"))
+}
+
+/// One GPU: its primary context and a few copy streams.
+#[derive(Debug)]
+pub struct Gpu {
+    ordinal: usize,
+    ctx: Arc<CudaContext>,
+    streams: Vec<Arc<CudaStream>>,
+    next: AtomicUsize,
+}
+
+impl Gpu {
+    /// Opens device `ordinal` with `streams` copy streams (at least one).
+    pub fn open(ordinal: usize, streams: usize) -> Result<Arc<Self>, CudaError> {
+        if !driver_available() {
+            return Err(CudaError::NoDriver);
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver("opening the device"))?;
+        // Ordering between streams is ours to manage (events per staging
+        // buffer, one synchronize at the end), not cudarc's per-slice tracking.
+        // SAFETY: every cross-stream dependency is explicit below.
+        unsafe { ctx.disable_event_tracking() };
+        let streams = (0..streams.max(1))
+            .map(|_| ctx.new_stream())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(driver("creating copy streams"))?;
+        Ok(Arc::new(Self {
+            ordinal,
+            ctx,
+            streams,
+            next: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> Result<String, CudaError> {
+        self.ctx.name().map_err(driver("reading the device name"))
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn memory(&self) -> Result<(u64, u64), CudaError> {
+        self.ctx
+            .mem_get_info()
+            .map(|(f, t)| (f as u64, t as u64))
+            .map_err(driver("reading free memory"))
+    }
+
+    /// Allocates `bytes` of device memory for `what` (uninitialised).
+    pub fn alloc(self: &Arc<Self>, bytes: usize, what: &str) -> Result<DeviceBuffer, CudaError> {
+        let stream = &self.streams[0];
+        // SAFETY: u8 has no invalid bit patterns; every byte handed out is
+        // written by an upload before it is read back.
+        match unsafe { stream.alloc::<u8>(bytes.max(1)) } {
+            Ok(slice) => Ok(DeviceBuffer {
+                gpu: self.clone(),
+                slice,
+                len: bytes,
+            }),
+            Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                let (free, total) = self.memory().unwrap_or((0, 0));
+                Err(CudaError::OutOfMemory {
+                    device: self.ordinal,
+                    what: what.to_owned(),
+                    bytes: bytes as u64,
+                    free,
+                    total,
+                })
+            }
+            Err(e) => Err(driver("allocating device memory")(e)),
+        }
+    }
+
+    /// Enqueues the copy of `staging` to `dst` at byte `offset` on the next
+    /// stream and returns the buffer to its ring; the buffer's next user
+    /// waits for this copy.
+    pub fn upload(
+        &self,
+        staging: Staging,
+        dst: &mut DeviceBuffer,
+        offset: usize,
+    ) -> Result<(), CudaError> {
+        let len = staging.len;
+        assert!(
+            offset + len <= dst.len,
+            "upload past the end of the device buffer"
+        );
+        let stream = &self.streams[self.next.fetch_add(1, Ordering::Relaxed) % self.streams.len()];
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver("binding the context"))?;
+        let (base, _sync) = dst.slice.device_ptr_mut(stream);
+        let slot = staging
+            .slot
+            .as_ref()
+            .expect("a staging buffer owns its slot until dropped");
+        // SAFETY: the source is pinned memory owned by the slot, which is not
+        // handed out again before `slot.done` (recorded next) has completed;
+        // the destination range lies inside the allocation (asserted above).
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(
+                base + offset as u64,
+                std::slice::from_raw_parts(slot.ptr, len),
+                stream.cu_stream(),
+            )
+        }
+        .map_err(driver("enqueueing a host-to-device copy"))?;
+        slot.done
+            .record(stream)
+            .map_err(driver("recording a copy event"))?;
+        Ok(())
+    }
+
+    /// Waits for every enqueued copy.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        for s in &self.streams {
+            s.synchronize().map_err(driver("waiting for copies"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Device memory: one model's arena, or one tensor.
+#[derive(Debug)]
+pub struct DeviceBuffer {
+    gpu: Arc<Gpu>,
+    slice: CudaSlice<u8>,
+    len: usize,
+}
+
+impl DeviceBuffer {
+    /// Bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device pointer of byte `offset` (for kernels and other libraries).
+    pub fn device_ptr(&mut self, offset: usize) -> u64 {
+        let (base, _sync) = self.slice.device_ptr_mut(&self.gpu.streams[0]);
+        base + offset as u64
+    }
+
+    /// Copies `len` bytes at `offset` back to host memory (waits for
+    /// pending uploads first).
+    pub fn copy_to_host(&mut self, offset: usize, out: &mut [u8]) -> Result<(), CudaError> {
+        assert!(
+            offset + out.len() <= self.len,
+            "copy past the end of the device buffer"
+        );
+        self.gpu.synchronize()?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let stream = &self.gpu.streams[0];
+        let (base, _sync) = self.slice.device_ptr_mut(stream);
+        // SAFETY: the range is inside the allocation; the stream is
+        // synchronized before `out` is released.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(out, base + offset as u64, stream.cu_stream())
+        }
+        .map_err(driver("copying back to the host"))?;
+        stream
+            .synchronize()
+            .map_err(driver("waiting for the copy back"))
+    }
+
+    /// The GPU it lives on.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+}
+
+/// A pinned host buffer and the event of its last copy.
+#[derive(Debug)]
+struct Slot {
+    _memory: cudarc::driver::PinnedHostSlice<u8>,
+    ptr: *mut u8,
+    done: CudaEvent,
+}
+
+// SAFETY: the pointer is into `_memory`, owned by the slot; a slot is used
+// by one thread at a time (taken from and returned to the ring).
+unsafe impl Send for Slot {}
+// SAFETY: as above; shared references only record and wait on events.
+unsafe impl Sync for Slot {}
+
+#[derive(Debug)]
+struct RingInner {
+    free: Mutex<Vec<Slot>>,
+    returned: Condvar,
+    size: usize,
+}
+
+/// A fixed set of pinned host buffers that readers fill and copies drain.
+#[derive(Debug, Clone)]
+pub struct StagingRing {
+    inner: Arc<RingInner>,
+}
+
+impl StagingRing {
+    /// `count` buffers of `size` bytes, pinned for `gpu` (ordinary pinned
+    /// memory: write-combined memory would make in-place decryption and
+    /// hashing slow).
+    pub fn new(gpu: &Arc<Gpu>, count: usize, size: usize) -> Result<Self, CudaError> {
+        let mut free = Vec::with_capacity(count);
+        for _ in 0..count.max(1) {
+            // SAFETY: a plain page-locked allocation; flags 0 = not write-combined.
+            let mut memory = unsafe { gpu.ctx.alloc_pinned_with_flags::<u8>(size.max(1), 0) }
+                .map_err(driver("allocating pinned staging memory"))?;
+            let ptr = memory
+                .as_mut_ptr()
+                .map_err(driver("mapping pinned memory"))?;
+            let done = gpu
+                .ctx
+                .new_event(None)
+                .map_err(driver("creating a copy event"))?;
+            free.push(Slot {
+                _memory: memory,
+                ptr,
+                done,
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(RingInner {
+                free: Mutex::new(free),
+                returned: Condvar::new(),
+                size,
+            }),
+        })
+    }
+
+    /// Bytes per buffer.
+    pub fn buffer_size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// A buffer for `len` bytes, once one is free and its last copy is done.
+    pub fn take(&self, len: usize) -> Result<Staging, CudaError> {
+        if len > self.inner.size {
+            return Err(CudaError::TooLarge {
+                bytes: len as u64,
+                staging: self.inner.size as u64,
+            });
+        }
+        let slot = {
+            let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if let Some(slot) = free.pop() {
+                    break slot;
+                }
+                free = self
+                    .inner
+                    .returned
+                    .wait(free)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let staging = Staging {
+            slot: Some(slot),
+            len,
+            ring: self.inner.clone(),
+        };
+        let slot = staging.slot.as_ref().expect("just set");
+        slot.done
+            .synchronize()
+            .map_err(driver("waiting for a staging buffer's copy"))?;
+        Ok(staging)
+    }
+}
+
+/// A staging buffer on loan: `len` bytes of pinned memory; back to its ring when dropped.
+#[derive(Debug)]
+pub struct Staging {
+    slot: Option<Slot>,
+    len: usize,
+    ring: Arc<RingInner>,
+}
+
+impl std::ops::Deref for Staging {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let slot = self.slot.as_ref().expect("owned until dropped");
+        // SAFETY: `len <= slot.size` (checked in `take`), the memory is
+        // pinned and owned by the slot, and no copy from it is pending
+        // (its event was waited for in `take`).
+        unsafe { std::slice::from_raw_parts(slot.ptr, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Staging {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let slot = self.slot.as_ref().expect("owned until dropped");
+        // SAFETY: as in `deref`; `&mut self` gives exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(slot.ptr, self.len) }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let mut free = self.ring.free.lock().unwrap_or_else(|e| e.into_inner());
+            free.push(slot);
+            self.ring.returned.notify_one();
+        }
+    }
+}
+
+/// Byte offsets of tensors of `sizes` in one arena, each aligned to
+/// [`DEVICE_ALIGNMENT`]; returns (offsets, arena size).
+pub fn arena_layout(sizes: &[usize]) -> (Vec<usize>, usize) {
+    let mut offsets = Vec::with_capacity(sizes.len());
+    let mut end = 0usize;
+    for &size in sizes {
+        let at = end.div_ceil(DEVICE_ALIGNMENT) * DEVICE_ALIGNMENT;
+        offsets.push(at);
+        end = at + size;
+    }
+    (offsets, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_offsets_are_aligned_and_disjoint() {
+        let (offsets, total) = arena_layout(&[10, 0, 256, 1, 1000]);
+        assert_eq!(offsets, [0, 256, 256, 512, 768]);
+        assert_eq!(total, 1768);
+        assert!(offsets.iter().all(|o| o % DEVICE_ALIGNMENT == 0));
+    }
+
+    #[test]
+    fn without_a_driver_every_entry_point_says_so() {
+        if driver_available() {
+            eprintln!("a CUDA driver is present: the no-driver path was not exercised here");
+            return;
+        }
+        assert!(matches!(device_count(), Err(CudaError::NoDriver)));
+        let err = Gpu::open(0, 2).unwrap_err();
+        assert!(err.to_string().contains("no CUDA driver"), "{err}");
+    }
+}

@@ -1,0 +1,252 @@
+//! Loading straight into GPU memory (feature `cuda`): the loader's reads
+//! land in pinned staging buffers of `tensorizer-cuda`'s ring (decrypted
+//! and hashed there, in place), and each completed tensor is copied to the
+//! device asynchronously while the next ones are read.
+//!
+//! ```no_run
+//! use tensorizer::Deserializer;
+//! use tensorizer::cuda::CudaOptions;
+//! let model = Deserializer::open("model.tensors")?.to_cuda(0, &CudaOptions::default())?;
+//! for t in model.tensors() {
+//!     println!("{} at {:#x} ({} bytes)", t.info.path, model.device_ptr(t), t.len);
+//! }
+//! # Ok::<(), tensorizer::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub use tensorizer_cuda::{CudaError, DeviceBuffer, Gpu, device_count, driver_available};
+use tensorizer_cuda::{Staging, StagingRing, arena_layout};
+use tensorizer_format::{IndexEntry, TensorPath};
+
+use crate::buffer::AlignedBuffer;
+use crate::destination::{Destination, TensorInfo};
+use crate::error::{Error, Result};
+use crate::{Deserializer, Tensor};
+
+/// How a model is placed on a GPU.
+#[derive(Debug, Clone)]
+pub struct CudaOptions {
+    /// Pinned staging buffers (host memory = buffers × size).
+    pub staging_buffers: usize,
+    /// Bytes per staging buffer; default: 64 MiB or the largest tensor,
+    /// whichever is larger.
+    pub staging_size: Option<usize>,
+    /// Copy streams.
+    pub streams: usize,
+    /// One device allocation for the whole model (default) or one per
+    /// tensor (an out-of-memory error then names the tensor).
+    pub arena: bool,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self {
+            staging_buffers: 4,
+            staging_size: None,
+            streams: 4,
+            arena: true,
+        }
+    }
+}
+
+/// A tensor in device memory.
+#[derive(Debug, Clone)]
+pub struct DeviceTensor {
+    /// Name, dtype, shape, ...
+    pub info: TensorInfo,
+    /// Which of the model's device buffers holds it.
+    buffer: usize,
+    /// Byte offset in that buffer.
+    pub offset: usize,
+    /// Bytes.
+    pub len: usize,
+}
+
+/// A model loaded onto one GPU.
+#[derive(Debug)]
+pub struct DeviceModel {
+    buffers: Vec<Mutex<DeviceBuffer>>,
+    tensors: Vec<DeviceTensor>,
+    by_path: HashMap<TensorPath, usize>,
+    gpu: Arc<Gpu>,
+}
+
+impl DeviceModel {
+    /// The tensors, in file order.
+    pub fn tensors(&self) -> &[DeviceTensor] {
+        &self.tensors
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: impl Into<TensorPath>) -> Option<&DeviceTensor> {
+        self.by_path.get(&name.into()).map(|&i| &self.tensors[i])
+    }
+
+    /// The GPU.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// The device pointer of `tensor`'s first byte.
+    pub fn device_ptr(&self, tensor: &DeviceTensor) -> u64 {
+        self.buffers[tensor.buffer]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .device_ptr(tensor.offset)
+    }
+
+    /// Copies `tensor` back into host memory.
+    pub fn to_host(&self, tensor: &DeviceTensor) -> Result<Tensor> {
+        let mut data = AlignedBuffer::zeroed(tensor.len).ok_or_else(|| Error::Allocation {
+            path: "<device copy>".into(),
+            tensor: tensor.info.path.to_string(),
+            bytes: tensor.len as u64,
+        })?;
+        self.buffers[tensor.buffer]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .copy_to_host(tensor.offset, &mut data)
+            .map_err(cuda_error(&tensor.info.path.to_string()))?;
+        Ok(Tensor::from_parts(tensor.info.clone(), data))
+    }
+}
+
+fn cuda_error(what: &str) -> impl FnOnce(CudaError) -> Error + '_ {
+    move |source| Error::Cuda {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+/// The loader's destination: staging buffers out, copies in.
+struct GpuDestination<'a> {
+    gpu: &'a Arc<Gpu>,
+    ring: StagingRing,
+    buffers: &'a [Mutex<DeviceBuffer>],
+    place: &'a HashMap<usize, (usize, usize)>,
+    infos: Mutex<Vec<(usize, TensorInfo)>>,
+}
+
+impl Destination for GpuDestination<'_> {
+    type Buffer = Staging;
+
+    fn allocate(&self, _: usize, entry: &IndexEntry, len: usize) -> Result<Staging> {
+        self.ring
+            .take(len)
+            .map_err(cuda_error(&entry.name.to_string()))
+    }
+
+    fn complete(&self, index: usize, info: TensorInfo, buffer: Staging) -> Result<()> {
+        let (which, offset) = self.place[&index];
+        let name = info.path.to_string();
+        {
+            let mut dst = self.buffers[which]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.gpu
+                .upload(buffer, &mut dst, offset)
+                .map_err(cuda_error(&name))?;
+        }
+        self.infos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((index, info));
+        Ok(())
+    }
+}
+
+impl Deserializer {
+    /// Loads every tensor onto GPU `ordinal`: read, decrypted and verified
+    /// in pinned staging buffers, copied asynchronously, one device
+    /// allocation for the model (see [`CudaOptions`]). Returns once every
+    /// copy has completed.
+    pub fn to_cuda(&self, ordinal: usize, options: &CudaOptions) -> Result<DeviceModel> {
+        let gpu = Gpu::open(ordinal, options.streams).map_err(cuda_error("opening the GPU"))?;
+        let entries = self.entries();
+        let sizes: Vec<usize> = entries
+            .iter()
+            .map(|e| {
+                usize::try_from(e.deserialized_length().unwrap_or(u64::MAX)).unwrap_or(usize::MAX)
+            })
+            .collect();
+        let largest = sizes.iter().copied().max().unwrap_or(0);
+        let staging = options.staging_size.unwrap_or(64 << 20).max(largest);
+        let mut buffers = Vec::new();
+        let mut place = HashMap::new();
+        if options.arena {
+            let (offsets, total) = arena_layout(&sizes);
+            let arena = gpu
+                .alloc(total, &format!("the arena of {} tensors", entries.len()))
+                .map_err(cuda_error(&self.path().display().to_string()))?;
+            buffers.push(Mutex::new(arena));
+            place.extend(offsets.into_iter().enumerate().map(|(i, o)| (i, (0, o))));
+        } else {
+            for (i, (e, &size)) in entries.iter().zip(&sizes).enumerate() {
+                let name = e.name.to_string();
+                let buffer = gpu
+                    .alloc(size, &format!("tensor {name:?}"))
+                    .map_err(cuda_error(&name))?;
+                buffers.push(Mutex::new(buffer));
+                place.insert(i, (i, 0));
+            }
+        }
+        let ring = StagingRing::new(&gpu, options.staging_buffers, staging)
+            .map_err(cuda_error("allocating pinned staging buffers"))?;
+        let dest = GpuDestination {
+            gpu: &gpu,
+            ring,
+            buffers: &buffers,
+            place: &place,
+            infos: Mutex::default(),
+        };
+        self.load_into(&dest, |_| true)?;
+        gpu.synchronize()
+            .map_err(cuda_error("finishing the copies"))?;
+        let mut infos = dest.infos.into_inner().unwrap_or_else(|e| e.into_inner());
+        infos.sort_by_key(|(i, _)| *i);
+        let tensors: Vec<DeviceTensor> = infos
+            .into_iter()
+            .map(|(i, info)| DeviceTensor {
+                info,
+                buffer: place[&i].0,
+                offset: place[&i].1,
+                len: sizes[i],
+            })
+            .collect();
+        let by_path = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.info.path.clone(), i))
+            .collect();
+        Ok(DeviceModel {
+            buffers,
+            tensors,
+            by_path,
+            gpu,
+        })
+    }
+}
+
+/// Loads tensor-parallel shards concurrently, each onto its own GPU:
+/// `shards[k] = (deserializer, ordinal)`, e.g. `model-rank-000.tensors` on
+/// GPU 0, `model-rank-001.tensors` on GPU 1.
+pub fn load_shards(
+    shards: &[(&Deserializer, usize)],
+    options: &CudaOptions,
+) -> Result<Vec<DeviceModel>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = shards
+            .iter()
+            .map(|&(d, ordinal)| s.spawn(move || d.to_cuda(ordinal, options)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
