@@ -8,12 +8,15 @@
 //! - `fuzz [--seconds N] [TARGET...]`: seeds and runs the cargo-fuzz targets.
 //! - `bench [--size 2GiB | --model FILE] [--runs 3]`: the side-by-side
 //!   table (ours, the Python library, safetensors, curl, the pread limit).
+//! - `gpu-test`, `gpu-bench`: build the GPU tests / benchmark, stage them in
+//!   `target/gpu/`, run them where a GPU is present.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 mod bench;
+mod gpu;
 mod seeds;
 
 /// Fuzz targets in `fuzz/fuzz_targets/`.
@@ -37,9 +40,11 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("fuzz") => fuzz_command(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
+        Some("gpu-test") => gpu::gpu_test(),
+        Some("gpu-bench") => gpu::gpu_bench(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 3]"
+                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 3] | gpu-test | gpu-bench"
             );
             return ExitCode::from(2);
         }

@@ -8,6 +8,8 @@
 //! bench-load load URI [--runs R] [--cold] [--key-file K] [--verify none|crc32|all] [--s3-endpoint E]
 //! bench-load stream URI [--runs R] [--budget BYTES]   # bounded-memory streaming into a callback
 //! bench-load serialize FILE OUT [--runs R]
+//! bench-load cuda FILE [--runs R] [--key-file K]     # file -> GPU 0 (page cache warm)
+//! bench-load h2d [--size 4GiB] [--runs R]            # pinned host -> GPU peak
 //! ```
 
 use std::os::unix::fs::FileExt;
@@ -132,6 +134,37 @@ fn run() -> Result {
                 let mut s = Serializer::new();
                 s.write_tensors(&tensors)?;
                 Ok(s.write_to_file(&output)?.bytes)
+            })
+        }
+        "cuda" => {
+            let file = pos(1)?;
+            let key = match &args.key_file {
+                Some(k) => Some(EncryptionKey::from_key_file(&std::fs::read(k)?)?),
+                None => None,
+            };
+            report(&args, |_| {
+                let mut d = Deserializer::open(&file)?.verify(args.verify);
+                if let Some(k) = &key {
+                    d = d.decryption(Decryption::Key(k.clone()))?;
+                }
+                let model = d.to_cuda(0, &tensorizer::cuda::CudaOptions::default())?;
+                Ok(model.tensors().iter().map(|t| t.len as u64).sum())
+            })
+        }
+        "h2d" => {
+            use tensorizer_cuda::{Gpu, StagingRing};
+            let gpu = Gpu::open(0, 4)?;
+            let piece = 256usize << 20;
+            let total = (args.size as usize).div_ceil(piece) * piece;
+            let ring = StagingRing::new(&gpu, 4, piece)?;
+            let mut device = gpu.alloc(total, "the h2d benchmark")?;
+            report(&args, |_| {
+                for k in 0..total / piece {
+                    let staging = ring.take(piece)?;
+                    gpu.upload(staging, &mut device, k * piece)?;
+                }
+                gpu.synchronize()?;
+                Ok(total as u64)
             })
         }
         other => Err(format!("unknown command {other:?}").into()),

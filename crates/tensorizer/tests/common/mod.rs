@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 use tensorizer::{PathComponent, Tensor, TensorPath};
 
-/// `tests/fixtures` at the repository root.
+/// `tests/fixtures` at the repository root (or `TENSORIZER_FIXTURES`, for
+/// test binaries carried to another machine).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    std::env::var_os("TENSORIZER_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures"))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
