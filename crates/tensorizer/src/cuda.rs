@@ -163,8 +163,52 @@ impl Deserializer {
     /// allocation for the model (see [`CudaOptions`]). Returns once every
     /// copy has completed.
     pub fn to_cuda(&self, ordinal: usize, options: &CudaOptions) -> Result<DeviceModel> {
+        self.to_cuda_filtered(ordinal, options, |_| true)
+    }
+
+    /// Places each tensor on the GPU `device_map` names for it (e.g. layers
+    /// split across GPUs by name); the GPUs load concurrently. Returns one
+    /// model per GPU used, by ordinal.
+    pub fn to_cuda_map(
+        &self,
+        device_map: impl Fn(&IndexEntry) -> usize + Sync,
+        options: &CudaOptions,
+    ) -> Result<std::collections::BTreeMap<usize, DeviceModel>> {
+        let mut ordinals: Vec<usize> = self.entries().iter().map(&device_map).collect();
+        ordinals.sort_unstable();
+        ordinals.dedup();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ordinals
+                .iter()
+                .map(|&ordinal| {
+                    let device_map = &device_map;
+                    s.spawn(move || {
+                        self.to_cuda_filtered(ordinal, options, |e| device_map(e) == ordinal)
+                            .map(|m| (ordinal, m))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    }
+
+    /// [`Deserializer::to_cuda`] for the tensors whose entry passes `filter`.
+    pub fn to_cuda_filtered(
+        &self,
+        ordinal: usize,
+        options: &CudaOptions,
+        filter: impl Fn(&IndexEntry) -> bool + Sync,
+    ) -> Result<DeviceModel> {
         let gpu = Gpu::open(ordinal, options.streams).map_err(cuda_error("opening the GPU"))?;
-        let entries = self.entries();
+        let all = self.entries();
+        let selected: Vec<usize> = (0..all.len()).filter(|&i| filter(&all[i])).collect();
+        let entries: Vec<&IndexEntry> = selected.iter().map(|&i| &all[i]).collect();
         let sizes: Vec<usize> = entries
             .iter()
             .map(|e| {
@@ -181,15 +225,20 @@ impl Deserializer {
                 .alloc(total, &format!("the arena of {} tensors", entries.len()))
                 .map_err(cuda_error(&self.path().display().to_string()))?;
             buffers.push(Mutex::new(arena));
-            place.extend(offsets.into_iter().enumerate().map(|(i, o)| (i, (0, o))));
+            place.extend(
+                offsets
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, o)| (selected[k], (0, o))),
+            );
         } else {
-            for (i, (e, &size)) in entries.iter().zip(&sizes).enumerate() {
+            for (k, (e, &size)) in entries.iter().zip(&sizes).enumerate() {
                 let name = e.name.to_string();
                 let buffer = gpu
                     .alloc(size, &format!("tensor {name:?}"))
                     .map_err(cuda_error(&name))?;
                 buffers.push(Mutex::new(buffer));
-                place.insert(i, (i, 0));
+                place.insert(selected[k], (k, 0));
             }
         }
         let ring = StagingRing::new(&gpu, options.staging_buffers, staging)
@@ -201,7 +250,7 @@ impl Deserializer {
             place: &place,
             infos: Mutex::default(),
         };
-        self.load_into(&dest, |_| true)?;
+        self.load_into(&dest, &filter)?;
         gpu.synchronize()
             .map_err(cuda_error("finishing the copies"))?;
         let mut infos = dest.infos.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -212,7 +261,7 @@ impl Deserializer {
                 info,
                 buffer: place[&i].0,
                 offset: place[&i].1,
-                len: sizes[i],
+                len: usize::try_from(all[i].deserialized_length().unwrap_or(0)).unwrap_or(0),
             })
             .collect();
         let by_path = tensors

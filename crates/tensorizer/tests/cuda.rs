@@ -171,3 +171,30 @@ fn without_a_gpu_the_error_is_clear() {
         .unwrap_err();
     assert!(err.to_string().contains("no CUDA driver"), "{err}");
 }
+
+#[test]
+fn a_device_map_splits_one_file_across_gpus() {
+    if !gpu_present() {
+        return;
+    }
+    let gpus = tensorizer::cuda::device_count().unwrap();
+    let path = fixtures().join("tensorizer-2.12.1/many_tensors.tensors");
+    let d = Deserializer::open(&path).unwrap();
+    let host = d.read_all().unwrap();
+    let models = d
+        .to_cuda_map(
+            |e| (e.name.to_string().len()) % gpus,
+            &CudaOptions::default(),
+        )
+        .unwrap();
+    let mut seen = 0;
+    for (ordinal, model) in &models {
+        assert_eq!(model.gpu().ordinal(), *ordinal);
+        for t in model.tensors() {
+            let h = host.iter().find(|h| *h.path() == t.info.path).unwrap();
+            assert_eq!(model.to_host(t).unwrap().as_bytes(), h.as_bytes());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, host.len());
+}
