@@ -89,11 +89,15 @@ impl TensorHasher {
 
     /// Feeds bytes to every hash.
     pub fn update(&mut self, bytes: &[u8]) {
-        if let Some(c) = &mut self.crc32 {
-            c.update(bytes);
-        }
-        if let Some(s) = &mut self.sha256 {
-            s.update(bytes);
+        // Both hashes walk each 64 KiB block while it is in L1/L2: one pass
+        // over memory instead of two for large tensors.
+        for block in bytes.chunks(64 << 10) {
+            if let Some(c) = &mut self.crc32 {
+                c.update(block);
+            }
+            if let Some(s) = &mut self.sha256 {
+                s.update(block);
+            }
         }
     }
 
