@@ -149,11 +149,18 @@ impl Gpu {
         // SAFETY: u8 has no invalid bit patterns; every byte handed out is
         // written by an upload before it is read back.
         match unsafe { stream.alloc::<u8>(bytes.max(1)) } {
-            Ok(slice) => Ok(DeviceBuffer {
-                gpu: self.clone(),
-                slice,
-                len: bytes,
-            }),
+            Ok(slice) => {
+                // The allocation may be stream-ordered (cuMemAllocAsync on
+                // stream 0) and copies run on every stream: wait for it.
+                stream
+                    .synchronize()
+                    .map_err(driver("allocating device memory"))?;
+                Ok(DeviceBuffer {
+                    gpu: self.clone(),
+                    slice,
+                    len: bytes,
+                })
+            }
             Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
                 let (free, total) = self.memory().unwrap_or((0, 0));
                 Err(CudaError::OutOfMemory {
@@ -217,7 +224,10 @@ impl Gpu {
     }
 }
 
-/// Device memory: one model's arena, or one tensor.
+/// Device memory: one model's arena, or one tensor. Dropping it frees the
+/// memory in stream order on stream 0: synchronize (see
+/// [`Gpu::synchronize`]) before dropping a buffer that other streams may
+/// still be copying into.
 #[derive(Debug)]
 pub struct DeviceBuffer {
     gpu: Arc<Gpu>,
