@@ -250,9 +250,14 @@ impl Deserializer {
             place: &place,
             infos: Mutex::default(),
         };
-        self.load_into(&dest, &filter)?;
-        gpu.synchronize()
-            .map_err(cuda_error("finishing the copies"))?;
+        let loaded = self.load_into(&dest, &filter);
+        // Wait for every enqueued copy even after an error: the device
+        // buffers are freed on stream 0 when dropped.
+        let copied = gpu
+            .synchronize()
+            .map_err(cuda_error("finishing the copies"));
+        loaded?;
+        copied?;
         let mut infos = dest.infos.into_inner().unwrap_or_else(|e| e.into_inner());
         infos.sort_by_key(|(i, _)| *i);
         let tensors: Vec<DeviceTensor> = infos
