@@ -130,7 +130,10 @@ fn run() -> Result {
         "serialize" => {
             let (input, output) = (pos(1)?, pos(2)?);
             let tensors = Deserializer::open(&input)?.read_all()?;
-            report(&args, |_| {
+            // The previous output is removed untimed, as the Python script
+            // does: freeing 2 GiB of page cache is not the writer's work.
+            let remove = || drop(std::fs::remove_file(&output));
+            report_prepared(&args, remove, |_| {
                 let mut s = Serializer::new();
                 s.write_tensors(&tensors)?;
                 Ok(s.write_to_file(&output)?.bytes)
@@ -182,10 +185,20 @@ fn storage(args: &Args) -> StorageOptions {
 }
 
 /// Runs `f` `args.runs` times and prints GiB/s per run and the peak RSS.
-fn report(args: &Args, mut f: impl FnMut(usize) -> Result<u64>) -> Result {
+fn report(args: &Args, f: impl FnMut(usize) -> Result<u64>) -> Result {
+    report_prepared(args, || {}, f)
+}
+
+/// Like [`report`], running `prepare` untimed before each run.
+fn report_prepared(
+    args: &Args,
+    mut prepare: impl FnMut(),
+    mut f: impl FnMut(usize) -> Result<u64>,
+) -> Result {
     let mut gib_s = Vec::new();
     let mut bytes = 0;
     for i in 0..args.runs {
+        prepare();
         let started = Instant::now();
         bytes = f(i)?;
         gib_s.push(bytes as f64 / started.elapsed().as_secs_f64() / (1u64 << 30) as f64);

@@ -9,7 +9,7 @@ use crate::crypt_info::CryptInfo;
 use crate::dtype::DtypeString;
 use crate::error::{FormatError, Result};
 use crate::file_header::{FeatureFlags, FileHeader, FormatVersion, INDEX_OFFSET};
-use crate::hash::{HashKind, StoredHash};
+use crate::hash::{HashKind, StoredHash, TensorHasher};
 use crate::index::{IndexEntry, Metadata, Shape, TensorName, TensorType};
 use crate::path::check_paths_distinct;
 use crate::tensor_header::TensorHeader;
@@ -253,8 +253,32 @@ impl FilePlan {
         plaintext: &[u8],
         crypt_info: Option<CryptInfo>,
     ) -> Result<Vec<u8>> {
+        let mut hasher = self.hasher(i)?;
+        hasher.update(plaintext);
+        self.finish_header(i, hasher, crypt_info)
+    }
+
+    /// A hasher for record `i` already fed with its header's hashable bytes:
+    /// feed it the plaintext piece by piece while writing it, then pass it
+    /// to [`FilePlan::finish_header`]. This is how a writer hashes, encrypts
+    /// and writes a tensor in one pass over memory.
+    pub fn hasher(&self, i: usize) -> Result<TensorHasher> {
+        let header = &self.headers[i];
+        let mut hasher = TensorHasher::new(header.hashes.iter().map(StoredHash::kind));
+        hasher.update(&header.hashable_bytes()?);
+        Ok(hasher)
+    }
+
+    /// Encodes header `i` with the hashes of a [`FilePlan::hasher`] fed the
+    /// whole plaintext, and the final crypt info (MACs) if encrypted.
+    pub fn finish_header(
+        &self,
+        i: usize,
+        hasher: TensorHasher,
+        crypt_info: Option<CryptInfo>,
+    ) -> Result<Vec<u8>> {
         let mut header = self.headers[i].clone();
-        header.hashes = header.compute_hashes(plaintext)?;
+        header.hashes = hasher.finish();
         if let Some(ci) = crypt_info {
             if header.crypt_info.as_ref().map(CryptInfo::encoded_len) != Some(ci.encoded_len()) {
                 return Err(FormatError::Unencodable {

@@ -82,24 +82,62 @@ impl Encryption {
         Ok(CryptInfo { chunks })
     }
 
-    /// Encrypts `data` in place per `planned`; returns the crypt info with MACs.
-    pub(crate) fn seal(&self, planned: &CryptInfo, data: &mut [u8]) -> CryptInfo {
-        let mut out = planned.clone();
-        for chunk in &mut out.chunks {
-            if let CryptChunk::XSalsa20Parallel {
-                chunk_size,
-                nonce,
-                macs,
-            } = chunk
-            {
-                *macs = tensorizer_crypto::seal_chunks(
-                    Backend::detect(),
-                    &self.key,
-                    &Nonce(*nonce),
-                    *chunk_size as usize,
-                    data,
-                );
-            }
+    /// Encrypts one tensor per its `planned` crypt info, chunk by chunk as
+    /// the writer streams it; `None` when there is nothing to encrypt.
+    pub(crate) fn sealer<'a>(&'a self, planned: &'a CryptInfo) -> Option<TensorSealer<'a>> {
+        planned.chunks.iter().find_map(|chunk| match chunk {
+            CryptChunk::XSalsa20Parallel {
+                chunk_size, nonce, ..
+            } => Some(TensorSealer {
+                key: &self.key,
+                backend: Backend::detect(),
+                nonce: Nonce(*nonce),
+                chunk_size: *chunk_size as usize,
+                planned,
+                macs: Vec::new(),
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// Seals the chunks of one tensor in order (chunk `i` with `nonce + i`)
+/// and collects their MACs for the tensor's header.
+pub(crate) struct TensorSealer<'a> {
+    key: &'a EncryptionKey,
+    backend: Backend,
+    nonce: Nonce,
+    chunk_size: usize,
+    planned: &'a CryptInfo,
+    macs: Vec<tensorizer_crypto::Mac>,
+}
+
+impl TensorSealer<'_> {
+    /// Plaintext bytes per chunk; every chunk but the last is this long.
+    pub(crate) fn chunk_size(&self) -> usize {
+        self.chunk_size
+    }
+
+    /// Encrypts the next chunk in place.
+    pub(crate) fn seal_next(&mut self, chunk: &mut [u8]) {
+        let nonce = self.nonce.add(self.macs.len() as u64);
+        self.macs.push(tensorizer_crypto::seal(
+            self.backend,
+            self.key,
+            &nonce,
+            chunk,
+        ));
+    }
+
+    /// The crypt info with the MACs of every sealed chunk.
+    pub(crate) fn finish(self) -> CryptInfo {
+        let mut out = self.planned.clone();
+        let stored = out.chunks.iter_mut().find_map(|chunk| match chunk {
+            CryptChunk::XSalsa20Parallel { macs, .. } => Some(macs),
+            _ => None,
+        });
+        if let Some(stored) = stored {
+            *stored = self.macs;
         }
         out
     }

@@ -1,9 +1,9 @@
 //! Writing `.tensors` files.
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rayon::prelude::*;
 use tensorizer_format::{FilePlan, PlanOptions, RecordSpec, TERMINATOR, TensorPath, TensorType};
 
 use crate::error::{Error, Result, format_error, source_error};
@@ -37,6 +37,11 @@ pub struct Serializer<'a> {
     #[cfg(feature = "encryption")]
     encryption: Option<crate::encryption::Encryption>,
 }
+
+/// Plaintext bytes hashed per step before they are written: small enough to
+/// still be in cache when the kernel copies them out, large enough for few
+/// system calls. Encrypted tensors step by their cipher chunk (2 MiB).
+const WRITE_BLOCK: usize = 1 << 20;
 
 /// Enough zero bytes for one element of any dtype.
 static ZEROS: [u8; 16] = [0; 16];
@@ -156,26 +161,56 @@ impl<'a> Serializer<'a> {
         FilePlan::new(records, options).map_err(format_error(dest))
     }
 
-    /// The encoded header and the stored bytes (ciphertext when encrypting)
-    /// of record `i`.
-    fn record(&self, plan: &FilePlan, i: usize, dest: &Path) -> Result<(Vec<u8>, Cow<'a, [u8]>)> {
-        let data: &'a [u8] = self.data[i].unwrap_or_default();
+    /// Hashes, encrypts if asked, and hands to `write` the data of record
+    /// `i` block by block at its planned offsets, then its header. One pass
+    /// over the tensor's memory: each block is still in cache when it is
+    /// encrypted and copied out, and no copy of the tensor is ever held.
+    fn write_record(
+        &self,
+        plan: &FilePlan,
+        i: usize,
+        dest: &Path,
+        write: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let entry = &plan.metadata.entries[i];
+        let data: &[u8] = self.data[i].unwrap_or_default();
+        let mut hasher = plan.hasher(i).map_err(format_error(dest))?;
         #[cfg(feature = "encryption")]
-        if let (Some(enc), Some(planned)) = (&self.encryption, plan.headers[i].crypt_info.as_ref())
-            && planned.is_encrypted()
-        {
-            let mut ciphertext = data.to_vec();
-            let sealed = enc.seal(planned, &mut ciphertext);
-            // Hashes cover the plaintext, which `data` still is.
-            let header = plan
-                .seal_header_with(i, data, Some(sealed))
-                .map_err(format_error(dest))?;
-            return Ok((header, Cow::Owned(ciphertext)));
+        let mut sealer = match (&self.encryption, &plan.headers[i].crypt_info) {
+            (Some(enc), Some(planned)) => enc.sealer(planned),
+            _ => None,
+        };
+        #[cfg(feature = "encryption")]
+        let block = sealer.as_ref().map_or(WRITE_BLOCK, |s| s.chunk_size());
+        #[cfg(not(feature = "encryption"))]
+        let block = WRITE_BLOCK;
+        #[cfg(feature = "encryption")]
+        let mut ciphertext = Vec::new();
+        let mut offset = entry.data_offset;
+        for piece in data.chunks(block) {
+            // Hashes cover the plaintext.
+            hasher.update(piece);
+            #[cfg(feature = "encryption")]
+            let piece: &[u8] = match &mut sealer {
+                Some(sealer) => {
+                    ciphertext.clear();
+                    ciphertext.extend_from_slice(piece);
+                    sealer.seal_next(&mut ciphertext);
+                    &ciphertext
+                }
+                None => piece,
+            };
+            write(offset, piece)?;
+            offset += piece.len() as u64;
         }
-        Ok((
-            plan.seal_header(i, data).map_err(format_error(dest))?,
-            Cow::Borrowed(data),
-        ))
+        #[cfg(feature = "encryption")]
+        let crypt_info = sealer.map(crate::encryption::TensorSealer::finish);
+        #[cfg(not(feature = "encryption"))]
+        let crypt_info = None;
+        let header = plan
+            .finish_header(i, hasher, crypt_info)
+            .map_err(format_error(dest))?;
+        write(entry.header_offset, &header)
     }
 
     /// Writes a local file atomically (temp file, fsync, rename).
@@ -209,15 +244,38 @@ impl<'a> Serializer<'a> {
         let prologue = plan.metadata.encode().map_err(format_error(&dest))?;
         sink.write_all_at(0, &prologue)
             .map_err(source_error("writing the index"))?;
-        (0..self.records.len()).into_par_iter().try_for_each(|i| {
-            let entry = &plan.metadata.entries[i];
-            let (header, data) = self.record(&plan, i, &dest)?;
-            let what = || format!("writing tensor {:?}", entry.name.to_string());
-            sink.write_all_at(entry.header_offset, &header)
-                .map_err(source_error(what()))?;
-            sink.write_all_at(entry.data_offset, &data)
-                .map_err(source_error(what()))
-        })?;
+        // SHA-256 of one tensor is sequential, so tensors are the unit of
+        // parallelism; the largest start first so that none is left running
+        // alone at the end (longest-processing-time-first scheduling).
+        let entries = &plan.metadata.entries;
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(entries[i].data_length));
+        let next = AtomicUsize::new(0);
+        let first_error = Mutex::new(None);
+        let workers = rayon::current_num_threads().min(order.len());
+        rayon::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|_| {
+                    while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let mut write = |offset: u64, bytes: &[u8]| {
+                            sink.write_all_at(offset, bytes)
+                                .map_err(source_error(format!(
+                                    "writing tensor {:?}",
+                                    entries[i].name.to_string()
+                                )))
+                        };
+                        if let Err(e) = self.write_record(&plan, i, &dest, &mut write) {
+                            first_error.lock().expect("error lock").get_or_insert(e);
+                            // Stop every worker: the write is lost anyway.
+                            next.store(order.len(), Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_error.into_inner().expect("error lock") {
+            return Err(e);
+        }
         sink.write_all_at(plan.terminator_offset(), &TERMINATOR)
             .map_err(source_error("writing the terminator"))?;
         let summary = summary(&plan, &dest);
@@ -230,18 +288,25 @@ impl<'a> Serializer<'a> {
     pub fn to_bytes(mut self) -> Result<Vec<u8>> {
         let dest = Path::new("<memory>");
         let plan = self.plan(dest)?;
-        let mut out = plan.metadata.encode().map_err(format_error(dest))?;
-        out.reserve(
-            usize::try_from(plan.file_len())
-                .unwrap_or(0)
-                .saturating_sub(out.len()),
-        );
+        let allocation_error = || Error::Allocation {
+            path: dest.to_path_buf(),
+            tensor: "<whole file>".into(),
+            bytes: plan.file_len(),
+        };
+        let len = usize::try_from(plan.file_len()).map_err(|_| allocation_error())?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(len).map_err(|_| allocation_error())?;
+        out.resize(len, 0);
+        let prologue = plan.metadata.encode().map_err(format_error(dest))?;
+        out[..prologue.len()].copy_from_slice(&prologue);
         for i in 0..self.records.len() {
-            let (header, data) = self.record(&plan, i, dest)?;
-            out.extend(header);
-            out.extend_from_slice(&data);
+            self.write_record(&plan, i, dest, &mut |offset, bytes| {
+                let at = offset as usize;
+                out[at..at + bytes.len()].copy_from_slice(bytes);
+                Ok(())
+            })?;
         }
-        out.extend_from_slice(&TERMINATOR);
+        out[len - TERMINATOR.len()..].copy_from_slice(&TERMINATOR);
         Ok(out)
     }
 }
