@@ -215,24 +215,34 @@ impl TensorHeader {
     /// Recomputes the stored hashes accepted by `check` over this header and
     /// `data` and compares; the first difference is an error.
     pub fn verify(&self, data: &[u8], check: impl Fn(HashKind) -> bool) -> Result<()> {
-        let wanted: Vec<StoredHash> = self
-            .hashes
-            .iter()
-            .copied()
-            .filter(|h| check(h.kind()))
-            .collect();
-        if wanted.is_empty() {
+        if !self.hashes.iter().any(|h| check(h.kind())) {
             return Ok(());
         }
-        let mut h = TensorHasher::new(wanted.iter().map(StoredHash::kind));
-        h.update(&self.hashable_bytes()?);
+        let mut h = self.verifier(check)?;
         h.update(data);
-        let computed = h.finish();
-        for expected in wanted {
-            let actual = computed
+        self.check_hashes(h)
+    }
+
+    /// [`TensorHeader::verify`] for data that arrives in pieces: a hasher of
+    /// the stored kinds accepted by `check`, fed with this header's hashable
+    /// bytes. Feed it the data, then pass it to [`TensorHeader::check_hashes`].
+    pub fn verifier(&self, check: impl Fn(HashKind) -> bool) -> Result<TensorHasher> {
+        let mut h = TensorHasher::new(
+            self.hashes
                 .iter()
-                .find(|c| c.kind() == expected.kind())
-                .copied();
+                .map(StoredHash::kind)
+                .filter(|&k| check(k)),
+        );
+        h.update(&self.hashable_bytes()?);
+        Ok(h)
+    }
+
+    /// Compares what a [`TensorHeader::verifier`] computed with the stored
+    /// hashes; the first difference is an error.
+    pub fn check_hashes(&self, verifier: TensorHasher) -> Result<()> {
+        let computed = verifier.finish();
+        for expected in &self.hashes {
+            let actual = computed.iter().find(|c| c.kind() == expected.kind());
             if let Some(actual) = actual.filter(|a| *a != expected) {
                 return Err(FormatError::HashMismatch {
                     tensor: self.name.to_string(),

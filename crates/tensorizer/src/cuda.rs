@@ -25,13 +25,17 @@ use crate::destination::{Destination, TensorInfo};
 use crate::error::{Error, Result};
 use crate::{Deserializer, Tensor};
 
+/// Bytes per pinned staging buffer unless set: large enough for copies
+/// near the link's peak, small enough that 4 of them stay modest.
+const DEFAULT_STAGING_SIZE: usize = 64 << 20;
+
 /// How a model is placed on a GPU.
 #[derive(Debug, Clone)]
 pub struct CudaOptions {
     /// Pinned staging buffers (host memory = buffers × size).
     pub staging_buffers: usize,
-    /// Bytes per staging buffer; default: 64 MiB or the largest tensor,
-    /// whichever is larger.
+    /// Bytes per staging buffer (default 64 MiB); larger tensors are
+    /// copied through the ring in pieces of this size.
     pub staging_size: Option<usize>,
     /// Copy streams.
     pub streams: usize,
@@ -139,21 +143,43 @@ impl Destination for GpuDestination<'_> {
     }
 
     fn complete(&self, index: usize, info: TensorInfo, buffer: Staging) -> Result<()> {
-        let (which, offset) = self.place[&index];
-        let name = info.path.to_string();
-        {
-            let mut dst = self.buffers[which]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.gpu
-                .upload(buffer, &mut dst, offset)
-                .map_err(cuda_error(&name))?;
-        }
+        self.upload(index, 0, buffer, || info.path.to_string())?;
+        self.complete_in_pieces(index, info)
+    }
+
+    fn max_buffer(&self) -> usize {
+        self.ring.buffer_size()
+    }
+
+    fn complete_piece(&self, index: usize, offset: usize, buffer: Staging) -> Result<()> {
+        self.upload(index, offset, buffer, || format!("tensor #{index}"))
+    }
+
+    fn complete_in_pieces(&self, index: usize, info: TensorInfo) -> Result<()> {
         self.infos
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((index, info));
         Ok(())
+    }
+}
+
+impl GpuDestination<'_> {
+    /// Enqueues the copy of `buffer` to bytes `offset..` of tensor `index`.
+    fn upload(
+        &self,
+        index: usize,
+        offset: usize,
+        buffer: Staging,
+        name: impl FnOnce() -> String,
+    ) -> Result<()> {
+        let (which, start) = self.place[&index];
+        let mut dst = self.buffers[which]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.gpu
+            .upload(buffer, &mut dst, start + offset)
+            .map_err(cuda_error(&name()))
     }
 }
 
@@ -215,8 +241,8 @@ impl Deserializer {
                 usize::try_from(e.deserialized_length().unwrap_or(u64::MAX)).unwrap_or(usize::MAX)
             })
             .collect();
-        let largest = sizes.iter().copied().max().unwrap_or(0);
-        let staging = options.staging_size.unwrap_or(64 << 20).max(largest);
+        // Tensors larger than a staging buffer go through it in pieces.
+        let staging = options.staging_size.unwrap_or(DEFAULT_STAGING_SIZE);
         let mut buffers = Vec::new();
         let mut place = HashMap::new();
         if options.arena {

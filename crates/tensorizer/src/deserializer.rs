@@ -426,35 +426,6 @@ impl Deserializer {
             tensor: entry.name.to_string(),
             bytes: len,
         })?;
-        let mut data = dest.allocate(i, entry, len)?;
-        if meta {
-            // Meta tensors read as zeros; a recycled buffer may hold anything.
-            data.fill(0);
-        }
-        // The pieces of one tensor run on their own pool: a reader thread
-        // waiting for them then cannot steal another tensor's work and block
-        // in `allocate` while holding a buffer (a deadlock with recycling
-        // destinations).
-        if let Some(info) = header.crypt_info.as_ref().filter(|_| encrypted && !meta) {
-            // Each cipher chunk is decrypted as soon as it is read.
-            self.piece_pool()?
-                .install(|| self.decrypt(entry, info, &mut data, &read))?;
-        } else if !meta {
-            // Large tensors are read in request-size pieces at once (one
-            // HTTP/S3 stream would be far below the link's speed).
-            let piece = self.source.hints().request_size.max(1 << 20);
-            let data = &mut *data;
-            self.piece_pool()?
-                .install(|| {
-                    data.par_chunks_mut(piece)
-                        .enumerate()
-                        .try_for_each(|(k, chunk)| read(k * piece, chunk))
-                })
-                .map_err(source_error(format!(
-                    "reading the data of tensor {:?}",
-                    entry.name.to_string()
-                )))?;
-        }
         if !encrypted && header.crypt_info.is_some() && entry.data_length > 0 && self.can_decrypt()
         {
             // Python refuses plaintext data inside a file read with a key.
@@ -464,11 +435,8 @@ impl Deserializer {
                 reason: "the tensor holds data but no cipher chunk (stored unencrypted in an encrypted file)".into(),
             });
         }
-        let hashed: &[u8] = if meta { &[] } else { &data };
-        header
-            .verify(hashed, |k| self.verify.checks(k))
-            .map_err(format_error(&self.path))?;
-        let info = TensorInfo {
+        let cipher = header.crypt_info.as_ref().filter(|_| encrypted && !meta);
+        let info = |header: TensorHeader| TensorInfo {
             path: entry.name.path().clone(),
             module_idx: header.module_idx,
             tensor_type: header.tensor_type,
@@ -476,7 +444,87 @@ impl Deserializer {
             shape: header.shape,
             meta,
         };
-        dest.complete(i, info, data)
+        let step = dest.max_buffer().max(1);
+        if len > step && !meta {
+            // Too large for one of the destination's buffers: pieces, each
+            // handed over as soon as it is read; the hashes cover them all.
+            let step = match cipher {
+                #[cfg(feature = "encryption")]
+                Some(c) => match crate::encryption::Decryptor::piece_unit(c) {
+                    // Pieces hold whole cipher chunks (each has its own MAC).
+                    Some(unit) if unit <= step => step / unit * unit,
+                    _ => {
+                        return Err(Error::Decryption {
+                            path: self.path.clone(),
+                            tensor: entry.name.to_string(),
+                            reason: format!(
+                                "its cipher chunks do not fit the destination's {step}-byte buffers; raise their size to {len} bytes"
+                            ),
+                        });
+                    }
+                },
+                _ => step,
+            };
+            let mut verifier = header
+                .verifier(|k| self.verify.checks(k))
+                .map_err(format_error(&self.path))?;
+            for offset in (0..len).step_by(step) {
+                let mut piece = dest.allocate(i, entry, step.min(len - offset))?;
+                self.fill(entry, cipher, (offset, len), &mut piece, &read)?;
+                verifier.update(&piece);
+                dest.complete_piece(i, offset, piece)?;
+            }
+            header
+                .check_hashes(verifier)
+                .map_err(format_error(&self.path))?;
+            return dest.complete_in_pieces(i, info(header));
+        }
+        let mut data = dest.allocate(i, entry, len)?;
+        if meta {
+            // Meta tensors read as zeros; a recycled buffer may hold anything.
+            data.fill(0);
+        } else {
+            self.fill(entry, cipher, (0, len), &mut data, &read)?;
+        }
+        let hashed: &[u8] = if meta { &[] } else { &data };
+        header
+            .verify(hashed, |k| self.verify.checks(k))
+            .map_err(format_error(&self.path))?;
+        dest.complete(i, info(header), data)
+    }
+
+    /// Fills `data` with bytes `offset..offset + data.len()` of tensor
+    /// `entry` (`total` bytes), decrypting them if `cipher` is given.
+    fn fill(
+        &self,
+        entry: &IndexEntry,
+        cipher: Option<&tensorizer_format::CryptInfo>,
+        (offset, total): (usize, usize),
+        data: &mut [u8],
+        read: &(impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync),
+    ) -> Result<()> {
+        // The pieces of one tensor run on their own pool: a reader thread
+        // waiting for them then cannot steal another tensor's work and block
+        // in `allocate` while holding a buffer (a deadlock with recycling
+        // destinations).
+        let pool = self.piece_pool()?;
+        let read = |at: usize, piece: &mut [u8]| read(offset + at, piece);
+        if let Some(info) = cipher {
+            // Each cipher chunk is decrypted as soon as it is read.
+            return pool.install(|| self.decrypt(entry, info, (offset, total), data, read));
+        }
+        // Large tensors are read in request-size pieces at once (one
+        // HTTP/S3 stream would be far below the link's speed).
+        let piece = self.source.hints().request_size.max(1 << 20);
+        pool.install(|| {
+            data.par_chunks_mut(piece)
+                .enumerate()
+                .try_for_each(|(k, chunk)| read(k * piece, chunk))
+        })
+        .map_err(source_error(format!(
+            "reading the data of tensor {:?}",
+            entry.name.to_string()
+        )))
     }
 
     fn can_decrypt(&self) -> bool {
@@ -486,17 +534,20 @@ impl Deserializer {
         return false;
     }
 
+    /// Reads and decrypts bytes `offset..offset + data.len()` of tensor
+    /// `entry` (`total` bytes long).
     #[cfg(feature = "encryption")]
     fn decrypt(
         &self,
         entry: &IndexEntry,
         info: &tensorizer_format::CryptInfo,
+        (offset, total): (usize, usize),
         data: &mut [u8],
         read: impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync,
     ) -> Result<()> {
         use crate::encryption::DecryptFailure;
         let decryptor = self.decryptor.as_ref().expect("checked by can_decrypt");
-        decryptor.read_and_open(info, data, read).map_err(|failure| {
+        decryptor.read_and_open_at(info, offset, total, data, read).map_err(|failure| {
             let reason = match failure {
                 DecryptFailure::Read(source) => {
                     return Error::Source {
@@ -526,6 +577,7 @@ impl Deserializer {
         &self,
         entry: &IndexEntry,
         _: &tensorizer_format::CryptInfo,
+        _: (usize, usize),
         _: &mut [u8],
         _: impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync,
     ) -> Result<()> {

@@ -46,6 +46,35 @@ pub trait Destination: Sync {
 
     /// Tensor `index` is in `buffer`, decrypted and verified.
     fn complete(&self, index: usize, info: TensorInfo, buffer: Self::Buffer) -> Result<()>;
+
+    /// The largest buffer `allocate` may be asked for (default: no limit).
+    /// A larger tensor arrives in pieces of at most this size, each handed
+    /// over with [`Destination::complete_piece`] as soon as it is read and
+    /// decrypted, so a fixed ring of small staging buffers can carry tensors
+    /// of any size.
+    fn max_buffer(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Bytes `offset..offset + buffer.len()` of tensor `index`, one piece
+    /// of a tensor larger than [`Destination::max_buffer`]. The tensor's
+    /// hashes cover all its pieces: they are checked after the last one,
+    /// and only then is [`Destination::complete_in_pieces`] called; if they
+    /// fail, the load fails and the pieces already delivered must not be
+    /// used.
+    fn complete_piece(&self, index: usize, offset: usize, buffer: Self::Buffer) -> Result<()> {
+        let _ = (offset, buffer);
+        Err(Error::PiecesUnsupported {
+            index,
+            limit: self.max_buffer() as u64,
+        })
+    }
+
+    /// Every piece of tensor `index` was delivered and its hashes match.
+    fn complete_in_pieces(&self, index: usize, info: TensorInfo) -> Result<()> {
+        let _ = (index, info);
+        Ok(())
+    }
 }
 
 /// Fresh 64-byte aligned host buffers, kept as [`Tensor`]s.

@@ -225,12 +225,28 @@ impl Decryptor {
         }
     }
 
-    /// Fills `data` with `read(offset, piece)` and decrypts it in place per
-    /// `info`, each chunk right after it arrives (see
-    /// [`tensorizer_crypto::read_and_open_chunks`]).
-    pub(crate) fn read_and_open(
+    /// The granularity at which a tensor encrypted per `info` can be
+    /// decrypted piece by piece: its chunk size, or `None` when the whole
+    /// tensor is one box (a single MAC).
+    pub(crate) fn piece_unit(info: &CryptInfo) -> Option<usize> {
+        info.chunks.iter().find_map(|c| match c {
+            CryptChunk::XSalsa20Parallel {
+                chunk_size, macs, ..
+            } if macs.len() > 1 => usize::try_from(*chunk_size).ok().filter(|&c| c > 0),
+            _ => None,
+        })
+    }
+
+    /// Fills `data`, bytes `offset..offset + data.len()` of a tensor of
+    /// `total` bytes, with `read(offset within data, piece)` and decrypts it
+    /// in place per `info`, each chunk right after it arrives (see
+    /// [`tensorizer_crypto::read_and_open_chunks`]). A piece that is not the
+    /// whole tensor starts at a multiple of [`Decryptor::piece_unit`].
+    pub(crate) fn read_and_open_at(
         &self,
         info: &CryptInfo,
+        offset: usize,
+        total: usize,
         data: &mut [u8],
         read: impl Fn(usize, &mut [u8]) -> Result<(), tensorizer_io::IoError> + Sync,
     ) -> Result<(), DecryptFailure> {
@@ -247,6 +263,7 @@ impl Decryptor {
         };
         let key = self.key_for(info)?;
         let backend = Backend::detect();
+        let whole = offset == 0 && data.len() == total;
         let (nonce, chunk_size, macs) = match cipher {
             CryptChunk::XSalsa20Parallel {
                 chunk_size,
@@ -262,18 +279,29 @@ impl Decryptor {
             }
             CryptChunk::KeyDerivation(_) => unreachable!("filtered above"),
         };
-        tensorizer_crypto::read_and_open_chunks(
-            backend,
-            &key,
-            &Nonce(*nonce),
-            chunk_size,
-            data,
-            macs,
-            read,
-        )
-        .map_err(|e| match e {
-            tensorizer_crypto::ReadOrOpen::Read(e) => DecryptFailure::Read(e),
-            tensorizer_crypto::ReadOrOpen::Open(e) => DecryptFailure::Crypto(e),
-        })
+        let (nonce, macs) = if whole {
+            (Nonce(*nonce), macs)
+        } else {
+            // A piece: its chunks, their MACs and their nonces only.
+            let expected = total.div_ceil(chunk_size.max(1));
+            if macs.len() < 2 || macs.len() != expected || !offset.is_multiple_of(chunk_size) {
+                return Err(DecryptFailure::Layout(format!(
+                    "bytes {offset}..{} cannot be decrypted alone ({} MACs for {total} bytes in                      {chunk_size}-byte chunks); raise the destination's buffer size to {total}",
+                    offset + data.len(),
+                    macs.len()
+                )));
+            }
+            let first = offset / chunk_size;
+            let count = data.len().div_ceil(chunk_size);
+            (
+                Nonce(*nonce).add(first as u64),
+                &macs[first..(first + count).min(macs.len())],
+            )
+        };
+        tensorizer_crypto::read_and_open_chunks(backend, &key, &nonce, chunk_size, data, macs, read)
+            .map_err(|e| match e {
+                tensorizer_crypto::ReadOrOpen::Read(e) => DecryptFailure::Read(e),
+                tensorizer_crypto::ReadOrOpen::Open(e) => DecryptFailure::Crypto(e),
+            })
     }
 }

@@ -128,6 +128,16 @@ pub enum Error {
         /// Bytes the tensor has.
         needed: u64,
     },
+    /// A destination that limits its buffers but takes no pieces.
+    #[error(
+        "tensor #{index} is larger than the destination's {limit}-byte buffers, and the destination takes no pieces (it must implement Destination::complete_piece)"
+    )]
+    PiecesUnsupported {
+        /// The tensor's position in the file.
+        index: usize,
+        /// The destination's `max_buffer`.
+        limit: u64,
+    },
     /// A cast between dtypes that have no value conversion.
     #[error(
         "tensor {tensor:?}: cannot cast {from} to {to} (casts exist between float16, bfloat16, float32 and float64)"

@@ -2,6 +2,7 @@
 //! the fixtures' key, salt and nonces our writer reproduces them byte for
 //! byte; each kind of damage is a distinct error naming tensor and chunk;
 //! and the Python library reads what we encrypt and we read what it does.
+#![cfg(feature = "encryption")]
 
 mod common;
 

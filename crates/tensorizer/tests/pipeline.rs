@@ -218,6 +218,33 @@ struct Ring {
     in_flight: std::sync::atomic::AtomicUsize,
     peak: std::sync::atomic::AtomicUsize,
     out: Mutex<std::collections::BTreeMap<usize, Vec<u8>>>,
+    /// Tensors being assembled from pieces, and how many pieces came.
+    partial: Mutex<std::collections::BTreeMap<usize, Vec<u8>>>,
+    pieces: std::sync::atomic::AtomicUsize,
+    size: usize,
+}
+
+impl Ring {
+    /// `count` buffers of `size` bytes; larger tensors come in pieces.
+    fn new(count: usize, size: usize) -> Self {
+        Ring {
+            free: Mutex::new(vec![vec![0u8; size]; count]),
+            ready: std::sync::Condvar::new(),
+            in_flight: 0.into(),
+            peak: 0.into(),
+            out: Mutex::default(),
+            partial: Mutex::default(),
+            pieces: 0.into(),
+            size,
+        }
+    }
+
+    fn give_back(&self, buffer: Loan) {
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.free.lock().unwrap().push(buffer.0);
+        self.ready.notify_one();
+    }
 }
 
 /// A staging buffer on loan: derefs to its first `len` bytes.
@@ -264,10 +291,34 @@ impl tensorizer::Destination for Ring {
         buffer: Loan,
     ) -> tensorizer::Result<()> {
         self.out.lock().unwrap().insert(index, buffer.to_vec());
-        self.in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.free.lock().unwrap().push(buffer.0);
-        self.ready.notify_one();
+        self.give_back(buffer);
+        Ok(())
+    }
+
+    fn max_buffer(&self) -> usize {
+        self.size
+    }
+
+    fn complete_piece(&self, index: usize, offset: usize, buffer: Loan) -> tensorizer::Result<()> {
+        self.pieces
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        {
+            let mut partial = self.partial.lock().unwrap();
+            let tensor = partial.entry(index).or_default();
+            assert_eq!(tensor.len(), offset, "pieces arrive in order");
+            tensor.extend_from_slice(&buffer);
+        }
+        self.give_back(buffer);
+        Ok(())
+    }
+
+    fn complete_in_pieces(
+        &self,
+        index: usize,
+        _: tensorizer::TensorInfo,
+    ) -> tensorizer::Result<()> {
+        let tensor = self.partial.lock().unwrap().remove(&index).unwrap();
+        self.out.lock().unwrap().insert(index, tensor);
         Ok(())
     }
 }
@@ -277,13 +328,7 @@ fn a_recycling_destination_bounds_buffers_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let path = model(dir.path());
     let all = Deserializer::open(&path).unwrap().read_all().unwrap();
-    let ring = Ring {
-        free: Mutex::new(vec![vec![0u8; 1 << 20]; 2]),
-        ready: std::sync::Condvar::new(),
-        in_flight: 0.into(),
-        peak: 0.into(),
-        out: Mutex::default(),
-    };
+    let ring = Ring::new(2, 1 << 20);
     Deserializer::open(&path)
         .unwrap()
         .verify(Verify::All)
@@ -296,6 +341,136 @@ fn a_recycling_destination_bounds_buffers_in_flight() {
         assert_eq!(out[&i], t.as_bytes(), "{}", t.name());
     }
     assert!(ring.peak.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+}
+
+#[test]
+fn tensors_larger_than_the_buffers_arrive_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path());
+    let all = Deserializer::open(&path).unwrap().read_all().unwrap();
+    // 1 MiB tensors through two 300 kB buffers: 4 pieces each.
+    let ring = Ring::new(2, 300_000);
+    Deserializer::open(&path)
+        .unwrap()
+        .verify(Verify::All)
+        .num_readers(8)
+        .load_into(&ring, |_| true)
+        .unwrap();
+    assert_eq!(
+        ring.pieces.load(std::sync::atomic::Ordering::SeqCst),
+        12 * 4
+    );
+    assert!(ring.peak.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+    let out = ring.out.into_inner().unwrap();
+    assert_eq!(out.len(), all.len());
+    for (i, t) in all.iter().enumerate() {
+        assert_eq!(out[&i], t.as_bytes(), "{}", t.name());
+    }
+}
+
+#[test]
+fn every_fixture_loads_through_two_small_buffers() {
+    let mut pieces = 0;
+    for set in ["tensorizer-2.12.1", "tensorizer-2.12.1-extended-dtypes"] {
+        for entry in std::fs::read_dir(common::fixtures().join(set)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "tensors") {
+                continue;
+            }
+            let open = || {
+                let d = Deserializer::open(&path)?.verify(Verify::All);
+                #[cfg(feature = "encryption")]
+                if let Some(k) = common::key_of(&path) {
+                    return d.decryption(k);
+                }
+                Ok(d)
+            };
+            let Ok(host) = open().and_then(|d| d.read_all()) else {
+                continue; // a broken fixture: refused either way
+            };
+            // 2 MiB: one cipher chunk; larger tensors come in pieces.
+            let ring = Ring::new(2, 2 << 20);
+            open().unwrap().load_into(&ring, |_| true).unwrap();
+            pieces += ring.pieces.load(std::sync::atomic::Ordering::SeqCst);
+            let out = ring.out.into_inner().unwrap();
+            assert_eq!(out.len(), host.len(), "{}", path.display());
+            for (i, t) in host.iter().enumerate() {
+                assert_eq!(out[&i], t.as_bytes(), "{} {}", path.display(), t.name());
+            }
+        }
+    }
+    assert!(pieces > 0, "no fixture tensor exceeded the buffers");
+}
+
+#[test]
+fn a_damaged_piece_fails_its_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path());
+    let d = Deserializer::open(&path).unwrap();
+    let i = d.position(&"layer.5.weight".into()).unwrap();
+    let at = d.entries()[i].data_offset + 700_000;
+    drop(d);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[at as usize] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let ring = Ring::new(2, 300_000);
+    let err = Deserializer::open(&path)
+        .unwrap()
+        .num_readers(1)
+        .load_into(&ring, |_| true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layer.5.weight") && err.contains("CRC32"),
+        "{err}"
+    );
+    assert!(!ring.out.into_inner().unwrap().contains_key(&i));
+}
+
+#[cfg(feature = "encryption")]
+#[test]
+fn encrypted_tensors_go_through_small_buffers_chunk_by_chunk() {
+    use tensorizer::{Decryption, Encryption, EncryptionKey};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.tensors");
+    // 5 MiB: three 2 MiB cipher chunks, the last one short.
+    let big: Vec<u8> = (0..5u32 << 20).map(|k| (k % 251) as u8).collect();
+    let small = [7u8; 100];
+    let key = EncryptionKey::random().unwrap();
+    let mut s = Serializer::new();
+    s.write_state_dict([
+        (
+            "big",
+            TensorData::from_slice(&[big.len() as u64], &big).unwrap(),
+        ),
+        ("small", TensorData::from_slice(&[100], &small).unwrap()),
+    ])
+    .unwrap();
+    s.encryption(Encryption::with_key(key.clone()));
+    s.write_to_file(&path).unwrap();
+    let open = || {
+        Deserializer::open(&path)
+            .unwrap()
+            .verify(Verify::All)
+            .decryption(Decryption::Key(key.clone()))
+            .unwrap()
+    };
+    // 3 MiB buffers hold one 2 MiB chunk each: 3 pieces.
+    let ring = Ring::new(2, 3 << 20);
+    open().load_into(&ring, |_| true).unwrap();
+    assert_eq!(ring.pieces.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let out = ring.out.into_inner().unwrap();
+    assert_eq!(out[&0], big);
+    assert_eq!(out[&1], small);
+    // A buffer smaller than a cipher chunk cannot hold a piece.
+    let err = open()
+        .load_into(&Ring::new(2, 1 << 20), |_| true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"big\"") && err.contains("cipher chunks"),
+        "{err}"
+    );
 }
 
 #[test]

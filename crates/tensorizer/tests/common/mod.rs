@@ -61,3 +61,22 @@ pub fn tensor_fields(t: &Tensor) -> serde_json::Value {
         "meta": t.is_meta(),
     })
 }
+
+/// The decryption a fixture needs: its `.key` or `.passphrase` file beside it.
+#[cfg(feature = "encryption")]
+#[allow(dead_code)]
+pub fn key_of(path: &std::path::Path) -> Option<tensorizer::Decryption> {
+    let key = path.with_extension("key");
+    let pass = path.with_extension("passphrase");
+    if key.exists() {
+        Some(tensorizer::Decryption::Key(
+            tensorizer::EncryptionKey::from_key_file(&std::fs::read(key).unwrap()).unwrap(),
+        ))
+    } else if pass.exists() {
+        Some(tensorizer::Decryption::passphrase(
+            std::fs::read(pass).unwrap(),
+        ))
+    } else {
+        None
+    }
+}
