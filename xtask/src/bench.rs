@@ -334,6 +334,9 @@ pub fn bench(args: &[String]) -> Result {
     let shm_py_out = shm_dir.join("tensorizer-bench-out-python.tensors");
     let shm_py_out = shm_py_out.to_str().ok_or("non-UTF-8 path")?.to_owned();
 
+    // The files just made are still being written back: flushing them now
+    // keeps the kernel's writeback threads off the cores being measured.
+    run("sync (flush the files just made)", &mut Command::new("sync"))?;
     eprintln!("\n==> measuring ({} runs each, median)", o.runs);
     let best = |a: Result<Sample>, b: Result<Sample>| -> Option<Sample> {
         match (a.ok(), b.ok()) {
