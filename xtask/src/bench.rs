@@ -336,7 +336,10 @@ pub fn bench(args: &[String]) -> Result {
 
     // The files just made are still being written back: flushing them now
     // keeps the kernel's writeback threads off the cores being measured.
-    run("sync (flush the files just made)", &mut Command::new("sync"))?;
+    run(
+        "sync (flush the files just made)",
+        &mut Command::new("sync"),
+    )?;
     eprintln!("\n==> measuring ({} runs each, median)", o.runs);
     let best = |a: Result<Sample>, b: Result<Sample>| -> Option<Sample> {
         match (a.ok(), b.ok()) {

@@ -255,6 +255,33 @@ impl TensorHeader {
         Ok(())
     }
 
+    /// Checks the stored CRC-32 (if any) against data whose consecutive
+    /// pieces had CRC-32s `pieces` (`(crc, length)` each, in order), as a
+    /// loader computes them while each piece is still in cache after its
+    /// read. CRC-32s combine; SHA-256 needs [`TensorHeader::verify`].
+    pub fn check_crc32_pieces(&self, pieces: &[(u32, u64)]) -> Result<()> {
+        if self.stored_hash(HashKind::Crc32).is_none() {
+            return Ok(());
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&self.hashable_bytes()?);
+        for &(piece, len) in pieces {
+            crc.combine(&crc32fast::Hasher::new_with_initial_len(piece, len));
+        }
+        let actual = StoredHash::Crc32(crc.finalize());
+        for expected in &self.hashes {
+            if expected.kind() == HashKind::Crc32 && *expected != actual {
+                return Err(FormatError::HashMismatch {
+                    tensor: self.name.to_string(),
+                    kind: expected.kind().name(),
+                    expected: expected.to_hex(),
+                    actual: actual.to_hex(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The stored hash of `kind`, if any.
     pub fn stored_hash(&self, kind: HashKind) -> Option<StoredHash> {
         self.hashes.iter().copied().find(|h| h.kind() == kind)

@@ -480,17 +480,48 @@ impl Deserializer {
             return dest.complete_in_pieces(i, info(header));
         }
         let mut data = dest.allocate(i, entry, len)?;
-        if meta {
+        // With CRC-32 alone to check, each piece is hashed right after its
+        // read, while still in cache, and the CRCs are combined: no second
+        // pass over the tensor's memory.
+        let crc_pieces = self.verify == Verify::Crc32 && cipher.is_none() && !meta;
+        let verified = if meta {
             // Meta tensors read as zeros; a recycled buffer may hold anything.
             data.fill(0);
+            header.verify(&[], |k| self.verify.checks(k))
+        } else if crc_pieces {
+            let crcs = self.fill_hashing_pieces(entry, &mut data, &read)?;
+            header.check_crc32_pieces(&crcs)
         } else {
             self.fill(entry, cipher, (0, len), &mut data, &read)?;
-        }
-        let hashed: &[u8] = if meta { &[] } else { &data };
-        header
-            .verify(hashed, |k| self.verify.checks(k))
-            .map_err(format_error(&self.path))?;
+            header.verify(&data, |k| self.verify.checks(k))
+        };
+        verified.map_err(format_error(&self.path))?;
         dest.complete(i, info(header), data)
+    }
+
+    /// Reads plaintext tensor `entry` into `data` in request-size pieces at
+    /// once, returning each piece's CRC-32 and length, in order.
+    fn fill_hashing_pieces(
+        &self,
+        entry: &IndexEntry,
+        data: &mut [u8],
+        read: &(impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync),
+    ) -> Result<Vec<(u32, u64)>> {
+        let piece = self.source.hints().request_size.max(1 << 20);
+        self.piece_pool()?
+            .install(|| {
+                data.par_chunks_mut(piece)
+                    .enumerate()
+                    .map(|(k, chunk)| {
+                        read(k * piece, chunk)?;
+                        Ok((crc32fast::hash(chunk), chunk.len() as u64))
+                    })
+                    .collect::<tensorizer_io::Result<Vec<_>>>()
+            })
+            .map_err(source_error(format!(
+                "reading the data of tensor {:?}",
+                entry.name.to_string()
+            )))
     }
 
     /// Fills `data` with bytes `offset..offset + data.len()` of tensor

@@ -425,6 +425,16 @@ fn a_damaged_piece_fails_its_tensor() {
         "{err}"
     );
     assert!(!ring.out.into_inner().unwrap().contains_key(&i));
+    // Whole tensors (CRC-32 of each read piece, combined) catch it too.
+    let err = Deserializer::open(&path)
+        .unwrap()
+        .read_all()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layer.5.weight") && err.contains("CRC32"),
+        "{err}"
+    );
 }
 
 #[cfg(feature = "encryption")]
