@@ -23,7 +23,7 @@ fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
         size: "2GiB".into(),
         model: None,
-        runs: 3,
+        runs: 5,
         write_report: true,
         strict: false,
     };
@@ -39,7 +39,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "--strict" => o.strict = true,
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: cargo xtask bench [--size 2GiB | --model FILE] [--runs 3] [--no-report] [--strict]"
+                    "unknown argument {other:?}; usage: cargo xtask bench [--size 2GiB | --model FILE] [--runs 5] [--no-report] [--strict]"
                 ));
             }
         }
