@@ -6,7 +6,7 @@
 //!   then runs fmt, clippy, every test, doc tests, docs and a short fuzz run.
 //! - `demo [--size 1GiB]`: writes a synthetic model and reads it back.
 //! - `fuzz [--seconds N] [TARGET...]`: seeds and runs the cargo-fuzz targets.
-//! - `bench [--size 2GiB | --model FILE] [--runs 3]`: the side-by-side
+//! - `bench [--size 2GiB | --model FILE] [--runs 5]`: the side-by-side
 //!   table (ours, the Python library, safetensors, curl, the pread limit).
 //! - `gpu-test`, `gpu-bench`: build the GPU tests / benchmark, stage them in
 //!   `target/gpu/`, run them where a GPU is present.
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         Some("gpu-bench") => gpu::gpu_bench(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 3] | gpu-test | gpu-bench"
+                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 5] | gpu-test | gpu-bench"
             );
             return ExitCode::from(2);
         }
