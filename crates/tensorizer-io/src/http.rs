@@ -245,11 +245,13 @@ impl RangeSource for HttpSource {
             ReadHints {
                 request_size: 8 << 20,
                 concurrency: 8,
+                block_size: 8 << 20,
             }
         } else {
             ReadHints {
                 request_size: usize::MAX,
                 concurrency: 1,
+                block_size: usize::MAX,
             }
         }
     }

@@ -43,6 +43,11 @@ pub struct ReadHints {
     pub request_size: usize,
     /// Requests in flight.
     pub concurrency: usize,
+    /// The smallest read that costs no more per byte than `request_size`:
+    /// a request may be split into reads of this size to hash each block
+    /// while it is still in cache. Small for local files (a read is a system
+    /// call); `request_size` for network sources (a read is a request).
+    pub block_size: usize,
 }
 
 impl Default for ReadHints {
@@ -50,6 +55,7 @@ impl Default for ReadHints {
         Self {
             request_size: 8 << 20,
             concurrency: 8,
+            block_size: 8 << 20,
         }
     }
 }

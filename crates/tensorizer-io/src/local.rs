@@ -62,6 +62,11 @@ impl RangeSource for LocalFile {
             concurrency: std::thread::available_parallelism()
                 .map_or(4, |n| n.get())
                 .clamp(2, 16),
+            // Fits in a core's L2 cache: 16 MiB pieces read in 1 MiB reads,
+            // each hashed at once, loaded 12.5 GiB/s against 11.6 for 16 MiB
+            // reads hashed afterwards (A/B, 2 cores, warm cache; equal when
+            // the VM's fresh memory is cheap, at ~14.4).
+            block_size: 1 << 20,
         }
     }
 }

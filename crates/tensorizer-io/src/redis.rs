@@ -335,6 +335,7 @@ impl RangeSource for RedisSource {
         ReadHints {
             request_size: MAX_GET as usize,
             concurrency: 8,
+            block_size: MAX_GET as usize,
         }
     }
 }

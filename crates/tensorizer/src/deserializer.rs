@@ -507,14 +507,23 @@ impl Deserializer {
         data: &mut [u8],
         read: &(impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync),
     ) -> Result<Vec<(u32, u64)>> {
-        let piece = self.source.hints().request_size.max(1 << 20);
+        let hints = self.source.hints();
+        let piece = hints.request_size.max(1 << 20);
+        // Each piece is read block by block where the source reads small
+        // blocks as cheaply (local files), and each block hashed while it
+        // is still in cache.
+        let block = hints.block_size.clamp(64 << 10, piece);
         self.piece_pool()?
             .install(|| {
                 data.par_chunks_mut(piece)
                     .enumerate()
                     .map(|(k, chunk)| {
-                        read(k * piece, chunk)?;
-                        Ok((crc32fast::hash(chunk), chunk.len() as u64))
+                        let mut crc = crc32fast::Hasher::new();
+                        for (j, bytes) in chunk.chunks_mut(block).enumerate() {
+                            read(k * piece + j * block, bytes)?;
+                            crc.update(bytes);
+                        }
+                        Ok((crc.finalize(), chunk.len() as u64))
                     })
                     .collect::<tensorizer_io::Result<Vec<_>>>()
             })

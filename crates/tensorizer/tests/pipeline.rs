@@ -525,3 +525,72 @@ fn unordered_delivery_gives_every_tensor_once() {
         assert_eq!(got[&t.name()], t.as_bytes());
     }
 }
+
+/// A local file that reads in blocks of an odd size, so that blocks do not
+/// divide the pieces of a tensor.
+#[derive(Debug)]
+struct OddBlocks(tensorizer::io::LocalFile);
+
+impl tensorizer::io::RangeSource for OddBlocks {
+    fn uri(&self) -> &str {
+        self.0.uri()
+    }
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> tensorizer::io::Result<()> {
+        self.0.read_exact_at(offset, buf)
+    }
+    fn hints(&self) -> tensorizer::io::ReadHints {
+        tensorizer::io::ReadHints {
+            request_size: 3 << 20,
+            concurrency: 2,
+            block_size: 100_003,
+        }
+    }
+}
+
+#[test]
+fn a_large_tensor_is_checked_across_its_pieces_and_blocks() {
+    use tensorizer::io::{LocalFile, RangeSource};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("large.tensors");
+    // 40 MB: three 16 MiB pieces from a local file, each read and hashed in
+    // 1 MiB blocks, the last ones short.
+    let values: Vec<f32> = (0..10_000_123).map(|k| (k % 7919) as f32).collect();
+    let mut s = Serializer::new();
+    s.write_state_dict([(
+        "embed",
+        TensorData::from_slice(&[values.len() as u64], &values).unwrap(),
+    )])
+    .unwrap();
+    s.write_to_file(&path).unwrap();
+    let expected: &[u8] = bytemuck::cast_slice(&values);
+    let sources = || -> Vec<Box<dyn RangeSource>> {
+        vec![
+            Box::new(LocalFile::open(&path).unwrap()),
+            Box::new(OddBlocks(LocalFile::open(&path).unwrap())),
+        ]
+    };
+    for source in sources() {
+        let uri = source.uri().to_string();
+        let tensors = Deserializer::from_source(source)
+            .unwrap()
+            .read_all()
+            .unwrap();
+        assert_eq!(tensors[0].as_bytes(), expected, "{uri}");
+    }
+    // One flipped bit deep in the last piece fails the tensor.
+    let at = Deserializer::open(&path).unwrap().entries()[0].data_offset + 35_000_017;
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[at as usize] ^= 0x10;
+    std::fs::write(&path, bytes).unwrap();
+    for source in sources() {
+        let err = Deserializer::from_source(source)
+            .unwrap()
+            .read_all()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("embed") && err.contains("CRC32"), "{err}");
+    }
+}

@@ -298,6 +298,7 @@ impl RangeSource for S3Source {
         ReadHints {
             request_size: REQUEST_SIZE,
             concurrency: 16,
+            block_size: REQUEST_SIZE,
         }
     }
 }
