@@ -241,21 +241,9 @@ impl FilePlan {
     /// planned length is unchanged). Takes `&self` so tensors can be sealed in
     /// parallel.
     pub fn seal_header(&self, i: usize, plaintext: &[u8]) -> Result<Vec<u8>> {
-        self.seal_header_with(i, plaintext, None)
-    }
-
-    /// Like [`FilePlan::seal_header`], with the final crypt info (the MACs
-    /// known after encryption) in place of the planned one. The hashes do not
-    /// cover the crypt info, so it may change; its length may not.
-    pub fn seal_header_with(
-        &self,
-        i: usize,
-        plaintext: &[u8],
-        crypt_info: Option<CryptInfo>,
-    ) -> Result<Vec<u8>> {
         let mut hasher = self.hasher(i)?;
         hasher.update(plaintext);
-        self.finish_header(i, hasher, crypt_info)
+        self.finish_header(i, hasher, None)
     }
 
     /// A hasher for record `i` already fed with its header's hashable bytes:
@@ -263,14 +251,13 @@ impl FilePlan {
     /// to [`FilePlan::finish_header`]. This is how a writer hashes, encrypts
     /// and writes a tensor in one pass over memory.
     pub fn hasher(&self, i: usize) -> Result<TensorHasher> {
-        let header = &self.headers[i];
-        let mut hasher = TensorHasher::new(header.hashes.iter().map(StoredHash::kind));
-        hasher.update(&header.hashable_bytes()?);
-        Ok(hasher)
+        self.headers[i].verifier(|_| true)
     }
 
     /// Encodes header `i` with the hashes of a [`FilePlan::hasher`] fed the
-    /// whole plaintext, and the final crypt info (MACs) if encrypted.
+    /// whole plaintext, and the final crypt info (MACs) if encrypted. The
+    /// hashes do not cover the crypt info, so it may change; its length may
+    /// not.
     pub fn finish_header(
         &self,
         i: usize,

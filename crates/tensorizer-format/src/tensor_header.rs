@@ -204,14 +204,6 @@ impl TensorHeader {
         Ok(bytes)
     }
 
-    /// Computes this header's hash kinds over the header and `data`.
-    pub fn compute_hashes(&self, data: &[u8]) -> Result<Vec<StoredHash>> {
-        let mut h = TensorHasher::new(self.hashes.iter().map(StoredHash::kind));
-        h.update(&self.hashable_bytes()?);
-        h.update(data);
-        Ok(h.finish())
-    }
-
     /// Recomputes the stored hashes accepted by `check` over this header and
     /// `data` and compares; the first difference is an error.
     pub fn verify(&self, data: &[u8], check: impl Fn(HashKind) -> bool) -> Result<()> {
@@ -240,7 +232,12 @@ impl TensorHeader {
     /// Compares what a [`TensorHeader::verifier`] computed with the stored
     /// hashes; the first difference is an error.
     pub fn check_hashes(&self, verifier: TensorHasher) -> Result<()> {
-        let computed = verifier.finish();
+        self.compare_hashes(&verifier.finish())
+    }
+
+    /// The first stored hash that differs from the computed one of its kind
+    /// is an error; kinds not computed are not checked.
+    fn compare_hashes(&self, computed: &[StoredHash]) -> Result<()> {
         for expected in &self.hashes {
             let actual = computed.iter().find(|c| c.kind() == expected.kind());
             if let Some(actual) = actual.filter(|a| *a != expected) {
@@ -268,18 +265,7 @@ impl TensorHeader {
         for &(piece, len) in pieces {
             crc.combine(&crc32fast::Hasher::new_with_initial_len(piece, len));
         }
-        let actual = StoredHash::Crc32(crc.finalize());
-        for expected in &self.hashes {
-            if expected.kind() == HashKind::Crc32 && *expected != actual {
-                return Err(FormatError::HashMismatch {
-                    tensor: self.name.to_string(),
-                    kind: expected.kind().name(),
-                    expected: expected.to_hex(),
-                    actual: actual.to_hex(),
-                });
-            }
-        }
-        Ok(())
+        self.compare_hashes(&[StoredHash::Crc32(crc.finalize())])
     }
 
     /// The stored hash of `kind`, if any.

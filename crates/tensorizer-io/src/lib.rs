@@ -109,6 +109,29 @@ pub trait RangeSource: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A shared source is a source: the caller can keep a handle (to count its
+/// requests, say) while a reader owns another.
+impl<S: RangeSource + ?Sized> RangeSource for std::sync::Arc<S> {
+    fn uri(&self) -> &str {
+        (**self).uri()
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read_exact_at(offset, buf)
+    }
+    fn hints(&self) -> ReadHints {
+        (**self).hints()
+    }
+    fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        (**self).read_range(offset, len)
+    }
+    fn check_range(&self, offset: u64, len: usize) -> Result<usize> {
+        (**self).check_range(offset, len)
+    }
+}
+
 /// Where a new file's bytes go: written at any offset from many threads,
 /// then [`Sink::commit`]ted atomically, or dropped to leave the destination
 /// as it was.

@@ -489,7 +489,7 @@ impl Deserializer {
             data.fill(0);
             header.verify(&[], |k| self.verify.checks(k))
         } else if crc_pieces {
-            let crcs = self.fill_hashing_pieces(entry, &mut data, &read)?;
+            let crcs = self.read_plain(entry, &mut data, &read, true)?;
             header.check_crc32_pieces(&crcs)
         } else {
             self.fill(entry, cipher, (0, len), &mut data, &read)?;
@@ -499,31 +499,43 @@ impl Deserializer {
         dest.complete(i, info(header), data)
     }
 
-    /// Reads plaintext tensor `entry` into `data` in request-size pieces at
-    /// once, returning each piece's CRC-32 and length, in order.
-    fn fill_hashing_pieces(
+    /// Reads plaintext bytes of tensor `entry` into `data` (`read` is
+    /// relative to `data`) in request-size pieces at once: one HTTP/S3
+    /// stream would be far below the link's speed. With `crc`, each piece is
+    /// read block by block where the source reads small blocks as cheaply
+    /// (local files) and each block hashed while still in cache; returns
+    /// each piece's CRC-32 (0 without `crc`) and length, in order.
+    fn read_plain(
         &self,
         entry: &IndexEntry,
         data: &mut [u8],
         read: &(impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync),
+        crc: bool,
     ) -> Result<Vec<(u32, u64)>> {
         let hints = self.source.hints();
         let piece = hints.request_size.max(1 << 20);
-        // Each piece is read block by block where the source reads small
-        // blocks as cheaply (local files), and each block hashed while it
-        // is still in cache.
-        let block = hints.block_size.clamp(64 << 10, piece);
+        let block = if crc {
+            hints.block_size.clamp(64 << 10, piece)
+        } else {
+            piece
+        };
+        // The pieces of one tensor run on their own pool: a reader thread
+        // waiting for them then cannot steal another tensor's work and block
+        // in `allocate` while holding a buffer (a deadlock with recycling
+        // destinations).
         self.piece_pool()?
             .install(|| {
                 data.par_chunks_mut(piece)
                     .enumerate()
                     .map(|(k, chunk)| {
-                        let mut crc = crc32fast::Hasher::new();
+                        let mut hasher = crc32fast::Hasher::new();
                         for (j, bytes) in chunk.chunks_mut(block).enumerate() {
                             read(k * piece + j * block, bytes)?;
-                            crc.update(bytes);
+                            if crc {
+                                hasher.update(bytes);
+                            }
                         }
-                        Ok((crc.finalize(), chunk.len() as u64))
+                        Ok((hasher.finalize(), chunk.len() as u64))
                     })
                     .collect::<tensorizer_io::Result<Vec<_>>>()
             })
@@ -543,28 +555,15 @@ impl Deserializer {
         data: &mut [u8],
         read: &(impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync),
     ) -> Result<()> {
-        // The pieces of one tensor run on their own pool: a reader thread
-        // waiting for them then cannot steal another tensor's work and block
-        // in `allocate` while holding a buffer (a deadlock with recycling
-        // destinations).
-        let pool = self.piece_pool()?;
         let read = |at: usize, piece: &mut [u8]| read(offset + at, piece);
         if let Some(info) = cipher {
-            // Each cipher chunk is decrypted as soon as it is read.
-            return pool.install(|| self.decrypt(entry, info, (offset, total), data, read));
+            // Each cipher chunk is decrypted as soon as it is read, on the
+            // tensor's own pool (see `read_plain`).
+            return self
+                .piece_pool()?
+                .install(|| self.decrypt(entry, info, (offset, total), data, read));
         }
-        // Large tensors are read in request-size pieces at once (one
-        // HTTP/S3 stream would be far below the link's speed).
-        let piece = self.source.hints().request_size.max(1 << 20);
-        pool.install(|| {
-            data.par_chunks_mut(piece)
-                .enumerate()
-                .try_for_each(|(k, chunk)| read(k * piece, chunk))
-        })
-        .map_err(source_error(format!(
-            "reading the data of tensor {:?}",
-            entry.name.to_string()
-        )))
+        self.read_plain(entry, data, &read, false).map(drop)
     }
 
     fn can_decrypt(&self) -> bool {

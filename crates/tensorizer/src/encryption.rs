@@ -286,7 +286,7 @@ impl Decryptor {
             let expected = total.div_ceil(chunk_size.max(1));
             if macs.len() < 2 || macs.len() != expected || !offset.is_multiple_of(chunk_size) {
                 return Err(DecryptFailure::Layout(format!(
-                    "bytes {offset}..{} cannot be decrypted alone ({} MACs for {total} bytes in                      {chunk_size}-byte chunks); raise the destination's buffer size to {total}",
+                    "bytes {offset}..{} cannot be decrypted alone ({} MACs for {total} bytes in {chunk_size}-byte chunks); raise the destination's buffer size to {total}",
                     offset + data.len(),
                     macs.len()
                 )));

@@ -146,14 +146,26 @@ fn filters_and_reader_counts_give_the_same_tensors() {
     }
 }
 
-/// Counts the requests reaching a local file.
+/// A local file with the read hints a test gives it, counting the requests
+/// that reach it.
 #[derive(Debug)]
-struct Counting {
+struct Probe {
     inner: tensorizer::io::LocalFile,
+    hints: tensorizer::io::ReadHints,
     requests: std::sync::atomic::AtomicUsize,
 }
 
-impl tensorizer::io::RangeSource for Counting {
+impl Probe {
+    fn new(path: &std::path::Path, hints: tensorizer::io::ReadHints) -> Self {
+        Probe {
+            inner: tensorizer::io::LocalFile::open(path).unwrap(),
+            hints,
+            requests: 0.into(),
+        }
+    }
+}
+
+impl tensorizer::io::RangeSource for Probe {
     fn uri(&self) -> &str {
         self.inner.uri()
     }
@@ -165,34 +177,17 @@ impl tensorizer::io::RangeSource for Counting {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.read_exact_at(offset, buf)
     }
+    fn hints(&self) -> tensorizer::io::ReadHints {
+        self.hints
+    }
 }
 
 #[test]
 fn small_tensors_are_read_in_few_large_requests() {
     let path = common::fixtures().join("tensorizer-2.12.1/many_tensors.tensors");
     let local = Deserializer::open(&path).unwrap().read_all().unwrap();
-    let counting = Arc::new(Counting {
-        inner: tensorizer::io::LocalFile::open(&path).unwrap(),
-        requests: 0.into(),
-    });
-    struct Shared(Arc<Counting>);
-    impl std::fmt::Debug for Shared {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            self.0.fmt(f)
-        }
-    }
-    impl tensorizer::io::RangeSource for Shared {
-        fn uri(&self) -> &str {
-            self.0.uri()
-        }
-        fn len(&self) -> u64 {
-            self.0.len()
-        }
-        fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> tensorizer::io::Result<()> {
-            self.0.read_exact_at(offset, buf)
-        }
-    }
-    let d = Deserializer::from_source(Box::new(Shared(counting.clone()))).unwrap();
+    let counting = Arc::new(Probe::new(&path, Default::default()));
+    let d = Deserializer::from_source(Box::new(counting.clone())).unwrap();
     let opened = counting.requests.load(std::sync::atomic::Ordering::SeqCst);
     let tensors = d.verify(Verify::All).read_all().unwrap();
     let requests = counting.requests.load(std::sync::atomic::Ordering::SeqCst) - opened;
@@ -526,33 +521,9 @@ fn unordered_delivery_gives_every_tensor_once() {
     }
 }
 
-/// A local file that reads in blocks of an odd size, so that blocks do not
-/// divide the pieces of a tensor.
-#[derive(Debug)]
-struct OddBlocks(tensorizer::io::LocalFile);
-
-impl tensorizer::io::RangeSource for OddBlocks {
-    fn uri(&self) -> &str {
-        self.0.uri()
-    }
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> tensorizer::io::Result<()> {
-        self.0.read_exact_at(offset, buf)
-    }
-    fn hints(&self) -> tensorizer::io::ReadHints {
-        tensorizer::io::ReadHints {
-            request_size: 3 << 20,
-            concurrency: 2,
-            block_size: 100_003,
-        }
-    }
-}
-
 #[test]
 fn a_large_tensor_is_checked_across_its_pieces_and_blocks() {
-    use tensorizer::io::{LocalFile, RangeSource};
+    use tensorizer::io::{LocalFile, RangeSource, ReadHints};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("large.tensors");
     // 40 MB: three 16 MiB pieces from a local file, each read and hashed in
@@ -569,7 +540,15 @@ fn a_large_tensor_is_checked_across_its_pieces_and_blocks() {
     let sources = || -> Vec<Box<dyn RangeSource>> {
         vec![
             Box::new(LocalFile::open(&path).unwrap()),
-            Box::new(OddBlocks(LocalFile::open(&path).unwrap())),
+            // Blocks of an odd size, which do not divide the pieces.
+            Box::new(Probe::new(
+                &path,
+                ReadHints {
+                    request_size: 3 << 20,
+                    concurrency: 2,
+                    block_size: 100_003,
+                },
+            )),
         ]
     };
     for source in sources() {
