@@ -3,12 +3,12 @@
 per process. Prints {"gib_s": [per run], "bytes": N, "rss_kib": peak RSS}.
 
     bench_python.py tensorizer URI [--runs R] [--num-readers N] [--key-hex K]
-                    [--s3-endpoint E] [--cold]
+                    [--s3-endpoint E] [--cold] [--verify-hash]
     bench_python.py safetensors FILE [--runs R] [--cold]
     bench_python.py serialize FILE.tensors OUT.tensors [--runs R]
 
 tensorizer: TensorDeserializer(device="cpu"), default options (lazy_load=False,
-verify_hash=False), the given num_readers; S3 through open_stream(force_http=True)
+verify_hash=False unless --verify-hash), the given num_readers; S3 through open_stream(force_http=True)
 with S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY from the environment.
 """
 import argparse
@@ -40,6 +40,7 @@ def main():
     p.add_argument("--key-hex")
     p.add_argument("--s3-endpoint")
     p.add_argument("--cold", action="store_true")
+    p.add_argument("--verify-hash", action="store_true")
     a = p.parse_args()
 
     import torch  # noqa: F401
@@ -58,6 +59,8 @@ def main():
                     s3_endpoint=a.s3_endpoint, force_http=True)
             enc = DecryptionParams.from_key(bytes.fromhex(a.key_hex)) if a.key_hex else None
             kwargs = {"num_readers": a.num_readers} if a.num_readers else {}
+            if a.verify_hash:
+                kwargs["verify_hash"] = True
             d = TensorDeserializer(src, device="cpu", encryption=enc, **kwargs)
             total = nbytes(d.values())
             d.close()

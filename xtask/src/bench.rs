@@ -384,6 +384,20 @@ pub fn bench(args: &[String]) -> Result {
             limit: "page faults of fresh memory, CRC-32",
         },
         Row {
+            name: "limit: SHA-256 on every core",
+            sample: measure("sha256 limit", &mut ours(&["sha256", m])).ok(),
+            limit: "SHA-256 of bytes in memory, one share per core",
+        },
+        Row {
+            name: "ours: local warm, SHA-256 verified",
+            sample: measure(
+                "ours warm sha256",
+                &mut ours(&["load", m, "--verify", "all"]),
+            )
+            .ok(),
+            limit: "SHA-256 on the cores + page faults",
+        },
+        Row {
             name: "ours: local, warm, no verification",
             sample: measure(
                 "ours warm noverify",
@@ -447,6 +461,20 @@ pub fn bench(args: &[String]) -> Result {
                 measure(
                     "python warm n8",
                     &mut python(&["tensorizer", m, "--num-readers", "8"]),
+                ),
+            ),
+            limit: "",
+        },
+        Row {
+            name: "python tensorizer: verify_hash=True",
+            sample: best(
+                measure(
+                    "python verify_hash",
+                    &mut python(&["tensorizer", m, "--verify-hash"]),
+                ),
+                measure(
+                    "python verify_hash n8",
+                    &mut python(&["tensorizer", m, "--verify-hash", "--num-readers", "8"]),
                 ),
             ),
             limit: "",
@@ -545,6 +573,22 @@ pub fn bench(args: &[String]) -> Result {
             ratio(
                 "ours: local, warm (CRC-32 verified)",
                 "limit: parallel pread, warm cache",
+                &rows,
+            ),
+        ),
+        (
+            "SHA-256 verified / SHA-256 limit (target ≥ 0.7)",
+            ratio(
+                "ours: local warm, SHA-256 verified",
+                "limit: SHA-256 on every core",
+                &rows,
+            ),
+        ),
+        (
+            "SHA-256 verified / python verify_hash (target ≥ 2.5)",
+            ratio(
+                "ours: local warm, SHA-256 verified",
+                "python tensorizer: verify_hash=True",
                 &rows,
             ),
         ),

@@ -2,10 +2,11 @@
 //! wherever cargo does.
 //!
 //! - `test`: installs what the tests need (the Python oracle, the test
-//!   servers, cargo-fuzz),
-//!   then runs fmt, clippy, every test, doc tests, docs and a short fuzz run.
+//!   servers, cargo-fuzz), then runs fmt, clippy, every test, doc tests,
+//!   docs and a deterministic fuzz step (fixed seed, fixed inputs).
 //! - `demo [--size 1GiB]`: writes a synthetic model and reads it back.
-//! - `fuzz [--seconds N] [TARGET...]`: seeds and runs the cargo-fuzz targets.
+//! - `fuzz [--seconds N] [TARGET...]`: a random fuzz campaign; crash inputs
+//!   are kept in `fuzz/regressions/TARGET/`.
 //! - `bench [--size 2GiB | --model FILE] [--runs 5]`: the side-by-side
 //!   table (ours, the Python library, safetensors, curl, the pread limit).
 //! - `gpu-test`, `gpu-bench`: build the GPU tests / benchmark, stage them in
@@ -20,7 +21,7 @@ mod gpu;
 mod seeds;
 
 /// Fuzz targets in `fuzz/fuzz_targets/`.
-const FUZZ_TARGETS: [&str; 7] = [
+const FUZZ_TARGETS: [&str; 8] = [
     "file_header",
     "metadata",
     "tensor_header",
@@ -28,10 +29,16 @@ const FUZZ_TARGETS: [&str; 7] = [
     "dtype",
     "tensor_path",
     "whole_file",
+    "deserializer",
 ];
 
-/// Seconds per fuzz target inside `cargo xtask test`.
-const TEST_FUZZ_SECONDS: u64 = 15;
+/// Fuzz executions per target inside `cargo xtask test`: a fixed count
+/// from a fixed seed over fixed inputs, so the gate's verdict depends on
+/// the code alone (`cargo xtask fuzz` is the random, open-ended campaign).
+const GATE_FUZZ_RUNS: u64 = 20_000;
+
+/// The seed of the gate's fuzz runs.
+const GATE_FUZZ_SEED: u64 = 1;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -221,7 +228,7 @@ fn test() -> Result {
             ])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
-    fuzz(TEST_FUZZ_SECONDS, &FUZZ_TARGETS)?;
+    fuzz(Fuzz::Gate, &FUZZ_TARGETS)?;
     eprintln!("\n==> bench smoke run (64 MiB, one run per row)");
     bench::bench(&["--size", "64MiB", "--runs", "1", "--no-report", "--strict"].map(String::from))?;
     eprintln!(
@@ -256,15 +263,30 @@ fn fuzz_command(args: &[String]) -> Result {
         targets = FUZZ_TARGETS.to_vec();
     }
     ensure_cargo_fuzz()?;
-    fuzz(seconds, &targets)
+    fuzz(Fuzz::Campaign { seconds }, &targets)
 }
 
-/// Seeds each target's corpus from the fixtures and runs it for `seconds`
-/// under AddressSanitizer (cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP
-/// lets the stable compiler accept them).
-fn fuzz(seconds: u64, targets: &[&str]) -> Result {
+/// How a fuzz run is bounded.
+#[derive(Clone, Copy)]
+enum Fuzz {
+    /// The test gate: every regression input and seed replayed, then
+    /// [`GATE_FUZZ_RUNS`] mutations from [`GATE_FUZZ_SEED`]; new inputs go
+    /// to a scratch folder, so every run starts from the same corpus.
+    Gate,
+    /// A random campaign of `seconds` per target that grows
+    /// `fuzz/corpus/TARGET`; crashes are copied into `fuzz/regressions`.
+    Campaign { seconds: u64 },
+}
+
+/// Runs the cargo-fuzz targets under AddressSanitizer (cargo-fuzz needs
+/// nightly flags: RUSTC_BOOTSTRAP lets the stable compiler accept them)
+/// over the seeds cut from the fixtures (`fuzz/seeds`, rewritten each time)
+/// and every crash input ever found (`fuzz/regressions`, committed).
+fn fuzz(mode: Fuzz, targets: &[&str]) -> Result {
     let fuzz_dir = root().join("fuzz");
-    seeds::write_all(&root().join("tests/fixtures"), &fuzz_dir.join("corpus"))
+    let seeds = fuzz_dir.join("seeds");
+    let _ = std::fs::remove_dir_all(&seeds);
+    seeds::write_all(&root().join("tests/fixtures"), &seeds)
         .map_err(|e| format!("seeding corpora: {e}"))?;
     let fuzz_cmd = || {
         let mut c = cargo();
@@ -273,21 +295,87 @@ fn fuzz(seconds: u64, targets: &[&str]) -> Result {
             .arg("fuzz");
         c
     };
-    run("build fuzz targets (ASan)", fuzz_cmd().arg("build"))?;
+    run(
+        "build fuzz targets (ASan)",
+        fuzz_cmd().args(["build", "--locked"]),
+    )?;
     for t in targets {
-        run(
-            &format!("fuzz {t} for {seconds} s"),
-            fuzz_cmd().args([
-                "run",
-                t,
-                "--",
-                &format!("-max_total_time={seconds}"),
-                "-max_len=65536",
-                "-print_final_stats=1",
-            ]),
-        )?;
+        let regressions = fuzz_dir.join("regressions").join(t);
+        std::fs::create_dir_all(&regressions)
+            .map_err(|e| format!("creating {}: {e}", regressions.display()))?;
+        let (what, corpus, bound) = match mode {
+            Fuzz::Gate => {
+                let scratch = root().join("target/fuzz-gate").join(t);
+                let _ = std::fs::remove_dir_all(&scratch);
+                std::fs::create_dir_all(&scratch)
+                    .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+                (
+                    format!(
+                        "fuzz {t}: regressions, seeds, {GATE_FUZZ_RUNS} runs from seed {GATE_FUZZ_SEED}"
+                    ),
+                    scratch,
+                    vec![
+                        format!("-seed={GATE_FUZZ_SEED}"),
+                        format!("-runs={GATE_FUZZ_RUNS}"),
+                    ],
+                )
+            }
+            Fuzz::Campaign { seconds } => {
+                let corpus = fuzz_dir.join("corpus").join(t);
+                std::fs::create_dir_all(&corpus)
+                    .map_err(|e| format!("creating {}: {e}", corpus.display()))?;
+                (
+                    format!("fuzz {t} for {seconds} s"),
+                    corpus,
+                    vec![format!("-max_total_time={seconds}")],
+                )
+            }
+        };
+        let result = run(
+            &what,
+            fuzz_cmd()
+                .args(["run", t])
+                .arg(&corpus)
+                .arg(seeds.join(t))
+                .arg(&regressions)
+                .arg("--")
+                .args(bound)
+                .args([
+                    "-max_len=65536",
+                    "-rss_limit_mb=4096",
+                    "-print_final_stats=1",
+                ]),
+        );
+        if result.is_err() {
+            keep_crashes(&fuzz_dir, t, &regressions);
+        }
+        result?;
     }
     Ok(())
+}
+
+/// Copies the crash inputs of target `t` into its regression corpus, which
+/// the gate replays from then on (commit them with the fix).
+fn keep_crashes(fuzz_dir: &Path, t: &str, regressions: &Path) {
+    let Ok(artifacts) = std::fs::read_dir(fuzz_dir.join("artifacts").join(t)) else {
+        return;
+    };
+    for a in artifacts.flatten() {
+        let name = a.file_name();
+        if name.to_string_lossy().starts_with("crash-")
+            || name.to_string_lossy().starts_with("oom-")
+            || name.to_string_lossy().starts_with("timeout-")
+        {
+            let to = regressions.join(&name);
+            if std::fs::copy(a.path(), &to).is_ok() {
+                eprintln!(
+                    "xtask: kept {} in {} (commit it with the fix)",
+                    name.to_string_lossy(),
+                    to.display()
+                );
+            }
+        }
+    }
 }
 
 fn demo(args: &[String]) -> Result {

@@ -55,6 +55,11 @@ pub fn write_all(fixtures: &Path, corpus: &Path) -> std::io::Result<()> {
             if let Some(compact) = compact_copy(&records, has_crypt) {
                 put("metadata", &compact)?;
                 put("whole_file", &compact)?;
+                // deserializer: a mode byte (bit 0: the spec key, bit 1:
+                // SHA-256, bit 2: check), then the file.
+                for mode in [u8::from(has_crypt), u8::from(has_crypt) | 6] {
+                    put("deserializer", &[&[mode][..], &compact].concat())?;
+                }
             }
         }
     }

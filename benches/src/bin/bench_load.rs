@@ -5,6 +5,7 @@
 //! ```text
 //! bench-load make-model OUT.tensors --size 2GiB     # fp16/bf16 tensors of LLM shapes
 //! bench-load pread FILE [--threads N] [--runs R] [--cold]
+//! bench-load sha256 FILE [--runs R]    # SHA-256 of the file, in memory, on every core: the verified-load limit
 //! bench-load load URI [--runs R] [--cold] [--key-file K] [--verify none|crc32|all] [--s3-endpoint E]
 //! bench-load stream URI [--runs R] [--budget BYTES]   # bounded-memory streaming into a callback
 //! bench-load serialize FILE OUT [--runs R]
@@ -93,6 +94,27 @@ fn run() -> Result {
             let file = pos(1)?;
             report(&args, |_| {
                 pread_all(Path::new(&file), args.threads, args.cold)
+            })
+        }
+        "sha256" => {
+            // Read once, untimed: the limit is hashing alone, one
+            // contiguous share of the bytes per core (SHA-256 of one
+            // stream is sequential).
+            let bytes = std::fs::read(pos(1)?)?;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            report(&args, |_| {
+                std::thread::scope(|s| {
+                    for share in bytes.chunks(bytes.len().div_ceil(cores).max(1)) {
+                        s.spawn(move || {
+                            let mut h = tensorizer_format::TensorHasher::new([
+                                tensorizer_format::HashKind::Sha256,
+                            ]);
+                            h.update(share);
+                            std::hint::black_box(h.finish());
+                        });
+                    }
+                });
+                Ok(bytes.len() as u64)
             })
         }
         "load" => {

@@ -87,6 +87,22 @@ enum Command {
         #[command(flatten)]
         key: KeyArgs,
     },
+    /// Load every tensor into memory as a serving program would, then
+    /// discard it, and print bytes, seconds and GiB/s: how fast a model
+    /// loads from this storage.
+    Load {
+        /// The .tensors file: a path or URI.
+        file: String,
+        /// Which stored hashes to check while loading.
+        #[arg(long, value_enum, default_value_t = VerifyArg::Crc32)]
+        verify: VerifyArg,
+        /// Reads in flight (default: the source's preferred concurrency,
+        /// at least one per core).
+        #[arg(long)]
+        num_readers: Option<usize>,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
     /// Write a new random 32-byte key file (raw bytes, mode 0600).
     Keygen {
         /// Where to write the key.
@@ -169,6 +185,27 @@ struct KeyArgs {
     /// The passphrase itself (prefer the environment variable to the command line).
     #[arg(long, env = "TENSORIZER_PASSPHRASE", hide_env_values = true)]
     passphrase: Option<String>,
+}
+
+/// `--verify` of `load`.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum VerifyArg {
+    /// Check nothing.
+    None,
+    /// CRC-32 (the default of loads).
+    Crc32,
+    /// CRC-32 and SHA-256.
+    All,
+}
+
+impl From<VerifyArg> for Verify {
+    fn from(v: VerifyArg) -> Self {
+        match v {
+            VerifyArg::None => Verify::None,
+            VerifyArg::Crc32 => Verify::Crc32,
+            VerifyArg::All => Verify::All,
+        }
+    }
 }
 
 /// libsodium's Argon2id presets.
@@ -272,6 +309,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect { file, json, key } => inspect(&file, json, &key, &storage),
         Command::Verify { file, key } => verify(&file, &key, &storage),
+        Command::Load {
+            file,
+            verify,
+            num_readers,
+            key,
+        } => load(&file, verify, num_readers, &key, &storage),
         Command::Copy { input, output } => (|| {
             let started = Instant::now();
             let (bar, callback) = progress_callback("copying");
@@ -547,45 +590,55 @@ fn inspect(
         emit(&out);
         return Ok(ExitCode::SUCCESS);
     }
-    let bar = progress(
-        d.entries().iter().map(|e| e.data_length).sum(),
-        "inspecting",
-    );
+    // Every tensor is hashed (its bytes, for the `sha256` field) and
+    // checked against its stored CRC-32 and SHA-256 (and MACs), in
+    // parallel; `verified` and `ok` say what was found.
+    let (bar, callback) = progress_callback("inspecting");
+    let d = d
+        .verify(Verify::All)
+        .on_progress(move |p: &tensorizer::Progress<'_>| callback(p));
+    let header = &d.metadata().header;
+    let checks = d.check(|_| true, true);
+    bar.finish_and_clear();
     let mut tensors = Vec::with_capacity(d.len());
-    for (i, e) in d.entries().iter().enumerate() {
-        bar.set_message(e.name.to_string());
+    let mut failed = 0;
+    for check in &checks {
+        let e = &d.entries()[check.index];
+        let (tensor_type, module_idx) = match &check.info {
+            Some(info) => (info.tensor_type, info.module_idx),
+            None => {
+                let h = d.read_header(check.index)?;
+                (h.tensor_type, h.module_idx)
+            }
+        };
         let mut rec = json!({
             "name": path_json(e.name.path()),
             "name_hex": hex(e.name.as_bytes()),
             "dtype": e.dtype.dtype().torch_name(),
             "shape": e.shape.dims(),
+            "nbytes": e.deserialized_length(),
+            "sha256": check.data_sha256.map(|d| hex(&d)),
+            "tensor_type": tensor_type.name(),
+            "module_idx": module_idx,
             "file_dtype": e.dtype.as_str(),
             "data_length": e.data_length,
             "header_offset": e.header_offset,
             "data_offset": e.data_offset,
             "meta": e.is_meta(),
         });
-        match d.read_at(i) {
-            Ok(t) => {
-                rec["nbytes"] = t.as_bytes().len().into();
-                rec["sha256"] = hex(&Sha256::digest(t.as_bytes())).into();
-                rec["tensor_type"] = t.tensor_type().name().into();
-                rec["module_idx"] = t.module_idx().into();
+        match &check.outcome {
+            Ok(()) => rec["verified"] = true.into(),
+            // Listing an encrypted file needs no key; checking its data would.
+            Err(Error::Encrypted { .. }) => rec["verified"] = Value::Null,
+            Err(err) => {
+                rec["verified"] = false.into();
+                rec["error"] = err.to_string().into();
+                eprintln!("tensorizer: {err}");
+                failed += 1;
             }
-            // Listing an encrypted file needs no key; hashing its data would.
-            Err(Error::Encrypted { .. }) => {
-                let h = d.read_header(i)?;
-                rec["nbytes"] = e.deserialized_length().into();
-                rec["sha256"] = Value::Null;
-                rec["tensor_type"] = h.tensor_type.name().into();
-                rec["module_idx"] = h.module_idx.into();
-            }
-            Err(other) => return Err(other),
         }
-        bar.inc(e.data_length);
         tensors.push(rec);
     }
-    bar.finish_and_clear();
     let size = d.source().len();
     let doc = json!({
         "file": path.rsplit('/').next(),
@@ -600,31 +653,34 @@ fn inspect(
         "metadata_size": d.metadata().index_len,
         "tensor_count": tensors.len(),
         "tensors": tensors,
-        "ok": true,
+        "failed_tensors": failed,
+        "ok": failed == 0,
     });
     emit(&doc.to_string());
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
+/// Checks every tensor on all cores (each hashed while later reads are in
+/// flight), one line per failing tensor.
 fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCode, Error> {
     let started = Instant::now();
-    let d = open(path, key, storage)?.verify(Verify::All);
-    let total: u64 = d.entries().iter().map(|e| e.data_length).sum();
-    let bar = progress(total, "verifying");
-    let mut failures = 0;
-    for (i, e) in d.entries().iter().enumerate() {
-        bar.set_message(e.name.to_string());
-        match d.read_at(i) {
-            Ok(_) => {}
-            Err(err @ (Error::Format { .. } | Error::Decryption { .. })) => {
-                bar.suspend(|| eprintln!("tensorizer: {err}"));
-                failures += 1;
-            }
-            Err(other) => return Err(other),
-        }
-        bar.inc(e.data_length);
-    }
+    let (bar, callback) = progress_callback("verifying");
+    let d = open(path, key, storage)?
+        .verify(Verify::All)
+        .on_progress(move |p: &tensorizer::Progress<'_>| callback(p));
+    let checks = d.check(|_| true, false);
     bar.finish_and_clear();
+    let mut failures = 0;
+    for check in &checks {
+        if let Err(err) = &check.outcome {
+            eprintln!("tensorizer: {err}");
+            failures += 1;
+        }
+    }
     if failures > 0 {
         eprintln!(
             "tensorizer: {}: {failures} of {} tensors failed verification",
@@ -633,14 +689,54 @@ fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCod
         );
         return Ok(ExitCode::FAILURE);
     }
+    let total: u64 = checks.iter().map(|c| c.bytes).sum();
     let secs = started.elapsed().as_secs_f64();
+    let what = if d.metadata().header.has_crypt_info() {
+        "MACs and SHA-256"
+    } else {
+        "CRC-32 and SHA-256"
+    };
     println!(
-        "{}: {} tensors OK (CRC-32 and SHA-256), {} bytes in {secs:.2} s ({:.2} GiB/s)",
+        "{}: {} tensors OK ({what}), {} bytes in {secs:.2} s ({:.2} GiB/s)",
         path,
         d.len(),
         total,
         total as f64 / secs / (1u64 << 30) as f64
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(
+    path: &str,
+    verify: VerifyArg,
+    num_readers: Option<usize>,
+    key: &KeyArgs,
+    storage: &StorageOptions,
+) -> Result<ExitCode, Error> {
+    let started = Instant::now();
+    let mut d = open(path, key, storage)?.verify(verify.into());
+    if let Some(n) = num_readers {
+        d = d.num_readers(n);
+    }
+    let opened = started.elapsed().as_secs_f64();
+    let (bar, callback) = progress_callback("loading");
+    let d = d.on_progress(move |p: &tensorizer::Progress<'_>| callback(p));
+    let tensors = d.read_all();
+    let secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let tensors = tensors?;
+    let bytes: u64 = tensors.iter().map(|t| t.as_bytes().len() as u64).sum();
+    println!(
+        "{path}: {} tensors, {bytes} bytes in {secs:.3} s ({:.2} GiB/s; open {:.3} s; verify {:?})",
+        tensors.len(),
+        bytes as f64 / secs / (1u64 << 30) as f64,
+        opened,
+        verify
+            .to_possible_value()
+            .expect("no skipped values")
+            .get_name()
+    );
+    drop(tensors);
     Ok(ExitCode::SUCCESS)
 }
 

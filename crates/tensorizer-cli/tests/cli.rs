@@ -40,10 +40,17 @@ fn inspect_json_matches_the_oracle_manifest() {
         let file = set.join(f["file"].as_str().unwrap());
         let out = run(&["inspect".as_ref(), "--json".as_ref(), file.as_os_str()]);
         assert!(out.status.success(), "{}", stderr(&out));
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut doc: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(doc["format_version"], f["format_version"]);
         assert_eq!(doc["feature_flags"], f["feature_flags"]);
         assert_eq!(doc["file_sha256"], f["sha256"]);
+        assert_eq!(doc["ok"], true);
+        // Ours adds what the oracle cannot say: each tensor's stored
+        // hashes checked.
+        for t in doc["tensors"].as_array_mut().unwrap() {
+            assert_eq!(t["verified"], true, "{t}");
+            t.as_object_mut().unwrap().remove("verified");
+        }
         assert_eq!(doc["tensors"], f["tensors"], "{}", file.display());
         checked += 1;
     }
@@ -70,6 +77,58 @@ fn verify_names_the_failing_tensor() {
         assert_eq!(out.status.code(), Some(1), "{file}");
         assert!(stderr(&out).contains(phrase), "{file}: {}", stderr(&out));
     }
+}
+
+#[test]
+fn inspect_json_reports_a_stored_hash_that_does_not_match() {
+    let set = fixtures().join("tensorizer-2.12.1");
+    let out = run_str(&[
+        "inspect",
+        "--json",
+        set.join("corrupt_sha_flip.tensors").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["failed_tensors"], 1);
+    let bad: Vec<&Value> = doc["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["verified"] == false)
+        .collect();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0]["name"], "float32_tensor");
+    assert!(
+        bad[0]["error"].as_str().unwrap().contains("SHA256"),
+        "{}",
+        bad[0]
+    );
+    assert!(
+        bad[0]["sha256"].is_null(),
+        "no hash of data that failed its check"
+    );
+    assert!(stderr(&out).contains("float32_tensor"));
+}
+
+#[test]
+fn load_reports_bytes_and_speed_for_each_verification() {
+    let file = fixtures().join("tensorizer-2.12.1/module.tensors");
+    for verify in ["none", "crc32", "all"] {
+        let out = run_str(&["load", file.to_str().unwrap(), "--verify", verify]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("15 tensors") && text.contains("GiB/s") && text.contains(verify),
+            "{text}"
+        );
+    }
+    let bad = fixtures().join("tensorizer-2.12.1/corrupt_sha_flip.tensors");
+    let out = run_str(&["load", bad.to_str().unwrap(), "--verify", "all"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("float32_tensor"), "{}", stderr(&out));
+    let out = run_str(&["load", bad.to_str().unwrap(), "--verify", "none"]);
+    assert!(out.status.success(), "no check, no failure");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 
 use crate::key::EncryptionKey;
 use crate::nonce::Nonce;
-use crate::poly::Poly1305;
+use crate::poly::{Poly1305, PolyKernel};
 use crate::salsa::{self, BLOCK_LEN, Backend};
 
 /// A Poly1305 tag.
@@ -40,7 +40,10 @@ enum MacWhen {
 /// block 0) and computes Poly1305 over the ciphertext as `when` says.
 fn walk(backend: Backend, state: &[u32; 16], data: &mut [u8], when: MacWhen) -> Mac {
     let block0 = salsa::block(state, 0);
-    let mut mac = Poly1305::new(block0[..32].try_into().expect("32 bytes"));
+    let mut mac = Poly1305::with_kernel(
+        block0[..32].try_into().expect("32 bytes"),
+        PolyKernel::for_backend(backend),
+    );
     let (head, rest) = data.split_at_mut(data.len().min(32));
     let head_is_last = rest.is_empty();
 
@@ -158,6 +161,10 @@ pub fn open_verify_first(
 /// (nothing is decrypted).
 pub fn authenticates(key: &EncryptionKey, nonce: &Nonce, ciphertext: &[u8], mac: &Mac) -> bool {
     let block0 = salsa::block(&box_state(key, nonce), 0);
-    let tag = Poly1305::new(block0[..32].try_into().expect("32 bytes")).finish(ciphertext);
+    let tag = Poly1305::with_kernel(
+        block0[..32].try_into().expect("32 bytes"),
+        PolyKernel::detect(),
+    )
+    .finish(ciphertext);
     bool::from(tag.ct_eq(mac))
 }

@@ -66,9 +66,14 @@ impl TensorPath {
         }
     }
 
-    /// Encodes the path as the Python writer does.
+    /// Encodes the path as the Python writer does. A single key that starts
+    /// with the marker byte is written structured (`0x1E["\u001e..."]`):
+    /// stored plain, it would read back as a malformed structured name.
     pub fn encode(&self) -> Vec<u8> {
-        if let Some(plain) = self.as_plain() {
+        if let Some(plain) = self
+            .as_plain()
+            .filter(|p| !p.starts_with(STRUCTURED_NAME_MARKER as char))
+        {
             return plain.as_bytes().to_vec();
         }
         let mut out = String::with_capacity(16 * self.0.len());
@@ -388,6 +393,15 @@ mod tests {
             TensorPath::decode(b"\x1e[ \"a\" , 1 ]").unwrap(),
             path(&["a".into(), 1.into()])
         );
+    }
+
+    /// The first crash the fuzzer found (fuzz/regressions/tensor_path).
+    #[test]
+    fn a_key_starting_with_the_marker_round_trips() {
+        let p = TensorPath::decode(b"\x1e[\"\\u001e9\"]").unwrap();
+        assert_eq!(p, TensorPath::from("\u{1e}9"));
+        assert_eq!(p.encode(), b"\x1e[\"\\u001e9\"]");
+        assert_eq!(TensorPath::decode(&p.encode()).unwrap(), p);
     }
 
     #[test]

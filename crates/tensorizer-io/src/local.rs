@@ -71,47 +71,88 @@ impl RangeSource for LocalFile {
     }
 }
 
-/// Writes a file atomically: a temp file in the destination's directory,
-/// then fsync, rename and directory fsync on [`Sink::commit`]. Dropped or
-/// aborted, the temp file is removed and the destination is untouched.
+/// Writes a file atomically: the bytes go to an unnamed file in the
+/// destination's directory (`O_TMPFILE`), which [`Sink::commit`] flushes,
+/// links into the directory and renames over the destination, then flushes
+/// the directory. Until the commit the new bytes have no name, so a failed,
+/// dropped or killed (even `SIGKILL`ed) write leaves nothing behind and the
+/// destination untouched.
+///
+/// Where the filesystem has no `O_TMPFILE` (some network and FUSE
+/// filesystems), a hidden named temporary `.NAME.XXXXXX.tmp` is used
+/// instead: removed on error and on drop, but left behind if the process is
+/// killed.
 #[derive(Debug)]
 pub struct LocalSink {
     uri: String,
     dest: PathBuf,
-    temp: tempfile::NamedTempFile,
+    staging: Staging,
+}
+
+/// Where the bytes wait for the commit.
+#[derive(Debug)]
+enum Staging {
+    /// An `O_TMPFILE` file: no name until linked in at commit.
+    Unnamed(File),
+    /// A named temporary file, removed when dropped.
+    Named(tempfile::NamedTempFile),
+}
+
+impl Staging {
+    fn file(&self) -> &File {
+        match self {
+            Staging::Unnamed(f) => f,
+            Staging::Named(t) => t.as_file(),
+        }
+    }
 }
 
 impl LocalSink {
     /// Starts writing `dest`.
     pub fn create(dest: &Path) -> Result<Self> {
         let uri = dest.display().to_string();
-        let dir = match dest.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
+        let dir = parent_dir(dest);
+        let staging = match open_unnamed(&dir) {
+            Ok(file) => Staging::Unnamed(file),
+            Err(e) if unnamed_unsupported(&e) => {
+                tracing::debug!(dir = %dir.display(), "no O_TMPFILE here ({e}); using a named temporary file");
+                Staging::Named(
+                    tempfile::Builder::new()
+                        .prefix(&temp_prefix(dest))
+                        .suffix(".tmp")
+                        .tempfile_in(&dir)
+                        .map_err(|source| IoError::Local {
+                            uri: uri.clone(),
+                            action: format!("creating a temporary file in {}", dir.display()),
+                            source,
+                        })?,
+                )
+            }
+            Err(source) => {
+                return Err(IoError::Local {
+                    uri,
+                    action: format!("creating a temporary file in {} (O_TMPFILE)", dir.display()),
+                    source,
+                });
+            }
         };
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(|source| IoError::Local {
-                uri: uri.clone(),
-                action: format!("creating a temporary file in {}", dir.display()),
-                source,
-            })?;
         Ok(Self {
             uri,
             dest: dest.to_path_buf(),
-            temp,
+            staging,
         })
     }
 
-    /// Where the bytes go before the rename.
-    pub fn temp_path(&self) -> &Path {
-        self.temp.path()
+    /// The file the bytes are written to before the commit (unnamed, in
+    /// the destination's directory, where the filesystem allows).
+    pub fn file(&self) -> &File {
+        self.staging.file()
+    }
+
+    /// True when the bytes wait in an unnamed (`O_TMPFILE`) file, so that
+    /// a killed process leaves nothing behind.
+    pub fn is_unnamed(&self) -> bool {
+        matches!(self.staging, Staging::Unnamed(_))
     }
 
     fn err(&self, action: &str) -> impl FnOnce(std::io::Error) -> IoError {
@@ -124,21 +165,134 @@ impl LocalSink {
     }
 }
 
+fn parent_dir(dest: &Path) -> PathBuf {
+    match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `.NAME.`: temporary names are hidden and say what they were for.
+fn temp_prefix(dest: &Path) -> String {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.")
+}
+
+/// An unnamed regular file in `dir`, created as `open(2)` creates files
+/// (mode 0666 less the umask).
+#[cfg(target_os = "linux")]
+fn open_unnamed(dir: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o666)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_unnamed(_: &Path) -> std::io::Result<File> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// The errors with which a kernel or filesystem refuses `O_TMPFILE`
+/// (open(2): EOPNOTSUPP, EISDIR on kernels without it, EINVAL).
+fn unnamed_unsupported(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Unsupported
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::ENOSYS)
+        )
+}
+
+/// Gives the unnamed file `file` the name `at` (which must not exist):
+/// through `/proc/self/fd` (no privilege needed), else `AT_EMPTY_PATH`
+/// (needs `CAP_DAC_READ_SEARCH`).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn link_unnamed(file: &File, at: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let fd = file.as_raw_fd();
+    let to = CString::new(at.as_os_str().as_bytes())?;
+    let proc_path = CString::new(format!("/proc/self/fd/{fd}"))?;
+    // SAFETY: both paths are valid NUL-terminated strings for the call.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked == 0 {
+        return Ok(());
+    }
+    let first = std::io::Error::last_os_error();
+    if first.raw_os_error() == Some(libc::EEXIST) {
+        return Err(first);
+    }
+    // SAFETY: `fd` is open for the call; the empty path is NUL-terminated.
+    let linked = unsafe {
+        libc::linkat(
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if linked == 0 { Ok(()) } else { Err(first) }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_unnamed(_: &File, _: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// Links `file` under a fresh hidden name beside `dest` and renames it over
+/// `dest`: `linkat` cannot replace a file, `rename` can, atomically. Only a
+/// crash between the two calls (microseconds) can leave the hidden name.
+fn link_into_place(file: &File, dest: &Path) -> std::io::Result<()> {
+    let dir = parent_dir(dest);
+    let prefix = temp_prefix(dest);
+    for attempt in 0u32.. {
+        let mut random = [0u8; 6];
+        getrandom::fill(&mut random).map_err(std::io::Error::other)?;
+        let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let temp = dir.join(format!("{prefix}{suffix}.tmp"));
+        match link_unnamed(file, &temp) {
+            Ok(()) => {
+                return std::fs::rename(&temp, dest).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&temp);
+                });
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && attempt < 16 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 impl Sink for LocalSink {
     fn uri(&self) -> &str {
         &self.uri
     }
 
     fn reserve(&self, layout: &FileLayout) -> Result<()> {
-        self.temp
-            .as_file()
+        self.file()
             .set_len(layout.len)
             .map_err(self.err("sizing the file"))
     }
 
     fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.temp
-            .as_file()
+        self.file()
             .write_all_at(data, offset)
             .map_err(self.err(&format!(
                 "writing bytes {offset}..{}",
@@ -147,26 +301,90 @@ impl Sink for LocalSink {
     }
 
     fn commit(self: Box<Self>) -> Result<()> {
-        self.temp
-            .as_file()
+        self.file()
             .sync_all()
             .map_err(self.err("flushing to disk"))?;
-        let Self { uri, dest, temp } = *self;
-        temp.persist(&dest).map_err(|e| IoError::Local {
+        let Self { uri, dest, staging } = *self;
+        let renamed = match staging {
+            Staging::Unnamed(file) => link_into_place(&file, &dest),
+            Staging::Named(temp) => temp.persist(&dest).map(drop).map_err(|e| e.error),
+        };
+        renamed.map_err(|source| IoError::Local {
             uri: uri.clone(),
             action: "renaming into place".into(),
-            source: e.error,
+            source,
         })?;
-        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Make the rename itself durable.
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| IoError::Local {
-                    uri,
-                    action: "flushing the directory".into(),
-                    source,
-                })?;
-        }
-        Ok(())
+        // Make the rename itself durable.
+        File::open(parent_dir(&dest))
+            .and_then(|d| d.sync_all())
+            .map_err(|source| IoError::Local {
+                uri,
+                action: "flushing the directory".into(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_uncommitted_write_leaves_nothing_and_the_old_file_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m.tensors");
+        std::fs::write(&dest, b"old").unwrap();
+        let sink = LocalSink::create(&dest).unwrap();
+        assert!(sink.is_unnamed(), "tmpfs and ext4 have O_TMPFILE");
+        sink.write_all_at(0, b"new bytes").unwrap();
+        assert_eq!(
+            names(dir.path()),
+            ["m.tensors"],
+            "the new bytes have no name"
+        );
+        drop(sink);
+        assert_eq!(names(dir.path()), ["m.tensors"]);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+    }
+
+    #[test]
+    fn a_commit_replaces_the_file_and_leaves_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m.tensors");
+        std::fs::write(&dest, b"old").unwrap();
+        let sink = Box::new(LocalSink::create(&dest).unwrap());
+        sink.write_all_at(4, b"tail").unwrap();
+        sink.write_all_at(0, b"head").unwrap();
+        sink.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"headtail");
+        assert_eq!(names(dir.path()), ["m.tensors"]);
+    }
+
+    #[test]
+    fn the_named_fallback_also_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m.tensors");
+        let sink = LocalSink {
+            uri: dest.display().to_string(),
+            dest: dest.clone(),
+            staging: Staging::Named(
+                tempfile::Builder::new()
+                    .prefix(&temp_prefix(&dest))
+                    .tempfile_in(dir.path())
+                    .unwrap(),
+            ),
+        };
+        sink.write_all_at(0, b"x").unwrap();
+        drop(sink);
+        assert!(names(dir.path()).is_empty());
     }
 }

@@ -13,6 +13,25 @@ use crate::error::{Error, Result, format_error, source_error};
 use crate::tensor::Tensor;
 use tensorizer_io::{LocalFile, RangeSource, StorageOptions};
 
+/// The result of checking one tensor (see [`Deserializer::check`]).
+#[derive(Debug)]
+pub struct TensorCheck {
+    /// Position in the file.
+    pub index: usize,
+    /// The tensor's name.
+    pub name: TensorPath,
+    /// Bytes of tensor data.
+    pub bytes: u64,
+    /// What its header says (module index, type, dtype, shape), when it
+    /// loaded.
+    pub info: Option<TensorInfo>,
+    /// SHA-256 of the tensor's bytes, when asked for and the tensor loaded.
+    pub data_sha256: Option<[u8; 32]>,
+    /// `Ok` when the tensor was read (and decrypted) and every checked hash
+    /// matched; otherwise what went wrong, naming the tensor.
+    pub outcome: Result<()>,
+}
+
 /// Which stored hashes to check when loading.
 ///
 /// CRC-32 is the default: it runs at several GB/s per core (about 8 GiB/s
@@ -470,8 +489,14 @@ impl Deserializer {
                 .map_err(format_error(&self.path))?;
             for offset in (0..len).step_by(step) {
                 let mut piece = dest.allocate(i, entry, step.min(len - offset))?;
-                self.fill(entry, cipher, (offset, len), &mut piece, &read)?;
-                verifier.update(&piece);
+                self.fill_hashed(
+                    entry,
+                    cipher,
+                    (offset, len),
+                    &mut piece,
+                    &read,
+                    &mut verifier,
+                )?;
                 dest.complete_piece(i, offset, piece)?;
             }
             header
@@ -491,9 +516,17 @@ impl Deserializer {
         } else if crc_pieces {
             let crcs = self.read_plain(entry, &mut data, &read, true)?;
             header.check_crc32_pieces(&crcs)
+        } else if header.hashes.iter().any(|h| self.verify.checks(h.kind())) {
+            // SHA-256 is sequential within a tensor: this thread hashes
+            // each block as it lands while later blocks are still read.
+            let mut verifier = header
+                .verifier(|k| self.verify.checks(k))
+                .map_err(format_error(&self.path))?;
+            self.fill_hashed(entry, cipher, (0, len), &mut data, &read, &mut verifier)?;
+            header.check_hashes(verifier)
         } else {
             self.fill(entry, cipher, (0, len), &mut data, &read)?;
-            header.verify(&data, |k| self.verify.checks(k))
+            Ok(())
         };
         verified.map_err(format_error(&self.path))?;
         dest.complete(i, info(header), data)
@@ -543,6 +576,116 @@ impl Deserializer {
                 "reading the data of tensor {:?}",
                 entry.name.to_string()
             )))
+    }
+
+    /// [`Deserializer::fill`], feeding `hasher` with the bytes in order as
+    /// they land: blocks are read (and decrypted) on the piece pool, a
+    /// bounded window ahead, while the calling thread hashes the earliest
+    /// block that is ready. SHA-256 of one tensor cannot be split across
+    /// cores, but it then runs at hashing speed with the reads off its
+    /// path, while the other readers hash other tensors.
+    fn fill_hashed(
+        &self,
+        entry: &IndexEntry,
+        cipher: Option<&tensorizer_format::CryptInfo>,
+        (offset, total): (usize, usize),
+        data: &mut [u8],
+        read: &(impl Fn(usize, &mut [u8]) -> tensorizer_io::Result<()> + Sync),
+        hasher: &mut tensorizer_format::TensorHasher,
+    ) -> Result<()> {
+        let hints = self.source.hints();
+        let mut block = hints
+            .block_size
+            .clamp(64 << 10, hints.request_size.max(1 << 20));
+        if let Some(info) = cipher {
+            // Blocks of whole cipher chunks (each carries its own MAC); a
+            // tensor sealed as one box is decrypted whole, then hashed.
+            #[cfg(feature = "encryption")]
+            let unit = crate::encryption::Decryptor::piece_unit(info);
+            #[cfg(not(feature = "encryption"))]
+            let unit: Option<usize> = {
+                let _ = info;
+                None
+            };
+            match unit {
+                Some(unit) => block = unit * (block / unit).max(1),
+                None => {
+                    self.fill(entry, cipher, (offset, total), data, read)?;
+                    hasher.update(data);
+                    return Ok(());
+                }
+            }
+        }
+        // Enough blocks in flight to keep the pool busy, few enough that
+        // one huge tensor does not queue the whole pool behind it.
+        let ahead = ((64usize << 20) / block).max(4);
+        let pool = self.piece_pool()?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (tx, rx) =
+            std::sync::mpsc::channel::<(usize, std::result::Result<&mut [u8], Option<Error>>)>();
+        let mut failure = None;
+        pool.in_place_scope(|scope| {
+            let mut blocks = data.chunks_mut(block).enumerate();
+            let mut spawn_next = || {
+                let Some((k, chunk)) = blocks.next() else {
+                    return false;
+                };
+                let (tx, stop) = (tx.clone(), &stop);
+                scope.spawn(move |_| {
+                    let filled = if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        Err(None)
+                    } else {
+                        self.fill(entry, cipher, (offset + k * block, total), chunk, read)
+                            .map_err(Some)
+                    };
+                    let _ = tx.send((k, filled.map(|()| chunk)));
+                });
+                true
+            };
+            let mut in_flight = 0;
+            while in_flight < ahead && spawn_next() {
+                in_flight += 1;
+            }
+            let mut ready = std::collections::BTreeMap::new();
+            let mut next = 0;
+            while in_flight > 0 {
+                let Ok((k, filled)) = rx.recv() else { break };
+                in_flight -= 1;
+                match filled {
+                    Ok(chunk) => {
+                        ready.insert(k, chunk);
+                    }
+                    Err(e) => {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        if let Some(e) = e {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                }
+                if failure.is_some() {
+                    continue;
+                }
+                while let Some(chunk) = ready.remove(&next) {
+                    hasher.update(chunk);
+                    next += 1;
+                    if spawn_next() {
+                        in_flight += 1;
+                    }
+                }
+            }
+        });
+        drop((tx, rx)); // they borrow `data`
+        match failure {
+            None => Ok(()),
+            // A block of one chunk cannot tell a wrong key (no chunk
+            // authenticates) from one damaged chunk: the whole range,
+            // decrypted at once, names which it is.
+            Some(e @ Error::Decryption { .. }) if data.len() > block => {
+                self.fill(entry, cipher, (offset, total), data, read)?;
+                Err(e)
+            }
+            Some(e) => Err(e),
+        }
     }
 
     /// Fills `data` with bytes `offset..offset + data.len()` of tensor
@@ -660,7 +803,31 @@ impl Deserializer {
         tracker: &Tracker<'_>,
         readers: usize,
     ) -> Result<()> {
-        let work = std::sync::Mutex::new(self.plan_reads(indices).into_iter());
+        self.load_indices_with(dest, indices, tracker, readers, None)
+    }
+
+    /// [`Deserializer::load_indices`]; with `keep_going`, a tensor that
+    /// fails is handed to it and the load goes on with the others.
+    fn load_indices_with<D: Destination>(
+        &self,
+        dest: &D,
+        indices: &[usize],
+        tracker: &Tracker<'_>,
+        readers: usize,
+        keep_going: Option<&(dyn Fn(usize, Error) + Sync)>,
+    ) -> Result<()> {
+        let mut plan = self.plan_reads(indices);
+        // Largest first: a huge tensor (an embedding) is read and hashed
+        // alongside the rest, not last and alone.
+        let entries = &self.metadata.entries;
+        let bytes = |i: usize| entries[i].end_offset() - entries[i].header_offset;
+        plan.sort_by_key(|w| {
+            std::cmp::Reverse(match w {
+                Work::Run(run) => run.iter().map(|&i| bytes(i)).sum(),
+                Work::One(i) => bytes(*i),
+            })
+        });
+        let work = std::sync::Mutex::new(plan.into_iter());
         let failure: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
         // Plain threads pulling from a queue, not a rayon pool: a reader
         // may block in `Destination::allocate` (a recycling staging ring),
@@ -676,9 +843,17 @@ impl Deserializer {
                         let Some(w) = work.lock().unwrap_or_else(|e| e.into_inner()).next() else {
                             return;
                         };
-                        let result = match w {
-                            Work::Run(run) => self.load_run(dest, &run).map(|()| run),
-                            Work::One(i) => self.load_one(dest, i).map(|()| vec![i]),
+                        let result = match (w, keep_going) {
+                            (Work::Run(run), None) => self.load_run(dest, &run).map(|()| run),
+                            (Work::One(i), None) => self.load_one(dest, i).map(|()| vec![i]),
+                            (w, Some(report)) => {
+                                let tensors = match w {
+                                    Work::Run(run) => run,
+                                    Work::One(i) => vec![i],
+                                };
+                                self.load_each(dest, &tensors, report);
+                                Ok(tensors)
+                            }
                         };
                         match result {
                             Ok(loaded) => loaded
@@ -738,6 +913,34 @@ impl Deserializer {
         work
     }
 
+    /// Loads `tensors` (one record, or a run of adjacent small ones read
+    /// with one request), handing each tensor's failure to `report`
+    /// instead of stopping; a run that cannot be read at once is read
+    /// tensor by tensor, so each gets its own error.
+    fn load_each<D: Destination>(
+        &self,
+        dest: &D,
+        tensors: &[usize],
+        report: &(dyn Fn(usize, Error) + Sync),
+    ) {
+        if let [i] = tensors {
+            return self.load_one(dest, *i).unwrap_or_else(|e| report(*i, e));
+        }
+        let entries = &self.metadata.entries;
+        let (first, last) = (&entries[tensors[0]], &entries[tensors[tensors.len() - 1]]);
+        let start = first.header_offset;
+        let Ok(bytes) = self.source.read_range(start, last.end_offset() - start) else {
+            for &i in tensors {
+                self.load_one(dest, i).unwrap_or_else(|e| report(i, e));
+            }
+            return;
+        };
+        for &i in tensors {
+            self.load_from_run(dest, i, start, &bytes)
+                .unwrap_or_else(|e| report(i, e));
+        }
+    }
+
     /// Reads a run of adjacent small records with one request; each tensor
     /// is copied from it into its own buffer.
     fn load_run<D: Destination>(&self, dest: &D, run: &[usize]) -> Result<()> {
@@ -752,29 +955,113 @@ impl Deserializer {
                 first.name.to_string(),
                 last.name.to_string()
             )))?;
-        run.iter().try_for_each(|&i| {
-            let e = &entries[i];
-            let at = |offset: u64| (offset - start) as usize;
-            let header = parse_header_at(
-                &bytes[at(e.header_offset)..at(e.data_offset)],
-                e,
-                self.metadata.header.has_crypt_info(),
-            )
-            .map_err(format_error(&self.path))?;
-            let data = &bytes[at(e.data_offset)..at(e.end_offset())];
-            self.load(dest, i, header, |offset, piece| {
-                let src = data.get(offset..offset + piece.len()).ok_or_else(|| {
-                    tensorizer_io::IoError::OutOfRange {
-                        uri: self.source.uri().to_owned(),
-                        start: e.data_offset + offset as u64,
-                        end: e.data_offset + (offset + piece.len()) as u64,
-                        len: e.end_offset(),
-                    }
-                })?;
-                piece.copy_from_slice(src);
-                Ok(())
-            })
+        run.iter()
+            .try_for_each(|&i| self.load_from_run(dest, i, start, &bytes))
+    }
+
+    /// Loads tensor `i` from `bytes`, a run of records read from `start`.
+    fn load_from_run<D: Destination>(
+        &self,
+        dest: &D,
+        i: usize,
+        start: u64,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let e = &self.metadata.entries[i];
+        let at = |offset: u64| (offset - start) as usize;
+        let header = parse_header_at(
+            &bytes[at(e.header_offset)..at(e.data_offset)],
+            e,
+            self.metadata.header.has_crypt_info(),
+        )
+        .map_err(format_error(&self.path))?;
+        let data = &bytes[at(e.data_offset)..at(e.end_offset())];
+        self.load(dest, i, header, |offset, piece| {
+            let src = data.get(offset..offset + piece.len()).ok_or_else(|| {
+                tensorizer_io::IoError::OutOfRange {
+                    uri: self.source.uri().to_owned(),
+                    start: e.data_offset + offset as u64,
+                    end: e.data_offset + (offset + piece.len()) as u64,
+                    len: e.end_offset(),
+                }
+            })?;
+            piece.copy_from_slice(src);
+            Ok(())
         })
+    }
+
+    /// Checks every tensor that passes `filter` against its stored hashes
+    /// (those chosen with [`Deserializer::verify`]; every MAC of an
+    /// encrypted file read with a key) without keeping its data, and goes
+    /// on past failures: one [`TensorCheck`] per tensor, in file order.
+    /// Reads run in parallel as in [`Deserializer::read_all`], each tensor
+    /// hashed while later reads are in flight; memory holds at most one
+    /// 64 MiB piece per reader whatever the tensor sizes.
+    ///
+    /// With `data_sha256`, each check also carries the SHA-256 of the
+    /// tensor's bytes alone (the Python oracle's `sha256` field; the stored
+    /// SHA-256 also covers the tensor's header).
+    ///
+    /// ```
+    /// # use tensorizer::{Deserializer, Serializer, TensorData, Verify};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("m.tensors");
+    /// # let mut s = Serializer::new();
+    /// # s.write_state_dict([("w", TensorData::from_slice(&[2], &[1.0f32, 2.0])?)])?;
+    /// # s.write_to_file(&path)?;
+    /// let checks = Deserializer::open(&path)?.verify(Verify::All).check(|_| true, false);
+    /// let failed: Vec<_> = checks.iter().filter(|c| c.outcome.is_err()).collect();
+    /// assert!(failed.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check(
+        &self,
+        filter: impl Fn(&IndexEntry) -> bool + Sync,
+        data_sha256: bool,
+    ) -> Vec<TensorCheck> {
+        let selected: Vec<usize> = (0..self.len())
+            .filter(|&i| filter(&self.metadata.entries[i]))
+            .collect();
+        let tracker = self.tracker(&selected);
+        let dest = crate::destination::Checker::new(data_sha256);
+        let failures = std::sync::Mutex::new(HashMap::new());
+        let report = |i: usize, e: Error| {
+            failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(i, e);
+        };
+        let run = self.load_indices_with(&dest, &selected, &tracker, self.readers(), Some(&report));
+        let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut checked = dest.into_checked();
+        // Only a failure of the load itself (no reader thread) leaves
+        // tensors unchecked.
+        let mut stopped = run.err();
+        selected
+            .into_iter()
+            .map(|i| {
+                let entry = &self.metadata.entries[i];
+                let (outcome, info, data_sha256) = match (failures.remove(&i), checked.remove(&i)) {
+                    (Some(e), _) => (Err(e), None, None),
+                    (None, Some((info, digest))) => (Ok(()), Some(info), digest),
+                    (None, None) => (
+                        Err(stopped.take().unwrap_or_else(|| Error::NotChecked {
+                            tensor: entry.name.to_string(),
+                        })),
+                        None,
+                        None,
+                    ),
+                };
+                TensorCheck {
+                    index: i,
+                    name: entry.name.path().clone(),
+                    bytes: entry.deserialized_length().unwrap_or(0),
+                    info,
+                    data_sha256,
+                    outcome,
+                }
+            })
+            .collect()
     }
 
     /// Reads every tensor, in parallel; results come in file order.

@@ -208,3 +208,99 @@ impl<F: FnMut(Tensor) -> Result<()> + Send> Destination for Callback<F> {
         (self.consume.lock().unwrap_or_else(|e| e.into_inner()))(tensor)
     }
 }
+
+/// Pieces of at most this size carry a checked tensor (bounds the memory of
+/// `Deserializer::check` whatever the tensor sizes).
+const CHECK_PIECE: usize = 64 << 20;
+
+/// A tensor that passed its checks, and the SHA-256 of its bytes when
+/// asked for.
+pub(crate) type Checked = (TensorInfo, Option<[u8; 32]>);
+
+/// Takes tensors only to check them: buffers are dropped once the loader
+/// has verified them; optionally hashes each tensor's bytes alone.
+pub(crate) struct Checker {
+    data_sha256: bool,
+    /// Tensors (by index) in progress: the hash of their pieces so far.
+    partial: Mutex<HashMap<usize, tensorizer_format::TensorHasher>>,
+    /// Tensors checked, with their data's SHA-256 when asked for.
+    checked: Mutex<HashMap<usize, Checked>>,
+}
+
+impl Checker {
+    pub(crate) fn new(data_sha256: bool) -> Self {
+        Self {
+            data_sha256,
+            partial: Mutex::default(),
+            checked: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn into_checked(self) -> HashMap<usize, Checked> {
+        self.checked.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn digest(hasher: tensorizer_format::TensorHasher) -> Option<[u8; 32]> {
+        hasher.finish().into_iter().find_map(|h| match h {
+            tensorizer_format::StoredHash::Sha256(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    fn hasher() -> tensorizer_format::TensorHasher {
+        tensorizer_format::TensorHasher::new([tensorizer_format::HashKind::Sha256])
+    }
+}
+
+impl Destination for Checker {
+    type Buffer = AlignedBuffer;
+
+    fn allocate(&self, index: usize, entry: &IndexEntry, len: usize) -> Result<AlignedBuffer> {
+        HostMemory::new(None).allocate(index, entry, len)
+    }
+
+    fn complete(&self, index: usize, info: TensorInfo, data: AlignedBuffer) -> Result<()> {
+        let digest = self.data_sha256.then(|| {
+            let mut h = Self::hasher();
+            h.update(&data);
+            Self::digest(h)
+        });
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index, (info, digest.flatten()));
+        Ok(())
+    }
+
+    fn max_buffer(&self) -> usize {
+        CHECK_PIECE
+    }
+
+    fn complete_piece(&self, index: usize, _: usize, data: AlignedBuffer) -> Result<()> {
+        // A tensor's pieces arrive in order, from one thread.
+        if self.data_sha256 {
+            let mut partial = self.partial.lock().unwrap_or_else(|e| e.into_inner());
+            let mut hasher = partial.remove(&index).unwrap_or_else(Self::hasher);
+            drop(partial);
+            hasher.update(&data);
+            self.partial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(index, hasher);
+        }
+        Ok(())
+    }
+
+    fn complete_in_pieces(&self, index: usize, info: TensorInfo) -> Result<()> {
+        let hasher = self
+            .partial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&index);
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index, (info, hasher.and_then(Self::digest)));
+        Ok(())
+    }
+}

@@ -138,6 +138,12 @@ pub enum Error {
         /// The destination's `max_buffer`.
         limit: u64,
     },
+    /// A tensor a check did not reach: the load stopped before it.
+    #[error("tensor {tensor:?} was not checked: the load stopped before it")]
+    NotChecked {
+        /// The tensor.
+        tensor: String,
+    },
     /// A cast between dtypes that have no value conversion.
     #[error(
         "tensor {tensor:?}: cannot cast {from} to {to} (casts exist between float16, bfloat16, float32 and float64)"

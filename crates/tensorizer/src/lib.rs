@@ -24,7 +24,7 @@ mod tensor;
 
 pub use buffer::{ALIGNMENT, AlignedBuffer};
 pub use copy::{copy, copy_with_progress};
-pub use deserializer::{Deserializer, Progress, ProgressFn, Verify};
+pub use deserializer::{Deserializer, Progress, ProgressFn, TensorCheck, Verify};
 pub use destination::{Destination, TensorInfo};
 pub use element::Element;
 #[cfg(feature = "encryption")]

@@ -100,10 +100,13 @@ pub struct SafetensorsSummary {
     pub tensor_bytes: u64,
 }
 
+#[derive(Clone)]
 struct TensorView<'t> {
     dtype: StDtype,
     shape: Vec<usize>,
     tensor: &'t Tensor,
+    /// Hide the bytes from safetensors (see [`tensorizer_to_safetensors`]).
+    header_only: bool,
 }
 
 impl View for TensorView<'_> {
@@ -114,6 +117,9 @@ impl View for TensorView<'_> {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
+        if self.header_only {
+            return Cow::Borrowed(&[]);
+        }
         Cow::Borrowed(self.tensor.as_bytes())
     }
     fn data_len(&self) -> usize {
@@ -167,6 +173,7 @@ pub fn tensorizer_to_safetensors(input: &Path, output: &Path) -> Result<Safetens
                 dtype,
                 shape,
                 tensor: t,
+                header_only: true,
             },
         ));
     }
@@ -174,14 +181,35 @@ pub fn tensorizer_to_safetensors(input: &Path, output: &Path) -> Result<Safetens
         tensors: views.len(),
         tensor_bytes: tensors.iter().map(|t| t.as_bytes().len() as u64).sum(),
     };
+    // safetensors' own `serialize_to_file` writes a named temporary file
+    // that a killed process leaves behind. Its `serialize` of views that
+    // hide their bytes gives the header alone (length, JSON, padding); the
+    // data follows in its order (dtype descending, then name), written
+    // through our sink, which leaves nothing behind.
+    let fail = |message: String| Error::Safetensors {
+        path: output.to_path_buf(),
+        message,
+    };
+    views.sort_by(|(a, va), (b, vb)| vb.dtype.cmp(&va.dtype).then(a.cmp(b)));
+    let header =
+        safetensors::tensor::serialize(views.iter().map(|(n, v)| (n.as_str(), v.clone())), None)
+            .map_err(|e| fail(e.to_string()))?;
     let out =
         LocalSink::create(output).map_err(crate::error::source_error("starting the write"))?;
-    safetensors::tensor::serialize_to_file(views, None, out.temp_path()).map_err(|e| {
-        Error::Safetensors {
-            path: output.to_path_buf(),
-            message: e.to_string(),
-        }
-    })?;
+    let write = |offset: u64, bytes: &[u8]| {
+        out.write_all_at(offset, bytes)
+            .map_err(crate::error::source_error("writing the output"))
+    };
+    let data_len: u64 = views.iter().map(|(_, v)| v.data_len() as u64).sum();
+    out.file()
+        .set_len(header.len() as u64 + data_len)
+        .map_err(|e| fail(format!("sizing the file: {e}")))?;
+    write(0, &header)?;
+    let mut offset = header.len() as u64;
+    for (_, v) in &views {
+        write(offset, v.tensor.as_bytes())?;
+        offset += v.data_len() as u64;
+    }
     Box::new(out)
         .commit()
         .map_err(crate::error::source_error("committing the output"))?;

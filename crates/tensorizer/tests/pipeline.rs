@@ -523,6 +523,7 @@ fn unordered_delivery_gives_every_tensor_once() {
 
 #[test]
 fn a_large_tensor_is_checked_across_its_pieces_and_blocks() {
+    use sha2::Digest;
     use tensorizer::io::{LocalFile, RangeSource, ReadHints};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("large.tensors");
@@ -551,25 +552,95 @@ fn a_large_tensor_is_checked_across_its_pieces_and_blocks() {
             )),
         ]
     };
-    for source in sources() {
-        let uri = source.uri().to_string();
-        let tensors = Deserializer::from_source(source)
-            .unwrap()
-            .read_all()
-            .unwrap();
-        assert_eq!(tensors[0].as_bytes(), expected, "{uri}");
+    for verify in [Verify::Crc32, Verify::All] {
+        for source in sources() {
+            let uri = source.uri().to_string();
+            let d = Deserializer::from_source(source).unwrap().verify(verify);
+            let tensors = d.read_all().unwrap();
+            assert_eq!(tensors[0].as_bytes(), expected, "{uri} {verify:?}");
+            // Through pieces (64 MiB in `check`) and blocks, hashed in order.
+            let checks = d.check(|_| true, true);
+            assert!(checks[0].outcome.is_ok(), "{uri}: {:?}", checks[0].outcome);
+            let digest: [u8; 32] = sha2::Sha256::digest(expected).into();
+            assert_eq!(checks[0].data_sha256, Some(digest), "{uri}");
+        }
     }
-    // One flipped bit deep in the last piece fails the tensor.
+    // One flipped bit deep in the last piece fails the tensor, with either
+    // hash (SHA-256 alone where CRC-32 is not asked for).
     let at = Deserializer::open(&path).unwrap().entries()[0].data_offset + 35_000_017;
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[at as usize] ^= 0x10;
     std::fs::write(&path, bytes).unwrap();
     for source in sources() {
-        let err = Deserializer::from_source(source)
-            .unwrap()
-            .read_all()
-            .unwrap_err()
-            .to_string();
+        let d = Deserializer::from_source(source).unwrap();
+        let err = d.read_all().unwrap_err().to_string();
         assert!(err.contains("embed") && err.contains("CRC32"), "{err}");
+        let d = d.verify(Verify::All);
+        let err = d.read_all().unwrap_err().to_string();
+        assert!(
+            err.contains("embed") && err.contains("verification"),
+            "{err}"
+        );
+        let err = d.check(|_| true, false).remove(0).outcome.unwrap_err();
+        assert!(err.to_string().contains("embed"), "{err}");
     }
+}
+
+/// SHA-256 is hashed from a stream only: with CRC-32 gone, a flipped bit
+/// must still fail a `Verify::All` load, in one piece or many.
+#[test]
+fn sha256_alone_catches_a_flipped_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.tensors");
+    let values: Vec<u16> = (0..3_000_000u32).map(|k| k as u16).collect();
+    let mut s = Serializer::new();
+    s.write_state_dict([
+        (
+            "big",
+            TensorData::from_slice(&[values.len() as u64], &values).unwrap(),
+        ),
+        ("small", TensorData::from_slice(&[2], &[1u8, 2]).unwrap()),
+    ])
+    .unwrap();
+    s.write_to_file(&path).unwrap();
+    let d = Deserializer::open(&path).unwrap();
+    let header = d.read_header(0).unwrap();
+    let entry = d.entries()[0].clone();
+    drop(d);
+    // Rewrite the stored CRC-32 to match the damaged data, so only SHA-256
+    // can tell.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = entry.data_offset as usize + 4_000_001;
+    bytes[at] ^= 1;
+    let data = &bytes[entry.data_offset as usize..entry.end_offset() as usize];
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header.hashable_bytes().unwrap());
+    crc.update(data);
+    let crc = crc.finalize();
+    let old = match header.stored_hash(tensorizer::format::HashKind::Crc32) {
+        Some(tensorizer::format::StoredHash::Crc32(v)) => v,
+        other => panic!("{other:?}"),
+    };
+    let header_bytes = &mut bytes[entry.header_offset as usize..entry.data_offset as usize];
+    let pos = header_bytes
+        .windows(4)
+        .position(|w| w == old.to_le_bytes())
+        .unwrap();
+    header_bytes[pos..pos + 4].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let d = Deserializer::open(&path).unwrap();
+    assert!(d.read_all().is_ok(), "CRC-32 was forged to match");
+    let d = d.verify(Verify::All);
+    let err = d.read_all().unwrap_err().to_string();
+    assert!(err.contains("\"big\"") && err.contains("SHA256"), "{err}");
+    let checks = d.check(|_| true, false);
+    assert!(
+        checks[0]
+            .outcome
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("SHA256")
+    );
+    assert!(checks[1].outcome.is_ok(), "the other tensor still checks");
 }

@@ -1,10 +1,13 @@
-//! Poly1305 (RFC 8439 / NaCl). Three kernels, picked at run time:
+//! Poly1305 (RFC 8439 / NaCl). Kernels, picked at run time:
 //! - AVX-512 IFMA: ours, radix 2^44, eight blocks per step with 52-bit
 //!   multiply-add instructions (about 11 GiB/s per core here);
-//! - RustCrypto `poly1305` (AVX2 or soft) where IFMA is missing (about 4 GiB/s);
-//! - our portable radix-2^44 code, which also finishes the IFMA kernel's
+//! - AVX2: ours, radix 2^26, four blocks per step with `vpmuludq`, where
+//!   IFMA is missing (most cloud hosts before Ice Lake / Zen 4);
+//! - RustCrypto `poly1305` (its own AVX2 or soft backend), for comparison;
+//! - our portable radix-2^44 code, which also finishes the SIMD kernels'
 //!   leftover blocks.
 
+mod avx2;
 mod ifma;
 
 use std::sync::OnceLock;
@@ -68,6 +71,18 @@ fn block_limbs(b: &[u8; 16], hibit: u64) -> Limbs {
     ]
 }
 
+fn avx2_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 fn ifma_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
@@ -88,23 +103,37 @@ pub enum PolyKernel {
     Portable,
     /// The RustCrypto `poly1305` crate (its own AVX2 or soft backend).
     RustCrypto,
+    /// Our AVX2 kernel.
+    Avx2,
     /// Our AVX-512 IFMA kernel.
     Ifma,
 }
 
 impl PolyKernel {
-    /// IFMA where the CPU has it, else RustCrypto.
+    /// The fastest kernel of this CPU allowed by `TENSORIZER_SIMD` (see
+    /// [`crate::Backend::detect`]): IFMA, else AVX2, else portable.
     pub fn detect() -> PolyKernel {
-        if ifma_available() {
-            PolyKernel::Ifma
-        } else {
-            PolyKernel::RustCrypto
+        PolyKernel::for_backend(crate::Backend::detect())
+    }
+
+    /// The kernel that goes with a keystream backend in a secretbox: the
+    /// AVX-512 backend with IFMA where the CPU has it, the AVX2 backend
+    /// with AVX2, the portable one with portable code. A CPU without
+    /// AVX-512 thus runs exactly the `Avx2` pair.
+    pub fn for_backend(backend: crate::Backend) -> PolyKernel {
+        match backend {
+            crate::Backend::Avx512 if ifma_available() => PolyKernel::Ifma,
+            crate::Backend::Avx512 | crate::Backend::Avx2 if avx2_available() => PolyKernel::Avx2,
+            _ => PolyKernel::Portable,
         }
     }
 
     /// Every kernel this CPU can run.
     pub fn available() -> Vec<PolyKernel> {
         let mut v = vec![PolyKernel::Portable, PolyKernel::RustCrypto];
+        if avx2_available() {
+            v.push(PolyKernel::Avx2);
+        }
         if ifma_available() {
             v.push(PolyKernel::Ifma);
         }
@@ -121,16 +150,14 @@ pub(crate) enum Poly1305 {
 }
 
 impl Poly1305 {
-    pub(crate) fn new(key: &[u8; 32]) -> Self {
-        Self::with_kernel(key, PolyKernel::detect())
-    }
-
     pub(crate) fn with_kernel(key: &[u8; 32], kernel: PolyKernel) -> Self {
         use poly1305::universal_hash::KeyInit;
         match kernel {
             PolyKernel::RustCrypto => Poly1305::RustCrypto(poly1305::Poly1305::new(&(*key).into())),
-            PolyKernel::Portable => Poly1305::Ours(Radix44::new(key, false)),
-            PolyKernel::Ifma => Poly1305::Ours(Radix44::new(key, ifma_available())),
+            PolyKernel::Portable => Poly1305::Ours(Radix44::new(key, Simd::None)),
+            PolyKernel::Avx2 if avx2_available() => Poly1305::Ours(Radix44::new(key, Simd::Avx2)),
+            PolyKernel::Ifma if ifma_available() => Poly1305::Ours(Radix44::new(key, Simd::Ifma)),
+            PolyKernel::Avx2 | PolyKernel::Ifma => Poly1305::Ours(Radix44::new(key, Simd::None)),
         }
     }
 
@@ -154,19 +181,27 @@ impl Poly1305 {
     }
 }
 
+/// Which SIMD kernel takes the bulk of the blocks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    None,
+    Avx2,
+    Ifma,
+}
+
 /// Our implementation, radix 2^44.
 #[derive(Clone)]
 pub(crate) struct Radix44 {
     h: Limbs,
     r: Mul,
     pad: u128,
-    simd: bool,
-    /// r^1 ..= r^8, computed on first use of the SIMD kernel.
+    simd: Simd,
+    /// r^1 ..= r^8, computed on first use of a SIMD kernel.
     powers: Option<[Mul; 8]>,
 }
 
 impl Radix44 {
-    fn new(key: &[u8; 32], simd: bool) -> Self {
+    fn new(key: &[u8; 32], simd: Simd) -> Self {
         let mut rb = [0u8; 16];
         rb.copy_from_slice(&key[..16]);
         let r = u128::from_le_bytes(rb) & 0x0fff_fffc_0fff_fffc_0fff_fffc_0fff_ffff;
@@ -175,7 +210,7 @@ impl Radix44 {
             h: [0; 3],
             r: Mul::new(limbs),
             pad: u128::from_le_bytes(key[16..].try_into().expect("16")),
-            simd: simd && ifma_available(),
+            simd,
             powers: None,
         }
     }
@@ -183,16 +218,27 @@ impl Radix44 {
     fn update(&mut self, data: &[u8]) {
         debug_assert_eq!(data.len() % 16, 0);
         let mut rest = data;
-        if self.simd && data.len() >= 256 {
-            let powers = *self.powers.get_or_insert_with(|| {
-                let mut p = [self.r; 8];
+        // Eight (IFMA) or four (AVX2) blocks per step; two steps at least
+        // pay for the lane set-up.
+        let step = match self.simd {
+            Simd::None => 0,
+            Simd::Avx2 => 64,
+            Simd::Ifma => 128,
+        };
+        if step > 0 && data.len() >= 2 * step {
+            let r = self.r;
+            let powers = self.powers.get_or_insert_with(|| {
+                let mut p = [r; 8];
                 for i in 1..8 {
-                    p[i] = Mul::new(mul(p[i - 1].r, &self.r));
+                    p[i] = Mul::new(mul(p[i - 1].r, &r));
                 }
                 p
             });
-            let n = data.len() / 128 * 128;
-            self.h = ifma::update(self.h, &powers, &data[..n]);
+            let n = data.len() / step * step;
+            self.h = match self.simd {
+                Simd::Ifma => ifma::update(self.h, powers, &data[..n]),
+                _ => avx2::update(self.h, powers, &data[..n]),
+            };
             rest = &data[n..];
         }
         for b in rest.chunks_exact(16) {

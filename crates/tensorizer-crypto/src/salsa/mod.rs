@@ -30,13 +30,22 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The fastest backend this CPU supports (detected once).
+    /// The fastest backend this CPU supports (detected once), at most the
+    /// one named by the environment variable `TENSORIZER_SIMD` (`portable`,
+    /// `avx2` or `avx512`): `TENSORIZER_SIMD=avx2` runs the code a CPU
+    /// without AVX-512 runs, keystream and MAC, to measure or test it.
     pub fn detect() -> Backend {
         static BEST: OnceLock<Backend> = OnceLock::new();
         *BEST.get_or_init(|| {
+            let cap = std::env::var("TENSORIZER_SIMD").ok();
+            let allowed = |b: &Backend| match cap.as_deref() {
+                Some("portable") => *b == Backend::Portable,
+                Some("avx2") => *b != Backend::Avx512,
+                _ => true,
+            };
             Backend::available()
                 .into_iter()
-                .last()
+                .rfind(allowed)
                 .unwrap_or(Backend::Portable)
         })
     }
