@@ -295,10 +295,7 @@ fn fuzz(mode: Fuzz, targets: &[&str]) -> Result {
             .arg("fuzz");
         c
     };
-    run(
-        "build fuzz targets (ASan)",
-        fuzz_cmd().args(["build", "--locked"]),
-    )?;
+    run("build fuzz targets (ASan)", fuzz_cmd().arg("build"))?;
     for t in targets {
         let regressions = fuzz_dir.join("regressions").join(t);
         std::fs::create_dir_all(&regressions)

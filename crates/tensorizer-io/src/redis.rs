@@ -13,7 +13,8 @@
 //! key under a temporary prefix, then swaps the whole file in with one
 //! `MULTI`/`EXEC` (old keys deleted, new ones renamed), so readers see the
 //! old file or the new one, never a mix; an uncommitted sink deletes its
-//! temporary keys. Data larger than [`MAX_VALUE`] is split into several
+//! temporary keys, and a killed writer's expire after
+//! [`STAGING_TTL_SECONDS`]. Data larger than [`MAX_VALUE`] is split into several
 //! keys, which Python reads the same way (Redis refuses values over 512 MB).
 
 use std::collections::HashMap;
@@ -27,6 +28,9 @@ use crate::{FileLayout, RangeSource, ReadHints, RetryPolicy, SegmentKind, Sink};
 
 /// Largest value written to one key.
 pub const MAX_VALUE: u64 = 256 << 20;
+/// Staged keys of a write outlive it by at most this long if the writer is
+/// killed before it commits or cleans up (a day: longer than any write).
+pub const STAGING_TTL_SECONDS: u64 = 24 * 3600;
 /// Largest `GETRANGE` answer asked for at once.
 const MAX_GET: u64 = 16 << 20;
 
@@ -397,7 +401,16 @@ impl RedisSink {
         self.pool.with(
             || format!("SET {staged}"),
             (key.offset, key.offset + key.len),
-            |con| redis::cmd("SET").arg(&staged).arg(data).query::<()>(con),
+            // Staged keys expire: a killed writer cannot clean up after
+            // itself, and Redis then does. The commit makes them persist.
+            |con| {
+                redis::cmd("SET")
+                    .arg(&staged)
+                    .arg(data)
+                    .arg("EX")
+                    .arg(STAGING_TTL_SECONDS)
+                    .query::<()>(con)
+            },
         )
     }
 }
@@ -512,6 +525,7 @@ impl Sink for RedisSink {
                 }
                 for (from, to) in &renames {
                     pipe.cmd("RENAME").arg(from).arg(to).ignore();
+                    pipe.cmd("PERSIST").arg(to).ignore();
                 }
                 pipe.query::<()>(con)
             },

@@ -552,30 +552,35 @@ impl Deserializer {
         } else {
             piece
         };
-        // The pieces of one tensor run on their own pool: a reader thread
-        // waiting for them then cannot steal another tensor's work and block
-        // in `allocate` while holding a buffer (a deadlock with recycling
-        // destinations).
-        self.piece_pool()?
-            .install(|| {
+        let read_piece = |k: usize, chunk: &mut [u8]| {
+            let mut hasher = crc32fast::Hasher::new();
+            for (j, bytes) in chunk.chunks_mut(block).enumerate() {
+                read(k * piece + j * block, bytes)?;
+                if crc {
+                    hasher.update(bytes);
+                }
+            }
+            Ok((hasher.finalize(), chunk.len() as u64))
+        };
+        let read = if data.len() <= piece {
+            // One piece: read it here.
+            read_piece(0, data).map(|one| vec![one])
+        } else {
+            // The pieces of one tensor run on their own pool: a reader
+            // thread waiting for them then cannot steal another tensor's
+            // work and block in `allocate` while holding a buffer (a
+            // deadlock with recycling destinations).
+            self.piece_pool()?.install(|| {
                 data.par_chunks_mut(piece)
                     .enumerate()
-                    .map(|(k, chunk)| {
-                        let mut hasher = crc32fast::Hasher::new();
-                        for (j, bytes) in chunk.chunks_mut(block).enumerate() {
-                            read(k * piece + j * block, bytes)?;
-                            if crc {
-                                hasher.update(bytes);
-                            }
-                        }
-                        Ok((hasher.finalize(), chunk.len() as u64))
-                    })
+                    .map(|(k, chunk)| read_piece(k, chunk))
                     .collect::<tensorizer_io::Result<Vec<_>>>()
             })
-            .map_err(source_error(format!(
-                "reading the data of tensor {:?}",
-                entry.name.to_string()
-            )))
+        };
+        read.map_err(source_error(format!(
+            "reading the data of tensor {:?}",
+            entry.name.to_string()
+        )))
     }
 
     /// [`Deserializer::fill`], feeding `hasher` with the bytes in order as
@@ -615,6 +620,11 @@ impl Deserializer {
                     return Ok(());
                 }
             }
+        }
+        if data.len() <= block {
+            self.fill(entry, cipher, (offset, total), data, read)?;
+            hasher.update(data);
+            return Ok(());
         }
         // Enough blocks in flight to keep the pool busy, few enough that
         // one huge tensor does not queue the whole pool behind it.
@@ -833,44 +843,50 @@ impl Deserializer {
         // may block in `Destination::allocate` (a recycling staging ring),
         // and a rayon worker waiting for a tensor's pieces would steal
         // another tensor's work and block there while holding a buffer.
-        std::thread::scope(|s| {
-            for _ in 0..readers.min(indices.len()).max(1) {
-                s.spawn(|| {
-                    loop {
-                        if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
-                            return;
-                        }
-                        let Some(w) = work.lock().unwrap_or_else(|e| e.into_inner()).next() else {
-                            return;
+        let reader = || {
+            loop {
+                if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                    return;
+                }
+                let Some(w) = work.lock().unwrap_or_else(|e| e.into_inner()).next() else {
+                    return;
+                };
+                let result = match (w, keep_going) {
+                    (Work::Run(run), None) => self.load_run(dest, &run).map(|()| run),
+                    (Work::One(i), None) => self.load_one(dest, i).map(|()| vec![i]),
+                    (w, Some(report)) => {
+                        let tensors = match w {
+                            Work::Run(run) => run,
+                            Work::One(i) => vec![i],
                         };
-                        let result = match (w, keep_going) {
-                            (Work::Run(run), None) => self.load_run(dest, &run).map(|()| run),
-                            (Work::One(i), None) => self.load_one(dest, i).map(|()| vec![i]),
-                            (w, Some(report)) => {
-                                let tensors = match w {
-                                    Work::Run(run) => run,
-                                    Work::One(i) => vec![i],
-                                };
-                                self.load_each(dest, &tensors, report);
-                                Ok(tensors)
-                            }
-                        };
-                        match result {
-                            Ok(loaded) => loaded
-                                .iter()
-                                .for_each(|&i| tracker.done(&self.metadata.entries[i])),
-                            Err(e) => {
-                                failure
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .get_or_insert(e);
-                                return;
-                            }
-                        }
+                        self.load_each(dest, &tensors, report);
+                        Ok(tensors)
                     }
-                });
+                };
+                match result {
+                    Ok(loaded) => loaded
+                        .iter()
+                        .for_each(|&i| tracker.done(&self.metadata.entries[i])),
+                    Err(e) => {
+                        failure
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        return;
+                    }
+                }
             }
-        });
+        };
+        let threads = readers.min(indices.len()).max(1);
+        if threads == 1 {
+            reader(); // no thread to start for one reader
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(reader);
+                }
+            });
+        }
         match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Some(e) => Err(e),
             None => Ok(()),
