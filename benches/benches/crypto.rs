@@ -1,4 +1,6 @@
-//! Encrypt and decrypt throughput of tensorizer-crypto per keystream backend,
+//! Encrypt and decrypt throughput of tensorizer-crypto per keystream backend
+//! (each with its Poly1305 kernel: `avx2` is exactly what a CPU without
+//! AVX-512 runs, `avx512` adds IFMA),
 //! on one core and on all cores, beside libsodium (the library the Python
 //! tensorizer calls) measured in the same run; plus Argon2id at libsodium's
 //! presets. `cargo bench -p tensorizer-benches --bench crypto`.
@@ -85,6 +87,19 @@ fn secretbox(c: &mut Criterion) {
             data.chunks_mut(CHUNK)
                 .map(|ch| sodium_seal(key.as_bytes(), &nonce, ch))
                 .count()
+        })
+    });
+    let macs: Vec<_> = data
+        .chunks_mut(CHUNK)
+        .map(|ch| sodium_seal(key.as_bytes(), &nonce, ch))
+        .collect();
+    g.bench_function("decrypt/libsodium", |b| {
+        b.iter(|| {
+            // As ours: open, then seal again to keep the MACs valid.
+            for (ch, mac) in data.chunks_mut(CHUNK).zip(&macs) {
+                sodium_open(key.as_bytes(), &nonce, ch, mac);
+                black_box(sodium_seal(key.as_bytes(), &nonce, ch));
+            }
         })
     });
     g.finish();

@@ -417,6 +417,15 @@ pub fn bench(args: &[String]) -> Result {
             limit: "XSalsa20-Poly1305 on the cores",
         },
         Row {
+            name: "ours: local, warm, encrypted, AVX2 kernels only",
+            sample: measure(
+                "ours encrypted avx2",
+                ours(&["load", e, "--key-file", k]).env("TENSORIZER_SIMD", "avx2"),
+            )
+            .ok(),
+            limit: "as a CPU without AVX-512 (TENSORIZER_SIMD=avx2)",
+        },
+        Row {
             name: "ours: streaming, 256 MiB budget",
             sample: measure(
                 "ours stream",
@@ -605,6 +614,14 @@ pub fn bench(args: &[String]) -> Result {
             ratio(
                 "ours: local, warm, encrypted",
                 "ours: local, warm (CRC-32 verified)",
+                &rows,
+            ),
+        ),
+        (
+            "encrypted, AVX2 only / python encrypted",
+            ratio(
+                "ours: local, warm, encrypted, AVX2 kernels only",
+                "python tensorizer: local, warm, encrypted",
                 &rows,
             ),
         ),

@@ -675,10 +675,24 @@ fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCod
     let checks = d.check(|_| true, false);
     bar.finish_and_clear();
     let mut failures = 0;
+    let mut without_key = 0;
     for check in &checks {
-        if let Err(err) = &check.outcome {
-            eprintln!("tensorizer: {err}");
-            failures += 1;
+        match &check.outcome {
+            Ok(()) => {}
+            // One line for the file, not one per tensor.
+            Err(err @ Error::Encrypted { .. }) => {
+                if without_key == 0 {
+                    eprintln!(
+                        "tensorizer: {err} (give --key-file, --passphrase-file or TENSORIZER_PASSPHRASE)"
+                    );
+                }
+                without_key += 1;
+                failures += 1;
+            }
+            Err(err) => {
+                eprintln!("tensorizer: {err}");
+                failures += 1;
+            }
         }
     }
     if failures > 0 {

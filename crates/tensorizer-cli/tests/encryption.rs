@@ -53,7 +53,13 @@ fn keygen_encrypt_verify_rekey_decrypt() {
     ok(&tz(&["verify", &p("enc"), "--key-file", &p("k1")], &[]));
     let no_key = tz(&["verify", &p("enc")], &[]);
     assert_eq!(no_key.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&no_key.stderr).contains("no decryption key was given"));
+    let said = String::from_utf8_lossy(&no_key.stderr);
+    assert!(said.contains("no decryption key was given"), "{said}");
+    assert_eq!(
+        said.matches("no decryption key").count(),
+        1,
+        "one line for the file, not one per tensor: {said}"
+    );
 
     ok(&tz(&["keygen", &p("k2")], &[]));
     let wrong = tz(&["verify", &p("enc"), "--key-file", &p("k2")], &[]);

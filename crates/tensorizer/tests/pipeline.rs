@@ -644,3 +644,41 @@ fn sha256_alone_catches_a_flipped_bit() {
     );
     assert!(checks[1].outcome.is_ok(), "the other tensor still checks");
 }
+
+/// The largest tensor is read first, so that hashing it (sequential per
+/// tensor) overlaps the rest of the load instead of ending it alone.
+#[test]
+fn the_largest_tensor_is_loaded_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.tensors");
+    let small = vec![1u8; 2 << 20];
+    let big = vec![2u8; 24 << 20];
+    let mut s = Serializer::new();
+    s.write_state_dict([
+        (
+            "a",
+            TensorData::from_slice(&[small.len() as u64], &small).unwrap(),
+        ),
+        (
+            "b",
+            TensorData::from_slice(&[small.len() as u64], &small).unwrap(),
+        ),
+        (
+            "embed",
+            TensorData::from_slice(&[big.len() as u64], &big).unwrap(),
+        ),
+    ])
+    .unwrap();
+    s.write_to_file(&path).unwrap();
+    let order = Mutex::new(Vec::new());
+    Deserializer::open(&path)
+        .unwrap()
+        .verify(Verify::All)
+        .num_readers(1)
+        .for_each_unordered(|t| {
+            order.lock().unwrap().push(t.name());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(order.into_inner().unwrap(), ["embed", "a", "b"]);
+}
