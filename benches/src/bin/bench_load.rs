@@ -5,6 +5,7 @@
 //! ```text
 //! bench-load make-model OUT.tensors --size 2GiB     # fp16/bf16 tensors of LLM shapes
 //! bench-load pread FILE [--threads N] [--runs R] [--cold]
+//! bench-load check URI [--runs R]     # every tensor SHA-256 checked, nothing kept (`tensorizer verify`)
 //! bench-load sha256 FILE [--runs R]    # SHA-256 of the file, in memory, on every core: the verified-load limit
 //! bench-load load URI [--runs R] [--cold] [--key-file K] [--verify none|crc32|all] [--s3-endpoint E]
 //! bench-load stream URI [--runs R] [--budget BYTES]   # bounded-memory streaming into a callback
@@ -115,6 +116,18 @@ fn run() -> Result {
                     }
                 });
                 Ok(bytes.len() as u64)
+            })
+        }
+        "check" => {
+            let uri = pos(1)?;
+            let storage = storage(&args);
+            report(&args, |_| {
+                let d = Deserializer::open_uri_with(&uri, &storage)?.verify(Verify::All);
+                let checks = d.check(|_| true, false);
+                if let Some(failed) = checks.iter().find_map(|c| c.outcome.as_ref().err()) {
+                    return Err(failed.to_string().into());
+                }
+                Ok(checks.iter().map(|c| c.bytes).sum())
             })
         }
         "load" => {

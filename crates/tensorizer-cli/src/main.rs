@@ -741,7 +741,7 @@ fn load(
     let tensors = tensors?;
     let bytes: u64 = tensors.iter().map(|t| t.as_bytes().len() as u64).sum();
     println!(
-        "{path}: {} tensors, {bytes} bytes in {secs:.3} s ({:.2} GiB/s; open {:.3} s; verify {:?})",
+        "{path}: {} tensors, {bytes} bytes in {secs:.3} s ({:.2} GiB/s; open {:.3} s; verify {})",
         tensors.len(),
         bytes as f64 / secs / (1u64 << 30) as f64,
         opened,

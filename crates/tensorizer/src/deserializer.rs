@@ -690,7 +690,7 @@ impl Deserializer {
             // A block of one chunk cannot tell a wrong key (no chunk
             // authenticates) from one damaged chunk: the whole range,
             // decrypted at once, names which it is.
-            Some(e @ Error::Decryption { .. }) if data.len() > block => {
+            Some(e @ Error::Decryption { .. }) => {
                 self.fill(entry, cipher, (offset, total), data, read)?;
                 Err(e)
             }

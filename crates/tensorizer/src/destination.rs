@@ -217,20 +217,44 @@ const CHECK_PIECE: usize = 64 << 20;
 /// asked for.
 pub(crate) type Checked = (TensorInfo, Option<[u8; 32]>);
 
-/// Takes tensors only to check them: buffers are dropped once the loader
-/// has verified them; optionally hashes each tensor's bytes alone.
+/// Takes tensors only to check them: buffers are reused once the loader
+/// has verified what they held (fresh memory costs page faults, on some VMs
+/// as much as hashing); optionally hashes each tensor's bytes alone.
 pub(crate) struct Checker {
     data_sha256: bool,
+    /// Buffers of [`CHECK_PIECE`] bytes free for the next tensor or piece;
+    /// at most one per reader is ever in use.
+    free: Mutex<Vec<AlignedBuffer>>,
     /// Tensors (by index) in progress: the hash of their pieces so far.
     partial: Mutex<HashMap<usize, tensorizer_format::TensorHasher>>,
     /// Tensors checked, with their data's SHA-256 when asked for.
     checked: Mutex<HashMap<usize, Checked>>,
 }
 
+/// The first `len` bytes of a reused buffer.
+pub(crate) struct Reused {
+    buffer: AlignedBuffer,
+    len: usize,
+}
+
+impl std::ops::Deref for Reused {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buffer[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Reused {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer[..self.len]
+    }
+}
+
 impl Checker {
     pub(crate) fn new(data_sha256: bool) -> Self {
         Self {
             data_sha256,
+            free: Mutex::default(),
             partial: Mutex::default(),
             checked: Mutex::default(),
         }
@@ -238,6 +262,13 @@ impl Checker {
 
     pub(crate) fn into_checked(self) -> HashMap<usize, Checked> {
         self.checked.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn give_back(&self, used: Reused) {
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(used.buffer);
     }
 
     fn digest(hasher: tensorizer_format::TensorHasher) -> Option<[u8; 32]> {
@@ -253,18 +284,24 @@ impl Checker {
 }
 
 impl Destination for Checker {
-    type Buffer = AlignedBuffer;
+    type Buffer = Reused;
 
-    fn allocate(&self, index: usize, entry: &IndexEntry, len: usize) -> Result<AlignedBuffer> {
-        HostMemory::new(None).allocate(index, entry, len)
+    fn allocate(&self, index: usize, entry: &IndexEntry, len: usize) -> Result<Reused> {
+        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let buffer = match reused {
+            Some(buffer) => buffer,
+            None => HostMemory::new(None).allocate(index, entry, CHECK_PIECE.max(len))?,
+        };
+        Ok(Reused { buffer, len })
     }
 
-    fn complete(&self, index: usize, info: TensorInfo, data: AlignedBuffer) -> Result<()> {
+    fn complete(&self, index: usize, info: TensorInfo, data: Reused) -> Result<()> {
         let digest = self.data_sha256.then(|| {
             let mut h = Self::hasher();
             h.update(&data);
             Self::digest(h)
         });
+        self.give_back(data);
         self.checked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -276,7 +313,7 @@ impl Destination for Checker {
         CHECK_PIECE
     }
 
-    fn complete_piece(&self, index: usize, _: usize, data: AlignedBuffer) -> Result<()> {
+    fn complete_piece(&self, index: usize, _: usize, data: Reused) -> Result<()> {
         // A tensor's pieces arrive in order, from one thread.
         if self.data_sha256 {
             let mut partial = self.partial.lock().unwrap_or_else(|e| e.into_inner());
@@ -288,6 +325,7 @@ impl Destination for Checker {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(index, hasher);
         }
+        self.give_back(data);
         Ok(())
     }
 
