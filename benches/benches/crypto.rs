@@ -152,6 +152,21 @@ fn poly1305(c: &mut Criterion) {
     g.finish();
 }
 
+fn keystream(c: &mut Criterion) {
+    let mut data = vec![0x42u8; CHUNK];
+    let key = [5u8; 32];
+    let mut g = c.benchmark_group("salsa20 keystream 2 MiB, one core");
+    g.throughput(Throughput::Bytes(CHUNK as u64));
+    for backend in Backend::available() {
+        g.bench_function(backend.name(), |b| {
+            b.iter(|| {
+                tensorizer_crypto::salsa20_xor(backend, &key, &[1; 8], 0, black_box(&mut data))
+            })
+        });
+    }
+    g.finish();
+}
+
 fn argon2id(c: &mut Criterion) {
     let mut g = c.benchmark_group("argon2id (libsodium presets)");
     g.sample_size(10);
@@ -169,5 +184,5 @@ fn argon2id(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, poly1305, secretbox, argon2id);
+criterion_group!(benches, poly1305, keystream, secretbox, argon2id);
 criterion_main!(benches);
