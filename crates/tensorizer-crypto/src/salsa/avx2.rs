@@ -20,12 +20,27 @@ macro_rules! rotl {
     };
 }
 
-macro_rules! quarter {
-    ($x:ident, $a:literal, $b:literal, $c:literal, $d:literal) => {
-        $x[$b] = _mm256_xor_si256($x[$b], rotl!(_mm256_add_epi32($x[$a], $x[$d]), 7));
-        $x[$c] = _mm256_xor_si256($x[$c], rotl!(_mm256_add_epi32($x[$b], $x[$a]), 9));
-        $x[$d] = _mm256_xor_si256($x[$d], rotl!(_mm256_add_epi32($x[$c], $x[$b]), 13));
-        $x[$a] = _mm256_xor_si256($x[$a], rotl!(_mm256_add_epi32($x[$d], $x[$c]), 18));
+/// Two quarter-rounds, step by step: two independent dependency chains
+/// side by side, as libsodium's amd64-xmm6 code schedules them (one chain
+/// at a time leaves the vector ports idle waiting on latency).
+macro_rules! quarter2 {
+    ($x:ident, ($a:literal, $b:literal, $c:literal, $d:literal), ($e:literal, $f:literal, $g:literal, $h:literal)) => {
+        let t = _mm256_add_epi32($x[$a], $x[$d]);
+        let u = _mm256_add_epi32($x[$e], $x[$h]);
+        $x[$b] = _mm256_xor_si256($x[$b], rotl!(t, 7));
+        $x[$f] = _mm256_xor_si256($x[$f], rotl!(u, 7));
+        let t = _mm256_add_epi32($x[$b], $x[$a]);
+        let u = _mm256_add_epi32($x[$f], $x[$e]);
+        $x[$c] = _mm256_xor_si256($x[$c], rotl!(t, 9));
+        $x[$g] = _mm256_xor_si256($x[$g], rotl!(u, 9));
+        let t = _mm256_add_epi32($x[$c], $x[$b]);
+        let u = _mm256_add_epi32($x[$g], $x[$f]);
+        $x[$d] = _mm256_xor_si256($x[$d], rotl!(t, 13));
+        $x[$h] = _mm256_xor_si256($x[$h], rotl!(u, 13));
+        let t = _mm256_add_epi32($x[$d], $x[$c]);
+        let u = _mm256_add_epi32($x[$h], $x[$g]);
+        $x[$a] = _mm256_xor_si256($x[$a], rotl!(t, 18));
+        $x[$e] = _mm256_xor_si256($x[$e], rotl!(u, 18));
     };
 }
 
@@ -67,14 +82,10 @@ fn input_words(state: &[u32; 16], counter: u64) -> [__m256i; 16] {
 fn keystream_words(s: &[__m256i; 16]) -> [__m256i; 16] {
     let mut x = *s;
     for _ in 0..10 {
-        quarter!(x, 0, 4, 8, 12);
-        quarter!(x, 5, 9, 13, 1);
-        quarter!(x, 10, 14, 2, 6);
-        quarter!(x, 15, 3, 7, 11);
-        quarter!(x, 0, 1, 2, 3);
-        quarter!(x, 5, 6, 7, 4);
-        quarter!(x, 10, 11, 8, 9);
-        quarter!(x, 15, 12, 13, 14);
+        quarter2!(x, (0, 4, 8, 12), (5, 9, 13, 1));
+        quarter2!(x, (10, 14, 2, 6), (15, 3, 7, 11));
+        quarter2!(x, (0, 1, 2, 3), (5, 6, 7, 4));
+        quarter2!(x, (10, 11, 8, 9), (15, 12, 13, 14));
     }
     for i in 0..16 {
         x[i] = _mm256_add_epi32(x[i], s[i]);
