@@ -359,15 +359,15 @@ fn keep_crashes(fuzz_dir: &Path, t: &str, regressions: &Path) {
     };
     for a in artifacts.flatten() {
         let name = a.file_name();
-        if name.to_string_lossy().starts_with("crash-")
-            || name.to_string_lossy().starts_with("oom-")
-            || name.to_string_lossy().starts_with("timeout-")
+        let text = name.to_string_lossy();
+        if ["crash-", "oom-", "timeout-"]
+            .iter()
+            .any(|kind| text.starts_with(kind))
         {
             let to = regressions.join(&name);
             if std::fs::copy(a.path(), &to).is_ok() {
                 eprintln!(
-                    "xtask: kept {} in {} (commit it with the fix)",
-                    name.to_string_lossy(),
+                    "xtask: kept {text} in {} (commit it with the fix)",
                     to.display()
                 );
             }

@@ -37,16 +37,21 @@ fn sinks_commit_atomically_or_leave_the_old_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.bin");
     std::fs::write(&path, b"old").unwrap();
+    let files = || std::fs::read_dir(dir.path()).unwrap().count();
     let sink = LocalSink::create(&path).unwrap();
+    assert!(sink.is_unnamed(), "tmpfs and ext4 have O_TMPFILE");
     sink.reserve(&FileLayout::with_len(6)).unwrap();
     sink.write_all_at(3, b"def").unwrap();
     sink.write_all_at(0, b"abc").unwrap();
+    assert_eq!(files(), 1, "the new bytes have no name before the commit");
     drop(sink); // abandoned: nothing changes, no temp file stays
     assert_eq!(std::fs::read(&path).unwrap(), b"old");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    assert_eq!(files(), 1);
 
     let sink = create_sink(path.to_str().unwrap(), &StorageOptions::default()).unwrap();
-    sink.write_all_at(0, b"new!").unwrap();
+    sink.write_all_at(4, b"!").unwrap();
+    sink.write_all_at(0, b"new").unwrap();
     sink.commit().unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), b"new!");
+    assert_eq!(std::fs::read(&path).unwrap(), b"new\0!");
+    assert_eq!(files(), 1, "a commit leaves nothing beside the file");
 }

@@ -599,33 +599,28 @@ impl Deserializer {
         hasher: &mut tensorizer_format::TensorHasher,
     ) -> Result<()> {
         let hints = self.source.hints();
-        let mut block = hints
+        let block = hints
             .block_size
             .clamp(64 << 10, hints.request_size.max(1 << 20));
-        if let Some(info) = cipher {
-            // Blocks of whole cipher chunks (each carries its own MAC); a
-            // tensor sealed as one box is decrypted whole, then hashed.
+        // Blocks of whole cipher chunks (each carries its own MAC); a tensor
+        // sealed as one box has no smaller unit.
+        let block = match cipher {
+            None => Some(block),
             #[cfg(feature = "encryption")]
-            let unit = crate::encryption::Decryptor::piece_unit(info);
+            Some(info) => crate::encryption::Decryptor::piece_unit(info)
+                .map(|unit| unit * (block / unit).max(1)),
             #[cfg(not(feature = "encryption"))]
-            let unit: Option<usize> = {
-                let _ = info;
-                None
-            };
-            match unit {
-                Some(unit) => block = unit * (block / unit).max(1),
-                None => {
-                    self.fill(entry, cipher, (offset, total), data, read)?;
-                    hasher.update(data);
-                    return Ok(());
-                }
+            Some(_) => None,
+        };
+        let block = match block {
+            Some(block) if data.len() > block => block,
+            // One block (or one box): read it, then hash it.
+            _ => {
+                self.fill(entry, cipher, (offset, total), data, read)?;
+                hasher.update(data);
+                return Ok(());
             }
-        }
-        if data.len() <= block {
-            self.fill(entry, cipher, (offset, total), data, read)?;
-            hasher.update(data);
-            return Ok(());
-        }
+        };
         // Enough blocks in flight to keep the pool busy, few enough that
         // one huge tensor does not queue the whole pool behind it.
         let ahead = ((64usize << 20) / block).max(4);
