@@ -213,6 +213,52 @@ pub fn create_sink(uri: &str, options: &StorageOptions) -> Result<Box<dyn Sink>>
     }
 }
 
+/// Whether an object exists at `uri`: a local path, or an S3 object (one
+/// HEAD request). Other schemes answer an error saying they cannot tell.
+pub fn exists(uri: &str, options: &StorageOptions) -> Result<bool> {
+    let _ = options;
+    match scheme(uri).as_deref() {
+        Some("file") => Ok(Path::new(&uri[7..]).exists()),
+        Some("s3") => {
+            #[cfg(feature = "s3")]
+            return s3::exists(uri, &options.s3, &options.retry);
+            #[cfg(not(feature = "s3"))]
+            return Err(feature_off(uri, "s3"));
+        }
+        Some(other) if other.len() > 1 => Err(IoError::Unsupported {
+            uri: uri.to_owned(),
+            message: format!("cannot tell whether a {other}:// object exists (only files and s3://)"),
+        }),
+        _ => Ok(Path::new(uri).exists()),
+    }
+}
+
+/// Copies the object `from` to `to` without moving its bytes through this
+/// process where the store allows: a hard link between local paths (a
+/// plain copy across file systems), a server-side copy within S3. The
+/// destination appears whole or not at all; an existing one is replaced.
+pub fn copy_object(from: &str, to: &str, options: &StorageOptions) -> Result<()> {
+    let _ = options;
+    let local = |uri: &str| match scheme(uri).as_deref() {
+        Some("file") => Some(Path::new(&uri[7..]).to_path_buf()),
+        None => Some(Path::new(uri).to_path_buf()),
+        Some(_) => None,
+    };
+    match (local(from), local(to)) {
+        (Some(from), Some(to)) => local::link_or_copy(&from, &to),
+        #[cfg(feature = "s3")]
+        _ if scheme(from).as_deref() == Some("s3") && scheme(to).as_deref() == Some("s3") => {
+            s3::copy(from, to, &options.s3, &options.retry)
+        }
+        _ => Err(IoError::Unsupported {
+            uri: to.to_owned(),
+            message: format!(
+                "no direct copy from {from}: both ends must be local paths, or both s3://"
+            ),
+        }),
+    }
+}
+
 #[allow(dead_code, reason = "unused when every backend feature is on")]
 fn feature_off(uri: &str, feature: &str) -> IoError {
     IoError::Unsupported {

@@ -348,3 +348,33 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
+
+/// Makes `to` a hard link to `from` (a copy where the two lie on different
+/// file systems), replacing `to` atomically: the link is made under a
+/// temporary name beside it, then renamed over.
+pub(crate) fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    let uri = to.display().to_string();
+    let local = |action: String| {
+        let uri = uri.clone();
+        move |source| IoError::Local {
+            uri,
+            action,
+            source,
+        }
+    };
+    let dir = parent_dir(to);
+    let staged = tempfile::Builder::new()
+        .prefix(&temp_prefix(to))
+        .suffix(".tmp")
+        .make_in(&dir, |p| match std::fs::hard_link(from, p) {
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                std::fs::copy(from, p).map(|_| ())
+            }
+            other => other,
+        })
+        .map_err(local(format!("linking or copying {} to a temporary name in {}", from.display(), dir.display())))?;
+    staged
+        .persist(to)
+        .map_err(|e| local(format!("renaming {} into place", e.file.path().display()))(e.error))?;
+    Ok(())
+}

@@ -180,7 +180,22 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// The function producing a tensor's bytes for the writer failed
+    /// ([`crate::Serializer::write_tensor_with`]).
+    #[error("{}: producing tensor {tensor:?}: {source}", path.display())]
+    Fill {
+        /// The destination.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// What the producer reported.
+        #[source]
+        source: BoxError,
+    },
 }
+
+/// Any error a caller's callback returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

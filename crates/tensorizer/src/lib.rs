@@ -29,10 +29,10 @@ pub use destination::{Destination, TensorInfo};
 pub use element::Element;
 #[cfg(feature = "encryption")]
 pub use encryption::{Decryption, Encryption, EncryptionKey, KdfParams, KdfStrength, Nonce};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 #[cfg(feature = "encryption")]
 pub use rewrite::{rewrite, rewrite_uri, rewrite_with_progress};
-pub use serializer::{Serializer, WriteSummary};
+pub use serializer::{FillFn, Serializer, WriteSummary};
 pub use tensor::{Tensor, TensorData};
 /// The format layer, for users who need the byte-level types.
 pub use tensorizer_format as format;

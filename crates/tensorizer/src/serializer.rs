@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tensorizer_format::{FilePlan, PlanOptions, RecordSpec, TERMINATOR, TensorPath, TensorType};
 
-use crate::error::{Error, Result, format_error, source_error};
+use crate::error::{BoxError, Error, Result, format_error, source_error};
 use crate::tensor::TensorData;
 use tensorizer_io::{FileLayout, LocalSink, Segment, SegmentKind, Sink, StorageOptions};
 
@@ -33,9 +33,30 @@ use tensorizer_io::{FileLayout, LocalSink, Segment, SegmentKind, Sink, StorageOp
 #[derive(Debug, Default)]
 pub struct Serializer<'a> {
     records: Vec<RecordSpec>,
-    data: Vec<Option<&'a [u8]>>,
+    data: Vec<Data<'a>>,
     #[cfg(feature = "encryption")]
     encryption: Option<crate::encryption::Encryption>,
+}
+
+/// Where a record's bytes come from.
+enum Data<'a> {
+    /// Borrowed from the caller for the whole write.
+    Bytes(&'a [u8]),
+    /// Produced when the writer reaches the tensor, into a buffer that is
+    /// dropped once the tensor is written.
+    Fill(Box<FillFn<'a>>),
+}
+
+/// Fills a tensor's bytes (exactly its data length) when it is written.
+pub type FillFn<'a> = dyn Fn(&mut [u8]) -> Result<(), BoxError> + Send + Sync + 'a;
+
+impl std::fmt::Debug for Data<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Data::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Data::Fill(_) => f.write_str("Fill(..)"),
+        }
+    }
 }
 
 /// Plaintext bytes hashed per step before they are written: small enough to
@@ -87,7 +108,39 @@ impl<'a> Serializer<'a> {
         spec.meta = tensor.bytes.is_none();
         // A 0-d meta tensor stores one zero element, as Python writes it.
         let zeros = &ZEROS[..spec.data_length().unwrap_or(0).min(ZEROS.len() as u64) as usize];
-        self.data.push(tensor.bytes.or(Some(zeros)));
+        self.data.push(Data::Bytes(tensor.bytes.unwrap_or(zeros)));
+        self.records.push(spec);
+        Ok(self)
+    }
+
+    /// Adds one tensor whose bytes `fill` produces when the writer reaches
+    /// it, so a file larger than memory can be written: at most one such
+    /// buffer per writer thread is alive at a time. `fill` gets a zeroed
+    /// buffer of exactly the tensor's byte length; its error aborts the
+    /// write (the destination keeps its previous content).
+    ///
+    /// ```
+    /// use tensorizer::{Dtype, Serializer, TensorType};
+    /// # let dir = tempfile::tempdir()?;
+    /// let mut s = Serializer::new();
+    /// s.write_tensor_with(0, "ramp", TensorType::Param, Dtype::U8, &[4], |buf| {
+    ///     buf.copy_from_slice(&[0, 1, 2, 3]);
+    ///     Ok(())
+    /// })?;
+    /// s.write_to_file(dir.path().join("ramp.tensors"))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_tensor_with(
+        &mut self,
+        module_idx: u16,
+        name: impl Into<TensorPath>,
+        tensor_type: TensorType,
+        dtype: tensorizer_format::Dtype,
+        shape: &[u64],
+        fill: impl Fn(&mut [u8]) -> Result<(), BoxError> + Send + Sync + 'a,
+    ) -> Result<&mut Self> {
+        let spec = RecordSpec::new(module_idx, tensor_type, name.into(), dtype, shape.to_vec());
+        self.data.push(Data::Fill(Box::new(fill)));
         self.records.push(spec);
         Ok(self)
     }
@@ -173,7 +226,28 @@ impl<'a> Serializer<'a> {
         write: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
         let entry = &plan.metadata.entries[i];
-        let data: &[u8] = self.data[i].unwrap_or_default();
+        let filled;
+        let data: &[u8] = match &self.data[i] {
+            Data::Bytes(bytes) => bytes,
+            Data::Fill(fill) => {
+                let tensor = || entry.name.to_string();
+                let len = usize::try_from(entry.data_length).unwrap_or(usize::MAX);
+                let mut buf = Vec::new();
+                buf.try_reserve_exact(len).map_err(|_| Error::Allocation {
+                    path: dest.to_path_buf(),
+                    tensor: tensor(),
+                    bytes: entry.data_length,
+                })?;
+                buf.resize(len, 0);
+                fill(&mut buf).map_err(|source| Error::Fill {
+                    path: dest.to_path_buf(),
+                    tensor: tensor(),
+                    source,
+                })?;
+                filled = buf;
+                &filled
+            }
+        };
         let mut hasher = plan.hasher(i).map_err(format_error(dest))?;
         #[cfg(feature = "encryption")]
         let mut sealer = match (&self.encryption, &plan.headers[i].crypt_info) {

@@ -211,6 +211,35 @@ fn build_store(
     builder.build()
 }
 
+/// Whether `s3://bucket/key` exists (one HEAD request; 404 is `false`).
+pub(crate) fn exists(uri: &str, options: &S3Options, policy: &RetryPolicy) -> Result<bool> {
+    let object = Object::new(uri, options, policy)?;
+    let (store, path) = (object.store.clone(), object.path.clone());
+    match block(async move { store.head(&path).await }, uri)? {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(object.error(0..0, &e, policy.max_attempts)),
+    }
+}
+
+/// Server-side copy of one S3 object onto another in the same service
+/// (`CopyObject`): the bytes never pass through this process.
+pub(crate) fn copy(from: &str, to: &str, options: &S3Options, policy: &RetryPolicy) -> Result<()> {
+    let source = Object::new(from, options, policy)?;
+    let dest = Object::new(to, options, policy)?;
+    let (from_bucket, _) = parse_s3_uri(from)?;
+    let (to_bucket, _) = parse_s3_uri(to)?;
+    if from_bucket != to_bucket {
+        return Err(IoError::Unsupported {
+            uri: to.to_owned(),
+            message: format!("server-side copies stay in one bucket; {from} is in {from_bucket}"),
+        });
+    }
+    let (store, from_path, to_path) = (dest.store.clone(), source.path.clone(), dest.path.clone());
+    block(async move { store.copy(&from_path, &to_path).await }, to)?
+        .map_err(|e| dest.error(0..0, &e, policy.max_attempts))
+}
+
 /// An object in S3 or an S3-compatible store, read with ranged GETs.
 #[derive(Debug)]
 pub struct S3Source {

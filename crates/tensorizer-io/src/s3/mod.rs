@@ -8,4 +8,6 @@ mod config;
 
 #[cfg(feature = "s3")]
 pub use client::{S3Sink, S3Source, parse_s3_uri};
+#[cfg(feature = "s3")]
+pub(crate) use client::{copy, exists};
 pub use config::{Addressing, Credentials, Environment, ProcessEnvironment, S3Config, S3Options};

@@ -1,0 +1,370 @@
+//! A Hugging Face checkpoint directory: `config.json`, one or more
+//! `*.safetensors` files (sharded ones listed in
+//! `model.safetensors.index.json`) and the files that go with them
+//! (tokenizer, generation config). Tensors are memory-mapped and read by
+//! slice, so a rank's file is written without loading the model.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+use tensorizer::Dtype;
+use tensorizer::safetensors::from_safetensors_dtype;
+
+use crate::config::ModelConfig;
+use crate::error::{Result, VllmError, io_error};
+
+/// What `serialize_extra_artifacts` leaves out when it copies a model's files
+/// (vLLM `model_executor/model_loader/tensorizer.py`).
+pub const ARTIFACT_IGNORE: [&str; 6] = [
+    ".pt",
+    ".safetensors",
+    ".bin",
+    ".cache",
+    ".gitattributes",
+    ".md",
+];
+
+/// One tensor stored in a safetensors file.
+#[derive(Debug, Clone)]
+pub struct StoredTensor {
+    /// Index of its file in [`Checkpoint::files`].
+    pub file: usize,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Byte range of its data in the file.
+    pub range: Range<usize>,
+}
+
+/// An open checkpoint directory.
+#[derive(Debug)]
+pub struct Checkpoint {
+    dir: PathBuf,
+    /// The parsed `config.json`.
+    pub config: ModelConfig,
+    files: Vec<(PathBuf, Mmap)>,
+    tensors: BTreeMap<String, StoredTensor>,
+}
+
+impl Checkpoint {
+    /// Opens `model`: a directory, or a Hugging Face id (`ORG/NAME`) found
+    /// offline in the cache (`HF_HUB_CACHE`, `HF_HOME/hub`,
+    /// `~/.cache/huggingface/hub`), at the revision `refs/main` names.
+    pub fn resolve(model: &str) -> Result<Self> {
+        let dir = resolve_model_dir(model, &|k| std::env::var_os(k))?;
+        Self::open(&dir)
+    }
+
+    /// Opens a checkpoint directory.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let bad = |message: String| VllmError::Checkpoint {
+            dir: dir.to_path_buf(),
+            message,
+        };
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(io_error(&config_path, "reading the model's config"))?;
+        let config = ModelConfig::parse(&text)?;
+        let names = weight_files(dir)?;
+        if names.is_empty() {
+            let pickles: Vec<String> = list_files(dir)?
+                .into_iter()
+                .filter(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth"))
+                .collect();
+            return Err(bad(if pickles.is_empty() {
+                "no *.safetensors weights here".into()
+            } else {
+                format!(
+                    "only pickle weights here ({}): unpickling can run arbitrary code, so they are never loaded; \
+                     convert them once with transformers: \
+                     `AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT, safe_serialization=True)`",
+                    pickles.join(", ")
+                )
+            }));
+        }
+        let mut files = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for name in names {
+            let path = dir.join(&name);
+            let file = File::open(&path).map_err(io_error(
+                &path,
+                "opening a weight file (named in model.safetensors.index.json)",
+            ))?;
+            // SAFETY: read-only map of a file we do not write; like every
+            // mmap reader, the checkpoint must not be truncated meanwhile.
+            let map = unsafe { Mmap::map(&file) }.map_err(io_error(&path, "mapping"))?;
+            let st = SafeTensors::deserialize(&map)
+                .map_err(|e| bad(format!("{name}: not a valid safetensors file: {e}")))?;
+            let base = map.as_ptr() as usize;
+            for (tensor, view) in st.tensors() {
+                let dtype = from_safetensors_dtype(view.dtype()).ok_or_else(|| {
+                    bad(format!("{name}: tensor {tensor:?} has dtype {:?}, which tensorizer cannot store", view.dtype()))
+                })?;
+                let start = view.data().as_ptr() as usize - base;
+                let stored = StoredTensor {
+                    file: files.len(),
+                    dtype,
+                    shape: view.shape().iter().map(|&d| d as u64).collect(),
+                    range: start..start + view.data().len(),
+                };
+                if tensors.insert(tensor.clone(), stored).is_some() {
+                    return Err(bad(format!("tensor {tensor:?} is stored in two weight files")));
+                }
+            }
+            files.push((path, map));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            files,
+            tensors,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every stored tensor, by name.
+    pub fn tensors(&self) -> &BTreeMap<String, StoredTensor> {
+        &self.tensors
+    }
+
+    /// A stored tensor.
+    pub fn get(&self, name: &str) -> Option<&StoredTensor> {
+        self.tensors.get(name)
+    }
+
+    /// The bytes of a stored tensor.
+    pub fn bytes(&self, tensor: &StoredTensor) -> &[u8] {
+        &self.files[tensor.file].1[tensor.range.clone()]
+    }
+
+    /// Copies rows `rows` (first dimension) of `name`, and of each row only
+    /// the elements `cols` of the second dimension if given, into `out` as
+    /// `dtype`; returns the bytes written.
+    pub fn copy_slice(
+        &self,
+        name: &str,
+        rows: Range<u64>,
+        cols: Option<Range<u64>>,
+        dtype: Dtype,
+        out: &mut [u8],
+    ) -> Result<usize> {
+        let t = self.tensors.get(name).ok_or_else(|| VllmError::Checkpoint {
+            dir: self.dir.clone(),
+            message: format!("no tensor {name:?}"),
+        })?;
+        let bytes = self.bytes(t);
+        let item = t.dtype.itemsize();
+        let row_elems: u64 = t.shape.iter().skip(1).product();
+        let (c0, c1) = match &cols {
+            Some(c) => (c.start, c.end),
+            None => (0, row_elems),
+        };
+        let out_item = dtype.itemsize();
+        let per_row = (c1 - c0) as usize;
+        let mut written = 0;
+        for r in rows {
+            let at = ((r * row_elems + c0) as usize) * item;
+            let src = &bytes[at..at + per_row * item];
+            let dst = &mut out[written..written + per_row * out_item];
+            cast_into(src, t.dtype, dst, dtype).map_err(|(from, to)| VllmError::Invalid {
+                what: format!("tensor {name:?}"),
+                message: format!("cannot cast {from} to {to} (only floating tensors are cast)"),
+            })?;
+            written += per_row * out_item;
+        }
+        Ok(written)
+    }
+
+    /// The files beside the weights that `serialize_extra_artifacts` copies:
+    /// every top-level file not matching its ignore patterns.
+    pub fn artifacts(&self) -> Result<Vec<PathBuf>> {
+        Ok(list_files(&self.dir)?
+            .into_iter()
+            .filter(|n| !ARTIFACT_IGNORE.iter().any(|suffix| n.ends_with(suffix)))
+            .map(|n| self.dir.join(n))
+            .collect())
+    }
+}
+
+/// The top-level regular files (or links to them) of `dir`, sorted.
+fn list_files(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir, "listing the model directory"))? {
+        let entry = entry.map_err(io_error(dir, "listing the model directory"))?;
+        if entry.path().is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The weight files: those the index names, else every `*.safetensors`.
+fn weight_files(dir: &Path) -> Result<Vec<String>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(io_error(&index, "reading"))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| VllmError::Json {
+                what: index.display().to_string(),
+                source,
+            })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| VllmError::Checkpoint {
+                dir: dir.to_path_buf(),
+                message: "model.safetensors.index.json has no \"weight_map\" object".into(),
+            })?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            if f.contains('/') || !dir.join(f).is_file() {
+                return Err(VllmError::Checkpoint {
+                    dir: dir.to_path_buf(),
+                    message: format!("weight file {f:?} named in model.safetensors.index.json is missing"),
+                });
+            }
+        }
+        return Ok(files);
+    }
+    Ok(list_files(dir)?
+        .into_iter()
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect())
+}
+
+/// Where `model` lives: itself if it is a directory, else its snapshot in
+/// the Hugging Face cache. `env` looks up environment variables.
+pub fn resolve_model_dir(
+    model: &str,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<PathBuf> {
+    let as_path = Path::new(model);
+    if as_path.is_dir() {
+        return Ok(as_path.to_path_buf());
+    }
+    let mut roots = Vec::new();
+    if let Some(cache) = env("HF_HUB_CACHE").or_else(|| env("HUGGINGFACE_HUB_CACHE")) {
+        roots.push(PathBuf::from(cache));
+    }
+    if let Some(home) = env("HF_HOME") {
+        roots.push(PathBuf::from(home).join("hub"));
+    }
+    if let Some(xdg) = env("XDG_CACHE_HOME") {
+        roots.push(PathBuf::from(xdg).join("huggingface/hub"));
+    }
+    if let Some(home) = env("HOME") {
+        roots.push(PathBuf::from(home).join(".cache/huggingface/hub"));
+    }
+    let repo = format!("models--{}", model.replace('/', "--"));
+    let mut searched = Vec::new();
+    for root in roots {
+        let repo_dir = root.join(&repo);
+        searched.push(repo_dir.clone());
+        let Ok(revision) = std::fs::read_to_string(repo_dir.join("refs/main")) else {
+            continue;
+        };
+        let snapshot = repo_dir.join("snapshots").join(revision.trim());
+        if snapshot.is_dir() {
+            return Ok(snapshot);
+        }
+    }
+    Err(VllmError::ModelNotFound {
+        model: model.to_owned(),
+        searched,
+    })
+}
+
+/// Converts elements between float types (the identity for equal types).
+/// `Err((from, to))` when a cast is asked between non-float types.
+pub fn cast_into(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> Result<(), (Dtype, Dtype)> {
+    use half::{bf16, f16};
+    if from == to {
+        dst.copy_from_slice(src);
+        return Ok(());
+    }
+    let read = |i: usize| -> f64 {
+        let b = &src[i * from.itemsize()..(i + 1) * from.itemsize()];
+        match from {
+            Dtype::F16 => f16::from_le_bytes([b[0], b[1]]).to_f64(),
+            Dtype::BF16 => bf16::from_le_bytes([b[0], b[1]]).to_f64(),
+            Dtype::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            _ => f64::from_le_bytes(b.try_into().expect("8 bytes")),
+        }
+    };
+    let floating = |d: Dtype| matches!(d, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64);
+    if !floating(from) || !floating(to) {
+        return Err((from, to));
+    }
+    let n = src.len() / from.itemsize();
+    for i in 0..n {
+        let v = read(i);
+        let out = &mut dst[i * to.itemsize()..(i + 1) * to.itemsize()];
+        match to {
+            // One rounding from the exact value, as torch's `.to(dtype)`.
+            Dtype::F16 => out.copy_from_slice(&f16::from_f64(v).to_le_bytes()),
+            Dtype::BF16 => out.copy_from_slice(&bf16::from_f64(v).to_le_bytes()),
+            Dtype::F32 => out.copy_from_slice(&(v as f32).to_le_bytes()),
+            _ => out.copy_from_slice(&v.to_le_bytes()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_lookup_follows_refs_main() {
+        let home = tempfile::tempdir().unwrap();
+        let repo = home.path().join(".cache/huggingface/hub/models--acme--tiny");
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
+        let env = |k: &str| (k == "HOME").then(|| home.path().as_os_str().to_owned());
+        assert_eq!(
+            resolve_model_dir("acme/tiny", &env).unwrap(),
+            repo.join("snapshots/abc123")
+        );
+        // HF_HUB_CACHE is searched first, and a miss lists every place.
+        let env2 = |k: &str| match k {
+            "HF_HUB_CACHE" => Some("/nonexistent/hub".into()),
+            "HOME" => Some(home.path().as_os_str().to_owned()),
+            _ => None,
+        };
+        let e = resolve_model_dir("acme/other", &env2).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/hub/models--acme--other"), "{e}");
+        assert!(e.contains("nothing is downloaded"), "{e}");
+    }
+
+    #[test]
+    fn casts_round_like_torch() {
+        let src: Vec<u8> = [1.0f32 + f32::EPSILON, -2.5, 65504.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let mut out = vec![0u8; 6];
+        cast_into(&src, Dtype::F32, &mut out, Dtype::F16).unwrap();
+        let back: Vec<f32> = out
+            .chunks(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
+        assert_eq!(back, [1.0, -2.5, 65504.0]);
+        assert!(cast_into(&[0; 4], Dtype::I32, &mut [0; 2], Dtype::F16).is_err());
+    }
+}

@@ -1,0 +1,444 @@
+//! `tensorizer vllm serialize`: a checkpoint directory into the directory
+//! vLLM's `examples/features/tensorize_vllm_model.py` writes:
+//!
+//! ```text
+//! {serialized_directory}/vllm/{ORG/NAME}/{suffix}/
+//!     model.tensors                      TP = 1 (Hugging Face names)
+//!     model-rank-000.tensors ...         TP = N (vLLM's names and shards)
+//!     adapter_config.json, adapter_model.tensors   with a LoRA adapter
+//!     config.json, tokenizer.json, ...   the model's other files
+//! ```
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Map, Value};
+use tensorizer::io::{copy_object, create_sink, exists};
+use tensorizer::{Dtype, Encryption, EncryptionKey, Serializer, StorageOptions, TensorData, TensorType};
+
+use crate::checkpoint::{Checkpoint, cast_into};
+use crate::error::{Result, VllmError, io_error};
+use crate::shard::{Content, architecture_of, shard};
+
+/// How a TP > 1 model is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One file per rank with that rank's shards, under vLLM's names (what
+    /// `serialize_vllm_model` writes; loaded straight into the model).
+    Vllm,
+    /// Every rank's file a whole copy under Hugging Face names (loaded
+    /// through vLLM's weights iterator; works for any architecture).
+    Hf,
+}
+
+/// What to serialize, and where.
+#[derive(Debug, Clone)]
+pub struct SerializeOptions {
+    /// A checkpoint directory, or `ORG/NAME` in the Hugging Face cache.
+    pub model: String,
+    /// The `ORG/NAME` in the output path (default: `model` when it is no
+    /// directory, else the directory's name).
+    pub model_name: Option<String>,
+    /// Where `vllm/...` goes: a directory or `s3://bucket/prefix`.
+    pub serialized_directory: String,
+    /// The last path component (default: a random UUID).
+    pub suffix: Option<String>,
+    /// Ranks.
+    pub tensor_parallel_size: usize,
+    /// The layout for TP > 1 (default: `Vllm` where rules exist).
+    pub layout: Option<Layout>,
+    /// The model dtype (`None`: `auto`, vLLM's choice from `config.json`).
+    pub dtype: Option<Dtype>,
+    /// Write a new random key here and encrypt every tensor file with it.
+    pub keyfile: Option<String>,
+    /// A LoRA adapter directory to serialize beside the model.
+    pub lora_path: Option<PathBuf>,
+    /// `TensorSerializer` keyword arguments.
+    pub serialization_kwargs: Map<String, Value>,
+    /// Credentials and retries for remote destinations.
+    pub storage: StorageOptions,
+    /// Replace a model already at the destination.
+    pub overwrite: bool,
+}
+
+impl SerializeOptions {
+    /// Options with defaults for everything but the model and destination.
+    pub fn new(model: impl Into<String>, serialized_directory: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            model_name: None,
+            serialized_directory: serialized_directory.into(),
+            suffix: None,
+            tensor_parallel_size: 1,
+            layout: None,
+            dtype: None,
+            keyfile: None,
+            lora_path: None,
+            serialization_kwargs: Map::new(),
+            storage: StorageOptions::default(),
+            overwrite: false,
+        }
+    }
+}
+
+/// Progress of one file being written.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// The file.
+    pub file: &'a str,
+    /// Tensor bytes produced so far.
+    pub bytes: u64,
+    /// Tensor bytes in all.
+    pub total: u64,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct SerializeReport {
+    /// `{serialized_directory}/vllm/{ORG/NAME}/{suffix}`.
+    pub directory: String,
+    /// The suffix used.
+    pub suffix: String,
+    /// The layout used.
+    pub layout: Layout,
+    /// The tensor dtype of vLLM-layout files (`None`: kept per tensor).
+    pub dtype: Option<Dtype>,
+    /// Every object written, with its size in bytes.
+    pub files: Vec<(String, u64)>,
+    /// What the user should know (fallbacks).
+    pub warnings: Vec<String>,
+}
+
+/// Serializes a checkpoint as vLLM's example script does; see the module docs.
+pub fn serialize(opts: &SerializeOptions, progress: &(dyn Fn(Progress<'_>) + Sync)) -> Result<SerializeReport> {
+    let checkpoint = Checkpoint::resolve(&opts.model)?;
+    let tp = opts.tensor_parallel_size;
+    if tp == 0 {
+        return Err(VllmError::Invalid {
+            what: "--tensor-parallel-size".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    let limit_cpu = serialization_kwargs(&opts.serialization_kwargs)?;
+    let model_ref = match &opts.model_name {
+        Some(name) => name.clone(),
+        None if Path::new(&opts.model).is_dir() => Path::new(&opts.model)
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| opts.model.clone()),
+        None => opts.model.clone(),
+    };
+    let suffix = match &opts.suffix {
+        Some(s) => s.clone(),
+        None => uuid4_hex()?,
+    };
+    let directory = format!(
+        "{}/vllm/{}/{suffix}",
+        opts.serialized_directory.trim_end_matches('/'),
+        model_ref.trim_matches('/')
+    );
+    let mut warnings = Vec::new();
+
+    // What goes in the tensor files: vLLM's shards where rules exist.
+    let want_vllm = tp > 1 && opts.layout != Some(Layout::Hf);
+    let mut plans = None;
+    let mut model_dtype = None;
+    if want_vllm {
+        let dtype = match opts.dtype {
+            Some(d) => d,
+            None => auto_dtype(&checkpoint)?,
+        };
+        match architecture_of(&checkpoint.config).and_then(|arch| shard(&checkpoint, arch, tp, dtype)) {
+            Ok(p) => {
+                plans = Some(p);
+                model_dtype = Some(dtype);
+            }
+            Err(VllmError::NoRules { what, known }) => warnings.push(format!(
+                "no vLLM sharding rules for {what} (rules exist for {known}): writing {tp} whole copies \
+                 under Hugging Face names (--layout hf); every rank will read the whole model"
+            )),
+            Err(e) => return Err(e),
+        }
+    }
+    let layout = if plans.is_some() { Layout::Vllm } else { Layout::Hf };
+    let tensor_files: Vec<String> = if tp == 1 {
+        vec![format!("{directory}/model.tensors")]
+    } else {
+        (0..tp)
+            .map(|r| format!("{directory}/model-rank-{r:03}.tensors"))
+            .collect()
+    };
+
+    // Refuse before writing anything.
+    if !opts.overwrite {
+        for f in &tensor_files {
+            if exists(f, &opts.storage)? {
+                return Err(VllmError::Exists {
+                    uri: f.clone(),
+                    hint: "the directory already holds a serialized model; pass --overwrite or another --suffix".into(),
+                });
+            }
+        }
+    }
+    if let Some(k) = &opts.keyfile
+        && exists(k, &opts.storage)?
+    {
+        return Err(VllmError::Exists {
+            uri: k.clone(),
+            hint: "an existing key is never replaced (what it encrypts would be lost); choose another --keyfile".into(),
+        });
+    }
+
+    let mut files = Vec::new();
+    let key = match &opts.keyfile {
+        Some(k) => {
+            let key = EncryptionKey::random().map_err(|e| VllmError::Invalid {
+                what: "--keyfile".into(),
+                message: e.to_string(),
+            })?;
+            write_key(k, key.as_bytes(), &opts.storage)?;
+            files.push((k.clone(), 32));
+            Some(key)
+        }
+        None => None,
+    };
+    let encryption = || key.as_ref().map(|k| Encryption::with_key(EncryptionKey::from_bytes(*k.as_bytes())));
+
+    let pool = rayon_pool(limit_cpu)?;
+    let write = |serializer: Serializer<'_>, uri: &str| -> Result<u64> {
+        let run = || serializer.write_to_uri_with(uri, &opts.storage);
+        let summary = match &pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        }?;
+        Ok(summary.bytes)
+    };
+
+    match plans {
+        Some(plans) => {
+            for (plan, uri) in plans.iter().zip(&tensor_files) {
+                let total = plan.data_bytes();
+                let done = AtomicU64::new(0);
+                let mut s = Serializer::new();
+                for t in &plan.tensors {
+                    if matches!(t.content, Content::Meta) {
+                        s.write_tensor(t.module_idx, t.name.as_str(), t.tensor_type, TensorData::meta(t.dtype, &t.shape))?;
+                        continue;
+                    }
+                    let (checkpoint, done) = (&checkpoint, &done);
+                    s.write_tensor_with(t.module_idx, t.name.as_str(), t.tensor_type, t.dtype, &t.shape, move |buf| {
+                        t.fill(checkpoint, buf)?;
+                        let bytes = done.fetch_add(buf.len() as u64, Ordering::Relaxed) + buf.len() as u64;
+                        progress(Progress { file: uri, bytes, total });
+                        Ok(())
+                    })?;
+                }
+                if let Some(e) = encryption() {
+                    s.encryption(e);
+                }
+                files.push((uri.clone(), write(s, uri)?));
+            }
+        }
+        None => {
+            let first = &tensor_files[0];
+            let s = hf_serializer(&checkpoint, opts.dtype, first, progress)?;
+            let mut s = s;
+            if let Some(e) = encryption() {
+                s.encryption(e);
+            }
+            let bytes = write(s, first)?;
+            files.push((first.clone(), bytes));
+            for other in &tensor_files[1..] {
+                copy_object(first, other, &opts.storage)?;
+                files.push((other.clone(), bytes));
+            }
+        }
+    }
+
+    if let Some(lora) = &opts.lora_path {
+        files.extend(tensorize_lora_adapter(lora, &directory, &opts.storage)?);
+    }
+    for artifact in checkpoint.artifacts()? {
+        let name = artifact.file_name().expect("a file").to_string_lossy().into_owned();
+        let bytes = std::fs::read(&artifact).map_err(io_error(&artifact, "reading a model file"))?;
+        let uri = format!("{directory}/{name}");
+        write_object(&uri, &bytes, &opts.storage)?;
+        files.push((uri, bytes.len() as u64));
+    }
+    Ok(SerializeReport {
+        directory,
+        suffix,
+        layout,
+        dtype: model_dtype,
+        files,
+        warnings,
+    })
+}
+
+/// vLLM's `--dtype auto`: `config.json`'s dtype, float32 served as bfloat16
+/// (`config/model.py` `_resolve_auto_dtype`, on GPUs with bfloat16).
+pub fn auto_dtype(checkpoint: &Checkpoint) -> Result<Dtype> {
+    Ok(match checkpoint.config.dtype()? {
+        Some(Dtype::F32) | None => Dtype::BF16,
+        Some(d) => d,
+    })
+}
+
+/// Every checkpoint tensor under its Hugging Face name, in name order,
+/// each cast to `dtype` if one is given and it is floating.
+fn hf_serializer<'a>(
+    checkpoint: &'a Checkpoint,
+    dtype: Option<Dtype>,
+    uri: &'a str,
+    progress: &'a (dyn Fn(Progress<'_>) + Sync),
+) -> Result<Serializer<'a>> {
+    let floating = |d: Dtype| matches!(d, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64);
+    let mut s = Serializer::new();
+    let out_dtype = |d: Dtype| match dtype {
+        Some(to) if floating(d) => to,
+        _ => d,
+    };
+    let total: u64 = checkpoint
+        .tensors()
+        .values()
+        .map(|t| t.shape.iter().product::<u64>() * out_dtype(t.dtype).itemsize() as u64)
+        .sum();
+    let done = std::sync::Arc::new(AtomicU64::new(0));
+    for (name, t) in checkpoint.tensors() {
+        let to = out_dtype(t.dtype);
+        if to == t.dtype {
+            s.write_tensor(0, name.as_str(), TensorType::StateDict, TensorData::new(t.dtype, &t.shape, checkpoint.bytes(t))?)?;
+            continue;
+        }
+        let done = done.clone();
+        s.write_tensor_with(0, name.as_str(), TensorType::StateDict, to, &t.shape, move |buf| {
+            cast_into(checkpoint.bytes(t), t.dtype, buf, to).map_err(|(f, to)| format!("{name}: cannot cast {f} to {to}"))?;
+            let bytes = done.fetch_add(buf.len() as u64, Ordering::Relaxed) + buf.len() as u64;
+            progress(Progress { file: uri, bytes, total });
+            Ok(())
+        })?;
+    }
+    Ok(s)
+}
+
+/// vLLM's `tensorize_lora_adapter`: `adapter_config.json` (re-spelled by
+/// `json.dumps`) and `adapter_model.tensors` (a state dict, unencrypted as
+/// vLLM writes it) into `directory`.
+pub fn tensorize_lora_adapter(lora: &Path, directory: &str, storage: &StorageOptions) -> Result<Vec<(String, u64)>> {
+    let bad = |message: String| VllmError::Checkpoint {
+        dir: lora.to_path_buf(),
+        message,
+    };
+    let config_path = lora.join("adapter_config.json");
+    let weights = lora.join("adapter_model.safetensors");
+    if !weights.is_file() {
+        return Err(bad(if lora.join("adapter_model.bin").is_file() {
+            "only a pickle adapter (adapter_model.bin) here: it is never loaded (unpickling runs code); \
+             save the adapter with safe_serialization=True"
+                .into()
+        } else {
+            "no adapter_model.safetensors here".into()
+        }));
+    }
+    let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path, "reading the adapter config"))?;
+    let config = crate::pyjson::dumps(&text)?;
+    let config_uri = format!("{directory}/adapter_config.json");
+    write_object(&config_uri, config.as_bytes(), storage)?;
+
+    let file = File::open(&weights).map_err(io_error(&weights, "opening"))?;
+    // SAFETY: read-only map of a file we do not write, for this call only.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(&weights, "mapping"))?;
+    let st = safetensors::SafeTensors::deserialize(&map)
+        .map_err(|e| bad(format!("adapter_model.safetensors: {e}")))?;
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut s = Serializer::new();
+    for (name, view) in &tensors {
+        let dtype = tensorizer::safetensors::from_safetensors_dtype(view.dtype())
+            .ok_or_else(|| bad(format!("tensor {name:?}: dtype {:?} has no tensorizer equivalent", view.dtype())))?;
+        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
+        s.write_tensor(0, name.as_str(), TensorType::StateDict, TensorData::new(dtype, &shape, view.data())?)?;
+    }
+    let uri = format!("{directory}/adapter_model.tensors");
+    let summary = s.write_to_uri_with(&uri, storage)?;
+    Ok(vec![(config_uri, config.len() as u64), (uri, summary.bytes)])
+}
+
+/// `TensorSerializer`'s keyword arguments: `compress_tensors` (a no-op in
+/// tensorizer 2.12) and `limit_cpu_concurrency` (worker threads).
+fn serialization_kwargs(kwargs: &Map<String, Value>) -> Result<Option<usize>> {
+    let unknown: Vec<String> = kwargs
+        .keys()
+        .filter(|k| !["compress_tensors", "limit_cpu_concurrency"].contains(&k.as_str()))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(VllmError::UnknownKeys {
+            what: "--serialization-kwargs (known: compress_tensors, limit_cpu_concurrency; encryption comes from --keyfile)".into(),
+            keys: unknown,
+        });
+    }
+    match kwargs.get("limit_cpu_concurrency") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => Ok(Some(n as usize)),
+            _ => Err(VllmError::Invalid {
+                what: "--serialization-kwargs limit_cpu_concurrency".into(),
+                message: format!("{v} is not an integer ≥ 1"),
+            }),
+        },
+    }
+}
+
+fn rayon_pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
+    threads
+        .map(|n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| VllmError::Invalid {
+                    what: "limit_cpu_concurrency".into(),
+                    message: e.to_string(),
+                })
+        })
+        .transpose()
+}
+
+/// Writes a small object whole, atomically.
+fn write_object(uri: &str, bytes: &[u8], storage: &StorageOptions) -> Result<()> {
+    let sink = create_sink(uri, storage)?;
+    sink.write_all_at(0, bytes)?;
+    sink.commit()?;
+    Ok(())
+}
+
+/// Writes the key; a local key file is readable by its owner only from
+/// before it has a name.
+fn write_key(uri: &str, key: &[u8], storage: &StorageOptions) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use tensorizer::io::{LocalSink, Sink};
+    if uri.contains("://") {
+        return write_object(uri, key, storage);
+    }
+    let sink = LocalSink::create(Path::new(uri))?;
+    sink.file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io_error(Path::new(uri), "making the key file private"))?;
+    sink.write_all_at(0, key)?;
+    Box::new(sink).commit()?;
+    Ok(())
+}
+
+/// `uuid.uuid4().hex`: 32 hex digits of a random version-4 UUID.
+fn uuid4_hex() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| VllmError::Invalid {
+        what: "--suffix".into(),
+        message: format!("no randomness for a UUID: {e}"),
+    })?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
