@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+mod vllm;
+
 use tensorizer::{
     Decryption, Deserializer, Encryption, EncryptionKey, Error, KdfParams, KdfStrength,
     PathComponent, S3Options, StorageOptions, TensorPath, Verify, format::MAGIC,
@@ -170,6 +172,12 @@ enum Command {
         /// Output file (the other format).
         output: PathBuf,
     },
+    /// vLLM's tensorizer workflow: serialize a Hugging Face checkpoint into
+    /// vLLM's layout (tensor-parallel ranks, key file, LoRA) and load it back.
+    Vllm {
+        #[command(subcommand)]
+        command: vllm::VllmCommand,
+    },
 }
 
 /// Where a key comes from: a key file, a passphrase file, or the
@@ -307,6 +315,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let storage = cli.storage.options();
     let result = match cli.command {
+        Command::Vllm { command } => return vllm::run(command, &storage),
         Command::Inspect { file, json, key } => inspect(&file, json, &key, &storage),
         Command::Verify { file, key } => verify(&file, &key, &storage),
         Command::Load {

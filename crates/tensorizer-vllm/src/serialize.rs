@@ -191,6 +191,10 @@ pub fn serialize(opts: &SerializeOptions, progress: &(dyn Fn(Progress<'_>) + Syn
         });
     }
 
+    if !directory.contains("://") {
+        std::fs::create_dir_all(&directory)
+            .map_err(io_error(Path::new(&directory), "creating the serialized directory"))?;
+    }
     let mut files = Vec::new();
     let key = match &opts.keyfile {
         Some(k) => {

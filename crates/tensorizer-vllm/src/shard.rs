@@ -504,7 +504,7 @@ impl Planner<'_> {
                 let w = self.source(from, "weight", module, &shape, rule)?;
                 let vocab = shape[0];
                 let padded = vocab.div_ceil(VOCAB_PADDING) * VOCAB_PADDING;
-                let part = self.divide(padded, &format!("padded vocabulary {padded}"), rule)?;
+                let part = self.divide(padded, "padded vocabulary", rule)?;
                 let start = (rank * part).min(vocab);
                 let end = ((rank + 1) * part).min(vocab);
                 let mut pieces = Vec::new();
