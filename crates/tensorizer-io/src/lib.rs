@@ -227,7 +227,9 @@ pub fn exists(uri: &str, options: &StorageOptions) -> Result<bool> {
         }
         Some(other) if other.len() > 1 => Err(IoError::Unsupported {
             uri: uri.to_owned(),
-            message: format!("cannot tell whether a {other}:// object exists (only files and s3://)"),
+            message: format!(
+                "cannot tell whether a {other}:// object exists (only files and s3://)"
+            ),
         }),
         _ => Ok(Path::new(uri).exists()),
     }

@@ -325,30 +325,6 @@ impl Sink for LocalSink {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_named_fallback_also_cleans_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("m.tensors");
-        let sink = LocalSink {
-            uri: dest.display().to_string(),
-            dest: dest.clone(),
-            staging: Staging::Named(
-                tempfile::Builder::new()
-                    .prefix(&temp_prefix(&dest))
-                    .tempfile_in(dir.path())
-                    .unwrap(),
-            ),
-        };
-        sink.write_all_at(0, b"x").unwrap();
-        drop(sink);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-}
-
 /// Makes `to` a hard link to `from` (a copy where the two lie on different
 /// file systems), replacing `to` atomically: the link is made under a
 /// temporary name beside it, then renamed over.
@@ -372,9 +348,37 @@ pub(crate) fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
             }
             other => other,
         })
-        .map_err(local(format!("linking or copying {} to a temporary name in {}", from.display(), dir.display())))?;
+        .map_err(local(format!(
+            "linking or copying {} to a temporary name in {}",
+            from.display(),
+            dir.display()
+        )))?;
     staged
         .persist(to)
         .map_err(|e| local(format!("renaming {} into place", e.file.path().display()))(e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_named_fallback_also_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m.tensors");
+        let sink = LocalSink {
+            uri: dest.display().to_string(),
+            dest: dest.clone(),
+            staging: Staging::Named(
+                tempfile::Builder::new()
+                    .prefix(&temp_prefix(&dest))
+                    .tempfile_in(dir.path())
+                    .unwrap(),
+            ),
+        };
+        sink.write_all_at(0, b"x").unwrap();
+        drop(sink);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }

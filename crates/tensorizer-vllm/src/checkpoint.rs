@@ -103,7 +103,10 @@ impl Checkpoint {
             let base = map.as_ptr() as usize;
             for (tensor, view) in st.tensors() {
                 let dtype = from_safetensors_dtype(view.dtype()).ok_or_else(|| {
-                    bad(format!("{name}: tensor {tensor:?} has dtype {:?}, which tensorizer cannot store", view.dtype()))
+                    bad(format!(
+                        "{name}: tensor {tensor:?} has dtype {:?}, which tensorizer cannot store",
+                        view.dtype()
+                    ))
                 })?;
                 let start = view.data().as_ptr() as usize - base;
                 let stored = StoredTensor {
@@ -113,7 +116,9 @@ impl Checkpoint {
                     range: start..start + view.data().len(),
                 };
                 if tensors.insert(tensor.clone(), stored).is_some() {
-                    return Err(bad(format!("tensor {tensor:?} is stored in two weight files")));
+                    return Err(bad(format!(
+                        "tensor {tensor:?} is stored in two weight files"
+                    )));
                 }
             }
             files.push((path, map));
@@ -157,10 +162,13 @@ impl Checkpoint {
         dtype: Dtype,
         out: &mut [u8],
     ) -> Result<usize> {
-        let t = self.tensors.get(name).ok_or_else(|| VllmError::Checkpoint {
-            dir: self.dir.clone(),
-            message: format!("no tensor {name:?}"),
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| VllmError::Checkpoint {
+                dir: self.dir.clone(),
+                message: format!("no tensor {name:?}"),
+            })?;
         let bytes = self.bytes(t);
         let item = t.dtype.itemsize();
         let row_elems: u64 = t.shape.iter().skip(1).product();
@@ -235,7 +243,9 @@ fn weight_files(dir: &Path) -> Result<Vec<String>> {
             if f.contains('/') || !dir.join(f).is_file() {
                 return Err(VllmError::Checkpoint {
                     dir: dir.to_path_buf(),
-                    message: format!("weight file {f:?} named in model.safetensors.index.json is missing"),
+                    message: format!(
+                        "weight file {f:?} named in model.safetensors.index.json is missing"
+                    ),
                 });
             }
         }
@@ -332,7 +342,9 @@ mod tests {
     #[test]
     fn cache_lookup_follows_refs_main() {
         let home = tempfile::tempdir().unwrap();
-        let repo = home.path().join(".cache/huggingface/hub/models--acme--tiny");
+        let repo = home
+            .path()
+            .join(".cache/huggingface/hub/models--acme--tiny");
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
         std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
@@ -347,7 +359,9 @@ mod tests {
             "HOME" => Some(home.path().as_os_str().to_owned()),
             _ => None,
         };
-        let e = resolve_model_dir("acme/other", &env2).unwrap_err().to_string();
+        let e = resolve_model_dir("acme/other", &env2)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/hub/models--acme--other"), "{e}");
         assert!(e.contains("nothing is downloaded"), "{e}");
     }

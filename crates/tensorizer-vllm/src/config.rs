@@ -128,10 +128,12 @@ impl ModelConfig {
             return Ok(None);
         };
         let name = v.as_str().unwrap_or_default();
-        parse_dtype(name).map(Some).ok_or_else(|| VllmError::Config {
-            key: "torch_dtype".into(),
-            message: format!("{v} is not float16, bfloat16 or float32"),
-        })
+        parse_dtype(name)
+            .map(Some)
+            .ok_or_else(|| VllmError::Config {
+                key: "torch_dtype".into(),
+                message: format!("{v} is not float16, bfloat16 or float32"),
+            })
     }
 
     /// The rotary embedding parameters.
@@ -208,7 +210,10 @@ mod tests {
         let r = c.rope().unwrap();
         assert_eq!(r.theta, 500_000.0);
         assert!(matches!(r.scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
-        let c = ModelConfig::parse(r#"{"rope_parameters": {"rope_type": "default", "rope_theta": 1000000}}"#).unwrap();
+        let c = ModelConfig::parse(
+            r#"{"rope_parameters": {"rope_type": "default", "rope_theta": 1000000}}"#,
+        )
+        .unwrap();
         assert_eq!(c.rope().unwrap().theta, 1e6);
         assert_eq!(c.rope().unwrap().scaling, RopeScaling::None);
         let c = ModelConfig::parse(r#"{"rope_scaling": {"type": "yarn", "factor": 4}}"#).unwrap();
@@ -220,6 +225,11 @@ mod tests {
         let c = ModelConfig::parse(r#"{"hidden_size": "big"}"#).unwrap();
         let e = c.usize("hidden_size").unwrap_err().to_string();
         assert!(e.contains("hidden_size"), "{e}");
-        assert!(c.usize("vocab_size").unwrap_err().to_string().contains("vocab_size"));
+        assert!(
+            c.usize("vocab_size")
+                .unwrap_err()
+                .to_string()
+                .contains("vocab_size")
+        );
     }
 }

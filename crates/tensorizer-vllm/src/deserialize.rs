@@ -56,7 +56,10 @@ pub fn load_ranks(
         let (tensors, bytes) = match device {
             Device::Cpu => {
                 let all = d.read_all()?;
-                (all.len(), all.iter().map(|t| t.as_bytes().len() as u64).sum())
+                (
+                    all.len(),
+                    all.iter().map(|t| t.as_bytes().len() as u64).sum(),
+                )
             }
             #[cfg(feature = "cuda")]
             Device::Cuda => {

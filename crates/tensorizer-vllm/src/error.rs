@@ -55,7 +55,9 @@ pub enum VllmError {
         message: String,
     },
     /// A checkpoint tensor's shape disagrees with what `config.json` implies.
-    #[error("tensor {tensor:?} has shape {actual:?}, but config.json implies {expected:?} ({rule})")]
+    #[error(
+        "tensor {tensor:?} has shape {actual:?}, but config.json implies {expected:?} ({rule})"
+    )]
     Shape {
         /// The checkpoint tensor.
         tensor: String,

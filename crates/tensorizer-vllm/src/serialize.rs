@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
 use tensorizer::io::{copy_object, create_sink, exists};
-use tensorizer::{Dtype, Encryption, EncryptionKey, Serializer, StorageOptions, TensorData, TensorType};
+use tensorizer::{
+    Dtype, Encryption, EncryptionKey, Serializer, StorageOptions, TensorData, TensorType,
+};
 
 use crate::checkpoint::{Checkpoint, cast_into};
 use crate::error::{Result, VllmError, io_error};
@@ -111,7 +113,10 @@ pub struct SerializeReport {
 }
 
 /// Serializes a checkpoint as vLLM's example script does; see the module docs.
-pub fn serialize(opts: &SerializeOptions, progress: &(dyn Fn(Progress<'_>) + Sync)) -> Result<SerializeReport> {
+pub fn serialize(
+    opts: &SerializeOptions,
+    progress: &(dyn Fn(Progress<'_>) + Sync),
+) -> Result<SerializeReport> {
     let checkpoint = Checkpoint::resolve(&opts.model)?;
     let tp = opts.tensor_parallel_size;
     if tp == 0 {
@@ -162,7 +167,11 @@ pub fn serialize(opts: &SerializeOptions, progress: &(dyn Fn(Progress<'_>) + Syn
             Err(e) => return Err(e),
         }
     }
-    let layout = if plans.is_some() { Layout::Vllm } else { Layout::Hf };
+    let layout = if plans.is_some() {
+        Layout::Vllm
+    } else {
+        Layout::Hf
+    };
     let tensor_files: Vec<String> = if tp == 1 {
         vec![format!("{directory}/model.tensors")]
     } else {
@@ -192,8 +201,10 @@ pub fn serialize(opts: &SerializeOptions, progress: &(dyn Fn(Progress<'_>) + Syn
     }
 
     if !directory.contains("://") {
-        std::fs::create_dir_all(&directory)
-            .map_err(io_error(Path::new(&directory), "creating the serialized directory"))?;
+        std::fs::create_dir_all(&directory).map_err(io_error(
+            Path::new(&directory),
+            "creating the serialized directory",
+        ))?;
     }
     let mut files = Vec::new();
     let key = match &opts.keyfile {
@@ -208,7 +219,10 @@ pub fn serialize(opts: &SerializeOptions, progress: &(dyn Fn(Progress<'_>) + Syn
         }
         None => None,
     };
-    let encryption = || key.as_ref().map(|k| Encryption::with_key(EncryptionKey::from_bytes(*k.as_bytes())));
+    let encryption = || {
+        key.as_ref()
+            .map(|k| Encryption::with_key(EncryptionKey::from_bytes(*k.as_bytes())))
+    };
 
     let pool = rayon_pool(limit_cpu)?;
     let write = |serializer: Serializer<'_>, uri: &str| -> Result<u64> {
@@ -228,16 +242,33 @@ pub fn serialize(opts: &SerializeOptions, progress: &(dyn Fn(Progress<'_>) + Syn
                 let mut s = Serializer::new();
                 for t in &plan.tensors {
                     if matches!(t.content, Content::Meta) {
-                        s.write_tensor(t.module_idx, t.name.as_str(), t.tensor_type, TensorData::meta(t.dtype, &t.shape))?;
+                        s.write_tensor(
+                            t.module_idx,
+                            t.name.as_str(),
+                            t.tensor_type,
+                            TensorData::meta(t.dtype, &t.shape),
+                        )?;
                         continue;
                     }
                     let (checkpoint, done) = (&checkpoint, &done);
-                    s.write_tensor_with(t.module_idx, t.name.as_str(), t.tensor_type, t.dtype, &t.shape, move |buf| {
-                        t.fill(checkpoint, buf)?;
-                        let bytes = done.fetch_add(buf.len() as u64, Ordering::Relaxed) + buf.len() as u64;
-                        progress(Progress { file: uri, bytes, total });
-                        Ok(())
-                    })?;
+                    s.write_tensor_with(
+                        t.module_idx,
+                        t.name.as_str(),
+                        t.tensor_type,
+                        t.dtype,
+                        &t.shape,
+                        move |buf| {
+                            t.fill(checkpoint, buf)?;
+                            let bytes = done.fetch_add(buf.len() as u64, Ordering::Relaxed)
+                                + buf.len() as u64;
+                            progress(Progress {
+                                file: uri,
+                                bytes,
+                                total,
+                            });
+                            Ok(())
+                        },
+                    )?;
                 }
                 if let Some(e) = encryption() {
                     s.encryption(e);
@@ -265,8 +296,13 @@ pub fn serialize(opts: &SerializeOptions, progress: &(dyn Fn(Progress<'_>) + Syn
         files.extend(tensorize_lora_adapter(lora, &directory, &opts.storage)?);
     }
     for artifact in checkpoint.artifacts()? {
-        let name = artifact.file_name().expect("a file").to_string_lossy().into_owned();
-        let bytes = std::fs::read(&artifact).map_err(io_error(&artifact, "reading a model file"))?;
+        let name = artifact
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
+        let bytes =
+            std::fs::read(&artifact).map_err(io_error(&artifact, "reading a model file"))?;
         let uri = format!("{directory}/{name}");
         write_object(&uri, &bytes, &opts.storage)?;
         files.push((uri, bytes.len() as u64));
@@ -313,16 +349,33 @@ fn hf_serializer<'a>(
     for (name, t) in checkpoint.tensors() {
         let to = out_dtype(t.dtype);
         if to == t.dtype {
-            s.write_tensor(0, name.as_str(), TensorType::StateDict, TensorData::new(t.dtype, &t.shape, checkpoint.bytes(t))?)?;
+            s.write_tensor(
+                0,
+                name.as_str(),
+                TensorType::StateDict,
+                TensorData::new(t.dtype, &t.shape, checkpoint.bytes(t))?,
+            )?;
             continue;
         }
         let done = done.clone();
-        s.write_tensor_with(0, name.as_str(), TensorType::StateDict, to, &t.shape, move |buf| {
-            cast_into(checkpoint.bytes(t), t.dtype, buf, to).map_err(|(f, to)| format!("{name}: cannot cast {f} to {to}"))?;
-            let bytes = done.fetch_add(buf.len() as u64, Ordering::Relaxed) + buf.len() as u64;
-            progress(Progress { file: uri, bytes, total });
-            Ok(())
-        })?;
+        s.write_tensor_with(
+            0,
+            name.as_str(),
+            TensorType::StateDict,
+            to,
+            &t.shape,
+            move |buf| {
+                cast_into(checkpoint.bytes(t), t.dtype, buf, to)
+                    .map_err(|(f, to)| format!("{name}: cannot cast {f} to {to}"))?;
+                let bytes = done.fetch_add(buf.len() as u64, Ordering::Relaxed) + buf.len() as u64;
+                progress(Progress {
+                    file: uri,
+                    bytes,
+                    total,
+                });
+                Ok(())
+            },
+        )?;
     }
     Ok(s)
 }
@@ -330,7 +383,11 @@ fn hf_serializer<'a>(
 /// vLLM's `tensorize_lora_adapter`: `adapter_config.json` (re-spelled by
 /// `json.dumps`) and `adapter_model.tensors` (a state dict, unencrypted as
 /// vLLM writes it) into `directory`.
-pub fn tensorize_lora_adapter(lora: &Path, directory: &str, storage: &StorageOptions) -> Result<Vec<(String, u64)>> {
+pub fn tensorize_lora_adapter(
+    lora: &Path,
+    directory: &str,
+    storage: &StorageOptions,
+) -> Result<Vec<(String, u64)>> {
     let bad = |message: String| VllmError::Checkpoint {
         dir: lora.to_path_buf(),
         message,
@@ -346,7 +403,8 @@ pub fn tensorize_lora_adapter(lora: &Path, directory: &str, storage: &StorageOpt
             "no adapter_model.safetensors here".into()
         }));
     }
-    let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path, "reading the adapter config"))?;
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(io_error(&config_path, "reading the adapter config"))?;
     let config = crate::pyjson::dumps(&text)?;
     let config_uri = format!("{directory}/adapter_config.json");
     write_object(&config_uri, config.as_bytes(), storage)?;
@@ -360,14 +418,27 @@ pub fn tensorize_lora_adapter(lora: &Path, directory: &str, storage: &StorageOpt
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut s = Serializer::new();
     for (name, view) in &tensors {
-        let dtype = tensorizer::safetensors::from_safetensors_dtype(view.dtype())
-            .ok_or_else(|| bad(format!("tensor {name:?}: dtype {:?} has no tensorizer equivalent", view.dtype())))?;
+        let dtype =
+            tensorizer::safetensors::from_safetensors_dtype(view.dtype()).ok_or_else(|| {
+                bad(format!(
+                    "tensor {name:?}: dtype {:?} has no tensorizer equivalent",
+                    view.dtype()
+                ))
+            })?;
         let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
-        s.write_tensor(0, name.as_str(), TensorType::StateDict, TensorData::new(dtype, &shape, view.data())?)?;
+        s.write_tensor(
+            0,
+            name.as_str(),
+            TensorType::StateDict,
+            TensorData::new(dtype, &shape, view.data())?,
+        )?;
     }
     let uri = format!("{directory}/adapter_model.tensors");
     let summary = s.write_to_uri_with(&uri, storage)?;
-    Ok(vec![(config_uri, config.len() as u64), (uri, summary.bytes)])
+    Ok(vec![
+        (config_uri, config.len() as u64),
+        (uri, summary.bytes),
+    ])
 }
 
 /// `TensorSerializer`'s keyword arguments: `compress_tensors` (a no-op in
@@ -425,6 +496,13 @@ fn write_key(uri: &str, key: &[u8], storage: &StorageOptions) -> Result<()> {
     use tensorizer::io::{LocalSink, Sink};
     if uri.contains("://") {
         return write_object(uri, key, storage);
+    }
+    if let Some(parent) = Path::new(uri)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(io_error(parent, "creating the key file's directory"))?;
     }
     let sink = LocalSink::create(Path::new(uri))?;
     sink.file()

@@ -103,13 +103,18 @@ impl PlannedTensor {
             Content::Constant(v) => {
                 let one = v.to_le_bytes();
                 let mut elem = vec![0u8; self.dtype.itemsize()];
-                cast_into(&one, Dtype::F32, &mut elem, self.dtype).map_err(|_| self.cast_error())?;
+                cast_into(&one, Dtype::F32, &mut elem, self.dtype)
+                    .map_err(|_| self.cast_error())?;
                 for chunk in out.chunks_mut(elem.len()) {
                     chunk.copy_from_slice(&elem);
                 }
             }
             Content::Rotary(spec) => {
-                let cache: Vec<u8> = spec.compute().iter().flat_map(|v| v.to_le_bytes()).collect();
+                let cache: Vec<u8> = spec
+                    .compute()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
                 cast_into(&cache, Dtype::F32, out, self.dtype).map_err(|_| self.cast_error())?;
             }
             Content::Rows(pieces) => {
@@ -167,14 +172,18 @@ impl Dims {
     fn new(c: &ModelConfig, arch: &Architecture) -> Result<Self> {
         let hidden = c.usize("hidden_size")? as u64;
         let heads = c.usize("num_attention_heads")? as u64;
-        let kv_heads = c.opt_usize("num_key_value_heads")?.map_or(heads, |k| k as u64);
+        let kv_heads = c
+            .opt_usize("num_key_value_heads")?
+            .map_or(heads, |k| k as u64);
         if heads == 0 || kv_heads == 0 {
             return Err(VllmError::Config {
                 key: "num_attention_heads".into(),
                 message: "must be positive".into(),
             });
         }
-        let head_dim = c.opt_usize("head_dim")?.map_or(hidden / heads, |d| d as u64);
+        let head_dim = c
+            .opt_usize("head_dim")?
+            .map_or(hidden / heads, |d| d as u64);
         let intermediate = match c.opt_usize("intermediate_size")? {
             Some(i) => i as u64,
             None => c.usize("ffn_dim")? as u64,
@@ -187,7 +196,9 @@ impl Dims {
             intermediate,
             vocab: c.usize("vocab_size")? as u64,
             layers: c.usize("num_hidden_layers")?,
-            word_embed_proj: c.opt_usize("word_embed_proj_dim")?.map_or(hidden, |d| d as u64),
+            word_embed_proj: c
+                .opt_usize("word_embed_proj_dim")?
+                .map_or(hidden, |d| d as u64),
             max_position: c.opt_usize("max_position_embeddings")?.map(|d| d as u64),
             tied: c.bool_or("tie_word_embeddings", arch.tie_default)?,
         })
@@ -308,7 +319,10 @@ impl Planner<'_> {
                 .hf
                 .iter()
                 .map(|h| match layer {
-                    Some(i) => format!("{}{h}", self.arch.layer_prefix.replace("{i}", &i.to_string())),
+                    Some(i) => format!(
+                        "{}{h}",
+                        self.arch.layer_prefix.replace("{i}", &i.to_string())
+                    ),
                     None => (*h).to_owned(),
                 })
                 .collect();
@@ -358,15 +372,26 @@ impl Planner<'_> {
         };
         let param = TensorType::Param;
         let dtype = self.dtype;
-        let expected = |r: &Rule| -> Result<Vec<u64>> {
-            r.shape.iter().map(|&d| self.dims.size(d)).collect()
-        };
+        let expected =
+            |r: &Rule| -> Result<Vec<u64>> { r.shape.iter().map(|&d| self.dims.size(d)).collect() };
         match rule.kind {
             Kind::Container => {}
-            Kind::Marker => push("vllm_tensorized_marker", param, Dtype::I64, vec![1], Content::Meta),
+            Kind::Marker => push(
+                "vllm_tensorized_marker",
+                param,
+                Dtype::I64,
+                vec![1],
+                Content::Meta,
+            ),
             Kind::AttentionScales => {
                 for attr in ["_k_scale", "_v_scale", "_q_scale", "_prob_scale"] {
-                    push(attr, TensorType::Buffer, Dtype::F32, vec![], Content::Constant(1.0));
+                    push(
+                        attr,
+                        TensorType::Buffer,
+                        Dtype::F32,
+                        vec![],
+                        Content::Constant(1.0),
+                    );
                 }
             }
             Kind::Rotary => {
@@ -406,7 +431,13 @@ impl Planner<'_> {
                 let part = self.divide(shape[0], "output size", rule)?;
                 let rows = rank * part..(rank + 1) * part;
                 let w = self.source(&hf[0], "weight", module, &shape, rule)?;
-                push("weight", param, dtype, vec![part, shape[1]], rows_of(&w, rows.clone()));
+                push(
+                    "weight",
+                    param,
+                    dtype,
+                    vec![part, shape[1]],
+                    rows_of(&w, rows.clone()),
+                );
                 if bias {
                     let b = self.source(&hf[0], "bias", module, &shape[..1], rule)?;
                     push("bias", param, dtype, vec![part], rows_of(&b, rows));
@@ -439,7 +470,10 @@ impl Planner<'_> {
                 let (kv_heads, replicas) = if tp >= d.kv_heads {
                     if !tp.is_multiple_of(d.kv_heads) {
                         return Err(self.parallel(
-                            format!("does not divide into num_key_value_heads {} replicas", d.kv_heads),
+                            format!(
+                                "does not divide into num_key_value_heads {} replicas",
+                                d.kv_heads
+                            ),
                             rule,
                         ));
                     }
@@ -520,7 +554,13 @@ impl Planner<'_> {
                         rows: part - (end - start),
                     });
                 }
-                push("weight", param, dtype, vec![part, shape[1]], Content::Rows(pieces));
+                push(
+                    "weight",
+                    param,
+                    dtype,
+                    vec![part, shape[1]],
+                    Content::Rows(pieces),
+                );
             }
         }
         Ok(())
@@ -543,7 +583,14 @@ impl Planner<'_> {
     }
 
     /// The checkpoint tensor `{hf}.{attr}`, present and of shape `want`.
-    fn source(&self, hf: &str, attr: &str, module: &str, want: &[u64], rule: &Rule) -> Result<Source> {
+    fn source(
+        &self,
+        hf: &str,
+        attr: &str,
+        module: &str,
+        want: &[u64],
+        rule: &Rule,
+    ) -> Result<Source> {
         let name = format!("{hf}.{attr}");
         let Some(ckpt) = self.checkpoint else {
             return Ok(Source {
@@ -552,9 +599,15 @@ impl Planner<'_> {
             });
         };
         let found = std::iter::once(name.clone())
-            .chain(self.arch.hf_aliases.iter().filter_map(|(alias, canonical)| {
-                name.strip_prefix(canonical).map(|rest| format!("{alias}{rest}"))
-            }))
+            .chain(
+                self.arch
+                    .hf_aliases
+                    .iter()
+                    .filter_map(|(alias, canonical)| {
+                        name.strip_prefix(canonical)
+                            .map(|rest| format!("{alias}{rest}"))
+                    }),
+            )
             .find_map(|n| ckpt.get(&n).map(|t| (n, t.shape.clone())));
         let Some((name, shape)) = found else {
             return Err(VllmError::MissingTensor {

@@ -151,7 +151,10 @@ impl TensorizerConfig {
         };
         StorageOptions {
             s3: S3Options {
-                access_key_id: self.s3_access_key_id.clone().or_else(|| kw("s3_access_key_id")),
+                access_key_id: self
+                    .s3_access_key_id
+                    .clone()
+                    .or_else(|| kw("s3_access_key_id")),
                 secret_access_key: self
                     .s3_secret_access_key
                     .clone()
@@ -261,9 +264,11 @@ mod tests {
         let c = TensorizerConfig::from_json(r#"{"lora_dir": "/l"}"#).unwrap();
         assert_eq!(c.uri(), "/l/adapter_model.tensors");
         assert!(TensorizerConfig::from_json("{}").is_err());
-        let e = TensorizerConfig::from_json(r#"{"tensorizer_uri": "a", "deserialization_kwargs": {"bogus": 1}}"#)
-            .unwrap_err()
-            .to_string();
+        let e = TensorizerConfig::from_json(
+            r#"{"tensorizer_uri": "a", "deserialization_kwargs": {"bogus": 1}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("\"bogus\""), "{e}");
     }
 

@@ -59,14 +59,24 @@ fn unshard(tiny: Tiny, ranks: &[HashMap<String, Tensor>]) -> BTreeMap<String, Ve
     let n = |k: &str| c[k].as_u64().unwrap() as usize;
     let tp = ranks.len();
     let heads = n("num_attention_heads");
-    let kv = c.get("num_key_value_heads").and_then(|v| v.as_u64()).map_or(heads, |v| v as usize);
+    let kv = c
+        .get("num_key_value_heads")
+        .and_then(|v| v.as_u64())
+        .map_or(heads, |v| v as usize);
     let hidden = n("hidden_size");
-    let hd = c.get("head_dim").and_then(|v| v.as_u64()).map_or(hidden / heads, |v| v as usize);
+    let hd = c
+        .get("head_dim")
+        .and_then(|v| v.as_u64())
+        .map_or(hidden / heads, |v| v as usize);
     let vocab = n("vocab_size");
     let (q_per, kv_per, replicas) = (heads / tp, (kv / tp).max(1), (tp / kv).max(1));
     let mut out = BTreeMap::new();
     let opt = tiny == Tiny::Opt;
-    let (vp, hp) = if opt { ("model.decoder.", "decoder.") } else { ("model.", "model.") };
+    let (vp, hp) = if opt {
+        ("model.decoder.", "decoder.")
+    } else {
+        ("model.", "model.")
+    };
     // Vocab-parallel: rows concatenated, padding (zero) dropped.
     let vocab_of = |name: &str| {
         let mut all = Vec::new();
@@ -74,33 +84,73 @@ fn unshard(tiny: Tiny, ranks: &[HashMap<String, Tensor>]) -> BTreeMap<String, Ve
             all.extend(r[name].as_bytes());
         }
         let row = hidden * ranks[0][name].dtype().itemsize();
-        assert!(all[vocab * row..].iter().all(|&b| b == 0), "{name}: padded rows are zero");
-        assert_eq!(ranks[0][name].shape()[0] as usize * tp, vocab.div_ceil(64) * 64, "{name}: padded to 64");
+        assert!(
+            all[vocab * row..].iter().all(|&b| b == 0),
+            "{name}: padded rows are zero"
+        );
+        assert_eq!(
+            ranks[0][name].shape()[0] as usize * tp,
+            vocab.div_ceil(64) * 64,
+            "{name}: padded to 64"
+        );
         all[..vocab * row].to_vec()
     };
-    out.insert(format!("{hp}embed_tokens.weight"), vocab_of(&format!("{vp}embed_tokens.weight")));
+    out.insert(
+        format!("{hp}embed_tokens.weight"),
+        vocab_of(&format!("{vp}embed_tokens.weight")),
+    );
     let untied = !c["tie_word_embeddings"].as_bool().unwrap_or(opt);
     if untied {
         out.insert("lm_head.weight".into(), vocab_of("lm_head.weight"));
     } else if tiny == Tiny::Llama || tiny == Tiny::Mistral {
-        assert_eq!(vocab_of("lm_head.weight"), out[&format!("{hp}embed_tokens.weight")]);
+        assert_eq!(
+            vocab_of("lm_head.weight"),
+            out[&format!("{hp}embed_tokens.weight")]
+        );
     } else {
-        assert!(!ranks[0].contains_key("lm_head.weight"), "the tied head is the embedding module itself");
+        assert!(
+            !ranks[0].contains_key("lm_head.weight"),
+            "the tied head is the embedding module itself"
+        );
     }
     // Replicated tensors: identical on every rank.
-    fn same(ranks: &[HashMap<String, Tensor>], out: &mut BTreeMap<String, Vec<u8>>, vllm: String, hf: String) {
+    fn same(
+        ranks: &[HashMap<String, Tensor>],
+        out: &mut BTreeMap<String, Vec<u8>>,
+        vllm: String,
+        hf: String,
+    ) {
         for r in &ranks[1..] {
-            assert_eq!(r[&vllm].as_bytes(), ranks[0][&vllm].as_bytes(), "{vllm} replicated");
+            assert_eq!(
+                r[&vllm].as_bytes(),
+                ranks[0][&vllm].as_bytes(),
+                "{vllm} replicated"
+            );
         }
         out.insert(hf, ranks[0][&vllm].as_bytes().to_vec());
     }
     if opt {
-        same(ranks, &mut out, "model.decoder.embed_positions.weight".into(), "decoder.embed_positions.weight".into());
+        same(
+            ranks,
+            &mut out,
+            "model.decoder.embed_positions.weight".into(),
+            "decoder.embed_positions.weight".into(),
+        );
         for a in ["weight", "bias"] {
-            same(ranks, &mut out, format!("model.decoder.final_layer_norm.{a}"), format!("decoder.final_layer_norm.{a}"));
+            same(
+                ranks,
+                &mut out,
+                format!("model.decoder.final_layer_norm.{a}"),
+                format!("decoder.final_layer_norm.{a}"),
+            );
         }
     } else {
-        same(ranks, &mut out, "model.norm.weight".into(), "model.norm.weight".into());
+        same(
+            ranks,
+            &mut out,
+            "model.norm.weight".into(),
+            "model.norm.weight".into(),
+        );
     }
     for i in 0..n("num_hidden_layers") {
         let (v, h) = (format!("{vp}layers.{i}"), format!("{hp}layers.{i}"));
@@ -131,7 +181,10 @@ fn unshard(tiny: Tiny, ranks: &[HashMap<String, Tensor>]) -> BTreeMap<String, Ve
         let row_parallel: &[(&str, &str)] = if opt {
             &[("self_attn.out_proj", "self_attn.out_proj"), ("fc2", "fc2")]
         } else {
-            &[("self_attn.o_proj", "self_attn.o_proj"), ("mlp.down_proj", "mlp.down_proj")]
+            &[
+                ("self_attn.o_proj", "self_attn.o_proj"),
+                ("mlp.down_proj", "mlp.down_proj"),
+            ]
         };
         for (vm, hm) in row_parallel {
             let parts: Vec<_> = ranks
@@ -143,17 +196,30 @@ fn unshard(tiny: Tiny, ranks: &[HashMap<String, Tensor>]) -> BTreeMap<String, Ve
                 .collect();
             out.insert(format!("{h}.{hm}.weight"), concat_cols(&parts));
             if opt {
-                same(ranks, &mut out, format!("{v}.{vm}.bias"), format!("{h}.{hm}.bias"));
+                same(
+                    ranks,
+                    &mut out,
+                    format!("{v}.{vm}.bias"),
+                    format!("{h}.{hm}.bias"),
+                );
             }
         }
         if opt {
             for a in ["weight", "bias"] {
                 out.insert(
                     format!("{h}.fc1.{a}"),
-                    ranks.iter().flat_map(|r| r[&format!("{v}.fc1.{a}")].as_bytes().to_vec()).collect(),
+                    ranks
+                        .iter()
+                        .flat_map(|r| r[&format!("{v}.fc1.{a}")].as_bytes().to_vec())
+                        .collect(),
                 );
                 for ln in ["self_attn_layer_norm", "final_layer_norm"] {
-                    same(ranks, &mut out, format!("{v}.{ln}.{a}"), format!("{h}.{ln}.{a}"));
+                    same(
+                        ranks,
+                        &mut out,
+                        format!("{v}.{ln}.{a}"),
+                        format!("{h}.{ln}.{a}"),
+                    );
                 }
             }
         } else {
@@ -167,7 +233,12 @@ fn unshard(tiny: Tiny, ranks: &[HashMap<String, Tensor>]) -> BTreeMap<String, Ve
             out.insert(format!("{h}.mlp.gate_proj.weight"), gate);
             out.insert(format!("{h}.mlp.up_proj.weight"), up);
             for ln in ["input_layernorm", "post_attention_layernorm"] {
-                same(ranks, &mut out, format!("{v}.{ln}.weight"), format!("{h}.{ln}.weight"));
+                same(
+                    ranks,
+                    &mut out,
+                    format!("{v}.{ln}.weight"),
+                    format!("{h}.{ln}.weight"),
+                );
             }
         }
     }
@@ -193,27 +264,57 @@ fn ranks_put_back_together_give_the_checkpoint_bit_for_bit() {
             assert!(report.warnings.is_empty(), "{:?}", report.warnings);
             let base = dir.path().join("out/vllm/acme/tiny/v1");
             let ranks: Vec<_> = (0..tp)
-                .map(|r| by_name(read_all(&base.join(format!("model-rank-{r:03}.tensors")), None)))
+                .map(|r| {
+                    by_name(read_all(
+                        &base.join(format!("model-rank-{r:03}.tensors")),
+                        None,
+                    ))
+                })
                 .collect();
             let checkpoint = Checkpoint::open(&model).unwrap();
             let rebuilt = unshard(tiny, &ranks);
-            assert_eq!(rebuilt.len(), checkpoint.tensors().len(), "{tiny:?} tp {tp}: every tensor accounted for");
+            assert_eq!(
+                rebuilt.len(),
+                checkpoint.tensors().len(),
+                "{tiny:?} tp {tp}: every tensor accounted for"
+            );
             for (name, stored) in checkpoint.tensors() {
-                assert_eq!(&rebuilt[name], checkpoint.bytes(stored), "{tiny:?} tp {tp}: {name}");
+                assert_eq!(
+                    &rebuilt[name],
+                    checkpoint.bytes(stored),
+                    "{tiny:?} tp {tp}: {name}"
+                );
             }
             // What vLLM's loader needs beside the weights.
             for rank in &ranks {
                 let marker = &rank[".vllm_tensorized_marker"];
-                assert!(marker.is_meta() && marker.shape() == [1] && marker.tensor_type() == TensorType::Param);
+                assert!(
+                    marker.is_meta()
+                        && marker.shape() == [1]
+                        && marker.tensor_type() == TensorType::Param
+                );
                 assert_eq!(rank[".vllm_tensorized_marker"].module_idx(), 0);
-                let scale = &rank[&format!("{}.0.self_attn.attn._k_scale", if tiny == Tiny::Opt { "model.decoder.layers" } else { "model.layers" })];
+                let scale = &rank[&format!(
+                    "{}.0.self_attn.attn._k_scale",
+                    if tiny == Tiny::Opt {
+                        "model.decoder.layers"
+                    } else {
+                        "model.layers"
+                    }
+                )];
                 assert_eq!(scale.as_bytes(), 1f32.to_le_bytes());
                 assert_eq!(scale.tensor_type(), TensorType::Buffer);
                 if tiny != Tiny::Opt {
                     let cache = &rank["model.layers.0.self_attn.rotary_emb.cos_sin_cache"];
                     let c = tiny.config();
-                    assert_eq!(cache.shape()[0], c["max_position_embeddings"].as_u64().unwrap());
-                    assert!(!rank.contains_key("model.layers.1.self_attn.rotary_emb.cos_sin_cache"), "shared module listed once");
+                    assert_eq!(
+                        cache.shape()[0],
+                        c["max_position_embeddings"].as_u64().unwrap()
+                    );
+                    assert!(
+                        !rank.contains_key("model.layers.1.self_attn.rotary_emb.cos_sin_cache"),
+                        "shared module listed once"
+                    );
                 }
             }
             // The model's other files, as serialize_extra_artifacts copies them.
@@ -243,10 +344,15 @@ fn tp1_keeps_hugging_face_names_and_bytes() {
     let mut o = options(&model, &dir.path().join("out2"), 1);
     o.dtype = Some(tensorizer::Dtype::BF16);
     serialize(&o, &|_| {}).unwrap();
-    let cast = by_name(read_all(&dir.path().join("out2/vllm/acme/tiny/v1/model.tensors"), None));
+    let cast = by_name(read_all(
+        &dir.path().join("out2/vllm/acme/tiny/v1/model.tensors"),
+        None,
+    ));
     let t = &cast["decoder.layers.0.fc1.bias"];
     assert_eq!(t.dtype(), tensorizer::Dtype::BF16);
-    let want = tensors["decoder.layers.0.fc1.bias"].cast(tensorizer::Dtype::BF16).unwrap();
+    let want = tensors["decoder.layers.0.fc1.bias"]
+        .cast(tensorizer::Dtype::BF16)
+        .unwrap();
     assert_eq!(t.as_bytes(), want.as_bytes());
 }
 
@@ -263,13 +369,20 @@ fn key_file_encrypts_every_rank_and_lora_rides_along() {
     let key = std::fs::read(&key_path).unwrap();
     assert_eq!(key.len(), 32, "vLLM's key file: 32 raw bytes");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let base = dir.path().join("out/vllm/acme/tiny/v1");
     for r in 0..2 {
         let f = base.join(format!("model-rank-{r:03}.tensors"));
         assert!(!read_all(&f, Some(&key)).is_empty());
         // Without the key, or with another, the load fails and says why.
-        let e = Deserializer::open(&f).unwrap().read_all().unwrap_err().to_string();
+        let e = Deserializer::open(&f)
+            .unwrap()
+            .read_all()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("encrypted"), "{e}");
         let wrong = Deserializer::open(&f)
             .unwrap()
@@ -309,8 +422,13 @@ fn bad_input_is_refused_with_a_reason() {
     // A shard named in the index is missing.
     let model = write_checkpoint(&dir.path().join("sharded"), Tiny::Qwen2, true);
     std::fs::remove_file(model.join("model-00002-of-00002.safetensors")).unwrap();
-    let e = serialize(&options(&model, &dir.path().join("o1"), 2), &|_| {}).unwrap_err().to_string();
-    assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("missing"), "{e}");
+    let e = serialize(&options(&model, &dir.path().join("o1"), 2), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model-00002-of-00002.safetensors") && e.contains("missing"),
+        "{e}"
+    );
 
     // A tensor whose shape disagrees with config.json.
     let model = write_checkpoint(&dir.path().join("shape"), Tiny::Llama, false);
@@ -319,7 +437,12 @@ fn bad_input_is_refused_with_a_reason() {
     std::fs::write(model.join("config.json"), config.to_string()).unwrap();
     let e = serialize(&options(&model, &dir.path().join("o2"), 2), &|_| {}).unwrap_err();
     match &e {
-        VllmError::Shape { tensor, actual, expected, .. } => {
+        VllmError::Shape {
+            tensor,
+            actual,
+            expected,
+            ..
+        } => {
             assert!(tensor.ends_with("mlp.gate_proj.weight"), "{e}");
             assert_eq!((actual[0], expected[0]), (96, 80));
         }
@@ -331,17 +454,28 @@ fn bad_input_is_refused_with_a_reason() {
     std::fs::create_dir_all(&pickle).unwrap();
     std::fs::write(pickle.join("config.json"), Tiny::Llama.config().to_string()).unwrap();
     std::fs::write(pickle.join("pytorch_model.bin"), b"\x80\x02").unwrap();
-    let e = serialize(&options(&pickle, &dir.path().join("o3"), 1), &|_| {}).unwrap_err().to_string();
-    assert!(e.contains("pytorch_model.bin") && e.contains("safe_serialization=True"), "{e}");
+    let e = serialize(&options(&pickle, &dir.path().join("o3"), 1), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pytorch_model.bin") && e.contains("safe_serialization=True"),
+        "{e}"
+    );
 
     // TP that does not divide the heads.
     let model = write_checkpoint(&dir.path().join("tp3"), Tiny::Llama, false);
-    let e = serialize(&options(&model, &dir.path().join("o4"), 3), &|_| {}).unwrap_err().to_string();
-    assert!(e.contains("tensor parallel size 3: does not divide padded vocabulary 128"), "{e}");
+    let e = serialize(&options(&model, &dir.path().join("o4"), 3), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tensor parallel size 3: does not divide padded vocabulary 128"),
+        "{e}"
+    );
 
     // Unknown serialization kwargs are named.
     let mut o = options(&model, &dir.path().join("o5"), 1);
-    o.serialization_kwargs.insert("compres_tensors".into(), true.into());
+    o.serialization_kwargs
+        .insert("compres_tensors".into(), true.into());
     let e = serialize(&o, &|_| {}).unwrap_err().to_string();
     assert!(e.contains("\"compres_tensors\""), "{e}");
 }
@@ -355,12 +489,24 @@ fn architectures_without_rules_fall_back_to_whole_copies_with_a_warning() {
     std::fs::write(model.join("config.json"), config.to_string()).unwrap();
     let report = serialize(&options(&model, &dir.path().join("out"), 2), &|_| {}).unwrap();
     assert_eq!(report.layout, Layout::Hf);
-    assert!(report.warnings[0].contains("GPTNeoXForCausalLM") && report.warnings[0].contains("--layout hf"), "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].contains("GPTNeoXForCausalLM")
+            && report.warnings[0].contains("--layout hf"),
+        "{:?}",
+        report.warnings
+    );
     let base = dir.path().join("out/vllm/acme/tiny/v1");
-    let (a, b) = (base.join("model-rank-000.tensors"), base.join("model-rank-001.tensors"));
+    let (a, b) = (
+        base.join("model-rank-000.tensors"),
+        base.join("model-rank-001.tensors"),
+    );
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(&a).unwrap().ino(), std::fs::metadata(&b).unwrap().ino(), "hard links locally");
+    assert_eq!(
+        std::fs::metadata(&a).unwrap().ino(),
+        std::fs::metadata(&b).unwrap().ino(),
+        "hard links locally"
+    );
 
     // A directory that already holds a model is refused unless --overwrite.
     let e = serialize(&options(&model, &dir.path().join("out"), 2), &|_| {}).unwrap_err();

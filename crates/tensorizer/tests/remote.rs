@@ -356,8 +356,8 @@ fn a_failed_write_keeps_the_previous_remote_file() {
         format!("redis://127.0.0.1:{}/model", redis.port),
     ] {
         write_model(&uri, &storage, None);
-        let mut s = Serializer::new();
         let other = vec![9u8; 12 << 20];
+        let mut s = Serializer::new();
         s.write_state_dict(vec![(
             "other".to_owned(),
             TensorData::new(Dtype::U8, &[12 << 20], &other).unwrap(),

@@ -18,7 +18,10 @@ pub static LLAMA: Architecture = Architecture {
             when: When::Always,
             source: "model_loader/tensorizer.py serialize_vllm_model: register_parameter(\"vllm_tensorized_marker\")",
         },
-        Rule::container("model", "models/llama.py LlamaForCausalLM: self.model = LlamaModel"),
+        Rule::container(
+            "model",
+            "models/llama.py LlamaForCausalLM: self.model = LlamaModel",
+        ),
         Rule {
             module: "model.embed_tokens",
             kind: Kind::Vocab { tied_to: None },
@@ -28,7 +31,10 @@ pub static LLAMA: Architecture = Architecture {
             when: When::Always,
             source: "models/llama.py LlamaModel: VocabParallelEmbedding (layers/vocab_parallel_embedding.py)",
         },
-        Rule::container("model.layers", "models/llama.py LlamaModel: make_layers(LlamaDecoderLayer)"),
+        Rule::container(
+            "model.layers",
+            "models/llama.py LlamaModel: make_layers(LlamaDecoderLayer)",
+        ),
     ],
     layer_prefix: "model.layers.{i}",
     layer: &[
@@ -37,7 +43,11 @@ pub static LLAMA: Architecture = Architecture {
         Rule {
             module: ".self_attn.qkv_proj",
             kind: Kind::Qkv,
-            hf: &[".self_attn.q_proj", ".self_attn.k_proj", ".self_attn.v_proj"],
+            hf: &[
+                ".self_attn.q_proj",
+                ".self_attn.k_proj",
+                ".self_attn.v_proj",
+            ],
             shape: &[],
             bias: Bias::Config("attention_bias", false),
             when: When::Always,
@@ -130,7 +140,10 @@ pub static LLAMA: Architecture = Architecture {
             when: When::Always,
             source: "models/llama.py LlamaForCausalLM: ParallelLMHead, tie_weights(embed_tokens) shares the weight in its own module",
         },
-        Rule::container("logits_processor", "models/llama.py LlamaForCausalLM: LogitsProcessor"),
+        Rule::container(
+            "logits_processor",
+            "models/llama.py LlamaForCausalLM: LogitsProcessor",
+        ),
     ],
     tie_default: false,
     rotary: true,

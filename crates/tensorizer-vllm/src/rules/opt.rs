@@ -17,8 +17,14 @@ pub static OPT: Architecture = Architecture {
             when: When::Always,
             source: "model_loader/tensorizer.py serialize_vllm_model: register_parameter(\"vllm_tensorized_marker\")",
         },
-        Rule::container("model", "models/opt.py OPTForCausalLM: self.model = OPTModel"),
-        Rule::container("model.decoder", "models/opt.py OPTModel: self.decoder = OPTDecoder"),
+        Rule::container(
+            "model",
+            "models/opt.py OPTForCausalLM: self.model = OPTModel",
+        ),
+        Rule::container(
+            "model.decoder",
+            "models/opt.py OPTModel: self.decoder = OPTDecoder",
+        ),
         Rule {
             module: "model.decoder.embed_tokens",
             kind: Kind::Vocab { tied_to: None },
@@ -64,7 +70,10 @@ pub static OPT: Architecture = Architecture {
             when: When::FinalLayerNorm,
             source: "models/opt.py OPTDecoder: nn.LayerNorm when do_layer_norm_before and not _remove_final_layer_norm",
         },
-        Rule::container("model.decoder.layers", "models/opt.py OPTDecoder: make_layers(OPTDecoderLayer)"),
+        Rule::container(
+            "model.decoder.layers",
+            "models/opt.py OPTDecoder: make_layers(OPTDecoderLayer)",
+        ),
     ],
     layer_prefix: "model.decoder.layers.{i}",
     layer: &[
@@ -73,7 +82,11 @@ pub static OPT: Architecture = Architecture {
         Rule {
             module: ".self_attn.qkv_proj",
             kind: Kind::Qkv,
-            hf: &[".self_attn.q_proj", ".self_attn.k_proj", ".self_attn.v_proj"],
+            hf: &[
+                ".self_attn.q_proj",
+                ".self_attn.k_proj",
+                ".self_attn.v_proj",
+            ],
             shape: &[],
             bias: Bias::Config("enable_bias", true),
             when: When::Always,
@@ -115,7 +128,10 @@ pub static OPT: Architecture = Architecture {
             when: When::Always,
             source: "models/opt.py OPTDecoderLayer: ColumnParallelLinear(embed_dim, ffn_dim) (layers/linear.py)",
         },
-        Rule::container(".activation_fn", "models/opt.py OPTDecoderLayer: get_act_fn"),
+        Rule::container(
+            ".activation_fn",
+            "models/opt.py OPTDecoderLayer: get_act_fn",
+        ),
         Rule {
             module: ".fc2",
             kind: Kind::Row,
@@ -145,7 +161,10 @@ pub static OPT: Architecture = Architecture {
             when: When::Untied,
             source: "models/opt.py OPTForCausalLM: ParallelLMHead, or `self.lm_head = self.model.decoder.embed_tokens` when tied",
         },
-        Rule::container("logits_processor", "models/opt.py OPTForCausalLM: LogitsProcessor"),
+        Rule::container(
+            "logits_processor",
+            "models/opt.py OPTForCausalLM: LogitsProcessor",
+        ),
     ],
     tie_default: true,
     rotary: false,

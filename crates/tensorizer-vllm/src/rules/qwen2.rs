@@ -18,7 +18,10 @@ pub static QWEN2: Architecture = Architecture {
             when: When::Always,
             source: "model_loader/tensorizer.py serialize_vllm_model: register_parameter(\"vllm_tensorized_marker\")",
         },
-        Rule::container("model", "models/qwen2.py Qwen2ForCausalLM: self.model = Qwen2Model"),
+        Rule::container(
+            "model",
+            "models/qwen2.py Qwen2ForCausalLM: self.model = Qwen2Model",
+        ),
         Rule {
             module: "model.embed_tokens",
             kind: Kind::Vocab { tied_to: None },
@@ -28,7 +31,10 @@ pub static QWEN2: Architecture = Architecture {
             when: When::Always,
             source: "models/qwen2.py Qwen2Model: VocabParallelEmbedding (layers/vocab_parallel_embedding.py)",
         },
-        Rule::container("model.layers", "models/qwen2.py Qwen2Model: make_layers(Qwen2DecoderLayer)"),
+        Rule::container(
+            "model.layers",
+            "models/qwen2.py Qwen2Model: make_layers(Qwen2DecoderLayer)",
+        ),
     ],
     layer_prefix: "model.layers.{i}",
     layer: &[
@@ -37,7 +43,11 @@ pub static QWEN2: Architecture = Architecture {
         Rule {
             module: ".self_attn.qkv_proj",
             kind: Kind::Qkv,
-            hf: &[".self_attn.q_proj", ".self_attn.k_proj", ".self_attn.v_proj"],
+            hf: &[
+                ".self_attn.q_proj",
+                ".self_attn.k_proj",
+                ".self_attn.v_proj",
+            ],
             shape: &[],
             bias: Bias::Always,
             when: When::Always,
@@ -128,7 +138,10 @@ pub static QWEN2: Architecture = Architecture {
             when: When::Untied,
             source: "models/qwen2.py Qwen2ForCausalLM: ParallelLMHead, or `self.lm_head = self.model.embed_tokens` when tied",
         },
-        Rule::container("logits_processor", "models/qwen2.py Qwen2ForCausalLM: LogitsProcessor"),
+        Rule::container(
+            "logits_processor",
+            "models/qwen2.py Qwen2ForCausalLM: LogitsProcessor",
+        ),
     ],
     tie_default: false,
     rotary: true,

@@ -70,7 +70,10 @@ impl Tiny {
         if self == Tiny::Opt {
             let ffn = n("ffn_dim");
             t.insert("decoder.embed_tokens.weight".into(), vec![vocab, hidden]);
-            t.insert("decoder.embed_positions.weight".into(), vec![n("max_position_embeddings") + 2, hidden]);
+            t.insert(
+                "decoder.embed_positions.weight".into(),
+                vec![n("max_position_embeddings") + 2, hidden],
+            );
             t.insert("decoder.final_layer_norm.weight".into(), vec![hidden]);
             t.insert("decoder.final_layer_norm.bias".into(), vec![hidden]);
             for i in 0..layers {
@@ -91,7 +94,10 @@ impl Tiny {
             return t;
         }
         let kv = n("num_key_value_heads");
-        let hd = c.get("head_dim").and_then(Value::as_u64).map_or(hidden / heads, |d| d as usize);
+        let hd = c
+            .get("head_dim")
+            .and_then(Value::as_u64)
+            .map_or(hidden / heads, |d| d as usize);
         let inter = n("intermediate_size");
         t.insert("model.embed_tokens.weight".into(), vec![vocab, hidden]);
         t.insert("model.norm.weight".into(), vec![hidden]);
@@ -100,15 +106,27 @@ impl Tiny {
         }
         for i in 0..layers {
             let p = format!("model.layers.{i}");
-            t.insert(format!("{p}.self_attn.q_proj.weight"), vec![heads * hd, hidden]);
-            t.insert(format!("{p}.self_attn.k_proj.weight"), vec![kv * hd, hidden]);
-            t.insert(format!("{p}.self_attn.v_proj.weight"), vec![kv * hd, hidden]);
+            t.insert(
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![heads * hd, hidden],
+            );
+            t.insert(
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![kv * hd, hidden],
+            );
+            t.insert(
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![kv * hd, hidden],
+            );
             if self == Tiny::Qwen2 {
                 t.insert(format!("{p}.self_attn.q_proj.bias"), vec![heads * hd]);
                 t.insert(format!("{p}.self_attn.k_proj.bias"), vec![kv * hd]);
                 t.insert(format!("{p}.self_attn.v_proj.bias"), vec![kv * hd]);
             }
-            t.insert(format!("{p}.self_attn.o_proj.weight"), vec![hidden, heads * hd]);
+            t.insert(
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![hidden, heads * hd],
+            );
             t.insert(format!("{p}.mlp.gate_proj.weight"), vec![inter, hidden]);
             t.insert(format!("{p}.mlp.up_proj.weight"), vec![inter, hidden]);
             t.insert(format!("{p}.mlp.down_proj.weight"), vec![hidden, inter]);
@@ -119,14 +137,20 @@ impl Tiny {
     }
 
     pub fn dtype(self) -> StDtype {
-        if self == Tiny::Opt { StDtype::F16 } else { StDtype::BF16 }
+        if self == Tiny::Opt {
+            StDtype::F16
+        } else {
+            StDtype::BF16
+        }
     }
 }
 
 /// Deterministic bytes: a xorshift stream seeded by the tensor's name, as
 /// 16-bit floats in [-1, 1).
 pub fn weights(name: &str, elems: usize, dtype: StDtype) -> Vec<u8> {
-    let mut s: u64 = name.bytes().fold(0x9e37_79b9_7f4a_7c15, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let mut s: u64 = name.bytes().fold(0x9e37_79b9_7f4a_7c15, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let mut out = Vec::with_capacity(elems * 2);
     for _ in 0..elems {
         s ^= s << 13;
@@ -147,14 +171,31 @@ pub fn weights(name: &str, elems: usize, dtype: StDtype) -> Vec<u8> {
 /// and a README (which vLLM does not copy).
 pub fn write_checkpoint(dir: &Path, tiny: Tiny, sharded: bool) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&tiny.config()).unwrap()).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), r#"{"version": "1.0", "model": {"type": "BPE"}}"#).unwrap();
-    std::fs::write(dir.join("generation_config.json"), r#"{"do_sample": false}"#).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&tiny.config()).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        r#"{"version": "1.0", "model": {"type": "BPE"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("generation_config.json"),
+        r#"{"do_sample": false}"#,
+    )
+    .unwrap();
     std::fs::write(dir.join("README.md"), "# tiny\n").unwrap();
     let tensors = tiny.tensors();
     let data: BTreeMap<String, (Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(n, s)| (n.clone(), (s.clone(), weights(n, s.iter().product(), tiny.dtype()))))
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                (s.clone(), weights(n, s.iter().product(), tiny.dtype())),
+            )
+        })
         .collect();
     let names: Vec<&String> = data.keys().collect();
     let groups: Vec<Vec<&String>> = if sharded {
@@ -174,7 +215,10 @@ pub fn write_checkpoint(dir: &Path, tiny: Tiny, sharded: bool) -> PathBuf {
             .iter()
             .map(|n| {
                 let (shape, bytes) = &data[*n];
-                ((*n).clone(), TensorView::new(tiny.dtype(), shape.clone(), bytes).unwrap())
+                (
+                    (*n).clone(),
+                    TensorView::new(tiny.dtype(), shape.clone(), bytes).unwrap(),
+                )
             })
             .collect();
         safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
@@ -200,8 +244,14 @@ pub fn write_lora(dir: &Path) -> PathBuf {
     let a = weights("lora_A", 4 * 64, StDtype::BF16);
     let b = weights("lora_B", 64 * 4, StDtype::BF16);
     let views = vec![
-        ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_owned(), TensorView::new(StDtype::BF16, vec![4, 64], &a).unwrap()),
-        ("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight".to_owned(), TensorView::new(StDtype::BF16, vec![64, 4], &b).unwrap()),
+        (
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_owned(),
+            TensorView::new(StDtype::BF16, vec![4, 64], &a).unwrap(),
+        ),
+        (
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight".to_owned(),
+            TensorView::new(StDtype::BF16, vec![64, 4], &b).unwrap(),
+        ),
     ];
     safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors")).unwrap();
     dir.to_path_buf()
