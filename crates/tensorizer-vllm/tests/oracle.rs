@@ -383,3 +383,60 @@ fn real_model_to_local_and_s3_and_back() {
         }
     }
 }
+
+#[test]
+fn vllm_layout_to_s3_loads_like_the_local_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_checkpoint(&dir.path().join("ckpt"), Tiny::Mistral, true);
+    let server = support::moto("tiny");
+    let endpoint = format!("http://127.0.0.1:{}", server.port);
+    let mut remote = SerializeOptions::new(model.display().to_string(), "s3://tiny/models/");
+    remote.model_name = Some("mistralai/tiny".into());
+    remote.suffix = Some("v1".into());
+    remote.tensor_parallel_size = 2;
+    remote.keyfile = Some("s3://tiny/keys/tiny.key".into());
+    remote.storage.s3 = S3Options {
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        endpoint: Some(endpoint.clone()),
+        ..Default::default()
+    };
+    let report = serialize(&remote, &|_| {}).unwrap();
+    assert_eq!(report.directory, "s3://tiny/models/vllm/mistralai/tiny/v1");
+    let mut local = SerializeOptions::new(
+        model.display().to_string(),
+        dir.path().join("out").display().to_string(),
+    );
+    local.model_name = remote.model_name.clone();
+    local.suffix = Some("v1".into());
+    local.tensor_parallel_size = 2;
+    serialize(&local, &|_| {}).unwrap();
+    // The key is on S3, never replaced: a second run is refused.
+    let e = serialize(&remote, &|_| {}).unwrap_err().to_string();
+    assert!(e.contains("already exists"), "{e}");
+    let config = TensorizerConfig::from_json(
+        &json!({
+            "tensorizer_uri": format!("{}/model-rank-%03d.tensors", report.directory),
+            "encryption_keyfile": "s3://tiny/keys/tiny.key",
+            "s3_access_key_id": "test", "s3_secret_access_key": "test", "s3_endpoint": endpoint,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    for rank in 0..2 {
+        let from_s3 = config.open_rank(rank).unwrap().read_all().unwrap();
+        let from_disk = Deserializer::open(dir.path().join(format!(
+            "out/vllm/mistralai/tiny/v1/model-rank-{rank:03}.tensors"
+        )))
+        .unwrap()
+        .read_all()
+        .unwrap();
+        assert_eq!(from_s3.len(), from_disk.len());
+        for (a, b) in from_s3.iter().zip(&from_disk) {
+            assert_eq!(
+                (a.name(), a.shape(), a.as_bytes()),
+                (b.name(), b.shape(), b.as_bytes())
+            );
+        }
+    }
+}
