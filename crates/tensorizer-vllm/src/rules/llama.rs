@@ -72,6 +72,13 @@ pub static LLAMA: Architecture = Architecture {
             source: "models/llama.py LlamaAttention: get_rope, cached and shared by every layer (layers/rotary_embedding/)",
         },
         Rule {
+            when: When::FirstLayer,
+            ..Rule::container(
+                ".self_attn.rotary_emb.apply_rotary_emb",
+                "layers/rotary_embedding/base.py RotaryEmbedding: self.apply_rotary_emb = ApplyRotaryEmb (a module of the shared rotary embedding)",
+            )
+        },
+        Rule {
             module: ".self_attn.attn",
             kind: Kind::AttentionScales,
             hf: &[],

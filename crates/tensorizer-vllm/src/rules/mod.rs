@@ -77,8 +77,6 @@ pub enum When {
     /// In the first decoder layer only (a module shared by every layer is
     /// listed once by `named_modules()`).
     FirstLayer,
-    /// Unless `tie_word_embeddings` (the module *is* the embedding then).
-    Untied,
     /// When `word_embed_proj_dim` differs from `hidden_size` (OPT).
     ProjectionDiffers,
     /// When `do_layer_norm_before` and not `_remove_final_layer_norm` (OPT).

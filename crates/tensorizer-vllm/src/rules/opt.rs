@@ -1,5 +1,6 @@
-//! `OPTForCausalLM` (vLLM `model_executor/models/opt.py`). Its LM head *is*
-//! the embedding module when tied (OPT's default), so it is not listed.
+//! `OPTForCausalLM` (vLLM `model_executor/models/opt.py`). Its LM head is
+//! a module of its own sharing the embedding's weight when tied (OPT's
+//! default), so the weight is written under both names.
 
 use super::{Architecture, Bias, Dim, Kind, Rule, When};
 
@@ -128,10 +129,13 @@ pub static OPT: Architecture = Architecture {
             when: When::Always,
             source: "models/opt.py OPTDecoderLayer: ColumnParallelLinear(embed_dim, ffn_dim) (layers/linear.py)",
         },
-        Rule::container(
-            ".activation_fn",
-            "models/opt.py OPTDecoderLayer: get_act_fn",
-        ),
+        Rule {
+            when: When::FirstLayer,
+            ..Rule::container(
+                ".activation_fn",
+                "models/opt.py OPTDecoderLayer: get_act_fn, one cached module shared by every layer (layers/activation.py)",
+            )
+        },
         Rule {
             module: ".fc2",
             kind: Kind::Row,
@@ -154,12 +158,14 @@ pub static OPT: Architecture = Architecture {
     tail: &[
         Rule {
             module: "lm_head",
-            kind: Kind::Vocab { tied_to: None },
+            kind: Kind::Vocab {
+                tied_to: Some("model.decoder.embed_tokens"),
+            },
             hf: &["lm_head"],
             shape: &[Dim::Vocab, Dim::WordEmbedProj],
             bias: Bias::Never,
-            when: When::Untied,
-            source: "models/opt.py OPTForCausalLM: ParallelLMHead, or `self.lm_head = self.model.decoder.embed_tokens` when tied",
+            when: When::Always,
+            source: "models/opt.py OPTForCausalLM: ParallelLMHead, tied to embed_tokens' weight in its own module",
         },
         Rule::container(
             "logits_processor",

@@ -1,6 +1,5 @@
 //! `Qwen2ForCausalLM` (vLLM `model_executor/models/qwen2.py`): Llama's
-//! layout with a `q`/`k`/`v` bias, no output-projection bias, and an LM
-//! head that *is* the embedding module when tied (so it is not listed).
+//! layout with a `q`/`k`/`v` bias and no output-projection bias.
 
 use super::{Architecture, Bias, Dim, Kind, Rule, When};
 
@@ -72,6 +71,13 @@ pub static QWEN2: Architecture = Architecture {
             source: "models/qwen2.py Qwen2Attention: get_rope, cached and shared by every layer (layers/rotary_embedding/)",
         },
         Rule {
+            when: When::FirstLayer,
+            ..Rule::container(
+                ".self_attn.rotary_emb.apply_rotary_emb",
+                "layers/rotary_embedding/base.py RotaryEmbedding: self.apply_rotary_emb = ApplyRotaryEmb (a module of the shared rotary embedding)",
+            )
+        },
+        Rule {
             module: ".self_attn.attn",
             kind: Kind::AttentionScales,
             hf: &[],
@@ -131,12 +137,14 @@ pub static QWEN2: Architecture = Architecture {
         },
         Rule {
             module: "lm_head",
-            kind: Kind::Vocab { tied_to: None },
+            kind: Kind::Vocab {
+                tied_to: Some("model.embed_tokens"),
+            },
             hf: &["lm_head"],
             shape: &[Dim::Vocab, Dim::Hidden],
             bias: Bias::Never,
-            when: When::Untied,
-            source: "models/qwen2.py Qwen2ForCausalLM: ParallelLMHead, or `self.lm_head = self.model.embed_tokens` when tied",
+            when: When::Always,
+            source: "models/qwen2.py Qwen2ForCausalLM: ParallelLMHead, tied to embed_tokens' weight in its own module",
         },
         Rule::container(
             "logits_processor",

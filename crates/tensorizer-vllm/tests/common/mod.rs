@@ -15,6 +15,9 @@ pub enum Tiny {
     Llama,
     /// Mistral: 8 heads, 2 KV heads, head_dim 16 ≠ hidden / heads.
     Mistral,
+    /// Llama 3.1's shape of attention: head_dim 128, one KV head (so it is
+    /// replicated at TP 2), llama3 rotary scaling, 2 048 positions.
+    Llama31,
     /// Qwen2: 4 heads, 2 KV heads, q/k/v biases, tied embeddings.
     Qwen2,
     /// OPT: tied embeddings, biases everywhere, `decoder.` names.
@@ -31,6 +34,15 @@ impl Tiny {
                 "max_position_embeddings": 48, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
                 "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16",
                 "attention_bias": false, "mlp_bias": false
+            }),
+            Tiny::Llama31 => json!({
+                "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                "hidden_size": 256, "intermediate_size": 64, "num_attention_heads": 4,
+                "num_key_value_heads": 1, "head_dim": 128, "num_hidden_layers": 1, "vocab_size": 64,
+                "max_position_embeddings": 2048, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+                "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 256},
+                "hidden_act": "silu", "tie_word_embeddings": true, "torch_dtype": "bfloat16"
             }),
             Tiny::Mistral => json!({
                 "architectures": ["MistralForCausalLM"], "model_type": "mistral",
