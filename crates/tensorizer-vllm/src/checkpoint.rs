@@ -31,7 +31,7 @@ pub const ARTIFACT_IGNORE: [&str; 6] = [
 /// One tensor stored in a safetensors file.
 #[derive(Debug, Clone)]
 pub struct StoredTensor {
-    /// Index of its file in [`Checkpoint::files`].
+    /// Which weight file holds it (position in the checkpoint's sorted file list).
     pub file: usize,
     /// Element type.
     pub dtype: Dtype,
