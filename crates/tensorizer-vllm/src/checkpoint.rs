@@ -123,6 +123,18 @@ impl Checkpoint {
             }
             files.push((path, map));
         }
+        if let Some(indexed) = indexed_tensors(dir)? {
+            for (tensor, file) in indexed {
+                match tensors.get(&tensor) {
+                    Some(t) if files[t.file].0.file_name() == Some(file.as_ref()) => {}
+                    _ => {
+                        return Err(bad(format!(
+                            "tensor {tensor:?}, which model.safetensors.index.json puts in {file}, is not there"
+                        )));
+                    }
+                }
+            }
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
@@ -216,27 +228,36 @@ fn list_files(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// `model.safetensors.index.json`'s `weight_map` (tensor → file), if any.
+fn indexed_tensors(dir: &Path) -> Result<Option<Vec<(String, String)>>> {
+    let index = dir.join("model.safetensors.index.json");
+    if !index.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&index).map_err(io_error(&index, "reading"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| VllmError::Json {
+            what: index.display().to_string(),
+            source,
+        })?;
+    let bad = || VllmError::Checkpoint {
+        dir: dir.to_path_buf(),
+        message: "model.safetensors.index.json: \"weight_map\" must map tensor names to file names"
+            .into(),
+    };
+    json.get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(bad)?
+        .iter()
+        .map(|(t, f)| Ok((t.clone(), f.as_str().ok_or_else(bad)?.to_owned())))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
 /// The weight files: those the index names, else every `*.safetensors`.
 fn weight_files(dir: &Path) -> Result<Vec<String>> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(io_error(&index, "reading"))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| VllmError::Json {
-                what: index.display().to_string(),
-                source,
-            })?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| VllmError::Checkpoint {
-                dir: dir.to_path_buf(),
-                message: "model.safetensors.index.json has no \"weight_map\" object".into(),
-            })?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
+    if let Some(indexed) = indexed_tensors(dir)? {
+        let mut files: Vec<String> = indexed.into_iter().map(|(_, f)| f).collect();
         files.sort();
         files.dedup();
         for f in &files {

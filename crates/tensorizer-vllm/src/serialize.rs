@@ -11,7 +11,6 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
 use tensorizer::io::{copy_object, create_sink, exists};
@@ -89,9 +88,9 @@ impl SerializeOptions {
 pub struct Progress<'a> {
     /// The file.
     pub file: &'a str,
-    /// Tensor bytes produced so far.
+    /// Bytes written so far.
     pub bytes: u64,
-    /// Tensor bytes in all.
+    /// The file's size.
     pub total: u64,
 }
 
@@ -225,20 +224,20 @@ pub fn serialize(
     };
 
     let pool = rayon_pool(limit_cpu)?;
-    let write = |serializer: Serializer<'_>, uri: &str| -> Result<u64> {
-        let run = || serializer.write_to_uri_with(uri, &opts.storage);
-        let summary = match &pool {
-            Some(pool) => pool.install(run),
-            None => run(),
-        }?;
-        Ok(summary.bytes)
+    let write = |serializer, uri| {
+        write_file(
+            serializer,
+            uri,
+            encryption(),
+            progress,
+            pool.as_ref(),
+            &opts.storage,
+        )
     };
 
     match plans {
         Some(plans) => {
             for (plan, uri) in plans.iter().zip(&tensor_files) {
-                let total = plan.data_bytes();
-                let done = AtomicU64::new(0);
                 let mut s = Serializer::new();
                 for t in &plan.tensors {
                     if matches!(t.content, Content::Meta) {
@@ -250,40 +249,22 @@ pub fn serialize(
                         )?;
                         continue;
                     }
-                    let (checkpoint, done) = (&checkpoint, &done);
+                    let checkpoint = &checkpoint;
                     s.write_tensor_with(
                         t.module_idx,
                         t.name.as_str(),
                         t.tensor_type,
                         t.dtype,
                         &t.shape,
-                        move |buf| {
-                            t.fill(checkpoint, buf)?;
-                            let bytes = done.fetch_add(buf.len() as u64, Ordering::Relaxed)
-                                + buf.len() as u64;
-                            progress(Progress {
-                                file: uri,
-                                bytes,
-                                total,
-                            });
-                            Ok(())
-                        },
+                        move |buf| Ok(t.fill(checkpoint, buf)?),
                     )?;
-                }
-                if let Some(e) = encryption() {
-                    s.encryption(e);
                 }
                 files.push((uri.clone(), write(s, uri)?));
             }
         }
         None => {
             let first = &tensor_files[0];
-            let s = hf_serializer(&checkpoint, opts.dtype, first, progress)?;
-            let mut s = s;
-            if let Some(e) = encryption() {
-                s.encryption(e);
-            }
-            let bytes = write(s, first)?;
+            let bytes = write(hf_serializer(&checkpoint, opts.dtype)?, first)?;
             files.push((first.clone(), bytes));
             for other in &tensor_files[1..] {
                 copy_object(first, other, &opts.storage)?;
@@ -326,26 +307,42 @@ pub fn auto_dtype(checkpoint: &Checkpoint) -> Result<Dtype> {
     })
 }
 
+/// Writes one tensor file, encrypted if asked, on `pool` if given.
+fn write_file<'s>(
+    mut serializer: Serializer<'s>,
+    uri: &'s str,
+    encryption: Option<Encryption>,
+    progress: &'s (dyn Fn(Progress<'_>) + Sync),
+    pool: Option<&rayon::ThreadPool>,
+    storage: &StorageOptions,
+) -> Result<u64> {
+    if let Some(e) = encryption {
+        serializer.encryption(e);
+    }
+    serializer.on_progress(move |p| {
+        progress(Progress {
+            file: uri,
+            bytes: p.bytes,
+            total: p.total_bytes,
+        })
+    });
+    let run = || serializer.write_to_uri_with(uri, storage);
+    let summary = match pool {
+        Some(pool) => pool.install(run),
+        None => run(),
+    }?;
+    Ok(summary.bytes)
+}
+
 /// Every checkpoint tensor under its Hugging Face name, in name order,
 /// each cast to `dtype` if one is given and it is floating.
-fn hf_serializer<'a>(
-    checkpoint: &'a Checkpoint,
-    dtype: Option<Dtype>,
-    uri: &'a str,
-    progress: &'a (dyn Fn(Progress<'_>) + Sync),
-) -> Result<Serializer<'a>> {
+fn hf_serializer(checkpoint: &Checkpoint, dtype: Option<Dtype>) -> Result<Serializer<'_>> {
     let floating = |d: Dtype| matches!(d, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64);
     let mut s = Serializer::new();
     let out_dtype = |d: Dtype| match dtype {
         Some(to) if floating(d) => to,
         _ => d,
     };
-    let total: u64 = checkpoint
-        .tensors()
-        .values()
-        .map(|t| t.shape.iter().product::<u64>() * out_dtype(t.dtype).itemsize() as u64)
-        .sum();
-    let done = std::sync::Arc::new(AtomicU64::new(0));
     for (name, t) in checkpoint.tensors() {
         let to = out_dtype(t.dtype);
         if to == t.dtype {
@@ -357,7 +354,6 @@ fn hf_serializer<'a>(
             )?;
             continue;
         }
-        let done = done.clone();
         s.write_tensor_with(
             0,
             name.as_str(),
@@ -367,12 +363,6 @@ fn hf_serializer<'a>(
             move |buf| {
                 cast_into(checkpoint.bytes(t), t.dtype, buf, to)
                     .map_err(|(f, to)| format!("{name}: cannot cast {f} to {to}"))?;
-                let bytes = done.fetch_add(buf.len() as u64, Ordering::Relaxed) + buf.len() as u64;
-                progress(Progress {
-                    file: uri,
-                    bytes,
-                    total,
-                });
                 Ok(())
             },
         )?;

@@ -333,8 +333,19 @@ fn ranks_put_back_together_give_the_checkpoint_bit_for_bit() {
 fn tp1_keeps_hugging_face_names_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let model = write_checkpoint(&dir.path().join("ckpt"), Tiny::Opt, true);
-    let report = serialize(&options(&model, &dir.path().join("out"), 1), &|_| {}).unwrap();
+    let seen = std::sync::Mutex::new(Vec::new());
+    let report = serialize(&options(&model, &dir.path().join("out"), 1), &|p| {
+        seen.lock()
+            .unwrap()
+            .push((p.file.to_owned(), p.bytes, p.total))
+    })
+    .unwrap();
     assert_eq!(report.layout, Layout::Hf);
+    // Progress reaches the file's size.
+    let seen = seen.into_inner().unwrap();
+    let (file, size) = (&report.files[0].0, report.files[0].1);
+    assert!(seen.iter().all(|(f, _, total)| f == file && *total == size));
+    assert_eq!(seen.iter().map(|s| s.1).max(), Some(size));
     let file = dir.path().join("out/vllm/acme/tiny/v1/model.tensors");
     let tensors = by_name(read_all(&file, None));
     let checkpoint = Checkpoint::open(&model).unwrap();
@@ -429,6 +440,22 @@ fn bad_input_is_refused_with_a_reason() {
         .to_string();
     assert!(
         e.contains("model-00002-of-00002.safetensors") && e.contains("missing"),
+        "{e}"
+    );
+
+    // The index puts a tensor in a file that does not hold it.
+    let model = write_checkpoint(&dir.path().join("index"), Tiny::Qwen2, true);
+    let index_path = model.join("model.safetensors.index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    index["weight_map"]["model.norm.weight"] = "model-00001-of-00002.safetensors".into();
+    index["weight_map"]["lm_head.weight"] = "model-00002-of-00002.safetensors".into();
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let e = serialize(&options(&model, &dir.path().join("o0"), 2), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("index.json puts in") && e.contains("is not there"),
         "{e}"
     );
 

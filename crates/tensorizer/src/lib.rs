@@ -32,7 +32,7 @@ pub use encryption::{Decryption, Encryption, EncryptionKey, KdfParams, KdfStreng
 pub use error::{BoxError, Error, Result};
 #[cfg(feature = "encryption")]
 pub use rewrite::{rewrite, rewrite_uri, rewrite_with_progress};
-pub use serializer::{FillFn, Serializer, WriteSummary};
+pub use serializer::{FillFn, Serializer, WriteProgress, WriteSummary};
 pub use tensor::{Tensor, TensorData};
 /// The format layer, for users who need the byte-level types.
 pub use tensorizer_format as format;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tensorizer_format::{FilePlan, PlanOptions, RecordSpec, TERMINATOR, TensorPath, TensorType};
 
@@ -34,6 +34,7 @@ use tensorizer_io::{FileLayout, LocalSink, Segment, SegmentKind, Sink, StorageOp
 pub struct Serializer<'a> {
     records: Vec<RecordSpec>,
     data: Vec<Data<'a>>,
+    progress: Option<ProgressHook<'a>>,
     #[cfg(feature = "encryption")]
     encryption: Option<crate::encryption::Encryption>,
 }
@@ -56,6 +57,23 @@ impl std::fmt::Debug for Data<'_> {
             Data::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
             Data::Fill(_) => f.write_str("Fill(..)"),
         }
+    }
+}
+
+/// How far a write has come, as [`Serializer::on_progress`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteProgress {
+    /// Bytes of the file written so far.
+    pub bytes: u64,
+    /// The file's size.
+    pub total_bytes: u64,
+}
+
+struct ProgressHook<'a>(Box<dyn Fn(WriteProgress) + Send + Sync + 'a>);
+
+impl std::fmt::Debug for ProgressHook<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHook(..)")
     }
 }
 
@@ -176,6 +194,13 @@ impl<'a> Serializer<'a> {
     #[cfg(feature = "encryption")]
     pub fn encryption(&mut self, encryption: crate::encryption::Encryption) -> &mut Self {
         self.encryption = Some(encryption);
+        self
+    }
+
+    /// Calls `f` after each block written (from the writer threads), with
+    /// the bytes written so far and the file's size: for progress bars.
+    pub fn on_progress(&mut self, f: impl Fn(WriteProgress) + Send + Sync + 'a) -> &mut Self {
+        self.progress = Some(ProgressHook(Box::new(f)));
         self
     }
 
@@ -322,6 +347,14 @@ impl<'a> Serializer<'a> {
         // parallelism; the largest start first so that none is left running
         // alone at the end (longest-processing-time-first scheduling).
         let entries = &plan.metadata.entries;
+        let (written, total_bytes) = (AtomicU64::new(0), plan.file_len());
+        let report = |n: usize| {
+            if let Some(ProgressHook(f)) = &self.progress {
+                let bytes = written.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+                f(WriteProgress { bytes, total_bytes });
+            }
+        };
+        report(prologue.len());
         let mut order: Vec<usize> = (0..entries.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(entries[i].data_length));
         let next = AtomicUsize::new(0);
@@ -336,7 +369,9 @@ impl<'a> Serializer<'a> {
                                 .map_err(source_error(format!(
                                     "writing tensor {:?}",
                                     entries[i].name.to_string()
-                                )))
+                                )))?;
+                            report(bytes.len());
+                            Ok(())
                         };
                         if let Err(e) = self.write_record(&plan, i, &dest, &mut write) {
                             first_error.lock().expect("error lock").get_or_insert(e);
@@ -352,6 +387,7 @@ impl<'a> Serializer<'a> {
         }
         sink.write_all_at(plan.terminator_offset(), &TERMINATOR)
             .map_err(source_error("writing the terminator"))?;
+        report(TERMINATOR.len());
         let summary = summary(&plan, &dest);
         sink.commit()
             .map_err(source_error("committing the output"))?;

@@ -197,3 +197,23 @@ fn typed_views_and_lookup() {
     let filtered = d.read_filtered(|e| e.dtype.dtype() == Dtype::F32).unwrap();
     assert!(filtered.is_empty());
 }
+
+#[test]
+fn progress_reaches_the_file_size() {
+    use std::sync::Mutex;
+    let dir = tempfile::tempdir().unwrap();
+    let big = vec![3u8; 5 << 20];
+    let seen = Mutex::new(Vec::new());
+    let mut s = Serializer::new();
+    s.write_state_dict([
+        ("a", TensorData::new(Dtype::U8, &[5 << 20], &big).unwrap()),
+        ("b", TensorData::from_slice(&[2], &[1.0f32, 2.0]).unwrap()),
+    ])
+    .unwrap();
+    s.on_progress(|p| seen.lock().unwrap().push(p));
+    let summary = s.write_to_file(dir.path().join("m.tensors")).unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.len() > 2, "{} reports", seen.len());
+    assert!(seen.iter().all(|p| p.total_bytes == summary.bytes));
+    assert_eq!(seen.iter().map(|p| p.bytes).max(), Some(summary.bytes));
+}
