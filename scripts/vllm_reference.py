@@ -6,8 +6,15 @@ its weights loaded by vLLM's own weight loaders from the checkpoint, the
 marker registered, and every tensor `TensorSerializer.write_module` would
 write listed with its module index, type, dtype, shape and SHA-256.
 
+With OURS (a `%03d` template of rank files), each rank's file is also loaded
+the way vLLM's tensorizer loader does (`deserialize_tensorizer_model`: a
+model built in `meta_tensor_mode()`, `TensorDeserializer(...,
+dtype=model dtype).load_into_module(model)`, the meta-device check, the
+marker deleted), on the CPU instead of a GPU, and its state dict compared
+with the one vLLM's weight loaders produced.
+
 Usage (python of a venv with vllm, e.g. from `cargo xtask vllm-reference`):
-    vllm_reference.py MODEL_DIR TP OUT.json
+    vllm_reference.py MODEL_DIR TP OUT.json [OURS]
 OUT.json: one {"tensors": [row...], "modules": [[name, class]...]} per rank,
 a row being {"name", "module_idx", "type": "PARAM"|"BUFFER", "dtype",
 "shape", "sha256"} in write order.
@@ -29,7 +36,41 @@ def use_cpu_platform():
     platforms._current_platform = CpuPlatform()
 
 
-def rank_rows(rank, tp, model_dir, port, out_dir):
+def load_like_vllm(engine_args, path, reference):
+    """vLLM's deserialize_tensorizer_model on the CPU; names of the state-dict
+    entries that differ from `reference` (a model loaded by vLLM itself)."""
+    from tensorizer import TensorDeserializer
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.model_loader.tensorizer import (
+        _check_tensors_on_meta_device, meta_tensor_mode)
+    from vllm.model_executor.model_loader.utils import initialize_model
+    # Snapshot first: get_rope caches rotary modules process-wide, so both
+    # models share one and loading ours would overwrite the reference's.
+    reference_buffers = {n: b.detach().clone() for n, b in reference.named_buffers()}
+    # A config of its own: layer names are registered per config.
+    vllm_config = engine_args.create_engine_config()
+    with set_current_vllm_config(vllm_config), meta_tensor_mode(), torch.device("cpu"):
+        model = initialize_model(vllm_config=vllm_config)
+    with TensorDeserializer(path, device="cpu", dtype=vllm_config.model_config.dtype,
+                            verify_hash=True) as d:
+        d.load_into_module(model)
+    _check_tensors_on_meta_device(model)
+    del model.vllm_tensorized_marker
+    ours, theirs = model.state_dict(), reference.state_dict()
+    theirs = {k: v for k, v in theirs.items() if k != "vllm_tensorized_marker"}
+    differ = sorted(k for k in set(ours) | set(theirs)
+                    if k not in ours or k not in theirs or not torch.equal(ours[k], theirs[k]))
+    # Non-persistent buffers (the rotary cache) are not in state dicts.
+    rotary = {}
+    mine = dict(model.named_buffers())
+    for name, b in reference_buffers.items():
+        if name.endswith("cos_sin_cache") and name in mine:
+            m = mine[name].detach()
+            rotary[name] = [int((m != b).sum()), b.numel(), float((m.float() - b.float()).abs().max())]
+    return {"ok": True, "differ": differ, "entries": len(ours), "rotary": rotary}
+
+
+def rank_rows(rank, tp, model_dir, port, out_dir, ours):
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     use_cpu_platform()
     from torch import nn
@@ -71,18 +112,25 @@ def rank_rows(rank, tp, model_dir, port, out_dir):
                 "sha256": None if data is None else hashlib.sha256(data.numpy().tobytes()).hexdigest(),
             })
     modules = [[n, type(m).__name__] for n, m in model.named_modules()]
+    loaded = None
+    if ours:
+        try:
+            loaded = load_like_vllm(engine_args, ours % rank, model)
+        except Exception as e:  # report, the comparison says which rank failed
+            loaded = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
-        json.dump({"tensors": rows, "modules": modules}, f)
+        json.dump({"tensors": rows, "modules": modules, "loaded": loaded}, f)
 
 
 def main():
     model_dir, tp, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    ours = sys.argv[4] if len(sys.argv) > 4 else None
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(rank_rows, args=(tp, model_dir, port, d), nprocs=tp, join=True)
+        mp.spawn(rank_rows, args=(tp, model_dir, port, d, ours), nprocs=tp, join=True)
         ranks = [json.load(open(os.path.join(d, f"{r}.json"))) for r in range(tp)]
     with open(out, "w") as f:
         json.dump(ranks, f)

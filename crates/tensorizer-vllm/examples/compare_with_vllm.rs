@@ -49,11 +49,13 @@ fn main() -> ExitCode {
         o.overwrite = true;
         let report = serialize(&o, &|_| {}).unwrap();
         let reference = root.join(format!("{name}.vllm.json"));
+        let template = format!("{}/model-rank-%03d.tensors", report.directory);
         let status = Command::new(&python)
             .arg(&script)
             .arg(&model)
             .arg(tp.to_string())
             .arg(&reference)
+            .arg(&template)
             .status()
             .unwrap();
         if !status.success() {
@@ -114,12 +116,36 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            // Our file through vLLM's own tensorizer loading path.
+            let loaded = &listing["loaded"];
+            if loaded["ok"] != true {
+                diffs.push(format!(
+                    "vLLM's loader refused our file: {}",
+                    loaded["error"]
+                ));
+            } else {
+                for k in loaded["differ"].as_array().unwrap() {
+                    let k = k.as_str().unwrap();
+                    if !k.ends_with("cos_sin_cache") {
+                        diffs.push(format!(
+                            "after load_into_module, {k} differs from vLLM's own load"
+                        ));
+                    }
+                }
+            }
             println!(
-                "{name} rank {rank}: {} tensors, {} differences{}",
+                "{name} rank {rank}: {} tensors, {} differences, loaded by vLLM's tensorizer path ({} state-dict entries){}",
                 rows.len(),
                 diffs.len(),
+                loaded["entries"],
                 rotary_values
-                    .map(|n| format!(" ({n}: values differ, see the rotary test)"))
+                    .map(|n| {
+                        let r = &loaded["rotary"][&n];
+                        format!(
+                            " ({n}: {} of {} values differ, by at most {})",
+                            r[0], r[1], r[2]
+                        )
+                    })
                     .unwrap_or_default()
             );
             for d in diffs.iter().take(10) {
