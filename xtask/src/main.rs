@@ -2,8 +2,9 @@
 //! wherever cargo does.
 //!
 //! - `test`: installs what the tests need (the Python oracle, the test
-//!   servers, cargo-fuzz), then runs fmt, clippy, every test, doc tests,
-//!   docs and a deterministic fuzz step (fixed seed, fixed inputs).
+//!   servers, a small model, cargo-fuzz), then runs fmt, clippy, every
+//!   test, doc tests, docs, the Python package's tests and a deterministic
+//!   fuzz step (fixed seed, fixed inputs).
 //! - `demo [--size 1GiB]`: writes a synthetic model and reads it back.
 //! - `fuzz [--seconds N] [TARGET...]`: a random fuzz campaign; crash inputs
 //!   are kept in `fuzz/regressions/TARGET/`.
@@ -15,6 +16,9 @@
 //!   compares every rank file `tensorizer vllm serialize` writes with what
 //!   vLLM's own model classes hold per rank (names, order, module indices,
 //!   dtypes, shapes, SHA-256 of every tensor). Too heavy for `test`.
+//! - `wheel`: builds the `tensorizer_rs` Python package (`bindings/python`,
+//!   maturin, abi3) into `target/wheels/`; `python-test` installs it into
+//!   the oracle venv and runs its pytest suite against the Python library.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -54,9 +58,11 @@ fn main() -> ExitCode {
         Some("gpu-test") => gpu::gpu_test(),
         Some("gpu-bench") => gpu::gpu_bench(),
         Some("vllm-reference") => vllm_reference(),
+        Some("wheel") => setup_oracle().and_then(|py| wheel(&py)).map(|_| ()),
+        Some("python-test") => python_test(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 5] | gpu-test | gpu-bench | vllm-reference"
+                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 5] | gpu-test | gpu-bench | vllm-reference | wheel | python-test"
             );
             return ExitCode::from(2);
         }
@@ -201,6 +207,79 @@ fn vllm_reference() -> Result {
     )
 }
 
+/// Runs `python -m pip install -q SPEC` unless `module` imports.
+fn pip_ensure(python: &Path, module: &str, spec: &str) -> Result {
+    let present = Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    run(
+        &format!("pip install {spec}"),
+        Command::new(python).args(["-m", "pip", "install", "-q", spec]),
+    )
+}
+
+/// Builds the `tensorizer_rs` wheel for `python` into `target/wheels/`;
+/// returns its path.
+fn wheel(python: &Path) -> Result<PathBuf> {
+    pip_ensure(python, "maturin", "maturin==1.16.0")?;
+    let maturin = python.with_file_name("maturin");
+    let out = root().join("target/wheels");
+    run(
+        "maturin build (bindings/python, abi3)",
+        Command::new(&maturin)
+            .args(["build", "--release", "--locked", "-i"])
+            .arg(python)
+            .arg("-o")
+            .arg(&out)
+            .current_dir(root().join("bindings/python")),
+    )?;
+    std::fs::read_dir(&out)
+        .map_err(|e| format!("{}: {e}", out.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy().starts_with("tensorizer_rs-")
+                    && n.to_string_lossy().ends_with(".whl")
+            })
+        })
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .ok_or_else(|| "maturin wrote no tensorizer_rs wheel".to_owned())
+}
+
+/// The Python package's tests: wheel installed into the oracle venv, pytest.
+fn python_test() -> Result {
+    python_tests(&setup_oracle()?)
+}
+
+fn python_tests(python: &Path) -> Result {
+    let python = python.to_path_buf();
+    let wheel = wheel(&python)?;
+    run(
+        "pip install the wheel",
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--force-reinstall",
+                "--no-deps",
+            ])
+            .arg(&wheel),
+    )?;
+    pip_ensure(&python, "pytest", "pytest==8.3.5")?;
+    run(
+        "pytest bindings/python/tests",
+        Command::new(&python)
+            .args(["-m", "pytest", "-q", "bindings/python/tests"])
+            .current_dir(root()),
+    )
+}
+
 fn ensure_cargo_fuzz() -> Result {
     if !has_cargo_subcommand("fuzz") {
         run(
@@ -288,6 +367,7 @@ fn test() -> Result {
             ])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
+    python_tests(&oracle)?;
     fuzz(Fuzz::Gate, &FUZZ_TARGETS)?;
     eprintln!("\n==> bench smoke run (64 MiB, one run per row)");
     bench::bench(&["--size", "64MiB", "--runs", "1", "--no-report", "--strict"].map(String::from))?;

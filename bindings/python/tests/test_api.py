@@ -1,0 +1,165 @@
+"""tensorizer_rs against the Python library 2.12.1 (the oracle venv's
+`tensorizer`): the same tensors from every fixture, byte-identical files
+from the same tensors, encrypted files read both ways, the Python
+library's exception classes, and the drop-in switch.
+
+Run: `cargo xtask python-test` (builds and installs the wheel, then pytest).
+"""
+import gc
+import json
+import os
+import pathlib
+
+import pytest
+import torch
+
+import tensorizer  # the reference library
+import tensorizer_rs
+from tensorizer_rs import (DecryptionParams, EncryptionParams, TensorDeserializer,
+                           TensorSerializer)
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "tensorizer-2.12.1"
+
+
+def raw(t):
+    t = t.detach().contiguous().reshape(-1)
+    return bytes(t.view(torch.uint8).numpy()) if t.numel() else b""
+
+
+def same(ours, theirs, where):
+    if isinstance(theirs, torch.Tensor):
+        assert type(ours) is type(theirs), where
+        assert (ours.dtype, tuple(ours.shape)) == (theirs.dtype, tuple(theirs.shape)), where
+        assert raw(ours) == raw(theirs), where
+    else:
+        assert list(ours.keys()) == list(theirs.keys()), where
+        for k in theirs.keys():
+            same(ours[k], theirs[k], (where, k))
+
+
+def plain_fixtures():
+    manifest = json.loads((FIXTURES / "manifest.json").read_text())
+    return [f["file"] for f in manifest["fixtures"] if not f["must_fail"] and f["encryption"] is None]
+
+
+@pytest.mark.parametrize("name", plain_fixtures())
+def test_every_fixture_loads_as_python_loads_it(name):
+    path = str(FIXTURES / name)
+    ours = TensorDeserializer(path, device="cpu")
+    theirs = tensorizer.TensorDeserializer(path, device="cpu")
+    assert list(ours.keys()) == list(theirs.keys())
+    for k in theirs.keys():
+        same(ours[k], theirs[k], k)
+
+
+@pytest.fixture
+def state_dict():
+    torch.manual_seed(0)
+    return {"a": torch.randn(3, 4), "b": torch.arange(10, dtype=torch.int64),
+            "c": torch.randn(5).to(torch.bfloat16),
+            "nested": {"x": torch.ones(2), "y": [torch.zeros(3), torch.ones(1, dtype=torch.float16)]}}
+
+
+def test_written_files_are_byte_identical(tmp_path, state_dict):
+    s = TensorSerializer(str(tmp_path / "ours.tensors"))
+    s.write_state_dict(state_dict)
+    s.close()
+    p = tensorizer.TensorSerializer(str(tmp_path / "py.tensors"))
+    p.write_state_dict(state_dict)
+    p.close()
+    assert (tmp_path / "ours.tensors").read_bytes() == (tmp_path / "py.tensors").read_bytes()
+
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.BatchNorm1d(3))
+    with TensorSerializer(str(tmp_path / "m_ours.tensors")) as s:
+        s.write_module(m)
+    p = tensorizer.TensorSerializer(str(tmp_path / "m_py.tensors"))
+    p.write_module(m)
+    p.close()
+    assert (tmp_path / "m_ours.tensors").read_bytes() == (tmp_path / "m_py.tensors").read_bytes()
+
+
+def test_load_into_module(tmp_path):
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.BatchNorm1d(3))
+    p = tensorizer.TensorSerializer(str(tmp_path / "m.tensors"))
+    p.write_module(m)
+    p.close()
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.BatchNorm1d(3))
+    assert TensorDeserializer(str(tmp_path / "m.tensors")).load_into_module(fresh) == 9
+    for (k, a), b in zip(m.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert isinstance(fresh[0].weight, torch.nn.Parameter)
+
+
+def test_encrypted_both_ways(tmp_path, state_dict):
+    key = EncryptionParams.random()
+    with TensorSerializer(str(tmp_path / "ours.tensors"), encryption=key) as s:
+        s.write_state_dict(state_dict)
+    t = tensorizer.TensorDeserializer(str(tmp_path / "ours.tensors"), device="cpu",
+                                      encryption=tensorizer.DecryptionParams.from_key(key.key))
+    assert torch.equal(t["a"], state_dict["a"])
+
+    theirs = tensorizer.EncryptionParams.random()
+    p = tensorizer.TensorSerializer(str(tmp_path / "py.tensors"), encryption=theirs)
+    p.write_state_dict(state_dict)
+    p.close()
+    o = TensorDeserializer(str(tmp_path / "py.tensors"), encryption=DecryptionParams.from_key(theirs.key))
+    assert torch.equal(o["a"], state_dict["a"])
+
+    pw = EncryptionParams.from_string("hunter2", opslimit=EncryptionParams.OpsLimit.MIN,
+                                      memlimit=EncryptionParams.MemLimit.MIN)
+    with TensorSerializer(str(tmp_path / "pw.tensors"), encryption=pw) as s:
+        s.write_state_dict(state_dict)
+    t = tensorizer.TensorDeserializer(str(tmp_path / "pw.tensors"), device="cpu",
+                                      encryption=tensorizer.DecryptionParams.from_string("hunter2"))
+    assert torch.equal(t["a"], state_dict["a"])
+    o = TensorDeserializer(str(tmp_path / "pw.tensors"), encryption=DecryptionParams.from_string("hunter2"))
+    assert torch.equal(o["c"], state_dict["c"])
+
+
+def test_errors_are_the_python_librarys_classes(tmp_path, state_dict):
+    key = EncryptionParams.random()
+    with TensorSerializer(str(tmp_path / "enc.tensors"), encryption=key) as s:
+        s.write_state_dict(state_dict)
+    with pytest.raises(tensorizer_rs.CryptographyError, match="decryption failed"):
+        TensorDeserializer(str(tmp_path / "enc.tensors"), encryption=DecryptionParams.from_key(b"\0" * 32))
+    with pytest.raises(OSError, match="nope.tensors"):
+        TensorDeserializer(str(tmp_path / "nope.tensors"))
+    data = bytearray((tmp_path / "enc.tensors").read_bytes())
+    with TensorSerializer(str(tmp_path / "plain.tensors")) as s:
+        s.write_state_dict(state_dict)
+    data = bytearray((tmp_path / "plain.tensors").read_bytes())
+    data[-20] ^= 0xFF  # inside the last tensor's data
+    (tmp_path / "bad.tensors").write_bytes(bytes(data))
+    with pytest.raises(Exception, match="(?i)hash|crc|sha"):
+        TensorDeserializer(str(tmp_path / "bad.tensors"), verify_hash=True)
+
+
+def test_tensors_outlive_the_deserializer(tmp_path, state_dict):
+    with TensorSerializer(str(tmp_path / "m.tensors")) as s:
+        s.write_state_dict(state_dict)
+    d = TensorDeserializer(str(tmp_path / "m.tensors"))
+    a = d["a"]
+    d.close()
+    del d
+    gc.collect()
+    assert torch.equal(a, state_dict["a"])
+
+
+def test_lazy_and_filtered(tmp_path, state_dict):
+    with TensorSerializer(str(tmp_path / "m.tensors")) as s:
+        s.write_state_dict(state_dict)
+    d = TensorDeserializer(str(tmp_path / "m.tensors"), lazy_load=True, filter_func=lambda n: n in ("a", "b"))
+    assert list(d.keys()) == ["a", "b"]
+    assert torch.equal(d["b"], state_dict["b"])
+    assert d.total_tensor_bytes == 3 * 4 * 4 + 10 * 8
+
+
+def test_install_as_tensorizer():
+    tensorizer_rs.install_as_tensorizer()
+    import sys
+    try:
+        import tensorizer as tz
+        from tensorizer.stream_io import open_stream  # noqa: F401
+        assert tz is tensorizer_rs and tz.TensorDeserializer is TensorDeserializer
+    finally:
+        sys.modules["tensorizer"] = tensorizer
