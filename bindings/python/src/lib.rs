@@ -26,11 +26,10 @@ fn py_err(e: Error) -> PyErr {
         | Error::Encrypted { .. }
         | Error::NotEncrypted { .. }
         | Error::Encryption { .. } => CryptographyError::new_err(message),
-        e if message.contains("hash")
-            && matches!(e, Error::Format { .. } | Error::Source { .. }) =>
-        {
-            HashMismatchError::new_err(message)
-        }
+        Error::Format {
+            source: tensorizer::format::FormatError::HashMismatch { .. },
+            ..
+        } => HashMismatchError::new_err(message),
         Error::NotFound { .. } => PyKeyError::new_err(message),
         Error::Io { .. } | Error::Source { .. } => PyOSError::new_err(message),
         _ => PyValueError::new_err(message),

@@ -46,6 +46,18 @@ def _to_tensor(capsule, dtype_name, shape):
     return t
 
 
+_warned_device = False
+
+
+def _warn_device_copy(device):
+    global _warned_device
+    if not _warned_device:
+        _warned_device = True
+        warnings.warn(
+            f"tensorizer_rs: this wheel has no CUDA engine; tensors for {device} are loaded "
+            "into host memory, then copied once", stacklevel=4)
+
+
 class _Capsule:
     """numpy's from_dlpack wants an object with __dlpack__."""
 
@@ -96,6 +108,7 @@ class TensorDeserializer(collections.abc.Mapping):
             if self._dtype is not None and t.is_floating_point() and t.dtype != self._dtype:
                 t = t.to(self._dtype)
             if self._device is not None and str(self._device) != "cpu":
+                _warn_device_copy(self._device)
                 t = t.to(self._device)
             t = torch.nn.Parameter(t, requires_grad=False)
         return t
