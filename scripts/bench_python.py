@@ -41,7 +41,10 @@ def main():
     p.add_argument("--s3-endpoint")
     p.add_argument("--cold", action="store_true")
     p.add_argument("--verify-hash", action="store_true")
+    p.add_argument("--rs", action="store_true",
+                   help="tensorizer_rs (our Python package) instead of the Python library")
     a = p.parse_args()
+    lib = "tensorizer_rs" if a.rs else "tensorizer"
 
     import torch  # noqa: F401
     rates, total = [], 0
@@ -50,7 +53,9 @@ def main():
             drop_cache(a.paths[0])
         start = time.perf_counter()
         if a.what == "tensorizer":
-            from tensorizer import DecryptionParams, TensorDeserializer, stream_io
+            mod = __import__(lib)
+            DecryptionParams, TensorDeserializer, stream_io = (
+                mod.DecryptionParams, mod.TensorDeserializer, mod.stream_io)
             src = a.paths[0]
             if src.startswith("s3://"):
                 src = stream_io.open_stream(
@@ -70,7 +75,8 @@ def main():
             # owned memory, as a loader must.
             total = nbytes([t.clone() for t in load_file(a.paths[0]).values()])
         elif a.what == "serialize":
-            from tensorizer import TensorDeserializer, TensorSerializer
+            from tensorizer import TensorDeserializer
+            TensorSerializer = __import__(lib).TensorSerializer
             if not rates:
                 d = TensorDeserializer(a.paths[0], device="cpu")
                 state = {k: v for k, v in d.items()}

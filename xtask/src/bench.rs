@@ -198,6 +198,21 @@ pub fn bench(args: &[String]) -> Result {
         ]),
     )?;
     let oracle = crate::setup_oracle()?;
+    // tensorizer_rs rows: our Python package, built and installed into the oracle venv.
+    let wheel = crate::wheel(&oracle)?;
+    run(
+        "pip install the tensorizer_rs wheel",
+        Command::new(&oracle)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--force-reinstall",
+                "--no-deps",
+            ])
+            .arg(&wheel),
+    )?;
     crate::setup_servers(&oracle)?;
     run(
         "pip install safetensors==0.4.5 (Python safetensors, the comparison)",
@@ -326,6 +341,7 @@ pub fn bench(args: &[String]) -> Result {
     let out = dir.join("out.tensors");
     let out = out.to_str().ok_or("non-UTF-8 path")?;
     let py_out = dir.join("out-python.tensors");
+    let rs_out = dir.join("out-tensorizer-rs.tensors");
     let py_out = py_out.to_str().ok_or("non-UTF-8 path")?;
     let k = key.to_str().ok_or("non-UTF-8 path")?;
     // Writers compared without the disk: tmpfs (fsync is free there).
@@ -528,6 +544,33 @@ pub fn bench(args: &[String]) -> Result {
             limit: "",
         },
         Row {
+            name: "tensorizer_rs (Python, torch tensors): local, warm",
+            sample: measure(
+                "tensorizer_rs warm",
+                &mut python(&["tensorizer", m, "--rs"]),
+            )
+            .ok(),
+            limit: "like ours: page-cache copy; tensors handed to torch by DLPack, no copy",
+        },
+        Row {
+            name: "tensorizer_rs (Python): local, warm, encrypted",
+            sample: measure(
+                "tensorizer_rs encrypted",
+                &mut python(&["tensorizer", e, "--key-hex", &key_hex, "--rs"]),
+            )
+            .ok(),
+            limit: "XSalsa20-Poly1305 on all cores",
+        },
+        Row {
+            name: "tensorizer_rs (Python): serialize (no fsync)",
+            sample: measure(
+                "tensorizer_rs serialize",
+                &mut python(&["serialize", m, rs_out.to_str().unwrap_or_default(), "--rs"]),
+            )
+            .ok(),
+            limit: "SHA-256 per tensor, like ours: serialize",
+        },
+        Row {
             name: "python tensorizer: serialize (no fsync)",
             sample: python_disk,
             limit: "",
@@ -643,6 +686,30 @@ pub fn bench(args: &[String]) -> Result {
             ratio(
                 "ours: local, warm, encrypted",
                 "python tensorizer: local, warm, encrypted",
+                &rows,
+            ),
+        ),
+        (
+            "tensorizer_rs / python tensorizer, torch tensors (Python drop-in)",
+            ratio(
+                "tensorizer_rs (Python, torch tensors): local, warm",
+                "python tensorizer 2.12.1: local, warm",
+                &rows,
+            ),
+        ),
+        (
+            "tensorizer_rs encrypted / python encrypted",
+            ratio(
+                "tensorizer_rs (Python): local, warm, encrypted",
+                "python tensorizer: local, warm, encrypted",
+                &rows,
+            ),
+        ),
+        (
+            "tensorizer_rs serialize / python serialize",
+            ratio(
+                "tensorizer_rs (Python): serialize (no fsync)",
+                "python tensorizer: serialize (no fsync)",
                 &rows,
             ),
         ),
