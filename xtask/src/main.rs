@@ -257,6 +257,19 @@ fn python_test() -> Result {
 
 fn python_tests(python: &Path) -> Result {
     let python = python.to_path_buf();
+    let bindings = root().join("bindings/python");
+    run(
+        "rustfmt, bindings/python",
+        cargo()
+            .args(["fmt", "--", "--check"])
+            .current_dir(&bindings),
+    )?;
+    run(
+        "clippy, bindings/python",
+        cargo()
+            .args(["clippy", "--release", "--locked", "--", "-D", "warnings"])
+            .current_dir(&bindings),
+    )?;
     let wheel = wheel(&python)?;
     run(
         "pip install the wheel",

@@ -163,8 +163,15 @@ impl Reader {
     }
 
     /// Reads the entries `indices` in parallel; one DLPack capsule each
-    /// (raw bytes, 1-D uint8, for dtypes DLPack cannot name).
-    fn read<'py>(&self, py: Python<'py>, indices: Vec<usize>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    /// (raw bytes, 1-D uint8, for dtypes DLPack cannot name, or for all
+    /// when `raw`).
+    #[pyo3(signature = (indices, raw=false))]
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        indices: Vec<usize>,
+        raw: bool,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let wanted: std::collections::HashSet<usize> = indices.iter().copied().collect();
         let entries = self.inner.entries();
         let tensors = py
@@ -187,7 +194,7 @@ impl Reader {
                 let t = by_name
                     .remove(name)
                     .ok_or_else(|| PyKeyError::new_err(name.to_string()))?;
-                dlpack::capsule(py, t)
+                dlpack::capsule(py, t, raw)
             })
             .collect()
     }
@@ -468,8 +475,9 @@ mod dlpack {
         let _ = USED;
     }
 
-    pub(super) fn capsule(py: Python<'_>, tensor: Tensor) -> PyResult<Bound<'_, PyAny>> {
-        let (code, bits, shape) = match dl_type(tensor.dtype()) {
+    pub(super) fn capsule(py: Python<'_>, tensor: Tensor, raw: bool) -> PyResult<Bound<'_, PyAny>> {
+        let typed = if raw { None } else { dl_type(tensor.dtype()) };
+        let (code, bits, shape) = match typed {
             Some((code, bits)) => (
                 code,
                 bits,

@@ -3,6 +3,8 @@ them, over `tensorizer_rs._native`."""
 
 import collections.abc
 import os
+import shutil
+import tempfile
 import types
 import warnings
 
@@ -18,26 +20,43 @@ __all__ = ["TensorDeserializer", "TensorSerializer", "CryptographyError", "HashM
 
 
 def _source(file_obj):
-    """(uri, s3 credentials) of what the caller passed."""
+    """(uri, s3 credentials, temporary file to remove) of what the caller
+    passed. A file object without a path is copied to a temporary file
+    first (the core reads ranges in parallel, which a stream cannot give)."""
     from .stream_io import _Stream
     if isinstance(file_obj, _Stream):
-        return file_obj.uri, file_obj.s3
+        return file_obj.uri, file_obj.s3, None
     if isinstance(file_obj, (str, os.PathLike)):
-        return os.fspath(file_obj), {}
+        return os.fspath(file_obj), {}, None
     name = getattr(file_obj, "name", None)
     if isinstance(name, str) and os.path.exists(name):
-        return name, {}
+        return name, {}, None
+    if hasattr(file_obj, "read"):
+        tmp = tempfile.NamedTemporaryFile(prefix="tensorizer_rs-", suffix=".tensors", delete=False)
+        with tmp:
+            shutil.copyfileobj(file_obj, tmp, 16 << 20)
+        return tmp.name, {}, tmp.name
     raise TypeError(
-        f"cannot read from a {type(file_obj).__name__}: pass a path, a URI, or a stream "
-        "from tensorizer_rs.stream_io.open_stream"
+        f"cannot read from a {type(file_obj).__name__}: pass a path, a URI, a readable file "
+        "object, or a stream from tensorizer_rs.stream_io.open_stream"
     )
+
+
+_NUMPY = {"bool": "bool", "uint8": "uint8", "int8": "int8", "int16": "int16", "int32": "int32",
+          "int64": "int64", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
+          "float16": "float16", "float32": "float32", "float64": "float64",
+          "complex64": "complex64", "complex128": "complex128"}
 
 
 def _to_tensor(capsule, dtype_name, shape):
     if torch is None:
+        # Raw bytes (see _load), typed where numpy has the dtype; others
+        # (bfloat16, float8) stay bytes, one trailing axis per element.
         import numpy as np
         arr = np.from_dlpack(_Capsule(capsule))
-        return arr.reshape(shape) if arr.ndim == 1 and len(shape) != 1 else arr
+        if dtype_name in _NUMPY:
+            return arr.view(_NUMPY[dtype_name]).reshape(shape)
+        return arr.reshape(tuple(shape) + (-1,)) if arr.size else arr
     t = torch.utils.dlpack.from_dlpack(capsule)
     want = getattr(torch, dtype_name, None)
     if want is not None and t.dtype != want:
@@ -78,13 +97,17 @@ class TensorDeserializer(collections.abc.Mapping):
     def __init__(self, file_obj, device=None, filter_func=None, dtype=None, *,
                  lazy_load=False, plaid_mode=None, plaid_mode_buffers=None,
                  num_readers=None, verify_hash=False, encryption=None):
-        uri, s3 = _source(file_obj)
+        uri, s3, temporary = _source(file_obj)
         key = passphrase = None
         if encryption is not None:
             key, passphrase = encryption.key, encryption.source
-        self._reader = _native.Reader(
-            uri, key=key, passphrase=passphrase, num_readers=num_readers,
-            verify_hash=bool(verify_hash), **s3)
+        try:
+            self._reader = _native.Reader(
+                uri, key=key, passphrase=passphrase, num_readers=num_readers,
+                verify_hash=bool(verify_hash), **s3)
+        finally:
+            if temporary is not None:
+                os.unlink(temporary)  # the open file stays readable
         self._device = device
         self._dtype = dtype
         rows = self._reader.entries()
@@ -117,7 +140,7 @@ class TensorDeserializer(collections.abc.Mapping):
         todo = [i for i in indices if i not in self._cache]
         if not todo:
             return
-        capsules = self._reader.read(todo)
+        capsules = self._reader.read(todo, raw=torch is None)
         by_i = {e[0]: e for e in self._entries}
         for i, c in zip(todo, capsules):
             self._cache[i] = self._finish(by_i[i], c)
@@ -255,7 +278,7 @@ class TensorSerializer:
 
     def __init__(self, file_obj, compress_tensors=False, *, encryption=None,
                  limit_cpu_concurrency=None):
-        self._uri, self._s3 = _source_for_write(file_obj)
+        self._uri, self._s3, self._copy_to = _source_for_write(file_obj)
         self._encryption = encryption
         self._threads = limit_cpu_concurrency
         self._writer = _native.Writer()
@@ -322,7 +345,14 @@ class TensorSerializer:
         key = kdf = None
         if self._encryption is not None:
             key, kdf = self._encryption.key, self._encryption._kdf
-        self._writer.write(self._uri, key=key, kdf=kdf, threads=self._threads, **self._s3)
+        try:
+            self._writer.write(self._uri, key=key, kdf=kdf, threads=self._threads, **self._s3)
+            if self._copy_to is not None:
+                with open(self._uri, "rb") as f:
+                    shutil.copyfileobj(f, self._copy_to, 16 << 20)
+        finally:
+            if self._copy_to is not None:
+                os.unlink(self._uri)
         self._keep.clear()
         self._closed = True
 
@@ -336,13 +366,15 @@ class TensorSerializer:
 
 
 def _source_for_write(file_obj):
+    """(uri, s3 credentials, file object to copy the result into)."""
     from .stream_io import _Stream
     if isinstance(file_obj, _Stream):
-        return file_obj.uri, file_obj.s3
+        return file_obj.uri, file_obj.s3, None
     if isinstance(file_obj, (str, os.PathLike)):
-        return os.fspath(file_obj), {}
-    name = getattr(file_obj, "name", None)
-    if isinstance(name, str):
-        warnings.warn("writing to the file object's path (the object itself is not used)")
-        return name, {}
-    raise TypeError(f"cannot write to a {type(file_obj).__name__}: pass a path or a URI")
+        return os.fspath(file_obj), {}, None
+    if hasattr(file_obj, "write"):
+        # Written to a temporary file in parallel, then copied into the object.
+        fd, tmp = tempfile.mkstemp(prefix="tensorizer_rs-", suffix=".tensors")
+        os.close(fd)
+        return tmp, {}, file_obj
+    raise TypeError(f"cannot write to a {type(file_obj).__name__}: pass a path, a URI or a writable file object")
