@@ -172,18 +172,18 @@ impl Reader {
         indices: Vec<usize>,
         raw: bool,
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let wanted: std::collections::HashSet<usize> = indices.iter().copied().collect();
         let entries = self.inner.entries();
-        let tensors = py
-            .detach(|| {
-                self.inner.read_filtered(|e| {
-                    let i = entries
-                        .iter()
-                        .position(|x| std::ptr::eq(x, e))
-                        .unwrap_or(usize::MAX);
-                    wanted.contains(&i)
-                })
+        let wanted = indices
+            .iter()
+            .map(|&i| {
+                entries
+                    .get(i)
+                    .map(|e| e.name.path())
+                    .ok_or_else(|| PyKeyError::new_err(format!("no entry {i}")))
             })
+            .collect::<PyResult<std::collections::HashSet<&TensorPath>>>()?;
+        let tensors = py
+            .detach(|| self.inner.read_filtered(|e| wanted.contains(e.name.path())))
             .map_err(py_err)?;
         let mut by_name: std::collections::HashMap<TensorPath, Tensor> =
             tensors.into_iter().map(|t| (t.path().clone(), t)).collect();
