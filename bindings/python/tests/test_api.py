@@ -335,3 +335,16 @@ def test_numpy_arrays_without_torch(tmp_path, state_dict):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) == pytest.approx(float(state_dict["a"][0, 0]))
+
+
+def test_utils_print_as_the_library_prints():
+    import re
+    import tensorizer.utils as theirs
+    from tensorizer_rs import utils as ours
+    for n in (0, 999, 1000, 1234567, 5e12, 1 << 30):
+        for decimal in (True, False):
+            assert ours.convert_bytes(n, decimal) == theirs.convert_bytes(n, decimal)
+    assert re.fullmatch(r"CPU: \(maxrss: [\d,]+MiB F: [\d,]+MiB\)", ours.get_mem_usage())
+    with ours.no_init_or_tensor():
+        layer = torch.nn.Linear(1 << 14, 1 << 14)
+    assert layer.weight.device.type == "meta"

@@ -1,7 +1,9 @@
 """The helpers of `tensorizer.utils` that its users call."""
 
 import contextlib
+import contextvars
 import resource
+import threading
 
 __all__ = ["convert_bytes", "get_mem_usage", "no_init_or_tensor"]
 
@@ -12,29 +14,73 @@ def convert_bytes(num, decimal=True) -> str:
         (1024.0, ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"])
     for unit in units:
         if num < step or unit == units[-1]:
-            return f"{num:3.1f}{unit}"
+            return f"{num:3.1f} {unit}"
         num /= step
 
 
 def get_mem_usage() -> str:
-    """The process's peak resident memory, as a short string."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return f"CPU: (maxrss: {convert_bytes(peak, decimal=False)})"
+    """The process's peak resident memory and the memory available, as the
+    Python library prints them (`CPU: (maxrss: 483MiB F: 22,312MiB)`)."""
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    available_mib = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available_mib = int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return f"CPU: (maxrss: {peak_mib:,}MiB F: {available_mib:,}MiB)"
+
+
+_active = contextvars.ContextVar("tensorizer_rs.no_init", default=False)
+_lock = threading.Lock()
+_users = 0
+_saved = None
 
 
 @contextlib.contextmanager
 def _no_init():
+    """While active (in this context), `torch.empty` puts tensors on the
+    meta device and Linear/Embedding/LayerNorm skip their initialisation,
+    as the Python library's context does; re-entrant and thread-safe."""
+    global _users, _saved
     import torch
-    modules = (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)
-    saved = [(m, m.reset_parameters) for m in modules]
+    if _active.get():
+        yield
+        return
+    with _lock:
+        _users += 1
+        if _users == 1:
+            modules = (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)
+            _saved = (torch.empty, [(m, m.reset_parameters) for m in modules])
+            empty = torch.empty
+
+            def meta_empty(*args, **kwargs):
+                if _active.get():
+                    kwargs["device"] = "meta"
+                return empty(*args, **kwargs)
+
+            def skip(original):
+                def reset(self, *args, **kwargs):
+                    if not _active.get():
+                        return original(self, *args, **kwargs)
+                return reset
+
+            torch.empty = meta_empty
+            for m, original in _saved[1]:
+                m.reset_parameters = skip(original)
+    token = _active.set(True)
     try:
-        for m in modules:
-            m.reset_parameters = lambda self: None
-        with torch.device("meta"):
-            yield
+        yield
     finally:
-        for m, f in saved:
-            m.reset_parameters = f
+        _active.reset(token)
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                torch.empty = _saved[0]
+                for m, original in _saved[1]:
+                    m.reset_parameters = original
 
 
 def no_init_or_tensor(loading_code=None):
