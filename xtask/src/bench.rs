@@ -199,20 +199,7 @@ pub fn bench(args: &[String]) -> Result {
     )?;
     let oracle = crate::setup_oracle()?;
     // tensorizer_rs rows: our Python package, built and installed into the oracle venv.
-    let wheel = crate::wheel(&oracle)?;
-    run(
-        "pip install the tensorizer_rs wheel",
-        Command::new(&oracle)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--force-reinstall",
-                "--no-deps",
-            ])
-            .arg(&wheel),
-    )?;
+    crate::install_wheel(&oracle)?;
     crate::setup_servers(&oracle)?;
     run(
         "pip install safetensors==0.4.5 (Python safetensors, the comparison)",

@@ -250,6 +250,24 @@ fn wheel(python: &Path) -> Result<PathBuf> {
         .ok_or_else(|| "maturin wrote no tensorizer_rs wheel".to_owned())
 }
 
+/// Builds the `tensorizer_rs` wheel and installs it into `python`'s venv.
+fn install_wheel(python: &Path) -> Result {
+    let wheel = wheel(python)?;
+    run(
+        "pip install the tensorizer_rs wheel",
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--force-reinstall",
+                "--no-deps",
+            ])
+            .arg(&wheel),
+    )
+}
+
 /// The Python package's tests: wheel installed into the oracle venv, pytest.
 fn python_test() -> Result {
     python_tests(&setup_oracle()?)
@@ -270,20 +288,7 @@ fn python_tests(python: &Path) -> Result {
             .args(["clippy", "--release", "--locked", "--", "-D", "warnings"])
             .current_dir(&bindings),
     )?;
-    let wheel = wheel(&python)?;
-    run(
-        "pip install the wheel",
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--force-reinstall",
-                "--no-deps",
-            ])
-            .arg(&wheel),
-    )?;
+    install_wheel(&python)?;
     pip_ensure(&python, "pytest", "pytest==8.3.5")?;
     run(
         "pytest bindings/python/tests",

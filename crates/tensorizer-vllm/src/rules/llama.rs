@@ -2,22 +2,14 @@
 //! serves `MistralForCausalLM` (`models/mistral.py` subclasses these
 //! classes without changing their parameters).
 
-use super::{Architecture, Bias, Dim, Kind, Rule, When};
+use super::{Architecture, Bias, Dim, Kind, MARKER, Rule, When};
 
 /// The Llama family.
 pub static LLAMA: Architecture = Architecture {
     names: &["LlamaForCausalLM", "MistralForCausalLM"],
     model_file: "vllm/model_executor/models/llama.py",
     head: &[
-        Rule {
-            module: "",
-            kind: Kind::Marker,
-            hf: &[],
-            shape: &[],
-            bias: Bias::Never,
-            when: When::Always,
-            source: "model_loader/tensorizer.py serialize_vllm_model: register_parameter(\"vllm_tensorized_marker\")",
-        },
+        MARKER,
         Rule::container(
             "model",
             "models/llama.py LlamaForCausalLM: self.model = LlamaModel",

@@ -137,6 +137,18 @@ impl Rule {
     }
 }
 
+/// The root module's `vllm_tensorized_marker` parameter, first in every
+/// table.
+pub const MARKER: Rule = Rule {
+    module: "",
+    kind: Kind::Marker,
+    hf: &[],
+    shape: &[],
+    bias: Bias::Never,
+    when: When::Always,
+    source: "model_loader/tensorizer.py serialize_vllm_model: register_parameter(\"vllm_tensorized_marker\")",
+};
+
 /// One architecture's vLLM model class, as a table.
 #[derive(Debug)]
 pub struct Architecture {

@@ -2,22 +2,14 @@
 //! a module of its own sharing the embedding's weight when tied (OPT's
 //! default), so the weight is written under both names.
 
-use super::{Architecture, Bias, Dim, Kind, Rule, When};
+use super::{Architecture, Bias, Dim, Kind, MARKER, Rule, When};
 
 /// OPT.
 pub static OPT: Architecture = Architecture {
     names: &["OPTForCausalLM"],
     model_file: "vllm/model_executor/models/opt.py",
     head: &[
-        Rule {
-            module: "",
-            kind: Kind::Marker,
-            hf: &[],
-            shape: &[],
-            bias: Bias::Never,
-            when: When::Always,
-            source: "model_loader/tensorizer.py serialize_vllm_model: register_parameter(\"vllm_tensorized_marker\")",
-        },
+        MARKER,
         Rule::container(
             "model",
             "models/opt.py OPTForCausalLM: self.model = OPTModel",

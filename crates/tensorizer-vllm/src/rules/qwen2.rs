@@ -1,22 +1,14 @@
 //! `Qwen2ForCausalLM` (vLLM `model_executor/models/qwen2.py`): Llama's
 //! layout with a `q`/`k`/`v` bias and no output-projection bias.
 
-use super::{Architecture, Bias, Dim, Kind, Rule, When};
+use super::{Architecture, Bias, Dim, Kind, MARKER, Rule, When};
 
 /// Qwen2 (and Qwen2.5).
 pub static QWEN2: Architecture = Architecture {
     names: &["Qwen2ForCausalLM"],
     model_file: "vllm/model_executor/models/qwen2.py",
     head: &[
-        Rule {
-            module: "",
-            kind: Kind::Marker,
-            hf: &[],
-            shape: &[],
-            bias: Bias::Never,
-            when: When::Always,
-            source: "model_loader/tensorizer.py serialize_vllm_model: register_parameter(\"vllm_tensorized_marker\")",
-        },
+        MARKER,
         Rule::container(
             "model",
             "models/qwen2.py Qwen2ForCausalLM: self.model = Qwen2Model",
