@@ -9,7 +9,7 @@ mod support;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tensorizer_io::{
-    FileLayout, LocalSink, RangeSource, RetryPolicy, S3Options, S3Sink, S3Source, Segment,
+    FileLayout, LocalSink, ObjectSink, ObjectSource, RangeSource, RetryPolicy, S3Options, Segment,
     SegmentKind, Sink, StorageOptions, open_source,
 };
 
@@ -105,7 +105,7 @@ fn sources(c: &mut Criterion) {
         ("s3://bench/blob.tensors", &s3s_opts),
     ] {
         write_all(
-            Box::new(S3Sink::create(uri, opts, &policy).unwrap()),
+            Box::new(ObjectSink::s3(uri, opts, &policy).unwrap()),
             &data,
             &layout(),
         );
@@ -122,8 +122,8 @@ fn sources(c: &mut Criterion) {
     let mut buf = vec![0u8; SIZE];
     let local = open_source(file.to_str().unwrap(), &StorageOptions::default()).unwrap();
     let http = open_source(&nginx.url("blob.tensors"), &StorageOptions::default()).unwrap();
-    let moto_src = S3Source::open("s3://bench/blob.tensors", &moto_opts, &policy).unwrap();
-    let s3s_src = S3Source::open("s3://bench/blob.tensors", &s3s_opts, &policy).unwrap();
+    let moto_src = ObjectSource::s3("s3://bench/blob.tensors", &moto_opts, &policy).unwrap();
+    let s3s_src = ObjectSource::s3("s3://bench/blob.tensors", &s3s_opts, &policy).unwrap();
     let redis_src = open_source(&redis_uri, &StorageOptions::default()).unwrap();
     let cases: [(&str, &dyn RangeSource); 5] = [
         ("local file (page cache)", local.as_ref()),
@@ -153,7 +153,7 @@ fn sources(c: &mut Criterion) {
     group.bench_function("s3 multipart (s3s-fs)", |b| {
         b.iter(|| {
             write_all(
-                Box::new(S3Sink::create("s3://bench/out.tensors", &s3s_opts, &policy).unwrap()),
+                Box::new(ObjectSink::s3("s3://bench/out.tensors", &s3s_opts, &policy).unwrap()),
                 &data,
                 &layout(),
             )
@@ -162,7 +162,7 @@ fn sources(c: &mut Criterion) {
     group.bench_function("s3 multipart (moto)", |b| {
         b.iter(|| {
             write_all(
-                Box::new(S3Sink::create("s3://bench/out.tensors", &moto_opts, &policy).unwrap()),
+                Box::new(ObjectSink::s3("s3://bench/out.tensors", &moto_opts, &policy).unwrap()),
                 &data,
                 &layout(),
             )

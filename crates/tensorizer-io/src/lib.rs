@@ -4,7 +4,12 @@
 // give an unnamed file its name at commit.
 #![deny(unsafe_code)]
 
+pub mod azure;
+#[cfg(feature = "object-store")]
+mod cloud;
+mod env;
 mod error;
+pub mod gcs;
 #[cfg(feature = "http")]
 mod http;
 mod layout;
@@ -16,7 +21,12 @@ pub mod s3;
 
 use std::path::Path;
 
+pub use azure::AzureOptions;
+#[cfg(feature = "object-store")]
+pub use cloud::{ObjectSink, ObjectSource, Service};
+pub use env::{Environment, ProcessEnvironment};
 pub use error::{IoError, Result};
+pub use gcs::GcsOptions;
 #[cfg(feature = "http")]
 pub use http::HttpSource;
 pub use layout::{FileLayout, Segment, SegmentKind};
@@ -25,17 +35,20 @@ pub use local::{LocalFile, LocalSink};
 pub use redis::{RedisSink, RedisSource};
 pub use retry::RetryPolicy;
 pub use s3::{Addressing, S3Config, S3Options};
-#[cfg(feature = "s3")]
-pub use s3::{S3Sink, S3Source};
 
 /// How to reach remote storage: retries and timeouts for every remote
-/// source, and S3 credentials and endpoint.
+/// source, and each object store's credentials and endpoint (looked up in
+/// the environment when unset).
 #[derive(Debug, Clone, Default)]
 pub struct StorageOptions {
     /// Retries and timeouts.
     pub retry: RetryPolicy,
-    /// S3 credentials, endpoint and addressing (looked up when unset).
+    /// S3 credentials, endpoint and addressing.
     pub s3: S3Options,
+    /// Google Cloud Storage credentials and endpoint.
+    pub gcs: GcsOptions,
+    /// Azure Blob Storage account, credentials and endpoint.
+    pub azure: AzureOptions,
 }
 
 /// The request size and concurrency a source performs best with.
@@ -156,109 +169,161 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
 }
 
 /// Opens a source by URI: plain paths and `file://`, `http(s)://` (feature
-/// `http`), `s3://bucket/key` (feature `s3`), `redis://host[:port]/prefix`
-/// (feature `redis`).
+/// `http`), `s3://bucket/key` (feature `s3`), `gs://bucket/key` (feature
+/// `gcs`), `az://container/key` and the other Azure forms (feature
+/// `azure`), `redis://host[:port]/prefix` (feature `redis`).
 pub fn open_source(uri: &str, options: &StorageOptions) -> Result<Box<dyn RangeSource>> {
     let _ = options;
-    match scheme(uri).as_deref() {
-        Some("file") => Ok(Box::new(LocalFile::open(Path::new(&uri[7..]))?)),
-        Some("http" | "https") => {
+    match Backend::of(uri)? {
+        Backend::Local(path) => Ok(Box::new(LocalFile::open(path)?)),
+        #[cfg(feature = "object-store")]
+        Backend::Object => Ok(Box::new(ObjectSource::open(
+            cloud::object(uri, options)?,
+            &options.retry,
+        )?)),
+        Backend::Http => {
             #[cfg(feature = "http")]
             return Ok(Box::new(HttpSource::open(uri, options.retry.clone())?));
             #[cfg(not(feature = "http"))]
             return Err(feature_off(uri, "http"));
         }
-        Some("s3") => {
-            #[cfg(feature = "s3")]
-            return Ok(Box::new(S3Source::open(uri, &options.s3, &options.retry)?));
-            #[cfg(not(feature = "s3"))]
-            return Err(feature_off(uri, "s3"));
-        }
-        Some("redis") => {
+        Backend::Redis => {
             #[cfg(feature = "redis")]
             return Ok(Box::new(RedisSource::open(uri, &options.retry)?));
             #[cfg(not(feature = "redis"))]
             return Err(feature_off(uri, "redis"));
         }
-        Some(other) if other.len() > 1 => Err(unknown_scheme(uri, other)),
-        _ => Ok(Box::new(LocalFile::open(Path::new(uri))?)),
     }
 }
 
 /// Opens a sink by URI: plain paths and `file://`, `s3://bucket/key`
-/// (feature `s3`), `redis://host[:port]/prefix` (feature `redis`).
+/// (feature `s3`), `gs://bucket/key` (feature `gcs`), `az://container/key`
+/// (feature `azure`), `redis://host[:port]/prefix` (feature `redis`).
 /// HTTP is read-only.
 pub fn create_sink(uri: &str, options: &StorageOptions) -> Result<Box<dyn Sink>> {
     let _ = options;
-    match scheme(uri).as_deref() {
-        Some("file") => Ok(Box::new(LocalSink::create(Path::new(&uri[7..]))?)),
-        Some("http" | "https") => Err(IoError::Unsupported {
-            uri: uri.to_owned(),
-            message: "HTTP(S) URIs are read-only; write to a file, s3:// or redis://".into(),
-        }),
-        Some("s3") => {
-            #[cfg(feature = "s3")]
-            return Ok(Box::new(S3Sink::create(uri, &options.s3, &options.retry)?));
-            #[cfg(not(feature = "s3"))]
-            return Err(feature_off(uri, "s3"));
+    match Backend::of(uri)? {
+        Backend::Local(path) => Ok(Box::new(LocalSink::create(path)?)),
+        #[cfg(feature = "object-store")]
+        Backend::Object => {
+            let object = cloud::object(uri, options)?;
+            let part_size = match object.service.name {
+                "S3" => options.s3.part_size,
+                "GCS" => options.gcs.part_size,
+                _ => options.azure.part_size,
+            };
+            Ok(Box::new(ObjectSink::create(
+                object,
+                part_size,
+                &options.retry,
+            )?))
         }
-        Some("redis") => {
+        Backend::Http => Err(IoError::Unsupported {
+            uri: uri.to_owned(),
+            message: "HTTP(S) URIs are read-only; write to a file, s3://, gs://, az:// or redis://"
+                .into(),
+        }),
+        Backend::Redis => {
             #[cfg(feature = "redis")]
             return Ok(Box::new(RedisSink::create(uri, &options.retry)?));
             #[cfg(not(feature = "redis"))]
             return Err(feature_off(uri, "redis"));
         }
-        Some(other) if other.len() > 1 => Err(unknown_scheme(uri, other)),
-        _ => Ok(Box::new(LocalSink::create(Path::new(uri))?)),
     }
 }
 
-/// Whether an object exists at `uri`: a local path, or an S3 object (one
-/// HEAD request). Other schemes answer an error saying they cannot tell.
+/// Whether an object exists at `uri`: a local path, or an object in S3,
+/// GCS or Azure (one HEAD request). Other schemes answer an error saying
+/// they cannot tell.
 pub fn exists(uri: &str, options: &StorageOptions) -> Result<bool> {
     let _ = options;
-    match scheme(uri).as_deref() {
-        Some("file") => Ok(Path::new(&uri[7..]).exists()),
-        Some("s3") => {
-            #[cfg(feature = "s3")]
-            return s3::exists(uri, &options.s3, &options.retry);
-            #[cfg(not(feature = "s3"))]
-            return Err(feature_off(uri, "s3"));
-        }
-        Some(other) if other.len() > 1 => Err(IoError::Unsupported {
+    match Backend::of(uri)? {
+        Backend::Local(path) => Ok(path.exists()),
+        #[cfg(feature = "object-store")]
+        Backend::Object => cloud::exists(uri, options),
+        Backend::Http | Backend::Redis => Err(IoError::Unsupported {
             uri: uri.to_owned(),
-            message: format!(
-                "cannot tell whether a {other}:// object exists (only files and s3://)"
-            ),
+            message: "cannot tell whether an HTTP or Redis object exists \
+                      (only files and object stores)"
+                .into(),
         }),
-        _ => Ok(Path::new(uri).exists()),
     }
 }
 
 /// Copies the object `from` to `to` without moving its bytes through this
 /// process where the store allows: a hard link between local paths (a
-/// plain copy across file systems), a server-side copy within S3. The
-/// destination appears whole or not at all; an existing one is replaced.
+/// plain copy across file systems), a server-side copy within one bucket
+/// of S3, GCS or Azure. The destination appears whole or not at all; an
+/// existing one is replaced. Other pairs answer [`IoError::Unsupported`]:
+/// stream those through a source and a sink (`tensorizer::copy_file`).
 pub fn copy_object(from: &str, to: &str, options: &StorageOptions) -> Result<()> {
     let _ = options;
-    let local = |uri: &str| match scheme(uri).as_deref() {
-        Some("file") => Some(Path::new(&uri[7..]).to_path_buf()),
-        None => Some(Path::new(uri).to_path_buf()),
-        Some(_) => None,
-    };
-    match (local(from), local(to)) {
-        (Some(from), Some(to)) => local::link_or_copy(&from, &to),
-        #[cfg(feature = "s3")]
-        _ if scheme(from).as_deref() == Some("s3") && scheme(to).as_deref() == Some("s3") => {
-            s3::copy(from, to, &options.s3, &options.retry)
-        }
-        _ => Err(IoError::Unsupported {
-            uri: to.to_owned(),
-            message: format!(
-                "no direct copy from {from}: both ends must be local paths, or both s3://"
-            ),
-        }),
+    match (Backend::of(from)?, Backend::of(to)?) {
+        (Backend::Local(from), Backend::Local(to)) => local::link_or_copy(from, to),
+        #[cfg(feature = "object-store")]
+        (Backend::Object, Backend::Object) => match cloud::copy(from, to, options)? {
+            Some(()) => Ok(()),
+            None => Err(no_direct_copy(from, to)),
+        },
+        _ => Err(no_direct_copy(from, to)),
     }
+}
+
+fn no_direct_copy(from: &str, to: &str) -> IoError {
+    IoError::Unsupported {
+        uri: to.to_owned(),
+        message: format!(
+            "no direct copy from {from}: both ends must be local paths, \
+             or in one bucket of one object store"
+        ),
+    }
+}
+
+/// Which kind of storage a URI names.
+enum Backend<'a> {
+    Local(&'a Path),
+    Http,
+    Redis,
+    /// S3, GCS or Azure Blob.
+    #[cfg(feature = "object-store")]
+    Object,
+}
+
+impl<'a> Backend<'a> {
+    fn of(uri: &'a str) -> Result<Self> {
+        let Some(scheme) = scheme(uri) else {
+            return Ok(Self::Local(Path::new(uri)));
+        };
+        if azure::is_azure_uri(uri) {
+            return object_backend(uri, "azure");
+        }
+        Ok(match scheme.as_str() {
+            "file" => Self::Local(Path::new(&uri[7..])),
+            "http" | "https" => Self::Http,
+            "redis" => Self::Redis,
+            "s3" => return object_backend(uri, "s3"),
+            "gs" | "gcs" => return object_backend(uri, "gcs"),
+            // A drive letter, `C://`, is a path.
+            s if s.len() == 1 => Self::Local(Path::new(uri)),
+            other => return Err(unknown_scheme(uri, other)),
+        })
+    }
+}
+
+/// The object-store backend when this build has `feature`, else an error
+/// naming the feature.
+fn object_backend<'a>(uri: &str, feature: &str) -> Result<Backend<'a>> {
+    let enabled = match feature {
+        "s3" => cfg!(feature = "s3"),
+        "gcs" => cfg!(feature = "gcs"),
+        _ => cfg!(feature = "azure"),
+    };
+    #[cfg(feature = "object-store")]
+    if enabled {
+        return Ok(Backend::Object);
+    }
+    let _ = enabled;
+    Err(feature_off(uri, feature))
 }
 
 #[allow(dead_code, reason = "unused when every backend feature is on")]
@@ -266,7 +331,7 @@ fn feature_off(uri: &str, feature: &str) -> IoError {
     IoError::Unsupported {
         uri: uri.to_owned(),
         message: format!(
-            "{feature}:// URIs need the cargo feature `{feature}` of tensorizer (or tensorizer-io)"
+            "this URI needs the cargo feature `{feature}` of tensorizer (or tensorizer-io)"
         ),
     }
 }
@@ -275,7 +340,7 @@ fn unknown_scheme(uri: &str, scheme: &str) -> IoError {
     IoError::Unsupported {
         uri: uri.to_owned(),
         message: format!(
-            "unknown URI scheme {scheme:?} (supported: file, http, https, s3, redis, or a plain path)"
+            "unknown URI scheme {scheme:?} (supported: file, http, https, s3, gs, az, abfs, abfss, redis, or a plain path)"
         ),
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use support::*;
 use tensorizer_io::{
-    FileLayout, IoError, RangeSource, RetryPolicy, S3Options, S3Sink, S3Source, Sink,
+    FileLayout, IoError, ObjectSink, ObjectSource, RangeSource, RetryPolicy, S3Options, Sink,
     StorageOptions, create_sink, open_source,
 };
 
@@ -42,7 +42,7 @@ fn blob(n: usize, seed: usize) -> Vec<u8> {
 /// Writes `data` through a sink in 3 MiB pieces from the back (so parts
 /// fill out of order), then commits.
 fn upload(uri: &str, opts: &S3Options, data: &[u8]) {
-    let sink = S3Sink::create(uri, opts, &policy()).unwrap();
+    let sink = ObjectSink::s3(uri, opts, &policy()).unwrap();
     sink.reserve(&FileLayout::with_len(data.len() as u64))
         .unwrap();
     let piece = 3 * MIB;
@@ -63,7 +63,7 @@ fn upload(uri: &str, opts: &S3Options, data: &[u8]) {
 }
 
 fn read_back(uri: &str, opts: &S3Options) -> Vec<u8> {
-    let src = S3Source::open(uri, opts, &policy()).unwrap();
+    let src = ObjectSource::s3(uri, opts, &policy()).unwrap();
     src.read_range(0, src.len()).unwrap()
 }
 
@@ -81,7 +81,7 @@ fn multipart_and_single_put_round_trip_byte_exact() {
         upload(&uri, &opts, &data);
         assert_eq!(read_back(&uri, &opts), data, "{name}");
         // Ranges inside, across parts, at the end.
-        let src = S3Source::open(&uri, &opts, &policy()).unwrap();
+        let src = ObjectSource::s3(&uri, &opts, &policy()).unwrap();
         for (start, n) in [(0, 1), (len / 3, len / 2), (len - 5, 5)] {
             assert_eq!(
                 src.read_range(start as u64, n as u64).unwrap(),
@@ -99,6 +99,7 @@ fn dispatch_by_uri_and_missing_objects() {
     let storage = StorageOptions {
         retry: policy(),
         s3: options(moto.port),
+        ..Default::default()
     };
     let sink = create_sink("s3://bkt/a/b.bin", &storage).unwrap();
     sink.reserve(&FileLayout::with_len(3)).unwrap();
@@ -127,7 +128,7 @@ fn an_uncommitted_upload_is_aborted_and_the_old_object_stays() {
     upload(uri, &opts, &old);
 
     let new = blob(12 * MIB, 2);
-    let sink = S3Sink::create(uri, &opts, &policy()).unwrap();
+    let sink = ObjectSink::s3(uri, &opts, &policy()).unwrap();
     sink.reserve(&FileLayout::with_len(new.len() as u64))
         .unwrap();
     // Two full parts go up, then the writer fails and drops the sink.
@@ -146,7 +147,7 @@ fn an_uncommitted_upload_is_aborted_and_the_old_object_stays() {
     assert_eq!(read_back(uri, &opts), old);
 
     // A commit with a hole in the middle is refused, and aborted.
-    let sink = S3Sink::create(uri, &opts, &policy()).unwrap();
+    let sink = ObjectSink::s3(uri, &opts, &policy()).unwrap();
     sink.reserve(&FileLayout::with_len(new.len() as u64))
         .unwrap();
     sink.write_all_at(0, &new[..MIB]).unwrap();
@@ -181,7 +182,7 @@ fn signatures_are_checked_by_a_verifying_server() {
         secret_access_key: Some("not-the-secret".into()),
         ..good.clone()
     };
-    let err = S3Source::open(uri, &bad, &policy())
+    let err = ObjectSource::s3(uri, &bad, &policy())
         .unwrap_err()
         .to_string();
     assert!(err.contains("check credentials"), "{err}");
@@ -190,7 +191,7 @@ fn signatures_are_checked_by_a_verifying_server() {
         secret_access_key: Some(String::new()),
         ..good
     };
-    let err = S3Source::open(uri, &anonymous, &policy())
+    let err = ObjectSource::s3(uri, &anonymous, &policy())
         .unwrap_err()
         .to_string();
     assert!(err.contains("check credentials"), "{err}");
@@ -245,7 +246,7 @@ fn an_endless_fault_ends_in_a_clear_error_in_bounded_time() {
         },
     );
     let started = Instant::now();
-    let err = S3Source::open(uri, &options(proxy.port), &policy()).unwrap_err();
+    let err = ObjectSource::s3(uri, &options(proxy.port), &policy()).unwrap_err();
     let elapsed = started.elapsed();
     let text = err.to_string();
     assert!(text.contains(uri) && text.contains("503"), "{text}");

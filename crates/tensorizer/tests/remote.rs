@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use common::*;
 use serde_json::{Value, json};
-use tensorizer::io::{FileLayout, IoError, S3Sink, Sink};
+use tensorizer::io::{FileLayout, IoError, ObjectSink, Sink};
 use tensorizer::{
     Decryption, Deserializer, Dtype, Encryption, EncryptionKey, S3Options, Serializer,
     StorageOptions, TensorData, Verify,
@@ -117,7 +117,7 @@ fn every_fixture_loads_from_s3_like_from_disk() {
             "s3://fixtures/{}",
             path.file_name().unwrap().to_string_lossy()
         );
-        let sink = S3Sink::create(&uri, &storage.s3, &storage.retry).unwrap();
+        let sink = ObjectSink::s3(&uri, &storage.s3, &storage.retry).unwrap();
         sink.reserve(&FileLayout::with_len(bytes.len() as u64))
             .unwrap();
         sink.write_all_at(0, &bytes).unwrap();

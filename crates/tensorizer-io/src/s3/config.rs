@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::env::{Environment, ProcessEnvironment};
 use crate::error::{IoError, Result};
 
 /// How bucket names go into URLs.
@@ -81,36 +82,6 @@ impl std::fmt::Debug for S3Options {
             .field("addressing", &self.addressing)
             .field("part_size", &self.part_size)
             .finish()
-    }
-}
-
-/// The process environment, or a table of it in tests.
-pub trait Environment {
-    /// An environment variable.
-    fn var(&self, name: &str) -> Option<String>;
-    /// The home directory.
-    fn home(&self) -> Option<PathBuf>;
-}
-
-/// The real environment of this process.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnvironment;
-
-impl Environment for ProcessEnvironment {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-    fn home(&self) -> Option<PathBuf> {
-        std::env::var_os("HOME").map(PathBuf::from)
-    }
-}
-
-impl Environment for HashMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-    fn home(&self) -> Option<PathBuf> {
-        self.get("HOME").map(PathBuf::from)
     }
 }
 

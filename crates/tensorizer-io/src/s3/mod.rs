@@ -1,13 +1,14 @@
 //! S3 and S3-compatible object stores: where credentials and endpoints come
-//! from (`config`, always built, pure), and the client (`client`, feature
-//! `s3`).
+//! from (`config`, always built, pure), and the client (`store`, feature
+//! `s3`); reads and writes are the shared [`crate::ObjectSource`] and
+//! [`crate::ObjectSink`].
 
-#[cfg(feature = "s3")]
-mod client;
 mod config;
+#[cfg(feature = "s3")]
+mod store;
 
+pub use config::{Addressing, Credentials, S3Config, S3Options};
 #[cfg(feature = "s3")]
-pub use client::{S3Sink, S3Source, parse_s3_uri};
+pub(crate) use store::object;
 #[cfg(feature = "s3")]
-pub(crate) use client::{copy, exists};
-pub use config::{Addressing, Credentials, Environment, ProcessEnvironment, S3Config, S3Options};
+pub use store::parse_s3_uri;

@@ -1,0 +1,306 @@
+//! Object stores — S3, Google Cloud Storage, Azure Blob — through
+//! `object_store` (Apache Arrow), driven from synchronous code on a private
+//! tokio runtime.
+//!
+//! One source and one sink serve every store: each backend module (`s3`,
+//! `gcs`, `azure`) only resolves credentials and endpoints into an
+//! [`Object`]. Reads are ranged GETs whose bodies are copied straight into
+//! the caller's buffer as they arrive; writes are multipart uploads
+//! committed at once or aborted (see [`ObjectSink`]). `object_store`
+//! retries 5xx, 429 and connection errors with backoff and resumes broken
+//! bodies; its limits come from our [`RetryPolicy`]. 4xx answers (wrong
+//! credentials, no such bucket) fail on the first attempt.
+
+mod sink;
+mod source;
+
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use object_store::multipart::MultipartStore;
+use object_store::path::Path as ObjectPath;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+
+pub use sink::ObjectSink;
+pub use source::ObjectSource;
+
+use crate::error::{IoError, Result};
+use crate::{RetryPolicy, StorageOptions};
+
+/// A store that can also upload in parts: every backend's client.
+pub(crate) trait Store: ObjectStore + MultipartStore {}
+impl<T: ObjectStore + MultipartStore> Store for T {}
+
+/// The limits of a store's multipart uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PartRules {
+    /// Smallest part accepted (except the last).
+    pub min: u64,
+    /// Default part size: large enough for throughput, small enough to keep
+    /// a few in memory per writer thread.
+    pub default: u64,
+    /// Most parts per upload.
+    pub max_parts: u64,
+    /// Every part but the last is a multiple of this.
+    pub quantum: u64,
+}
+
+/// S3's rules, which GCS's XML multipart API shares.
+#[cfg(any(feature = "s3", feature = "gcs"))]
+pub(crate) const S3_PARTS: PartRules = PartRules {
+    min: 5 << 20,
+    default: 16 << 20,
+    max_parts: 10_000,
+    quantum: 1,
+};
+
+/// Which service an object lives in and how it is reached, resolved: what
+/// every error message about it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// `"S3"`, `"GCS"` or `"Azure Blob"`.
+    pub name: &'static str,
+    /// The base URL requests go to.
+    pub endpoint: String,
+    /// How the bucket or container goes into URLs.
+    pub addressing: String,
+    /// Where the credentials came from (`"--gcs-service-account"`,
+    /// `"AZURE_STORAGE_CONNECTION_STRING"`, ...).
+    pub credentials_from: String,
+    /// What to set when the service denies access.
+    pub fix: String,
+    pub(crate) parts: PartRules,
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at {} ({}), credentials: {}",
+            self.name, self.endpoint, self.addressing, self.credentials_from
+        )
+    }
+}
+
+/// One key in one bucket (or container) of one service.
+#[derive(Debug, Clone)]
+pub(crate) struct Object {
+    pub uri: String,
+    pub store: Arc<dyn Store>,
+    pub path: ObjectPath,
+    pub service: Service,
+    /// The bucket or container, to tell whether two objects can be copied
+    /// server-side.
+    pub bucket: String,
+    /// How new objects are uploaded.
+    pub upload: Upload,
+}
+
+/// How a store takes a new object in parts.
+#[derive(Debug, Clone)]
+pub(crate) enum Upload {
+    /// `object_store`'s multipart API: parts in any order, in parallel.
+    Multipart,
+    /// GCS's resumable uploads (JSON API): parts in order.
+    #[cfg(feature = "gcs")]
+    GcsResumable(Arc<crate::gcs::JsonApi>),
+}
+
+impl Object {
+    /// An `IoError` for a failed request on `range`, naming the service,
+    /// endpoint and credential source, with what to do for the failures a
+    /// user can fix.
+    pub(crate) fn error(
+        &self,
+        range: Range<u64>,
+        e: &object_store::Error,
+        policy: &RetryPolicy,
+    ) -> IoError {
+        use object_store::Error as E;
+        // object_store does not retry 4xx answers: they took one attempt.
+        let (hint, status, attempts) = match e {
+            E::NotFound { .. } => (
+                format!(" (no such object, or no bucket {:?})", self.bucket),
+                Some(404),
+                1,
+            ),
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => (
+                format!(" (access denied: check credentials; {})", self.service.fix),
+                Some(403),
+                1,
+            ),
+            _ => (String::new(), None, policy.max_attempts),
+        };
+        IoError::Remote {
+            uri: self.uri.clone(),
+            start: range.start,
+            end: range.end,
+            message: format!("{e}{hint} [{}]", self.service),
+            attempts,
+            status,
+        }
+    }
+}
+
+/// Resolves a URI of any object-store scheme this build supports.
+pub(crate) fn object(uri: &str, options: &StorageOptions) -> Result<Object> {
+    let _ = options;
+    match crate::scheme(uri).as_deref() {
+        #[cfg(feature = "s3")]
+        Some("s3") => crate::s3::object(uri, &options.s3, &options.retry),
+        #[cfg(feature = "gcs")]
+        Some("gs" | "gcs") => crate::gcs::object(uri, &options.gcs, &options.retry),
+        #[cfg(feature = "azure")]
+        Some(_) if crate::azure::is_azure_uri(uri) => {
+            crate::azure::object(uri, &options.azure, &options.retry)
+        }
+        _ => Err(IoError::Unsupported {
+            uri: uri.to_owned(),
+            message: "not an object-store URI this build supports".into(),
+        }),
+    }
+}
+
+/// The runtime every object-store request runs on; a few workers suffice
+/// because they only drive sockets, the bytes are copied by the calling
+/// threads.
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .thread_name("tensorizer-io")
+                .enable_all()
+                .build()
+        })
+        .as_ref()
+        .map_err(|e| IoError::Unsupported {
+            uri: "object store".into(),
+            message: format!("cannot start the I/O runtime: {e}"),
+        })
+}
+
+/// Runs `fut` on the runtime; the receiver yields its output. Waiting on a
+/// std channel rather than `Runtime::block_on` works from any thread,
+/// including one that belongs to the caller's own tokio runtime (where
+/// `block_on` would panic); there it blocks that thread, so async callers
+/// should still go through `spawn_blocking`.
+fn spawn<T: Send + 'static>(
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<std::sync::mpsc::Receiver<T>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime()?.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    Ok(rx)
+}
+
+/// Waits for a request started with [`spawn`].
+fn wait<T>(rx: std::sync::mpsc::Receiver<T>, uri: &str) -> Result<T> {
+    rx.recv().map_err(|_| IoError::Protocol {
+        uri: uri.to_owned(),
+        message: "the I/O runtime dropped a request (a task panicked)".into(),
+    })
+}
+
+/// Runs `fut` on the runtime and waits for it.
+fn block<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static, uri: &str) -> Result<T> {
+    wait(spawn(fut)?, uri)
+}
+
+/// `object_store`'s retry and timeout settings from ours.
+pub(crate) fn retry_config(policy: &RetryPolicy) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: policy.base_delay,
+            max_backoff: policy.max_delay,
+            base: 2.0,
+        },
+        max_retries: policy.max_attempts.saturating_sub(1) as usize,
+        retry_timeout: policy.deadline,
+    }
+}
+
+/// HTTP client settings shared by every store: our timeouts, warm
+/// connections kept for the whole load, `http://` allowed for emulators
+/// and private endpoints.
+pub(crate) fn client_options(policy: &RetryPolicy) -> ClientOptions {
+    ClientOptions::new()
+        .with_allow_http(true)
+        .with_connect_timeout(policy.connect_timeout)
+        .with_timeout(policy.request_timeout)
+        .with_pool_max_idle_per_host(64)
+}
+
+/// Whether the object exists (one HEAD request; 404 is `false`).
+pub(crate) fn exists(uri: &str, options: &StorageOptions) -> Result<bool> {
+    let object = object(uri, options)?;
+    let (store, path) = (object.store.clone(), object.path.clone());
+    match block(async move { store.head(&path).await }, uri)? {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(object.error(0..0, &e, &options.retry)),
+    }
+}
+
+/// Server-side copy of one object onto another in the same bucket: the
+/// bytes never pass through this process. `None` when the two objects are
+/// not in one bucket of one service (the caller streams instead).
+pub(crate) fn copy(from: &str, to: &str, options: &StorageOptions) -> Result<Option<()>> {
+    let source = object(from, options)?;
+    let dest = object(to, options)?;
+    if source.service != dest.service || source.bucket != dest.bucket {
+        return Ok(None);
+    }
+    let (store, from_path, to_path) = (dest.store.clone(), source.path.clone(), dest.path.clone());
+    #[cfg(feature = "gcs")]
+    if let Upload::GcsResumable(api) = &dest.upload {
+        let api = api.clone();
+        return block(
+            async move { api.rewrite(from_path.as_ref(), to_path.as_ref()).await },
+            to,
+        )?
+        .map_err(|(message, status)| IoError::Remote {
+            uri: to.to_owned(),
+            start: 0,
+            end: 0,
+            message: format!("{message} [{}]", dest.service),
+            attempts: 1,
+            status,
+        })
+        .map(Some);
+    }
+    block(async move { store.copy(&from_path, &to_path).await }, to)?
+        .map_err(|e| dest.error(0..0, &e, &options.retry))
+        .map(Some)
+}
+
+/// One client per service, bucket and policy for the life of the process,
+/// so that connections stay warm from one file to the next (a model's
+/// shards, a vLLM rank's files).
+pub(crate) fn cached<T: Clone + Send + 'static, E>(
+    key: String,
+    build: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    use std::any::Any;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Cache = Mutex<HashMap<String, Box<dyn Any + Send>>>;
+    static CLIENTS: OnceLock<Cache> = OnceLock::new();
+    let clients = CLIENTS.get_or_init(Default::default);
+    if let Some(client) = clients
+        .lock()
+        .expect("client cache lock")
+        .get(&key)
+        .and_then(|c| c.downcast_ref::<T>())
+    {
+        return Ok(client.clone());
+    }
+    let client = build()?;
+    clients
+        .lock()
+        .expect("client cache lock")
+        .insert(key, Box::new(client.clone()));
+    Ok(client)
+}

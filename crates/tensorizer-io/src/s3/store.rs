@@ -1,0 +1,153 @@
+//! The S3 client: an `object_store` client for one bucket, from a
+//! resolved [`S3Config`].
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+
+use super::{Addressing, Credentials, S3Config, S3Options};
+use crate::RetryPolicy;
+use crate::cloud::{self, Object, S3_PARTS, Service};
+use crate::error::{IoError, Result};
+
+/// `s3://bucket/key` → (bucket, key).
+pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
+    let bad = |why: &str| IoError::Unsupported {
+        uri: uri.to_owned(),
+        message: format!("not an S3 URI ({why}); expected s3://bucket/key"),
+    };
+    let rest = uri
+        .split_once("://")
+        .filter(|(s, _)| s.eq_ignore_ascii_case("s3"))
+        .ok_or_else(|| bad("scheme is not s3"))?
+        .1;
+    let (bucket, key) = rest.split_once('/').ok_or_else(|| bad("no key"))?;
+    if bucket.is_empty() {
+        return Err(bad("empty bucket name"));
+    }
+    if key.is_empty() || key.ends_with('/') {
+        return Err(bad("the key names a folder, not an object"));
+    }
+    Ok((bucket.to_owned(), key.to_owned()))
+}
+
+/// Resolves `s3://bucket/key`: credentials, endpoint, addressing, client.
+pub(crate) fn object(uri: &str, options: &S3Options, policy: &RetryPolicy) -> Result<Object> {
+    let (bucket, key) = parse_s3_uri(uri)?;
+    let config = S3Config::resolve(options).map_err(|e| match e {
+        IoError::Unsupported { message, .. } => IoError::Unsupported {
+            uri: uri.to_owned(),
+            message,
+        },
+        other => other,
+    })?;
+    let service = service(&bucket, &config);
+    // Secrets are part of the key (Debug redacts them): a client made with
+    // other credentials is another client.
+    let secret = match &config.credentials {
+        Credentials::Keys {
+            secret_access_key,
+            session_token,
+            ..
+        } => format!("{secret_access_key}|{session_token:?}"),
+        _ => String::new(),
+    };
+    let key_for_cache = format!("{service:?}|{config:?}|{secret}|{bucket}|{policy:?}");
+    let store = cloud::cached(key_for_cache, || {
+        build_store(&bucket, &config, policy).map(|s| Arc::new(s) as Arc<dyn cloud::Store>)
+    })
+    .map_err(|e| IoError::Unsupported {
+        uri: uri.to_owned(),
+        message: format!("cannot configure the S3 client: {e} [{service}]"),
+    })?;
+    tracing::debug!(uri, %service, "S3 object");
+    Ok(Object {
+        uri: uri.to_owned(),
+        store,
+        path: ObjectPath::from(key),
+        service,
+        bucket,
+        upload: cloud::Upload::Multipart,
+    })
+}
+
+fn service(bucket: &str, config: &S3Config) -> Service {
+    Service {
+        name: "S3",
+        endpoint: config
+            .bucket_endpoint(bucket)
+            .unwrap_or_else(|| format!("https://{bucket}.s3.{}.amazonaws.com", config.region)),
+        addressing: match config.addressing {
+            Addressing::VirtualHosted => "virtual-hosted".into(),
+            _ => "path-style".into(),
+        },
+        credentials_from: config.credentials_from.clone(),
+        fix: "give keys with --s3-access-key-id/--s3-secret-access-key, S3_ACCESS_KEY_ID/\
+              S3_SECRET_ACCESS_KEY, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.s3cfg, \
+              and the endpoint with --s3-endpoint or S3_ENDPOINT_URL"
+            .into(),
+        parts: S3_PARTS,
+    }
+}
+
+fn build_store(
+    bucket: &str,
+    config: &S3Config,
+    policy: &RetryPolicy,
+) -> object_store::Result<object_store::aws::AmazonS3> {
+    let mut builder = match config.credentials {
+        // The AWS chain (web identity, container credentials) from the environment.
+        Credentials::Ambient => AmazonS3Builder::from_env(),
+        _ => AmazonS3Builder::new(),
+    }
+    .with_bucket_name(bucket)
+    .with_region(&config.region)
+    .with_retry(cloud::retry_config(policy))
+    .with_client_options(cloud::client_options(policy))
+    .with_virtual_hosted_style_request(config.addressing == Addressing::VirtualHosted);
+    if let Some(endpoint) = config.bucket_endpoint(bucket) {
+        builder = builder.with_endpoint(endpoint);
+    }
+    builder = match &config.credentials {
+        Credentials::Anonymous => builder.with_skip_signature(true),
+        Credentials::Keys {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => {
+            let b = builder
+                .with_access_key_id(access_key_id)
+                .with_secret_access_key(secret_access_key);
+            match session_token {
+                Some(t) => b.with_token(t),
+                None => b,
+            }
+        }
+        Credentials::Ambient => builder,
+    };
+    builder.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_uris() {
+        assert_eq!(
+            parse_s3_uri("s3://bucket/vllm/m/v1/model.tensors").unwrap(),
+            ("bucket".into(), "vllm/m/v1/model.tensors".into())
+        );
+        assert_eq!(parse_s3_uri("S3://b/k").unwrap(), ("b".into(), "k".into()));
+        for bad in [
+            "s3://bucket",
+            "s3://bucket/",
+            "s3:///key",
+            "s3://b/dir/",
+            "http://b/k",
+        ] {
+            assert!(parse_s3_uri(bad).is_err(), "{bad}");
+        }
+    }
+}
