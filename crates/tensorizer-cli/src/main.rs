@@ -12,8 +12,9 @@ use sha2::{Digest, Sha256};
 mod vllm;
 
 use tensorizer::{
-    Decryption, Deserializer, Encryption, EncryptionKey, Error, KdfParams, KdfStrength,
-    PathComponent, S3Options, StorageOptions, TensorPath, Verify, format::MAGIC,
+    AzureOptions, Decryption, Deserializer, Encryption, EncryptionKey, Error, GcsOptions,
+    KdfParams, KdfStrength, PathComponent, S3Options, StorageOptions, TensorPath, Verify,
+    format::MAGIC,
 };
 
 #[derive(Parser)]
@@ -30,7 +31,9 @@ struct Cli {
 }
 
 /// Where remote files live. Every file argument is a path or a URI:
-/// `file://`, `http(s)://` (read-only), `s3://bucket/key`,
+/// `file://`, `http(s)://` (read-only), `s3://bucket/key`, `gs://bucket/key`,
+/// `az://container/key` (also `az://container@account.blob.core.windows.net/key`,
+/// `abfss://...`, `https://account.blob.core.windows.net/container/key`),
 /// `redis://host[:port]/prefix`.
 #[derive(Args, Debug, Clone, Default)]
 struct StorageArgs {
@@ -50,6 +53,43 @@ struct StorageArgs {
     /// An s3cmd config file to read instead of ~/.s3cfg.
     #[arg(long, global = true)]
     s3_config: Option<PathBuf>,
+    /// GCS service-account JSON key file (default: GOOGLE_SERVICE_ACCOUNT,
+    /// GOOGLE_APPLICATION_CREDENTIALS, gcloud's application default
+    /// credentials, else the GCE metadata server).
+    #[arg(long, global = true)]
+    gcs_service_account: Option<PathBuf>,
+    /// GCS service-account JSON key, as text (default: GOOGLE_SERVICE_ACCOUNT_KEY).
+    #[arg(long, global = true, hide_env_values = true)]
+    gcs_service_account_key: Option<String>,
+    /// GCS endpoint, e.g. http://127.0.0.1:4443 for an emulator (default:
+    /// STORAGE_EMULATOR_HOST, else https://storage.googleapis.com).
+    #[arg(long, global = true)]
+    gcs_endpoint: Option<String>,
+    /// Unsigned GCS requests, for public buckets.
+    #[arg(long, global = true)]
+    gcs_anonymous: bool,
+    /// Azure storage account (default: the URI's, AZURE_STORAGE_ACCOUNT, the connection string's).
+    #[arg(long, global = true)]
+    azure_account: Option<String>,
+    /// Azure storage account key (default: AZURE_STORAGE_KEY, the connection string's).
+    #[arg(long, global = true, hide_env_values = true)]
+    azure_access_key: Option<String>,
+    /// Azure SAS token (default: AZURE_STORAGE_SAS_TOKEN, the URI's query).
+    #[arg(long, global = true, hide_env_values = true)]
+    azure_sas_token: Option<String>,
+    /// Azure connection string (default: AZURE_STORAGE_CONNECTION_STRING).
+    #[arg(long, global = true, hide_env_values = true)]
+    azure_connection_string: Option<String>,
+    /// Azure blob service URL, e.g. http://127.0.0.1:10000/devstoreaccount1
+    /// (default: AZURE_STORAGE_ENDPOINT, else https://ACCOUNT.blob.core.windows.net).
+    #[arg(long, global = true)]
+    azure_endpoint: Option<String>,
+    /// Talk to Azurite with its development account (also AZURE_STORAGE_USE_EMULATOR=true).
+    #[arg(long, global = true)]
+    azure_use_emulator: bool,
+    /// Unsigned Azure requests, for public containers.
+    #[arg(long, global = true)]
+    azure_anonymous: bool,
 }
 
 impl StorageArgs {
@@ -61,6 +101,23 @@ impl StorageArgs {
                 endpoint: self.s3_endpoint.clone(),
                 region: self.s3_region.clone(),
                 config_path: self.s3_config.clone(),
+                ..Default::default()
+            },
+            gcs: GcsOptions {
+                anonymous: self.gcs_anonymous,
+                service_account_path: self.gcs_service_account.clone(),
+                service_account_key: self.gcs_service_account_key.clone(),
+                endpoint: self.gcs_endpoint.clone(),
+                ..Default::default()
+            },
+            azure: AzureOptions {
+                account: self.azure_account.clone(),
+                access_key: self.azure_access_key.clone(),
+                sas_token: self.azure_sas_token.clone(),
+                connection_string: self.azure_connection_string.clone(),
+                endpoint: self.azure_endpoint.clone(),
+                use_emulator: self.azure_use_emulator,
+                anonymous: self.azure_anonymous,
                 ..Default::default()
             },
             ..Default::default()
@@ -156,12 +213,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Strength::Moderate)]
         kdf: Strength,
     },
-    /// Copy a .tensors file between storages byte for byte (push a model to
-    /// S3 or Redis, fetch one to disk); encrypted files copy without a key.
+    /// Copy a .tensors file between any two storages byte for byte (push a
+    /// model to S3, GCS, Azure or Redis, move it from one store to another,
+    /// fetch one to disk), with parallel ranged reads and multipart writes;
+    /// encrypted files copy without a key.
     Copy {
         /// Source: path or URI.
         input: String,
-        /// Destination: path, s3:// or redis:// URI (replaced atomically).
+        /// Destination: path, s3://, gs://, az:// or redis:// URI (replaced atomically).
         output: String,
     },
     /// Convert safetensors -> tensorizer or tensorizer -> safetensors

@@ -41,4 +41,4 @@ pub use tensorizer_format::{
 };
 /// The I/O layer: sources, sinks, retry policy.
 pub use tensorizer_io as io;
-pub use tensorizer_io::{RetryPolicy, S3Options, StorageOptions};
+pub use tensorizer_io::{AzureOptions, GcsOptions, RetryPolicy, S3Options, StorageOptions};
