@@ -137,12 +137,12 @@ fn setup_oracle() -> Result<PathBuf> {
     Ok(PathBuf::from(py))
 }
 
-/// The servers of the I/O tests (nginx, redis-server, moto, s3s-fs),
+/// The servers of the I/O tests (nginx, redis-server, moto, s3s-fs, fake-gcs-server, Azurite),
 /// installed by `scripts/setup_servers.sh`; the tests start them on
 /// loopback ports and stop them.
 fn setup_servers(oracle: &Path) -> Result {
     run(
-        "servers: scripts/setup_servers.sh (nginx, redis-server, moto, s3s-fs)",
+        "servers: scripts/setup_servers.sh (nginx, redis-server, moto, s3s-fs, fake-gcs-server, Azurite)",
         Command::new("bash")
             .arg(root().join("scripts/setup_servers.sh"))
             .arg(oracle),

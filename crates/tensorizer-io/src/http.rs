@@ -6,14 +6,13 @@
 //! that ignores `Range` is detected (never mis-read) and read sequentially,
 //! with a warning.
 
-use std::io::Read;
 use std::time::Instant;
 
-use reqwest::StatusCode;
-use reqwest::blocking::{Client, Response};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
+use reqwest::{Client, Response, StatusCode};
 
 use crate::error::{IoError, Result};
+use crate::runtime::{block, runtime};
 use crate::{RangeSource, ReadHints, RetryPolicy};
 
 /// An object behind an `http://` or `https://` URL.
@@ -27,6 +26,7 @@ pub struct HttpSource {
 }
 
 /// One failed attempt.
+#[derive(Debug)]
 struct Failure {
     message: String,
     status: Option<u16>,
@@ -101,11 +101,9 @@ impl HttpSource {
     }
 
     fn probe(&mut self) -> Result<(), Failure> {
-        let resp = self
-            .client
-            .get(&self.uri)
-            .header(RANGE, "bytes=0-0")
-            .send()
+        let request = self.client.get(&self.uri).header(RANGE, "bytes=0-0");
+        let resp = block(async move { request.send().await }, &self.uri)
+            .map_err(|e| Failure::protocol(e.to_string()))?
             .map_err(Failure::transport)?;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
@@ -147,67 +145,108 @@ impl HttpSource {
 
     /// One request for `dst.len()` bytes at `start`; returns how many bytes
     /// arrived (all of them, or fewer with the failure that cut it short).
+    /// One GET of `start..start + dst.len()`: the request runs on the I/O
+    /// runtime and its body arrives chunk by chunk on a channel, copied
+    /// into `dst` here. Returns the bytes received before any failure.
     fn fetch(&self, start: u64, dst: &mut [u8]) -> (usize, Option<Failure>) {
         let end = start + dst.len() as u64;
         let mut request = self.client.get(&self.uri);
         if self.ranges {
             request = request.header(RANGE, format!("bytes={start}-{}", end - 1));
         }
-        let mut resp = match request.send() {
+        let ranges = self.ranges;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Failure>>(64);
+        let runtime = match runtime() {
             Ok(r) => r,
-            Err(e) => return (0, Some(Failure::transport(e))),
+            Err(e) => return (0, Some(Failure::protocol(e.to_string()))),
         };
-        let status = resp.status();
-        if self.ranges {
-            if status != StatusCode::PARTIAL_CONTENT {
-                let f = if status == StatusCode::OK {
-                    Failure::protocol(
-                        "server ignored the Range header (answered 200 with the whole object)"
-                            .into(),
-                    )
-                } else {
-                    Failure::status(status)
-                };
-                return (0, Some(f));
-            }
-            match content_range(&resp) {
-                Ok((a, b, _)) if a == start && b == end - 1 => {}
-                Ok((a, b, _)) => {
-                    let msg = format!("asked for bytes {start}-{}, server sent {a}-{b}", end - 1);
-                    return (0, Some(Failure::protocol(msg)));
+        runtime.spawn(async move {
+            let resp = match request.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(Failure::transport(e))).await;
+                    return;
                 }
-                Err(msg) => return (0, Some(Failure::protocol(msg))),
+            };
+            let mut resp = match check_response(resp, ranges, start, end) {
+                Ok(r) => r,
+                Err(f) => {
+                    let _ = tx.send(Err(f)).await;
+                    return;
+                }
+            };
+            // A server that ignores Range sends everything: skip to `start`.
+            let mut skip = if ranges { 0 } else { start };
+            loop {
+                let chunk = match resp.chunk().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(Failure::transport(e))).await;
+                        return;
+                    }
+                };
+                let chunk = if skip > 0 {
+                    let n = skip.min(chunk.len() as u64);
+                    skip -= n;
+                    chunk.slice(n as usize..)
+                } else {
+                    chunk
+                };
+                if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
+                    return; // the reader has what it needs
+                }
             }
-        } else {
-            if status != StatusCode::OK {
-                return (0, Some(Failure::status(status)));
-            }
-            // No ranges: skip to `start` through the body.
-            if let Err(e) = std::io::copy(&mut (&mut resp).take(start), &mut std::io::sink()) {
-                return (0, Some(Failure::transport(e)));
-            }
-        }
+        });
         let mut got = 0;
         while got < dst.len() {
-            match resp.read(&mut dst[got..]) {
-                Ok(0) => {
+            match rx.blocking_recv() {
+                Some(Ok(chunk)) => {
+                    let n = chunk.len().min(dst.len() - got);
+                    dst[got..got + n].copy_from_slice(&chunk[..n]);
+                    got += n;
+                }
+                Some(Err(f)) if got > 0 => {
+                    let msg = format!("after {got} of {} bytes: {}", dst.len(), f.message);
+                    return (got, Some(Failure { message: msg, ..f }));
+                }
+                Some(Err(f)) => return (0, Some(f)),
+                None => {
                     let msg = format!("connection closed after {got} of {} bytes", dst.len());
                     return (got, Some(Failure::transport(msg)));
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return (
-                        got,
-                        Some(Failure::transport(format!(
-                            "after {got} of {} bytes: {e}",
-                            dst.len()
-                        ))),
-                    );
                 }
             }
         }
         (got, None)
+    }
+}
+
+/// Checks a response's status and `Content-Range` against the request.
+fn check_response(resp: Response, ranges: bool, start: u64, end: u64) -> Result<Response, Failure> {
+    let status = resp.status();
+    if !ranges {
+        return if status == StatusCode::OK {
+            Ok(resp)
+        } else {
+            Err(Failure::status(status))
+        };
+    }
+    if status != StatusCode::PARTIAL_CONTENT {
+        return Err(if status == StatusCode::OK {
+            Failure::protocol(
+                "server ignored the Range header (answered 200 with the whole object)".into(),
+            )
+        } else {
+            Failure::status(status)
+        });
+    }
+    match content_range(&resp) {
+        Ok((a, b, _)) if a == start && b == end - 1 => Ok(resp),
+        Ok((a, b, _)) => Err(Failure::protocol(format!(
+            "asked for bytes {start}-{}, server sent {a}-{b}",
+            end - 1
+        ))),
+        Err(msg) => Err(Failure::protocol(msg)),
     }
 }
 
@@ -243,9 +282,9 @@ impl RangeSource for HttpSource {
     fn hints(&self) -> ReadHints {
         if self.ranges {
             ReadHints {
-                request_size: 8 << 20,
-                concurrency: 8,
-                block_size: 8 << 20,
+                request_size: 16 << 20,
+                concurrency: 16,
+                block_size: 16 << 20,
             }
         } else {
             ReadHints {

@@ -17,6 +17,8 @@ mod local;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod retry;
+#[cfg(any(feature = "http", feature = "object-store"))]
+mod runtime;
 pub mod s3;
 
 use std::path::Path;

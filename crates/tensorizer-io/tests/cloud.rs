@@ -40,7 +40,7 @@ enum Emulator {
 }
 
 impl Emulator {
-    fn start(self) -> Process {
+    fn start(self) -> support::Emulator {
         match self {
             Self::Gcs => fake_gcs("models"),
             Self::Azure => azurite("models"),

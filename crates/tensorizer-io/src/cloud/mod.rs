@@ -25,6 +25,7 @@ pub use sink::ObjectSink;
 pub use source::ObjectSource;
 
 use crate::error::{IoError, Result};
+use crate::runtime::block;
 use crate::{RetryPolicy, StorageOptions};
 
 /// A store that can also upload in parts: every backend's client.
@@ -45,8 +46,8 @@ pub(crate) struct PartRules {
     pub quantum: u64,
 }
 
-/// S3's rules, which GCS's XML multipart API shares.
-#[cfg(any(feature = "s3", feature = "gcs"))]
+/// S3's multipart rules.
+#[cfg(feature = "s3")]
 pub(crate) const S3_PARTS: PartRules = PartRules {
     min: 5 << 20,
     default: 16 << 20,
@@ -100,6 +101,10 @@ pub(crate) struct Object {
 #[derive(Debug, Clone)]
 pub(crate) enum Upload {
     /// `object_store`'s multipart API: parts in any order, in parallel.
+    #[cfg_attr(
+        all(feature = "gcs", not(any(feature = "s3", feature = "azure"))),
+        allow(dead_code)
+    )]
     Multipart,
     /// GCS's resumable uploads (JSON API): parts in order.
     #[cfg(feature = "gcs")]
@@ -159,54 +164,6 @@ pub(crate) fn object(uri: &str, options: &StorageOptions) -> Result<Object> {
             message: "not an object-store URI this build supports".into(),
         }),
     }
-}
-
-/// The runtime every object-store request runs on; a few workers suffice
-/// because they only drive sockets, the bytes are copied by the calling
-/// threads.
-fn runtime() -> Result<&'static tokio::runtime::Runtime> {
-    static RUNTIME: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(4)
-                .thread_name("tensorizer-io")
-                .enable_all()
-                .build()
-        })
-        .as_ref()
-        .map_err(|e| IoError::Unsupported {
-            uri: "object store".into(),
-            message: format!("cannot start the I/O runtime: {e}"),
-        })
-}
-
-/// Runs `fut` on the runtime; the receiver yields its output. Waiting on a
-/// std channel rather than `Runtime::block_on` works from any thread,
-/// including one that belongs to the caller's own tokio runtime (where
-/// `block_on` would panic); there it blocks that thread, so async callers
-/// should still go through `spawn_blocking`.
-fn spawn<T: Send + 'static>(
-    fut: impl Future<Output = T> + Send + 'static,
-) -> Result<std::sync::mpsc::Receiver<T>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    runtime()?.spawn(async move {
-        let _ = tx.send(fut.await);
-    });
-    Ok(rx)
-}
-
-/// Waits for a request started with [`spawn`].
-fn wait<T>(rx: std::sync::mpsc::Receiver<T>, uri: &str) -> Result<T> {
-    rx.recv().map_err(|_| IoError::Protocol {
-        uri: uri.to_owned(),
-        message: "the I/O runtime dropped a request (a task panicked)".into(),
-    })
-}
-
-/// Runs `fut` on the runtime and waits for it.
-fn block<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static, uri: &str) -> Result<T> {
-    wait(spawn(fut)?, uri)
 }
 
 /// `object_store`'s retry and timeout settings from ours.

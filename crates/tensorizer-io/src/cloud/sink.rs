@@ -6,8 +6,9 @@ use std::sync::{Mutex, OnceLock};
 use object_store::multipart::PartId;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::{Object, Service, Upload, block, runtime, spawn, wait};
+use super::{Object, Service, Upload};
 use crate::error::{IoError, Result};
+use crate::runtime::{block, runtime, spawn, wait};
 use crate::{FileLayout, RetryPolicy, Sink};
 
 /// A new object in S3, GCS or Azure Blob, written as a multipart upload
@@ -30,6 +31,7 @@ pub struct ObjectSink {
 }
 
 #[derive(Debug, Default)]
+#[cfg_attr(not(feature = "gcs"), allow(dead_code))]
 struct InOrder {
     /// The next part to send.
     next: usize,

@@ -2,8 +2,9 @@
 
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
-use super::{Object, Service, block, runtime};
+use super::{Object, Service};
 use crate::error::{IoError, Result};
+use crate::runtime::{block, runtime};
 use crate::{RangeSource, ReadHints, RetryPolicy};
 
 /// Bytes per GET: per-request cost (a round trip, signing, a new TCP
