@@ -62,7 +62,7 @@ struct StorageArgs {
     #[arg(long, global = true, hide_env_values = true)]
     gcs_service_account_key: Option<String>,
     /// GCS endpoint, e.g. http://127.0.0.1:4443 for an emulator (default:
-    /// STORAGE_EMULATOR_HOST, else https://storage.googleapis.com).
+    /// STORAGE_EMULATOR_HOST, else Google's storage.googleapis.com).
     #[arg(long, global = true)]
     gcs_endpoint: Option<String>,
     /// Unsigned GCS requests, for public buckets.
@@ -81,7 +81,7 @@ struct StorageArgs {
     #[arg(long, global = true, hide_env_values = true)]
     azure_connection_string: Option<String>,
     /// Azure blob service URL, e.g. http://127.0.0.1:10000/devstoreaccount1
-    /// (default: AZURE_STORAGE_ENDPOINT, else https://ACCOUNT.blob.core.windows.net).
+    /// (default: AZURE_STORAGE_ENDPOINT, else ACCOUNT.blob.core.windows.net over HTTPS).
     #[arg(long, global = true)]
     azure_endpoint: Option<String>,
     /// Talk to Azurite with its development account (also AZURE_STORAGE_USE_EMULATOR=true).

@@ -18,6 +18,8 @@
 //! keys, which Python reads the same way (Redis refuses values over 512 MB).
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -82,7 +84,24 @@ struct Pool {
     uri: String,
     client: Client,
     idle: Mutex<Vec<Connection>>,
+    /// `host:port`, for the plain connections of [`Pool::getrange_into`].
+    addr: String,
+    raw: Mutex<Vec<TcpStream>>,
     policy: RetryPolicy,
+}
+
+/// Why a `GETRANGE` read straight into a buffer failed.
+enum RawError {
+    /// The connection failed: retried on a new one.
+    Io(std::io::Error),
+    /// The server answered an error or a different length: not retried.
+    Answer(String),
+}
+
+impl From<std::io::Error> for RawError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -99,12 +118,74 @@ impl Pool {
             uri: uri.to_owned(),
             message: format!("bad Redis address: {e}"),
         })?;
+        let addr = url
+            .trim_start_matches("redis://")
+            .trim_end_matches("/0")
+            .to_owned();
         Ok(Self {
             uri: uri.to_owned(),
             client,
             idle: Mutex::new(Vec::new()),
+            addr,
+            raw: Mutex::new(Vec::new()),
             policy: policy.clone(),
         })
+    }
+
+    fn raw_connect(&self) -> std::io::Result<TcpStream> {
+        let mut last = None;
+        for addr in self.addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, self.policy.connect_timeout) {
+                Ok(con) => {
+                    con.set_read_timeout(Some(self.policy.request_timeout))?;
+                    con.set_write_timeout(Some(self.policy.request_timeout))?;
+                    con.set_nodelay(true)?;
+                    return Ok(con);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no address")))
+    }
+
+    /// `GETRANGE key a (a + dst.len() - 1)`, the answer read from the
+    /// socket straight into `dst`: redis-rs would parse it into a `Vec`
+    /// first, a second copy of every byte. Connection failures are retried
+    /// on a new connection with backoff, like [`Pool::with`].
+    fn getrange_into(&self, key: &[u8], a: u64, dst: &mut [u8], range: (u64, u64)) -> Result<()> {
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let pooled = self.raw.lock().expect("pool lock").pop();
+            let result = match pooled {
+                Some(con) => Ok(con),
+                None => self.raw_connect(),
+            }
+            .map_err(RawError::Io)
+            .and_then(|mut con| raw_getrange(&mut con, key, a, dst).map(|()| con));
+            let message = match result {
+                Ok(con) => {
+                    self.raw.lock().expect("pool lock").push(con);
+                    return Ok(());
+                }
+                Err(RawError::Io(e)) if self.policy.may_retry(attempts, started) => {
+                    tracing::warn!(uri = %self.uri, attempt = attempts, "Redis: {e}; retrying");
+                    std::thread::sleep(self.policy.backoff(attempts));
+                    continue;
+                }
+                Err(RawError::Io(e)) => e.to_string(),
+                Err(RawError::Answer(message)) => message,
+            };
+            return Err(IoError::Remote {
+                uri: self.uri.clone(),
+                start: range.0,
+                end: range.1,
+                message: format!("GETRANGE {}: {message}", String::from_utf8_lossy(key)),
+                attempts,
+                status: None,
+            });
+        }
     }
 
     fn connect(&self) -> std::result::Result<Connection, RedisError> {
@@ -278,6 +359,51 @@ impl RedisSource {
     }
 }
 
+/// Sends `GETRANGE key a b` in RESP and reads the bulk-string answer into
+/// `dst`, which must be exactly as long as the answer.
+fn raw_getrange(con: &mut TcpStream, key: &[u8], a: u64, dst: &mut [u8]) -> Result<(), RawError> {
+    let (a, b) = (a.to_string(), (a + dst.len() as u64 - 1).to_string());
+    let mut command = Vec::with_capacity(64 + key.len());
+    command.extend_from_slice(b"*4\r\n$8\r\nGETRANGE\r\n");
+    for arg in [key, a.as_bytes(), b.as_bytes()] {
+        command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        command.extend_from_slice(arg);
+        command.extend_from_slice(b"\r\n");
+    }
+    con.write_all(&command)?;
+    // The header, `$<len>\r\n` or `-ERR ...\r\n`, byte by byte so that
+    // nothing of the body is read into a buffer of ours.
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while line.last() != Some(&b'\n') {
+        con.read_exact(&mut byte)?;
+        line.push(byte[0]);
+        if line.len() > 4096 {
+            return Err(RawError::Answer("an answer header over 4 KiB".into()));
+        }
+    }
+    let line = String::from_utf8_lossy(&line[..line.len() - 1]);
+    let line = line.trim_end_matches('\r');
+    let len = match line.strip_prefix('$').map(str::parse::<usize>) {
+        Some(Ok(len)) => len,
+        _ if line.starts_with('-') => return Err(RawError::Answer(line[1..].to_owned())),
+        _ => return Err(RawError::Answer(format!("unexpected answer {line:?}"))),
+    };
+    if len != dst.len() {
+        return Err(RawError::Answer(format!(
+            "the key changed while reading (got {len} bytes of {})",
+            dst.len()
+        )));
+    }
+    con.read_exact(dst)?;
+    let mut crlf = [0u8; 2];
+    con.read_exact(&mut crlf)?;
+    if &crlf != b"\r\n" {
+        return Err(RawError::Answer("a bulk string not ended by CRLF".into()));
+    }
+    Ok(())
+}
+
 impl RangeSource for RedisSource {
     fn uri(&self) -> &str {
         &self.pool.uri
@@ -302,31 +428,9 @@ impl RangeSource for RedisSource {
                     message: format!("byte {at} is in no key (a key is missing)"),
                 })?;
             let stop = end.min(piece.offset + piece.len).min(at + MAX_GET);
-            let (a, b) = (at - piece.offset, stop - piece.offset);
-            let bytes: Vec<u8> = self.pool.with(
-                || format!("GETRANGE {}", String::from_utf8_lossy(&piece.key)),
-                (at, stop),
-                |con| {
-                    redis::cmd("GETRANGE")
-                        .arg(&piece.key)
-                        .arg(a)
-                        .arg(b - 1)
-                        .query(con)
-                },
-            )?;
-            if bytes.len() as u64 != stop - at {
-                return Err(IoError::Protocol {
-                    uri: self.pool.uri.clone(),
-                    message: format!(
-                        "key {} changed while reading (got {} bytes of {})",
-                        String::from_utf8_lossy(&piece.key),
-                        bytes.len(),
-                        stop - at
-                    ),
-                });
-            }
-            let dst = (at - offset) as usize;
-            buf[dst..dst + bytes.len()].copy_from_slice(&bytes);
+            let dst = (at - offset) as usize..(stop - offset) as usize;
+            self.pool
+                .getrange_into(&piece.key, at - piece.offset, &mut buf[dst], (at, stop))?;
             at = stop;
             if at == piece.offset + piece.len {
                 i += 1;

@@ -212,6 +212,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity, reason = "a table of cases")]
     fn credential_chain_table() {
         let home = tempfile::tempdir().unwrap();
         let h = home.path().to_str().unwrap();
