@@ -88,6 +88,17 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// candle refused a tensor, or has no dtype for it.
+    #[cfg(feature = "candle")]
+    #[error("{path}: tensor {tensor:?}: {message}")]
+    Candle {
+        /// The file or URI.
+        path: String,
+        /// The tensor.
+        tensor: String,
+        /// What candle said, or which dtype it lacks.
+        message: String,
+    },
     /// A tensor too large for this machine's memory (or a hostile header).
     #[error("{}: cannot allocate {bytes} bytes for tensor {tensor:?}", path.display())]
     Allocation {

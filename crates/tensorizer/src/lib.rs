@@ -5,6 +5,8 @@
 compile_error!("tensorizer files are little-endian; big-endian hosts are not supported");
 
 mod buffer;
+#[cfg(feature = "candle")]
+pub mod candle;
 mod copy;
 #[cfg(feature = "cuda")]
 pub mod cuda;
