@@ -153,7 +153,8 @@ fn main() -> Result<()> {
     if let Some(path) = &args.compare {
         let started = Instant::now();
         // SAFETY: the file is not modified while mapped (candle's own loader).
-        let theirs = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu)? };
+        let theirs =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu)? };
         // Touch every tensor so the comparison includes reading the bytes.
         BertModel::load(theirs, &config)?;
         println!(
@@ -164,7 +165,11 @@ fn main() -> Result<()> {
     let embeddings = embed(vb, &config, &tokenizer, &args.sentences)?;
     for (sentence, e) in args.sentences.iter().zip(&embeddings) {
         let head: Vec<String> = e.iter().take(5).map(|v| format!("{v:.5}")).collect();
-        println!("{sentence:?}: [{}, ...] ({} values)", head.join(", "), e.len());
+        println!(
+            "{sentence:?}: [{}, ...] ({} values)",
+            head.join(", "),
+            e.len()
+        );
     }
     println!("{}", serde_json::to_string(&cosine_matrix(&embeddings))?);
     Ok(())

@@ -125,7 +125,7 @@ enum Typed {
 }
 
 /// A tensor's buffer: the loader writes its bytes, candle keeps its `Vec`.
-pub struct TypedBuffer(Typed);
+struct TypedBuffer(Typed);
 
 macro_rules! typed_bytes {
     ($self:expr, $method:ident) => {
@@ -218,7 +218,9 @@ impl CandleHost {
         tensors
             .into_iter()
             .map(|(name, t)| {
-                let t = t.to_device(device).map_err(|e| candle_error(&self.path, &name, e))?;
+                let t = t
+                    .to_device(device)
+                    .map_err(|e| candle_error(&self.path, &name, e))?;
                 Ok((name, t))
             })
             .collect()
@@ -256,7 +258,7 @@ impl Destination for CandleHost {
 
     fn complete(&self, _: usize, info: TensorInfo, buffer: TypedBuffer) -> Result<()> {
         let name = info.path.to_string();
-        let dims: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
+        let dims: Vec<usize> = info.shape.0.iter().map(|&d| d as usize).collect();
         let tensor = buffer
             .into_tensor(Shape::from(dims))
             .map_err(|e| candle_error(&self.path, &name, e))?;
@@ -277,21 +279,32 @@ struct TensorizerBackend {
 
 impl TensorizerBackend {
     fn fetch(&self, name: &str) -> candle_core::Result<Tensor> {
-        if let Some(t) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(t) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
             return Ok(t.clone());
         }
         let path = TensorPath::from(name);
         if self.weights.position(&path).is_none() {
-            return Err(candle_core::Error::CannotFindTensor { path: name.to_owned() });
+            return Err(candle_core::Error::CannotFindTensor {
+                path: name.to_owned(),
+            });
         }
         let dest = CandleHost::new(&self.weights);
         self.weights
             .load_into(&dest, |e| e.name.path() == &path)
             .map_err(candle_core::Error::wrap)?;
-        let mut one = dest.into_tensors(&Device::Cpu).map_err(candle_core::Error::wrap)?;
-        let tensor = one.remove(name).ok_or_else(|| candle_core::Error::CannotFindTensor {
-            path: name.to_owned(),
-        })?;
+        let mut one = dest
+            .into_tensors(&Device::Cpu)
+            .map_err(candle_core::Error::wrap)?;
+        let tensor = one
+            .remove(name)
+            .ok_or_else(|| candle_core::Error::CannotFindTensor {
+                path: name.to_owned(),
+            })?;
         Ok(tensor)
     }
 }
@@ -300,7 +313,13 @@ impl TensorizerBackend {
     /// `tensor` as `dtype` on `device`. Floats convert among themselves
     /// (a model stored in f16 runs in f32, say); an integer tensor where a
     /// float is asked for, or the reverse, is the wrong tensor.
-    fn convert(&self, name: &str, tensor: Tensor, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn convert(
+        &self,
+        name: &str,
+        tensor: Tensor,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         if tensor.dtype().is_float() != dtype.is_float() {
             return Err(candle_core::Error::Msg(format!(
                 "{}: tensor {name} is {:?}, the model asks for {dtype:?}",
@@ -333,7 +352,12 @@ impl candle_nn::var_builder::SimpleBackend for TensorizerBackend {
         self.convert(name, tensor, dtype, device)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let tensor = self.fetch(name)?;
         self.convert(name, tensor, dtype, device)
     }
