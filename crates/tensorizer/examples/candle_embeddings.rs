@@ -26,12 +26,10 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 /// Mean-pooled, L2-normalised embeddings of `sentences` (what
 /// sentence-transformers computes for all-MiniLM-L6-v2).
 pub fn embed(
-    vb: VarBuilder<'_>,
-    config: &Config,
+    model: &BertModel,
     tokenizer: &Tokenizer,
     sentences: &[String],
 ) -> Result<Vec<Vec<f32>>> {
-    let model = BertModel::load(vb, config)?;
     let mut tokenizer = tokenizer.clone();
     tokenizer.with_padding(Some(PaddingParams::default()));
     let encodings = tokenizer.encode_batch(sentences.to_vec(), true)?;
@@ -143,8 +141,10 @@ fn main() -> Result<()> {
     let config: Config = serde_json::from_slice(&std::fs::read(&args.config)?)?;
     let tokenizer = Tokenizer::from_file(&args.tokenizer)?;
 
+    // Both timings cover reading every weight and building the model.
     let started = Instant::now();
     let vb = tensorizer_weights(&args.weights, &StorageOptions::default(), args.decryption)?;
+    let model = BertModel::load(vb, &config)?;
     println!(
         "loaded {} with tensorizer in {:.1} ms",
         args.weights,
@@ -155,14 +155,13 @@ fn main() -> Result<()> {
         // SAFETY: the file is not modified while mapped (candle's own loader).
         let theirs =
             unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu)? };
-        // Touch every tensor so the comparison includes reading the bytes.
         BertModel::load(theirs, &config)?;
         println!(
             "loaded {path} with candle's safetensors loader in {:.1} ms",
             started.elapsed().as_secs_f64() * 1e3
         );
     }
-    let embeddings = embed(vb, &config, &tokenizer, &args.sentences)?;
+    let embeddings = embed(&model, &tokenizer, &args.sentences)?;
     for (sentence, e) in args.sentences.iter().zip(&embeddings) {
         let head: Vec<String> = e.iter().take(5).map(|v| format!("{v:.5}")).collect();
         println!(

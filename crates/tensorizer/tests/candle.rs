@@ -59,7 +59,8 @@ fn model() -> Model {
 }
 
 fn embed(m: &Model, vb: VarBuilder<'_>) -> Vec<Vec<f32>> {
-    example::embed(vb, &m.config, &m.tokenizer, &sentences()).unwrap()
+    let model = candle_transformers::models::bert::BertModel::load(vb, &m.config).unwrap();
+    example::embed(&model, &m.tokenizer, &sentences()).unwrap()
 }
 
 fn bits(e: &[Vec<f32>]) -> Vec<Vec<u32>> {
