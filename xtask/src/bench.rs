@@ -5,12 +5,13 @@
 //! (so peak RSS is the row's own), prints the table with ratios and
 //! rewrites the generated section of `BENCHMARKS.md`.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{Result, cargo, root, run};
+use emulators::free_port;
 
 #[path = "../../crates/tensorizer-io/tests/support/emulators.rs"]
 mod emulators;
@@ -62,13 +63,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(18080)
 }
 
 fn start(program: &str, args: &[String], port: u16) -> Result<Server> {

@@ -4,12 +4,11 @@
 use std::sync::Arc;
 
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-use object_store::path::Path as ObjectPath;
 
 use super::{AzureConfig, AzureCredentials, AzureOptions, parse_azure_uri};
 use crate::RetryPolicy;
 use crate::cloud::{self, Object, PartRules, Service};
-use crate::error::{IoError, Result};
+use crate::error::Result;
 
 /// Block blobs: up to 50 000 blocks, no minimum block size.
 const AZURE_PARTS: PartRules = PartRules {
@@ -27,13 +26,7 @@ pub(crate) fn object(uri: &str, options: &AzureOptions, policy: &RetryPolicy) ->
         options.sas_token = parsed.sas.clone();
     }
     let config =
-        AzureConfig::resolve(&options, parsed.account.as_deref()).map_err(|e| match e {
-            IoError::Unsupported { message, .. } => IoError::Unsupported {
-                uri: uri.to_owned(),
-                message,
-            },
-            other => other,
-        })?;
+        AzureConfig::resolve(&options, parsed.account.as_deref()).map_err(cloud::for_uri(uri))?;
     let service = Service {
         name: "Azure Blob",
         endpoint: config.endpoint.clone(),
@@ -46,30 +39,27 @@ pub(crate) fn object(uri: &str, options: &AzureOptions, policy: &RetryPolicy) ->
             .into(),
         parts: AZURE_PARTS,
     };
-    // Secrets are part of the key (Debug redacts them).
     let secret = match &config.credentials {
         AzureCredentials::AccessKey(k) | AzureCredentials::Sas(k) => k.clone(),
         AzureCredentials::ClientSecret { secret, .. } => secret.clone(),
         _ => String::new(),
     };
-    let cache_key = format!("{service:?}|{config:?}|{secret}|{policy:?}");
-    let store = cloud::cached(cache_key, || {
-        build_store(&parsed.container, &config, policy)
-            .map(|s| Arc::new(s) as Arc<dyn cloud::Store>)
-    })
-    .map_err(|e| IoError::Unsupported {
-        uri: uri.to_owned(),
-        message: format!("cannot configure the Azure client: {e} [{service}]"),
-    })?;
-    tracing::debug!(uri, %service, "Azure blob");
-    Ok(Object {
-        uri: uri.to_owned(),
-        store,
-        path: ObjectPath::from(parsed.key),
+    let cache_config = format!("{config:?}|{secret}");
+    let container = parsed.container;
+    let store = || build_store(&container, &config, policy).map_err(|e| e.to_string());
+    Object::new(
+        uri,
         service,
-        bucket: parsed.container,
-        upload: cloud::Upload::Multipart,
-    })
+        (container.clone(), parsed.key),
+        cache_config,
+        policy,
+        || {
+            Ok((
+                Arc::new(store()?) as Arc<dyn cloud::Store>,
+                cloud::Upload::Multipart,
+            ))
+        },
+    )
 }
 
 fn build_store(

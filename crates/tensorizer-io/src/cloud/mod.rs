@@ -112,6 +112,37 @@ pub(crate) enum Upload {
 }
 
 impl Object {
+    /// `key` in `bucket` of `service`, on the process's client for this
+    /// service, bucket, `config` (which must name every secret: `Debug`
+    /// output redacts them, and a client made with other credentials is
+    /// another client) and `policy`, made by `build` the first time.
+    pub(crate) fn new(
+        uri: &str,
+        service: Service,
+        (bucket, key): (String, String),
+        config: String,
+        policy: &RetryPolicy,
+        build: impl FnOnce() -> std::result::Result<(Arc<dyn Store>, Upload), String>,
+    ) -> Result<Self> {
+        let cache_key = format!("{service:?}|{config}|{policy:?}");
+        let (store, upload) = cached(cache_key, build).map_err(|e| IoError::Unsupported {
+            uri: uri.to_owned(),
+            message: format!(
+                "cannot configure the {} client: {e} [{service}]",
+                service.name
+            ),
+        })?;
+        tracing::debug!(uri, %service, "object");
+        Ok(Self {
+            uri: uri.to_owned(),
+            store,
+            path: ObjectPath::from(key),
+            service,
+            bucket,
+            upload,
+        })
+    }
+
     /// An `IoError` for a failed request on `range`, naming the service,
     /// endpoint and credential source, with what to do for the failures a
     /// user can fix.
@@ -144,6 +175,17 @@ impl Object {
             attempts,
             status,
         }
+    }
+}
+
+/// A configuration error re-addressed to the URI being opened.
+pub(crate) fn for_uri(uri: &str) -> impl FnOnce(IoError) -> IoError + '_ {
+    move |e| match e {
+        IoError::Unsupported { message, .. } => IoError::Unsupported {
+            uri: uri.to_owned(),
+            message,
+        },
+        other => other,
     }
 }
 

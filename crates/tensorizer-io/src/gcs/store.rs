@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use object_store::StaticCredentialProvider;
 use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder};
-use object_store::path::Path as ObjectPath;
 
 use super::resumable::{CHUNK_QUANTUM, json_api};
 use super::{GcsConfig, GcsCredentials, GcsOptions};
@@ -45,13 +44,7 @@ pub fn parse_gcs_uri(uri: &str) -> Result<(String, String)> {
 /// Resolves `gs://bucket/key`: credentials, endpoint, client.
 pub(crate) fn object(uri: &str, options: &GcsOptions, policy: &RetryPolicy) -> Result<Object> {
     let (bucket, key) = parse_gcs_uri(uri)?;
-    let config = GcsConfig::resolve(options).map_err(|e| match e {
-        IoError::Unsupported { message, .. } => IoError::Unsupported {
-            uri: uri.to_owned(),
-            message,
-        },
-        other => other,
-    })?;
+    let config = GcsConfig::resolve(options).map_err(cloud::for_uri(uri))?;
     let service = Service {
         name: "GCS",
         endpoint: config.endpoint.clone(),
@@ -64,33 +57,29 @@ pub(crate) fn object(uri: &str, options: &GcsOptions, policy: &RetryPolicy) -> R
             .into(),
         parts: GCS_PARTS,
     };
-    // Secrets are part of the key (Debug redacts them).
     let secret = match &config.credentials {
         GcsCredentials::ServiceAccountKey(key) => key.as_str(),
         _ => "",
     };
-    let cache_key = format!("{service:?}|{config:?}|{secret}|{policy:?}");
-    let (store, api) = cloud::cached(cache_key, || {
-        let store = build_store(&bucket, &config, policy).map_err(|e| e.to_string())?;
-        let credentials =
-            (config.credentials != GcsCredentials::Anonymous).then(|| store.credentials().clone());
-        let api =
-            json_api(&config.endpoint, &bucket, credentials, policy).map_err(|e| e.to_string())?;
-        Ok((Arc::new(store) as Arc<dyn cloud::Store>, api))
-    })
-    .map_err(|e: String| IoError::Unsupported {
-        uri: uri.to_owned(),
-        message: format!("cannot configure the GCS client: {e} [{service}]"),
-    })?;
-    tracing::debug!(uri, %service, "GCS object");
-    Ok(Object {
-        uri: uri.to_owned(),
-        store,
-        path: ObjectPath::from(key),
+    let cache_config = format!("{config:?}|{secret}");
+    Object::new(
+        uri,
         service,
-        bucket,
-        upload: Upload::GcsResumable(api),
-    })
+        (bucket.clone(), key),
+        cache_config,
+        policy,
+        || {
+            let store = build_store(&bucket, &config, policy).map_err(|e| e.to_string())?;
+            let credentials = (config.credentials != GcsCredentials::Anonymous)
+                .then(|| store.credentials().clone());
+            let api = json_api(&config.endpoint, &bucket, credentials, policy)
+                .map_err(|e| e.to_string())?;
+            Ok((
+                Arc::new(store) as Arc<dyn cloud::Store>,
+                Upload::GcsResumable(api),
+            ))
+        },
+    )
 }
 
 fn build_store(

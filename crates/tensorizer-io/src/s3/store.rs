@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use object_store::aws::AmazonS3Builder;
-use object_store::path::Path as ObjectPath;
 
 use super::{Addressing, Credentials, S3Config, S3Options};
 use crate::RetryPolicy;
@@ -35,16 +34,8 @@ pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
 /// Resolves `s3://bucket/key`: credentials, endpoint, addressing, client.
 pub(crate) fn object(uri: &str, options: &S3Options, policy: &RetryPolicy) -> Result<Object> {
     let (bucket, key) = parse_s3_uri(uri)?;
-    let config = S3Config::resolve(options).map_err(|e| match e {
-        IoError::Unsupported { message, .. } => IoError::Unsupported {
-            uri: uri.to_owned(),
-            message,
-        },
-        other => other,
-    })?;
+    let config = S3Config::resolve(options).map_err(cloud::for_uri(uri))?;
     let service = service(&bucket, &config);
-    // Secrets are part of the key (Debug redacts them): a client made with
-    // other credentials is another client.
     let secret = match &config.credentials {
         Credentials::Keys {
             secret_access_key,
@@ -53,23 +44,21 @@ pub(crate) fn object(uri: &str, options: &S3Options, policy: &RetryPolicy) -> Re
         } => format!("{secret_access_key}|{session_token:?}"),
         _ => String::new(),
     };
-    let key_for_cache = format!("{service:?}|{config:?}|{secret}|{bucket}|{policy:?}");
-    let store = cloud::cached(key_for_cache, || {
-        build_store(&bucket, &config, policy).map(|s| Arc::new(s) as Arc<dyn cloud::Store>)
-    })
-    .map_err(|e| IoError::Unsupported {
-        uri: uri.to_owned(),
-        message: format!("cannot configure the S3 client: {e} [{service}]"),
-    })?;
-    tracing::debug!(uri, %service, "S3 object");
-    Ok(Object {
-        uri: uri.to_owned(),
-        store,
-        path: ObjectPath::from(key),
+    let cache_config = format!("{config:?}|{secret}|{bucket}");
+    let store = || build_store(&bucket, &config, policy).map_err(|e| e.to_string());
+    Object::new(
+        uri,
         service,
-        bucket,
-        upload: cloud::Upload::Multipart,
-    })
+        (bucket.clone(), key),
+        cache_config,
+        policy,
+        || {
+            Ok((
+                Arc::new(store()?) as Arc<dyn cloud::Store>,
+                cloud::Upload::Multipart,
+            ))
+        },
+    )
 }
 
 fn service(bucket: &str, config: &S3Config) -> Service {

@@ -46,7 +46,8 @@ fn program(env: &str, path: PathBuf, install: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
