@@ -200,7 +200,7 @@ impl HttpSource {
         });
         let mut got = 0;
         while got < dst.len() {
-            match rx.blocking_recv() {
+            match crate::runtime::wait_on(rx.recv()) {
                 Some(Ok(chunk)) => {
                     let n = chunk.len().min(dst.len() - got);
                     dst[got..got + n].copy_from_slice(&chunk[..n]);

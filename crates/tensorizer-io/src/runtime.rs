@@ -56,3 +56,29 @@ pub(crate) fn block<T: Send + 'static>(
 ) -> Result<T> {
     wait(spawn(fut)?, uri)
 }
+
+/// Waits for `fut` on this thread, whatever the thread: unlike tokio's
+/// `blocking_recv`, this does not panic on a thread of the caller's own
+/// tokio runtime (it blocks that thread, as every synchronous read does).
+/// Used for futures that need no runtime to make progress, such as a
+/// channel's `recv`.
+pub(crate) fn wait_on<F: Future>(fut: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}

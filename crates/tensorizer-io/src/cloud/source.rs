@@ -100,7 +100,7 @@ impl ObjectSource {
     ) -> Result<()> {
         let range = start..start + dst.len() as u64;
         let mut filled = 0;
-        while let Some(chunk) = body.blocking_recv() {
+        while let Some(chunk) = crate::runtime::wait_on(body.recv()) {
             let chunk = chunk.map_err(|e| self.object.error(range.clone(), &e, &self.policy))?;
             let Some(slot) = dst.get_mut(filled..filled + chunk.len()) else {
                 return Err(self.short_or_long(range, filled + chunk.len()));
