@@ -34,3 +34,12 @@ impl Environment for HashMap<String, String> {
         self.get("HOME").map(PathBuf::from)
     }
 }
+
+/// An environment from `(name, value)` pairs, for tests.
+#[cfg(test)]
+pub(crate) fn table(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

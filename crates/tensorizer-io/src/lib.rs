@@ -209,16 +209,7 @@ pub fn create_sink(uri: &str, options: &StorageOptions) -> Result<Box<dyn Sink>>
         #[cfg(feature = "object-store")]
         Backend::Object => {
             let object = cloud::object(uri, options)?;
-            let part_size = match object.service.name {
-                "S3" => options.s3.part_size,
-                "GCS" => options.gcs.part_size,
-                _ => options.azure.part_size,
-            };
-            Ok(Box::new(ObjectSink::create(
-                object,
-                part_size,
-                &options.retry,
-            )?))
+            Ok(Box::new(ObjectSink::create(object, &options.retry)?))
         }
         Backend::Http => Err(IoError::Unsupported {
             uri: uri.to_owned(),

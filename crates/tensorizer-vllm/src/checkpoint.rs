@@ -70,7 +70,8 @@ impl Checkpoint {
         let text = std::fs::read_to_string(&config_path)
             .map_err(io_error(&config_path, "reading the model's config"))?;
         let config = ModelConfig::parse(&text)?;
-        let names = weight_files(dir)?;
+        let indexed = indexed_tensors(dir)?;
+        let names = weight_files(dir, indexed.as_deref())?;
         if names.is_empty() {
             let pickles: Vec<String> = list_files(dir)?
                 .into_iter()
@@ -123,7 +124,7 @@ impl Checkpoint {
             }
             files.push((path, map));
         }
-        if let Some(indexed) = indexed_tensors(dir)? {
+        if let Some(indexed) = indexed {
             for (tensor, file) in indexed {
                 match tensors.get(&tensor) {
                     Some(t) if files[t.file].0.file_name() == Some(file.as_ref()) => {}
@@ -254,10 +255,11 @@ fn indexed_tensors(dir: &Path) -> Result<Option<Vec<(String, String)>>> {
         .map(Some)
 }
 
-/// The weight files: those the index names, else every `*.safetensors`.
-fn weight_files(dir: &Path) -> Result<Vec<String>> {
-    if let Some(indexed) = indexed_tensors(dir)? {
-        let mut files: Vec<String> = indexed.into_iter().map(|(_, f)| f).collect();
+/// The weight files: those the index (`indexed`) names, else every
+/// `*.safetensors`.
+fn weight_files(dir: &Path, indexed: Option<&[(String, String)]>) -> Result<Vec<String>> {
+    if let Some(indexed) = indexed {
+        let mut files: Vec<String> = indexed.iter().map(|(_, f)| f.clone()).collect();
         files.sort();
         files.dedup();
         for f in &files {

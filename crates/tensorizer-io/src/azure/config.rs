@@ -344,13 +344,7 @@ impl AzureConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::env::table as env;
 
     #[test]
     #[allow(clippy::type_complexity, reason = "a table of cases")]

@@ -52,6 +52,7 @@ pub(crate) fn object(uri: &str, options: &AzureOptions, policy: &RetryPolicy) ->
         service,
         (container.clone(), parsed.key),
         cache_config,
+        options.part_size,
         policy,
         || {
             Ok((

@@ -95,6 +95,8 @@ pub(crate) struct Object {
     pub bucket: String,
     /// How new objects are uploaded.
     pub upload: Upload,
+    /// The part size the caller asked for (`S3Options::part_size`, ...).
+    pub part_size: Option<u64>,
 }
 
 /// How a store takes a new object in parts.
@@ -121,6 +123,7 @@ impl Object {
         service: Service,
         (bucket, key): (String, String),
         config: String,
+        part_size: Option<u64>,
         policy: &RetryPolicy,
         build: impl FnOnce() -> std::result::Result<(Arc<dyn Store>, Upload), String>,
     ) -> Result<Self> {
@@ -140,6 +143,7 @@ impl Object {
             service,
             bucket,
             upload,
+            part_size,
         })
     }
 
@@ -153,29 +157,71 @@ impl Object {
         policy: &RetryPolicy,
     ) -> IoError {
         use object_store::Error as E;
-        // object_store does not retry 4xx answers: they took one attempt.
-        let (hint, status, attempts) = match e {
-            E::NotFound { .. } => (
-                format!(" (no such object, or no bucket {:?})", self.bucket),
-                Some(404),
-                1,
-            ),
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => (
-                format!(" (access denied: check credentials; {})", self.service.fix),
-                Some(403),
-                1,
-            ),
-            _ => (String::new(), None, policy.max_attempts),
+        let status = match e {
+            E::NotFound { .. } => Some(404),
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Some(403),
+            _ => None,
+        };
+        self.failure(range, (e.to_string(), status), policy)
+    }
+
+    /// An `IoError` for a request on `range` that failed with `message`
+    /// and HTTP `status`. 4xx answers are not retried (by object_store nor
+    /// by our own requests): they took one attempt.
+    pub(crate) fn failure(
+        &self,
+        range: Range<u64>,
+        (message, status): (String, Option<u16>),
+        policy: &RetryPolicy,
+    ) -> IoError {
+        let hint = match status {
+            Some(404) => format!(" (no such object, or no bucket {:?})", self.bucket),
+            Some(401 | 403) => format!(" (access denied: check credentials; {})", self.service.fix),
+            _ => String::new(),
+        };
+        let attempts = match status {
+            Some(s) if (400..500).contains(&s) => 1,
+            _ => policy.max_attempts,
         };
         IoError::Remote {
             uri: self.uri.clone(),
             start: range.start,
             end: range.end,
-            message: format!("{e}{hint} [{}]", self.service),
+            message: format!("{message}{hint} [{}]", self.service),
             attempts,
             status,
         }
     }
+}
+
+/// `SCHEME://bucket/key` → (bucket, key), for any of `schemes`; `form`
+/// names the expected form in the error.
+#[cfg(any(feature = "s3", feature = "gcs"))]
+pub(crate) fn parse_bucket_key(
+    uri: &str,
+    schemes: &[&str],
+    form: &str,
+) -> Result<(String, String)> {
+    let bad = |why: &str| IoError::Unsupported {
+        uri: uri.to_owned(),
+        message: format!(
+            "not a {form} URI ({why}); expected {}://bucket/key",
+            schemes[0]
+        ),
+    };
+    let rest = uri
+        .split_once("://")
+        .filter(|(s, _)| schemes.iter().any(|want| s.eq_ignore_ascii_case(want)))
+        .ok_or_else(|| bad(&format!("scheme is not {}", schemes[0])))?
+        .1;
+    let (bucket, key) = rest.split_once('/').ok_or_else(|| bad("no key"))?;
+    if bucket.is_empty() {
+        return Err(bad("empty bucket name"));
+    }
+    if key.is_empty() || key.ends_with('/') {
+        return Err(bad("the key names a folder, not an object"));
+    }
+    Ok((bucket.to_owned(), key.to_owned()))
 }
 
 /// A configuration error re-addressed to the URI being opened.
@@ -260,14 +306,7 @@ pub(crate) fn copy(from: &str, to: &str, options: &StorageOptions) -> Result<Opt
             async move { api.rewrite(from_path.as_ref(), to_path.as_ref()).await },
             to,
         )?
-        .map_err(|(message, status)| IoError::Remote {
-            uri: to.to_owned(),
-            start: 0,
-            end: 0,
-            message: format!("{message} [{}]", dest.service),
-            attempts: 1,
-            status,
-        })
+        .map_err(|f| dest.failure(0..0, f, &options.retry))
         .map(Some);
     }
     block(async move { store.copy(&from_path, &to_path).await }, to)?

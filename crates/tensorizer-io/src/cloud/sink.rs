@@ -51,20 +51,16 @@ struct Parts {
 }
 
 impl ObjectSink {
-    /// Prepares an upload to `object`, with parts of `part_size` bytes
-    /// (default: the store's); nothing is sent until the first part is full.
-    pub(crate) fn create(
-        object: Object,
-        part_size: Option<u64>,
-        policy: &RetryPolicy,
-    ) -> Result<Self> {
+    /// Prepares an upload to `object`, with parts of the size the caller
+    /// asked for (default: the store's); nothing is sent until the first
+    /// part is full.
+    pub(crate) fn create(object: Object, policy: &RetryPolicy) -> Result<Self> {
         runtime()?;
         let rules = object.service.parts;
-        let size = OnceLock::new();
-        if let Some(n) = part_size {
-            let _ = size.set(n.max(rules.min).next_multiple_of(rules.quantum));
+        let part_size = OnceLock::new();
+        if let Some(n) = object.part_size {
+            let _ = part_size.set(n.max(rules.min).next_multiple_of(rules.quantum));
         }
-        let part_size = size;
         Ok(Self {
             object,
             part_size,
@@ -78,31 +74,19 @@ impl ObjectSink {
     /// Opens an upload to `s3://bucket/key`.
     #[cfg(feature = "s3")]
     pub fn s3(uri: &str, options: &crate::S3Options, policy: &RetryPolicy) -> Result<Self> {
-        Self::create(
-            crate::s3::object(uri, options, policy)?,
-            options.part_size,
-            policy,
-        )
+        Self::create(crate::s3::object(uri, options, policy)?, policy)
     }
 
     /// Opens an upload to `gs://bucket/key`.
     #[cfg(feature = "gcs")]
     pub fn gcs(uri: &str, options: &crate::GcsOptions, policy: &RetryPolicy) -> Result<Self> {
-        Self::create(
-            crate::gcs::object(uri, options, policy)?,
-            options.part_size,
-            policy,
-        )
+        Self::create(crate::gcs::object(uri, options, policy)?, policy)
     }
 
     /// Opens an upload to `az://container/key` (and the other Azure forms).
     #[cfg(feature = "azure")]
     pub fn azure(uri: &str, options: &crate::AzureOptions, policy: &RetryPolicy) -> Result<Self> {
-        Self::create(
-            crate::azure::object(uri, options, policy)?,
-            options.part_size,
-            policy,
-        )
+        Self::create(crate::azure::object(uri, options, policy)?, policy)
     }
 
     /// The service, endpoint and credential source in use.
@@ -145,40 +129,11 @@ impl ObjectSink {
                     async move { api.start(path.as_ref()).await },
                     &self.object.uri,
                 )?
-                .map_err(|f| self.failure(0..0, f))?
+                .map_err(|f| self.object.failure(0..0, f, &self.policy))?
             }
         };
         *upload = Some(id.clone());
         Ok(id)
-    }
-
-    /// An error for a failed request of the resumable-upload protocol.
-    #[cfg(feature = "gcs")]
-    fn failure(
-        &self,
-        range: std::ops::Range<u64>,
-        (message, status): (String, Option<u16>),
-    ) -> IoError {
-        let fix = if matches!(status, Some(401 | 403)) {
-            format!(
-                " (access denied: check credentials; {})",
-                self.object.service.fix
-            )
-        } else {
-            String::new()
-        };
-        IoError::Remote {
-            uri: self.object.uri.clone(),
-            start: range.start,
-            end: range.end,
-            message: format!("{message}{fix} [{}]", self.object.service),
-            attempts: if status.is_some_and(|s| (400..500).contains(&s)) {
-                1
-            } else {
-                self.policy.max_attempts
-            },
-            status,
-        }
     }
 
     /// Uploads full parts: in parallel, or in order where the store wants.
@@ -255,7 +210,7 @@ impl ObjectSink {
                 async move { api.put_chunk(&session, offset, data, total).await },
                 &self.object.uri,
             )?
-            .map_err(|f| self.failure(range, f))?;
+            .map_err(|f| self.object.failure(range, f, &self.policy))?;
             queue.next += 1;
             completed = final_chunk;
             let id = PartId {
@@ -280,7 +235,7 @@ impl ObjectSink {
                 },
                 &self.object.uri,
             )?
-            .map_err(|f| self.failure(end..end, f))?;
+            .map_err(|f| self.object.failure(end..end, f, &self.policy))?;
         }
         Ok(())
     }

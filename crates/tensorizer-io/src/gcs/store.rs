@@ -10,7 +10,7 @@ use super::resumable::{CHUNK_QUANTUM, json_api};
 use super::{GcsConfig, GcsCredentials, GcsOptions};
 use crate::RetryPolicy;
 use crate::cloud::{self, Object, PartRules, Service, Upload};
-use crate::error::{IoError, Result};
+use crate::error::Result;
 
 /// Resumable uploads: chunks of 256 KiB multiples, any number of them.
 const GCS_PARTS: PartRules = PartRules {
@@ -22,23 +22,7 @@ const GCS_PARTS: PartRules = PartRules {
 
 /// `gs://bucket/key` (or `gcs://`) → (bucket, key).
 pub fn parse_gcs_uri(uri: &str) -> Result<(String, String)> {
-    let bad = |why: &str| IoError::Unsupported {
-        uri: uri.to_owned(),
-        message: format!("not a GCS URI ({why}); expected gs://bucket/key"),
-    };
-    let rest = uri
-        .split_once("://")
-        .filter(|(s, _)| s.eq_ignore_ascii_case("gs") || s.eq_ignore_ascii_case("gcs"))
-        .ok_or_else(|| bad("scheme is not gs"))?
-        .1;
-    let (bucket, key) = rest.split_once('/').ok_or_else(|| bad("no key"))?;
-    if bucket.is_empty() {
-        return Err(bad("empty bucket name"));
-    }
-    if key.is_empty() || key.ends_with('/') {
-        return Err(bad("the key names a folder, not an object"));
-    }
-    Ok((bucket.to_owned(), key.to_owned()))
+    cloud::parse_bucket_key(uri, &["gs", "gcs"], "GCS")
 }
 
 /// Resolves `gs://bucket/key`: credentials, endpoint, client.
@@ -67,6 +51,7 @@ pub(crate) fn object(uri: &str, options: &GcsOptions, policy: &RetryPolicy) -> R
         service,
         (bucket.clone(), key),
         cache_config,
+        options.part_size,
         policy,
         || {
             let store = build_store(&bucket, &config, policy).map_err(|e| e.to_string())?;

@@ -411,13 +411,7 @@ fn aws_shared_credentials(env: &dyn Environment) -> Option<(String, String, Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::env::table as env;
 
     fn keys(c: &S3Config) -> Option<(&str, &str)> {
         match &c.credentials {

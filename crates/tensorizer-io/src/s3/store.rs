@@ -8,27 +8,11 @@ use object_store::aws::AmazonS3Builder;
 use super::{Addressing, Credentials, S3Config, S3Options};
 use crate::RetryPolicy;
 use crate::cloud::{self, Object, S3_PARTS, Service};
-use crate::error::{IoError, Result};
+use crate::error::Result;
 
 /// `s3://bucket/key` → (bucket, key).
 pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
-    let bad = |why: &str| IoError::Unsupported {
-        uri: uri.to_owned(),
-        message: format!("not an S3 URI ({why}); expected s3://bucket/key"),
-    };
-    let rest = uri
-        .split_once("://")
-        .filter(|(s, _)| s.eq_ignore_ascii_case("s3"))
-        .ok_or_else(|| bad("scheme is not s3"))?
-        .1;
-    let (bucket, key) = rest.split_once('/').ok_or_else(|| bad("no key"))?;
-    if bucket.is_empty() {
-        return Err(bad("empty bucket name"));
-    }
-    if key.is_empty() || key.ends_with('/') {
-        return Err(bad("the key names a folder, not an object"));
-    }
-    Ok((bucket.to_owned(), key.to_owned()))
+    cloud::parse_bucket_key(uri, &["s3"], "S3")
 }
 
 /// Resolves `s3://bucket/key`: credentials, endpoint, addressing, client.
@@ -51,6 +35,7 @@ pub(crate) fn object(uri: &str, options: &S3Options, policy: &RetryPolicy) -> Re
         service,
         (bucket.clone(), key),
         cache_config,
+        options.part_size,
         policy,
         || {
             Ok((
