@@ -27,6 +27,7 @@ use std::time::Instant;
 mod bench;
 mod gpu;
 mod seeds;
+mod upstream;
 
 /// Fuzz targets in `fuzz/fuzz_targets/`.
 const FUZZ_TARGETS: [&str; 8] = [
@@ -59,10 +60,10 @@ fn main() -> ExitCode {
         Some("gpu-bench") => gpu::gpu_bench(),
         Some("vllm-reference") => vllm_reference(),
         Some("wheel") => setup_oracle().and_then(|py| wheel(&py)).map(|_| ()),
-        Some("python-test") => python_test(),
+        Some("python-test") => python_test(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 5] | gpu-test | gpu-bench | vllm-reference | wheel | python-test"
+                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 5] | gpu-test | gpu-bench | vllm-reference | wheel | python-test [--reference]"
             );
             return ExitCode::from(2);
         }
@@ -252,7 +253,11 @@ fn wheel(python: &Path) -> Result<PathBuf> {
 
 /// Builds the `tensorizer_rs` wheel and installs it into `python`'s venv.
 fn install_wheel(python: &Path) -> Result {
-    let wheel = wheel(python)?;
+    install_wheel_file(python, &wheel(python)?)
+}
+
+/// Installs the wheel `wheel` into `python`'s venv.
+fn install_wheel_file(python: &Path, wheel: &Path) -> Result {
     run(
         "pip install the tensorizer_rs wheel",
         Command::new(python)
@@ -264,13 +269,18 @@ fn install_wheel(python: &Path) -> Result {
                 "--force-reinstall",
                 "--no-deps",
             ])
-            .arg(&wheel),
+            .arg(wheel),
     )
 }
 
-/// The Python package's tests: wheel installed into the oracle venv, pytest.
-fn python_test() -> Result {
-    python_tests(&setup_oracle()?)
+/// The Python package's tests, then the Python library's own test-suite
+/// on it (`--reference`: the library's results instead, see upstream.rs).
+fn python_test(args: &[String]) -> Result {
+    match args.first().map(String::as_str) {
+        Some("--reference") => upstream::reference(),
+        None => python_tests(&setup_oracle()?),
+        Some(other) => Err(format!("python-test: unknown argument {other} (try --reference)")),
+    }
 }
 
 fn python_tests(python: &Path) -> Result {
@@ -288,14 +298,18 @@ fn python_tests(python: &Path) -> Result {
             .args(["clippy", "--release", "--locked", "--", "-D", "warnings"])
             .current_dir(&bindings),
     )?;
-    install_wheel(&python)?;
+    let wheel = wheel(&python)?;
+    install_wheel_file(&python, &wheel)?;
     pip_ensure(&python, "pytest", "pytest==8.3.5")?;
     run(
         "pytest bindings/python/tests",
         Command::new(&python)
             .args(["-m", "pytest", "-q", "bindings/python/tests"])
             .current_dir(root()),
-    )
+    )?;
+    let suite = upstream::setup()?;
+    install_wheel_file(&suite.python, &wheel)?;
+    upstream::check(&suite)
 }
 
 fn ensure_cargo_fuzz() -> Result {

@@ -154,15 +154,46 @@ def test_lazy_and_filtered(tmp_path, state_dict):
     assert d.total_tensor_bytes == 3 * 4 * 4 + 10 * 8
 
 
-def test_install_as_tensorizer():
-    tensorizer_rs.install_as_tensorizer()
+def _python(code, **env):
+    import subprocess
     import sys
-    try:
-        import tensorizer as tz
-        from tensorizer.stream_io import open_stream  # noqa: F401
-        assert tz is tensorizer_rs and tz.TensorDeserializer is TensorDeserializer
-    finally:
-        sys.modules["tensorizer"] = tensorizer
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_install_as_tensorizer():
+    # In a subprocess: the alias changes what `import tensorizer` means for
+    # the whole process.
+    out = _python(
+        "import tensorizer_rs; tensorizer_rs.install_as_tensorizer()\n"
+        "import tensorizer, tensorizer.serialization, tensorizer._crypt, tensorizer._syscalls\n"
+        "from tensorizer.stream_io import open_stream\n"
+        "from tensorizer.serialization import TensorHash, TensorType\n"
+        "import tensorizer.torch_compat as tc\n"
+        "assert tensorizer is tensorizer_rs\n"
+        "assert tensorizer.serialization is tensorizer_rs.serialization\n"
+        "assert tc is tensorizer_rs.torch_compat and tensorizer._crypt.available\n"
+        "print(tensorizer.TensorDeserializer.__module__)\n")
+    assert out.strip() == "tensorizer_rs.serialization"
+
+
+def test_zero_code_activation_by_environment():
+    code = "import tensorizer; print(tensorizer.__name__, tensorizer.__file__)"
+    name, where = _python(code, TENSORIZER_RS="1").split()
+    assert name == "tensorizer_rs" and "tensorizer_rs" in where
+    name, where = _python(code, TENSORIZER_RS="0").split()
+    assert name == "tensorizer" and "tensorizer_rs" not in where
+    env = {k: v for k, v in os.environ.items() if k != "TENSORIZER_RS"}
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split()[0] == "tensorizer"
+    # The hook itself imports neither torch nor tensorizer_rs at start-up.
+    out = _python("import sys; print('torch' in sys.modules, 'tensorizer_rs' in sys.modules)",
+                  TENSORIZER_RS="1")
+    assert out.split() == ["False", "False"]
 
 
 class _Server:
@@ -306,6 +337,7 @@ def _key_bytes(path):
 def test_file_objects_in_and_out(tmp_path, state_dict):
     import io
     buf = io.BytesIO()
+    buf.close = lambda: None  # the serializer closes it, as the library's does
     with TensorSerializer(buf) as s:
         s.write_state_dict(state_dict)
     p = tensorizer.TensorSerializer(str(tmp_path / "py.tensors"))
@@ -348,3 +380,166 @@ def test_utils_print_as_the_library_prints():
     with ours.no_init_or_tensor():
         layer = torch.nn.Linear(1 << 14, 1 << 14)
     assert layer.weight.device.type == "meta"
+
+
+# -- vLLM's call sequences and real streams ---------------------------------
+
+def _module():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Embedding(16, 8), torch.nn.Linear(8, 8),
+                               torch.nn.LayerNorm(8))
+
+
+def _library_bytes(tmp_path, module):
+    p = tensorizer.TensorSerializer(str(tmp_path / "library.tensors"))
+    p.write_module(module)
+    p.close()
+    return (tmp_path / "library.tensors").read_bytes()
+
+
+def test_vllm_write_sequence_local(tmp_path):
+    """serialize_vllm_model: `with open_stream(path, "wb+") as stream:
+    TensorSerializer(stream) ... close()`; the stream's own close at the end
+    of the block must not undo the serializer's bytes."""
+    from tensorizer_rs.stream_io import open_stream
+    m = _module()
+    path = tmp_path / "vllm" / "model.tensors"
+    with open_stream(str(path), "wb+") as stream:
+        s = TensorSerializer(stream)
+        s.write_module(m)
+        s.close()
+    assert path.read_bytes() == _library_bytes(tmp_path, m)
+
+
+def test_serializer_into_a_file_object_it_does_not_own(tmp_path):
+    import tempfile
+    m = _module()
+    f = tempfile.NamedTemporaryFile("wb+", dir=tmp_path, delete=False)
+    f.write(b"")
+    s = TensorSerializer(f)
+    s.write_module(m)
+    s.close()
+    assert f.closed  # as the library closes it
+    assert pathlib.Path(f.name).read_bytes() == _library_bytes(tmp_path, m)
+
+
+def test_tensors_are_hashed_as_written(tmp_path):
+    m = _module()
+    s = TensorSerializer(str(tmp_path / "m.tensors"))
+    s.write_module(m)
+    s.close()
+    d = TensorDeserializer(str(tmp_path / "m.tensors"), verify_hash=True)
+    ok, results = d.verify_module(m)
+    assert ok and len(results) == 5
+    m[2].weight.data += 1
+    ok, results = d.verify_module(m)
+    assert not ok and dict(results)["2.weight"] is False
+
+
+@pytest.fixture
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    import boto3
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="k",
+                 aws_secret_access_key="s", region_name="us-east-1").create_bucket(Bucket="models")
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def _s3(endpoint):
+    # The library refuses plain-http endpoints unless forced (so do we).
+    return dict(s3_access_key_id="k", s3_secret_access_key="s", s3_endpoint=endpoint,
+                force_http=True)
+
+
+def test_vllm_write_sequence_s3_and_streams(tmp_path, moto_endpoint):
+    from tensorizer_rs.stream_io import open_stream
+    m = _module()
+    uri = "s3://models/vllm/model/v1/model.tensors"
+    with open_stream(uri, "wb+", **_s3(moto_endpoint)) as stream:
+        s = TensorSerializer(stream)
+        s.write_module(m)
+        s.close()
+    expected = _library_bytes(tmp_path, m)
+    with open_stream(uri, "rb", **_s3(moto_endpoint)) as r:
+        assert r.read() == expected
+        # Real streams: seek, tell, ranges.
+        r.seek(5)
+        assert r.tell() == 5 and r.read(4) == expected[5:9]
+        r.seek(-3, os.SEEK_END)
+        assert r.read() == expected[-3:]
+    # Bytes written by hand land too; an exception leaves the old object.
+    with open_stream(uri, "wb", **_s3(moto_endpoint)) as w:
+        w.write(b"hello ")
+        w.write(memoryview(b"world"))
+    with open_stream(uri, "rb", **_s3(moto_endpoint)) as r:
+        assert r.read() == b"hello world"
+    with pytest.raises(RuntimeError):
+        with open_stream(uri, "wb", **_s3(moto_endpoint)) as w:
+            w.write(b"half a file")
+            raise RuntimeError("killed")
+    with open_stream(uri, "rb", **_s3(moto_endpoint)) as r:
+        assert r.read() == b"hello world"
+    with pytest.raises(ValueError):  # "hello world" is no tensors file
+        TensorDeserializer(open_stream(uri, **_s3(moto_endpoint)))
+
+def test_reads_fetch_ranges_not_objects(tmp_path):
+    from tensorizer_rs.stream_io import open_stream
+    data = os.urandom(24 << 20)
+    server = _Server(data)
+    try:
+        with open_stream(server.url) as s:
+            assert s.read(5) == data[:5]
+            s.seek(20 << 20)
+            assert s.read(3) == data[20 << 20:(20 << 20) + 3]
+            assert s.tell() == (20 << 20) + 3
+    finally:
+        server.close()
+    assert sum(server.served) <= 2 * (4 << 20) + 1024, server.served
+
+
+def test_requires_grad_and_dtype_as_the_library(tmp_path):
+    sd = {"f": torch.randn(4), "i": torch.arange(4), "b": torch.tensor([True, False]),
+          "h": torch.randn(2).half()}
+    with TensorSerializer(str(tmp_path / "m.tensors")) as s:
+        s.write_state_dict(sd)
+    for dtype in (None, torch.float16, torch.float64):
+        ours = TensorDeserializer(str(tmp_path / "m.tensors"), device="cpu", dtype=dtype)
+        theirs = tensorizer.TensorDeserializer(str(tmp_path / "m.tensors"), device="cpu",
+                                               dtype=dtype)
+        for k in sd:
+            assert ours[k].dtype == theirs[k].dtype, (k, dtype)
+            assert ours[k].requires_grad == theirs[k].requires_grad, (k, dtype)
+            assert torch.equal(ours[k], theirs[k])
+
+
+def test_cpu_with_an_index_is_the_cpu(tmp_path, state_dict, recwarn):
+    with TensorSerializer(str(tmp_path / "m.tensors")) as s:
+        s.write_state_dict(state_dict)
+    d = TensorDeserializer(str(tmp_path / "m.tensors"), device="cpu:0")
+    assert d["a"].device.type == "cpu"
+    assert not [w for w in recwarn if "CUDA" in str(w.message)]
+
+
+def test_file_object_is_read_where_it_stands_never_by_name(tmp_path, state_dict, monkeypatch):
+    import zipfile
+    with TensorSerializer(str(tmp_path / "m.tensors")) as s:
+        s.write_state_dict(state_dict)
+    # A different model under the same name in the working directory.
+    with TensorSerializer(str(tmp_path / "model.tensors")) as s:
+        s.write_state_dict({"other": torch.zeros(1)})
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:
+        z.write(tmp_path / "m.tensors", "model.tensors")
+    monkeypatch.chdir(tmp_path)
+    with zipfile.ZipFile(tmp_path / "z.zip") as z, z.open("model.tensors") as member:
+        d = TensorDeserializer(member)
+        assert list(d.keys()) == list(state_dict.keys())
+    # A file object positioned after a prefix is read from there.
+    with open(tmp_path / "prefixed", "wb") as f:
+        f.write(b"junk" * 3 + (tmp_path / "m.tensors").read_bytes())
+    with open(tmp_path / "prefixed", "rb") as f:
+        f.seek(12)
+        assert torch.equal(TensorDeserializer(f)["a"], state_dict["a"])

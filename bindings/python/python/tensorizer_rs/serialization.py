@@ -1,46 +1,260 @@
-"""TensorDeserializer and TensorSerializer, as tensorizer 2.12.1 defines
-them, over `tensorizer_rs._native`."""
+"""`tensorizer.serialization` as tensorizer 2.12.1 defines it, over
+`tensorizer_rs._native`: TensorDeserializer, TensorSerializer, the
+encryption parameters, and the types and constants the library exports.
+
+What reads and writes the bytes is the Rust core: tensors are read in
+parallel ranges straight into aligned buffers that torch (or numpy) takes
+over without a copy (DLPack); files are written at planned offsets in
+parallel and appear atomically.
+"""
 
 import collections.abc
+import dataclasses
+import enum
+import hashlib
+import io
+import logging
 import os
 import shutil
+import stat
 import tempfile
 import types
 import warnings
+import zlib
+from enum import IntEnum
+from typing import Callable, List, Optional, Tuple, Union
 
-from . import _native
-from ._native import CryptographyError, HashMismatchError  # noqa: F401
+from . import _native, stream_io
+from ._native import CryptographyError as _NativeCryptographyError
+from ._native import HashMismatchError as _NativeHashMismatchError
 
 try:
     import torch
 except ImportError:  # numpy arrays are handed out instead
     torch = None
 
-__all__ = ["TensorDeserializer", "TensorSerializer", "CryptographyError", "HashMismatchError"]
+__all__ = [
+    "TensorSerializer",
+    "TensorDeserializer",
+    "TensorType",
+    "CryptographyError",
+    "EncryptionParams",
+    "DecryptionParams",
+    "FilterFuncType",
+]
+
+logger = logging.getLogger(__name__)
+
+# The exceptions are the native ones, so errors raised by the core are
+# instances of these very classes.
+CryptographyError = _NativeCryptographyError
+HashMismatchError = _NativeHashMismatchError
+
+FilterFuncType = Callable[[Union[str, Tuple]], bool]
+
+# Data versions, as the library names them.
+TENSORIZER_VERSION = 5
+LONG_TENSOR_TENSORIZER_VERSION = 5
+META_TENSOR_TENSORIZER_VERSION = 4
+ENCRYPTION_TENSORIZER_VERSION = 3
+OPAQUE_TENSORIZER_VERSION = 2
+NON_OPAQUE_TENSORIZER_VERSION = 1
+TENSORIZER_MAGIC = b"|TZR|"
 
 
-def _source(file_obj):
-    """(uri, s3 credentials, temporary file to remove) of what the caller
-    passed. A file object without a path is copied to a temporary file
-    first (the core reads ranges in parallel, which a stream cannot give)."""
-    from .stream_io import _Stream
-    if isinstance(file_obj, _Stream):
-        return file_obj.uri, file_obj.s3, None
-    if isinstance(file_obj, (str, os.PathLike)):
-        return os.fspath(file_obj), {}, None
-    name = getattr(file_obj, "name", None)
-    if isinstance(name, str) and os.path.exists(name):
-        return name, {}, None
-    if hasattr(file_obj, "read"):
-        tmp = tempfile.NamedTemporaryFile(prefix="tensorizer_rs-", suffix=".tensors", delete=False)
-        with tmp:
-            shutil.copyfileobj(file_obj, tmp, 16 << 20)
-        return tmp.name, {}, tmp.name
-    raise TypeError(
-        f"cannot read from a {type(file_obj).__name__}: pass a path, a URI, a readable file "
-        "object, or a stream from tensorizer_rs.stream_io.open_stream"
-    )
+class TensorType(IntEnum):
+    PARAM = 0
+    BUFFER = 1
+    STATE_DICT = 2
 
+
+class HashType(IntEnum):
+    CRC32 = 0
+    SHA256 = 1
+
+
+@dataclasses.dataclass(order=True)
+class TensorHash:
+    """One hash stored with a tensor: CRC-32 (4 bytes, little-endian) or
+    SHA-256, over the tensor's hashable header bytes and its data."""
+
+    __slots__ = ("type", "hash")
+    type: HashType
+    hash: bytes
+
+
+class _FileFeatureFlags(enum.IntFlag):
+    encrypted = enum.auto()
+    versioned_headers = enum.auto()
+
+
+@dataclasses.dataclass
+class _FileHeader:
+    """The file header: data version, feature flags, total tensor bytes
+    and tensor count."""
+
+    __slots__ = ("version_number", "feature_flags", "tensor_size", "tensor_count")
+    version_number: int
+    feature_flags: _FileFeatureFlags
+    tensor_size: int
+    tensor_count: int
+
+
+class EncryptionParams:
+    """How a TensorSerializer encrypts: a 32-byte key, random or derived
+    from a passphrase with Argon2id (libsodium crypto_pwhash)."""
+
+    class OpsLimit(IntEnum):
+        MIN = 1
+        INTERACTIVE = 2
+        MODERATE = 3
+        SENSITIVE = 4
+
+    class MemLimit(IntEnum):
+        MIN = 8192
+        INTERACTIVE = 64 << 20
+        MODERATE = 256 << 20
+        SENSITIVE = 1 << 30
+
+    def __init__(self, key: bytes):
+        if not isinstance(key, (bytes, bytearray)) or len(key) != 32:
+            raise ValueError("the key must be exactly 32 bytes")
+        self.key = bytes(key)
+        self._kdf = None
+
+    @classmethod
+    def random(cls) -> "EncryptionParams":
+        return cls(bytes(_native.random_key()))
+
+    @classmethod
+    def from_string(cls, source, opslimit=None, memlimit=None, salt=None, *, encoding="utf-8"):
+        if isinstance(source, str):
+            source = source.encode(encoding)
+        if not source:
+            raise ValueError("the passphrase is empty")
+        opslimit = int(opslimit if opslimit is not None else cls.OpsLimit.MODERATE)
+        memlimit = int(memlimit if memlimit is not None else cls.MemLimit.MODERATE)
+        salt = bytes(salt) if salt is not None else os.urandom(16)
+        if len(salt) != 16:
+            raise ValueError("the salt must be 16 bytes")
+        p = cls(bytes(_native.derive_key(source, opslimit, memlimit, salt)))
+        p._kdf = (opslimit, memlimit, salt, bytes(source))
+        return p
+
+    @property
+    def salt(self) -> bytes:
+        if self._kdf is None:
+            raise ValueError("only keys made by from_string have a salt")
+        return self._kdf[2]
+
+    def __repr__(self):
+        return f"<EncryptionParams {'passphrase' if self._kdf else 'key'}: redacted>"
+
+
+class DecryptionParams:
+    """How a TensorDeserializer decrypts: the key, or the passphrase (the
+    key is re-derived from the parameters stored with each tensor)."""
+
+    def __init__(self):
+        self.key = None
+        self.source = None
+
+    @classmethod
+    def from_key(cls, key: bytes) -> "DecryptionParams":
+        if len(key) != 32:
+            raise ValueError("the key must be exactly 32 bytes")
+        p = cls()
+        p.key = bytes(key)
+        return p
+
+    @classmethod
+    def from_string(cls, source, *, encoding="utf-8") -> "DecryptionParams":
+        if isinstance(source, str):
+            source = source.encode(encoding)
+        if not source:
+            raise ValueError("the passphrase is empty")
+        p = cls()
+        p.source = bytes(source)
+        return p
+
+    def __repr__(self):
+        return "<DecryptionParams: redacted>"
+
+
+# -- where a file is read from ----------------------------------------------
+
+def _is_regular_fd(fd):
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _fileno(file_obj):
+    try:
+        return file_obj.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+        return None
+
+
+def _open_reader(file_obj, crypto):
+    """A native Reader for what the caller passed: a path or URI, a
+    `stream_io` stream, a file object (read where it stands, through its
+    descriptor: never reopened by name), or any readable object (copied to
+    memory or, when large, to an unnamed temporary file)."""
+    if isinstance(file_obj, int) and not isinstance(file_obj, bool):
+        return _native.Reader.from_fd(file_obj, 0, f"<fd {file_obj}>", **crypto)
+    if isinstance(file_obj, (str, bytes, os.PathLike)):
+        uri = os.fsdecode(file_obj)
+        storage = None
+        if uri.lower().startswith("s3://"):
+            storage = stream_io._s3_storage()
+        return _native.Reader(uri, storage=storage, **crypto)
+    if isinstance(file_obj, stream_io._Stream):
+        direct = file_obj._direct()
+        if direct is not None:
+            return _native.Reader(direct[0], storage=direct[1], **crypto)
+    elif isinstance(file_obj, io.TextIOBase) or (
+            hasattr(file_obj, "readable") and not _readable(file_obj)):
+        mode = getattr(file_obj, "mode", "")
+        raise ValueError(
+            'TensorDeserializer\'s file_obj must be readable and in binary mode (mode="rb"'
+            + (f', current mode="{mode}"' if mode else "") + ")")
+    fd = _fileno(file_obj)
+    if fd is not None and _is_regular_fd(fd):
+        try:
+            position = file_obj.tell()
+        except (OSError, io.UnsupportedOperation):
+            position = None
+        if position is not None:
+            name = getattr(file_obj, "name", None)
+            name = name if isinstance(name, str) else f"<fd {fd}>"
+            return _native.Reader.from_fd(fd, position, name, **crypto)
+    if isinstance(file_obj, io.BytesIO):
+        data = file_obj.getbuffer()[file_obj.tell():]
+        return _native.Reader.from_bytes(bytes(data), "<BytesIO>", **crypto)
+    if not hasattr(file_obj, "read"):
+        raise TypeError(
+            f"cannot read from a {type(file_obj).__name__}: pass a path, a URI, a readable "
+            "file object, or a stream from tensorizer_rs.stream_io.open_stream")
+    # A stream the core cannot range over: copied once, in 16 MiB pieces,
+    # into a temporary file that has no name by the time it is read.
+    with tempfile.TemporaryFile(prefix="tensorizer_rs-") as tmp:
+        shutil.copyfileobj(file_obj, tmp, 16 << 20)
+        tmp.flush()
+        return _native.Reader.from_fd(tmp.fileno(), 0, getattr(file_obj, "name", "<stream>")
+                                      if isinstance(getattr(file_obj, "name", None), str)
+                                      else "<stream>", **crypto)
+
+
+def _readable(file_obj):
+    try:
+        return file_obj.readable()
+    except Exception:
+        return True
+
+
+# -- tensors from capsules --------------------------------------------------
 
 _NUMPY = {"bool": "bool", "uint8": "uint8", "int8": "int8", "int16": "int16", "int32": "int32",
           "int64": "int64", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
@@ -48,15 +262,32 @@ _NUMPY = {"bool": "bool", "uint8": "uint8", "int8": "int8", "int16": "int16", "i
           "complex64": "complex64", "complex128": "complex128"}
 
 
+class _Capsule:
+    """numpy's from_dlpack wants an object with __dlpack__."""
+
+    def __init__(self, capsule):
+        self._capsule = capsule
+
+    def __dlpack__(self, stream=None, **kwargs):
+        return self._capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+
+def _numpy_array(capsule, dtype_name, shape):
+    """Raw bytes typed where numpy has the dtype; others (bfloat16, float8)
+    stay bytes, one trailing axis per element."""
+    import numpy as np
+    arr = np.from_dlpack(_Capsule(capsule))
+    if dtype_name in _NUMPY:
+        return arr.view(_NUMPY[dtype_name]).reshape(shape)
+    return arr.reshape(tuple(shape) + (-1,)) if arr.size else arr
+
+
 def _to_tensor(capsule, dtype_name, shape):
     if torch is None:
-        # Raw bytes (see _load), typed where numpy has the dtype; others
-        # (bfloat16, float8) stay bytes, one trailing axis per element.
-        import numpy as np
-        arr = np.from_dlpack(_Capsule(capsule))
-        if dtype_name in _NUMPY:
-            return arr.view(_NUMPY[dtype_name]).reshape(shape)
-        return arr.reshape(tuple(shape) + (-1,)) if arr.size else arr
+        return _numpy_array(capsule, dtype_name, shape)
     t = torch.utils.dlpack.from_dlpack(capsule)
     want = getattr(torch, dtype_name, None)
     if want is not None and t.dtype != want:
@@ -74,20 +305,24 @@ def _warn_device_copy(device):
         _warned_device = True
         warnings.warn(
             f"tensorizer_rs: this wheel has no CUDA engine; tensors for {device} are loaded "
-            "into host memory, then copied once", stacklevel=4)
+            "into host memory, then copied once", stacklevel=5)
 
 
-class _Capsule:
-    """numpy's from_dlpack wants an object with __dlpack__."""
+def _resolve_device(device):
+    if torch is None:
+        return device if device is not None else "cpu"
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("Cannot deserialize to CUDA device because CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = _resolve_cuda_device()
+    return device
 
-    def __init__(self, capsule):
-        self._capsule = capsule
 
-    def __dlpack__(self, stream=None):
-        return self._capsule
-
-    def __dlpack_device__(self):
-        return (1, 0)
+def _resolve_cuda_device():
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 class TensorDeserializer(collections.abc.Mapping):
@@ -97,53 +332,98 @@ class TensorDeserializer(collections.abc.Mapping):
     def __init__(self, file_obj, device=None, filter_func=None, dtype=None, *,
                  lazy_load=False, plaid_mode=None, plaid_mode_buffers=None,
                  num_readers=None, verify_hash=False, encryption=None):
-        uri, s3, temporary = _source(file_obj)
-        key = passphrase = None
-        if encryption is not None:
-            key, passphrase = encryption.key, encryption.source
-        try:
-            self._reader = _native.Reader(
-                uri, key=key, passphrase=passphrase, num_readers=num_readers,
-                verify_hash=bool(verify_hash), **s3)
-        finally:
-            if temporary is not None:
-                os.unlink(temporary)  # the open file stays readable
-        self._device = device
+        if encryption is not None and not isinstance(encryption, DecryptionParams):
+            raise TypeError(
+                "encryption parameter: expected DecryptionParams instance or None, "
+                f"{encryption.__class__.__name__} found")
+        if num_readers is not None and num_readers < 1:
+            raise ValueError("num_readers must be positive")
+        self._reader = None
+        self._closers = []
+        self._device = _resolve_device(device)
         self._dtype = dtype
-        rows = self._reader.entries()
+        self._verify_hash = bool(verify_hash)
+        self._lazy_load = lazy_load
+        crypto = dict(key=None, passphrase=None, num_readers=num_readers,
+                      verify_hash=self._verify_hash)
+        if encryption is not None:
+            if encryption.key is None and encryption.source is None:
+                raise ValueError("Invalid DecryptionParams, no key or source string provided")
+            crypto["key"], crypto["passphrase"] = encryption.key, encryption.source
+        # The library closes what it was given when it is closed.
+        if not isinstance(file_obj, (str, bytes, os.PathLike, int)) and hasattr(file_obj, "close"):
+            self._closers.append(file_obj.close)
+        try:
+            self._reader = _open_reader(file_obj, crypto)
+        except BaseException:
+            self.close()
+            raise
+        version, flags, tensor_size, tensor_count, prologue = self._reader.file_header()
+        self._file_header = _FileHeader(version, _FileFeatureFlags(flags), tensor_size,
+                                        tensor_count)
+        self._prologue_len = prologue
         self._entries = []
-        for i, (name, ttype, dtype_name, shape, length) in enumerate(rows):
+        for i, row in enumerate(self._reader.entries()):
+            name, ttype, dtype_name, shape, length, header_offset, data_offset, stored = row
             if filter_func is None or filter_func(name):
-                self._entries.append((i, name, ttype, dtype_name, tuple(shape), length))
-        self._index = {e[1]: e for e in self._entries}
+                self._entries.append(_Entry(i, name, TensorType(ttype), dtype_name, tuple(shape),
+                                            length, header_offset, data_offset, stored))
+        self._index = {e.name: e for e in self._entries}
         self._cache = {}
         self._module_idx = None
-        self.total_tensor_bytes = sum(e[5] for e in self._entries)
-        self.total_file_bytes = self.total_tensor_bytes
+        self.total_tensor_bytes = sum(e.length for e in self._entries)
+        self.total_file_bytes = tensor_size
+        self.total_compressed_tensor_bytes = 0
+        self.read_bytes = 0
         if not lazy_load:
-            self._load([e[0] for e in self._entries])
+            self._load([e.index for e in self._entries])
+
+    @property
+    def _file_flags(self) -> _FileFeatureFlags:
+        return self._file_header.feature_flags
 
     # -- loading --------------------------------------------------------
+    def _check_hashes(self, entries):
+        """The hashes the core verified are the file's; the library compares
+        the data against `TensorHash` objects decoded from the file. Data
+        that matches the stored hash S matches an expected hash E exactly
+        when E == S, so comparing the two completes the same check."""
+        headers = self._reader.headers([e.index for e in entries])
+        for entry, (_, hashes, _) in zip(entries, headers):
+            for hash_type, stored in hashes:
+                expected = TensorHash(type=HashType(hash_type), hash=stored)
+                if expected.hash != stored:
+                    raise HashMismatchError(
+                        f"Tensor '{entry.name}' failed {HashType(hash_type).name} verification.")
+
     def _finish(self, entry, capsule):
-        _, name, ttype, dtype_name, shape, _ = entry
-        t = _to_tensor(capsule, dtype_name, shape)
-        if torch is not None:
-            if self._dtype is not None and t.is_floating_point() and t.dtype != self._dtype:
-                t = t.to(self._dtype)
-            if self._device is not None and str(self._device) != "cpu":
-                _warn_device_copy(self._device)
-                t = t.to(self._device)
-            t = torch.nn.Parameter(t, requires_grad=False)
-        return t
+        t = _to_tensor(capsule, entry.dtype, entry.shape)
+        if torch is None:
+            return t
+        target = None
+        if self._dtype is not None and t.dtype != torch.bool and t.dtype != self._dtype:
+            target = self._dtype
+        gradient = t.dtype.is_complex or t.dtype.is_floating_point
+        device = self._device
+        if device.type != "cpu":
+            _warn_device_copy(device)
+        if target is not None or device.type != "cpu":
+            t = t.to(device=device if device.type != "cpu" else None, dtype=target)
+        return torch.nn.Parameter(t, requires_grad=gradient)
 
     def _load(self, indices):
-        todo = [i for i in indices if i not in self._cache]
+        if self._reader is None:
+            raise RuntimeError("this TensorDeserializer is closed")
+        todo = [i for i in dict.fromkeys(indices) if i not in self._cache]
         if not todo:
             return
         capsules = self._reader.read(todo, raw=torch is None)
-        by_i = {e[0]: e for e in self._entries}
+        by_i = {e.index: e for e in self._entries}
+        if self._verify_hash:
+            self._check_hashes([by_i[i] for i in todo])
         for i, c in zip(todo, capsules):
             self._cache[i] = self._finish(by_i[i], c)
+            self.read_bytes += by_i[i].length
 
     # -- Mapping --------------------------------------------------------
     @staticmethod
@@ -153,8 +433,8 @@ class TensorDeserializer(collections.abc.Mapping):
     def __getitem__(self, key):
         entry = self._index.get(key)
         if entry is not None:
-            self._load([entry[0]])
-            return self._cache[entry[0]]
+            self._load([entry.index])
+            return self._cache[entry.index]
         if key not in self._top_keys():
             raise KeyError(key)
         # A read-only nested mapping, as the Python library returns
@@ -193,62 +473,134 @@ class TensorDeserializer(collections.abc.Mapping):
                 selected.append((path[len(prefix):], name))
         if not selected:
             return None
-        self._load([self._index[n][0] for _, n in selected])
+        self._load([self._index[n].index for _, n in selected])
         if len(selected) == 1 and not selected[0][0]:
-            return self._cache[self._index[selected[0][1]][0]]
+            return self._cache[self._index[selected[0][1]].index]
         root = {}
         for rest, name in selected:
             node = root
             for part in rest[:-1]:
                 node = node.setdefault(part, {})
-            node[rest[-1]] = self._cache[self._index[name][0]]
+            node[rest[-1]] = self._cache[self._index[name].index]
         return root
-
-    def read_tensors(self, filter_func=None, num_tensors=-1, verify_hash=None):
-        """Yields (module_idx, tensor_type, name, tensor) in file order."""
-        indices = self._module_indices()
-        count = 0
-        for entry in self._entries:
-            if filter_func is not None and not filter_func(entry[1]):
-                continue
-            if 0 <= num_tensors <= count:
-                return
-            count += 1
-            yield indices[entry[0]], entry[2], entry[1], self[entry[1]]
 
     def _module_indices(self):
         if self._module_idx is None:
             self._module_idx = self._reader.module_indices()
         return self._module_idx
 
+    def read_tensors(self, filter_func=None, num_tensors=-1, verify_hash=None):
+        """Yields (module_idx, tensor_type, name, tensor) in file order."""
+        indices = self._module_indices()
+        count = 0
+        for entry in self._entries:
+            if filter_func is not None and not filter_func(entry.name):
+                continue
+            if 0 <= num_tensors <= count:
+                return
+            count += 1
+            yield indices[entry.index], entry.type, entry.name, self[entry.name]
+
+    def read_numpy_arrays(self, filter_func=None, num_tensors=-1, verify_hash=None,
+                          allow_raw_data=False):
+        """Yields (module_idx, tensor_type, name, array, is_opaque, torch
+        dtype or None) in file order; dtypes numpy lacks (bfloat16, float8)
+        come as raw bytes when `allow_raw_data`."""
+        indices = self._module_indices()
+        count = 0
+        for entry in self._entries:
+            if filter_func is not None and not filter_func(entry.name):
+                continue
+            if 0 <= num_tensors <= count:
+                return
+            count += 1
+            opaque = entry.dtype not in _NUMPY
+            if opaque and not allow_raw_data:
+                raise ValueError(
+                    f"{entry.name} has an opaque datatype: (Torch: {entry.dtype}). "
+                    "Set `allow_raw_data=True` to return as a numpy array of raw bytes")
+            capsule, = self._reader.read([entry.index], raw=True)
+            arr = _numpy_array(capsule, entry.dtype, entry.shape)
+            yield (indices[entry.index], entry.type, entry.name, arr, opaque,
+                   entry.dtype if opaque else None)
+
     def load_into_module(self, m, filter_func=None, verify_hash=None):
         """Registers each PARAM and BUFFER tensor on its submodule (names
         `"{module}.{attr}"`); returns how many were loaded."""
         modules = dict(m.named_modules())
         count = 0
+        selected = []
         for entry in self._entries:
-            name, ttype = entry[1], entry[2]
-            if filter_func is not None and not filter_func(name):
+            if filter_func is not None and not filter_func(entry.name):
                 continue
-            if ttype == 2:
+            if entry.type == TensorType.STATE_DICT:
                 raise NotImplementedError(
                     "This was serialized using TensorSerializer.write_state_dict(), so it "
                     "cannot be loaded using TensorDeserializer.load_into_module(). Use the "
                     "TensorDeserializer object directly as a state_dict mapping instead.")
-            if not isinstance(name, str):
+            if not isinstance(entry.name, str):
                 raise NotImplementedError("Cannot deserialize structured tensor keys as a module")
-            obj_path, attr = name.rsplit(".", 1)
+            selected.append(entry)
+        self._load([e.index for e in selected])
+        for entry in selected:
+            obj_path, attr = entry.name.rsplit(".", 1)
             module = modules[obj_path]
-            tensor = self[name]
-            if ttype == 0:
+            tensor = self._cache[entry.index]
+            if entry.type == TensorType.PARAM:
                 module.register_parameter(attr, tensor)
             else:
                 module.register_buffer(attr, tensor)
             count += 1
         return count
 
+    def verify_module(self, m) -> Tuple[bool, List[Tuple[str, bool]]]:
+        """Checks the module's tensors against the hashes stored in the file;
+        returns (all passed, [(name, passed)])."""
+        modules = dict(m.state_dict())
+        modules.update(m.named_buffers())
+        results = []
+        entries = [e for e in self._entries if e.name in modules]
+        headers = dict(zip((e.index for e in entries),
+                           self._reader.headers([e.index for e in entries])))
+        for entry in self._entries:
+            name = entry.name
+            if name not in modules:
+                results.append((name, False))
+                continue
+            _, hashes, hashable = headers[entry.index]
+            data = b"" if entry.length == 0 else _tensor_bytes(modules[name])
+            ok = True
+            for hash_type, stored in hashes:
+                expected = TensorHash(type=HashType(hash_type), hash=stored)
+                if expected.type == HashType.CRC32:
+                    ok &= zlib.crc32(data, zlib.crc32(hashable)).to_bytes(4, "little") \
+                        == expected.hash
+                else:
+                    ok &= hashlib.sha256(hashable + data).digest() == expected.hash
+            results.append((name, ok))
+        for name in set(self.keys()).difference(modules):
+            results.append((name, False))
+        return all(ok for _, ok in results), results
+
+    def to_redis(self, redis_client, key_prefix: str, force: bool = False) -> None:
+        """Copies the file into Redis under `key_prefix`, in the library's
+        key layout (`{prefix}:header:0`, then each tensor's header and data
+        under `{prefix}:{name}:{offset}`)."""
+        redis_client.set(f"{key_prefix}:header:0", self._reader.read_bytes(0, self._prologue_len))
+        for entry in self._entries:
+            header_key = f"{key_prefix}:{entry.stored_name}:{entry.header_offset}"
+            if not force and redis_client.exists(header_key):
+                continue
+            redis_client.set(header_key, self._reader.read_bytes(
+                entry.header_offset, entry.data_offset - entry.header_offset))
+            redis_client.set(f"{key_prefix}:{entry.stored_name}:{entry.data_offset}",
+                             self._reader.read_bytes(entry.data_offset, entry.length))
+
     def close(self):
         self._reader = None
+        closers, self._closers = self._closers, []
+        for close in closers:
+            close()
 
     def __enter__(self):
         return self
@@ -256,6 +608,26 @@ class TensorDeserializer(collections.abc.Mapping):
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+class _Entry:
+    __slots__ = ("index", "name", "type", "dtype", "shape", "length", "header_offset",
+                 "data_offset", "stored_name")
+
+    def __init__(self, *values):
+        for slot, value in zip(self.__slots__, values):
+            setattr(self, slot, value)
+
+
+def _tensor_bytes(t):
+    """The bytes of a tensor (or array) as the file stores them."""
+    if torch is not None and isinstance(t, torch.Tensor):
+        t = t.detach().to("cpu").contiguous()
+        if t.numel() == 0:
+            return b""
+        return t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    import numpy as np
+    return np.ascontiguousarray(t).tobytes()
 
 
 def _lists(node):
@@ -268,41 +640,60 @@ def _lists(node):
     return node
 
 
+# -- writing -----------------------------------------------------------------
+
 def _torch_name(t):
     return str(t.dtype).replace("torch.", "")
 
 
+def _byte_capsule(tensor):
+    """(dtype name, shape, DLPack capsule of the bytes or None for a meta
+    tensor, bytes) for a torch tensor or numpy array."""
+    if torch is not None and isinstance(tensor, torch.Tensor):
+        tensor = tensor.detach()
+        shape, dtype = list(tensor.shape), _torch_name(tensor)
+        if tensor.device.type == "meta":
+            return dtype, shape, None, 0
+        flat = tensor.to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
+        raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
+        return dtype, shape, torch.utils.dlpack.to_dlpack(raw), raw.numel()
+    import numpy as np
+    arr = np.ascontiguousarray(tensor)
+    if not arr.flags.writeable:
+        arr = arr.copy()  # DLPack cannot export read-only arrays
+    raw = arr.reshape(-1).view(np.uint8)
+    return str(arr.dtype), list(arr.shape), raw.__dlpack__(), raw.size
+
+
 class TensorSerializer:
     """Collects tensors and writes one `.tensors` file on `close()`: the same
-    bytes the Python library writes for the same tensors (unencrypted)."""
+    bytes the Python library writes for the same tensors (unencrypted).
+
+    The destination receives the bytes at `close()`: a path or URI is
+    replaced atomically; a file object is written where it stands (through
+    its descriptor, in parallel) and closed, as the library closes it; a
+    `stream_io` write stream receives them through its sink and is closed
+    (committed)."""
 
     def __init__(self, file_obj, compress_tensors=False, *, encryption=None,
                  limit_cpu_concurrency=None):
-        self._uri, self._s3, self._copy_to = _source_for_write(file_obj)
+        if encryption is not None and not isinstance(encryption, EncryptionParams):
+            raise TypeError(
+                "encryption parameter: expected EncryptionParams instance or None, "
+                f"{encryption.__class__.__name__} found")
+        self._target = _write_target(file_obj)
         self._encryption = encryption
         self._threads = limit_cpu_concurrency
         self._writer = _native.Writer()
-        self._keep = []
         self.total_tensor_bytes = 0
         self.total_compressed_tensor_bytes = 0
         self._closed = False
 
     def _add(self, idx, name, tensor_type, tensor):
-        if torch is not None and isinstance(tensor, torch.Tensor):
-            meta = tensor.device.type == "meta"
-            if not meta:
-                tensor = tensor.detach().to("cpu").contiguous()
-            shape = list(tensor.shape)
-            dtype = _torch_name(tensor)
-            ptr = 0 if meta else tensor.data_ptr()
-            nbytes = 0 if meta else tensor.numel() * tensor.element_size()
-        else:
-            import numpy as np
-            tensor = np.ascontiguousarray(tensor)
-            meta, shape, dtype = False, list(tensor.shape), str(tensor.dtype)
-            ptr, nbytes = tensor.ctypes.data, tensor.nbytes
-        self._keep.append(tensor)
-        self._writer.add(int(idx), name, int(tensor_type), dtype, shape, ptr, nbytes, meta)
+        if self._closed:
+            raise ValueError("this TensorSerializer is closed")
+        dtype, shape, capsule, nbytes = _byte_capsule(tensor)
+        self._writer.add(int(idx), name, int(tensor_type), dtype, shape, capsule)
         self.total_tensor_bytes += nbytes
 
     def write_tensor(self, idx, name, tensor_type, tensor):
@@ -310,13 +701,15 @@ class TensorSerializer:
 
     def write_module(self, m, remove_tensors=False, *, include_non_persistent_buffers=True):
         for idx, (module_name, module) in enumerate(m.named_modules()):
-            persistent = set(module.state_dict(keep_vars=True).keys()) if not include_non_persistent_buffers else None
+            persistent = None
+            if not include_non_persistent_buffers:
+                persistent = set(module.state_dict(keep_vars=True).keys())
             for name, p in module.named_parameters(recurse=False):
-                self._add(idx, f"{module_name}.{name}", 0, p)
+                self._add(idx, f"{module_name}.{name}", TensorType.PARAM, p)
             for name, b in module.named_buffers(recurse=False):
                 if persistent is not None and name not in persistent:
                     continue
-                self._add(idx, f"{module_name}.{name}", 1, b)
+                self._add(idx, f"{module_name}.{name}", TensorType.BUFFER, b)
             if remove_tensors:
                 for name, _ in list(module.named_parameters(recurse=False)):
                     setattr(module, name, None)
@@ -325,7 +718,7 @@ class TensorSerializer:
 
     def write_state_dict(self, state_dict):
         def walk(prefix, obj):
-            if isinstance(obj, dict):
+            if isinstance(obj, collections.abc.Mapping):
                 for k, v in obj.items():
                     if not isinstance(k, str):
                         raise TypeError(f"state dict keys must be str, not {type(k).__name__}")
@@ -337,7 +730,7 @@ class TensorSerializer:
                 yield prefix, obj
         for path, tensor in walk((), state_dict):
             name = path[0] if len(path) == 1 and isinstance(path[0], str) else list(path)
-            self._add(0, name, 2, tensor)
+            self._add(0, name, TensorType.STATE_DICT, tensor)
 
     def close(self):
         if self._closed:
@@ -345,15 +738,9 @@ class TensorSerializer:
         key = kdf = None
         if self._encryption is not None:
             key, kdf = self._encryption.key, self._encryption._kdf
-        try:
-            self._writer.write(self._uri, key=key, kdf=kdf, threads=self._threads, **self._s3)
-            if self._copy_to is not None:
-                with open(self._uri, "rb") as f:
-                    shutil.copyfileobj(f, self._copy_to, 16 << 20)
-        finally:
-            if self._copy_to is not None:
-                os.unlink(self._uri)
-        self._keep.clear()
+        crypto = dict(key=key, kdf=kdf, threads=self._threads)
+        self._target.write(self._writer, crypto)
+        self._writer = None
         self._closed = True
 
     def __enter__(self):
@@ -365,16 +752,90 @@ class TensorSerializer:
         return False
 
 
-def _source_for_write(file_obj):
-    """(uri, s3 credentials, file object to copy the result into)."""
-    from .stream_io import _Stream
-    if isinstance(file_obj, _Stream):
-        return file_obj.uri, file_obj.s3, None
-    if isinstance(file_obj, (str, os.PathLike)):
-        return os.fspath(file_obj), {}, None
-    if hasattr(file_obj, "write"):
-        # Written to a temporary file in parallel, then copied into the object.
-        fd, tmp = tempfile.mkstemp(prefix="tensorizer_rs-", suffix=".tensors")
-        os.close(fd)
-        return tmp, {}, file_obj
-    raise TypeError(f"cannot write to a {type(file_obj).__name__}: pass a path, a URI or a writable file object")
+class _UriTarget:
+    def __init__(self, uri):
+        self.uri = uri
+        self.storage = None
+        if uri.lower().startswith("s3://"):
+            self.storage = stream_io._s3_storage(upload=True)
+        elif "://" not in uri:
+            parent = os.path.dirname(uri)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+
+    def write(self, writer, crypto):
+        writer.write(uri=self.uri, storage=self.storage, **crypto)
+
+
+class _StreamTarget:
+    """A stream_io write stream: the bytes go through its sink from where
+    it stands; then it is closed, which commits them."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, writer, crypto):
+        self.stream.flush()
+        n = writer.write(sink=self.stream._sink, base=self.stream.tell(), **crypto)
+        self.stream._written(n)
+        self.stream.close()
+
+
+class _FdTarget:
+    """A file object over a regular file: written from where it stands
+    through its descriptor, then positioned after the file and closed."""
+
+    def __init__(self, file_obj, fd):
+        self.file_obj, self.fd = file_obj, fd
+
+    def write(self, writer, crypto):
+        self.file_obj.flush()
+        base = self.file_obj.tell()
+        n = writer.write(fd=self.fd, base=base, **crypto)
+        self.file_obj.seek(base + n)
+        self.file_obj.close()
+
+
+class _CopyTarget:
+    """Any other writable object: written to an unnamed temporary file in
+    parallel, then copied into the object in 16 MiB pieces, and the object
+    closed."""
+
+    def __init__(self, file_obj):
+        self.file_obj = file_obj
+
+    def write(self, writer, crypto):
+        with tempfile.TemporaryFile(prefix="tensorizer_rs-") as tmp:
+            writer.write(fd=tmp.fileno(), base=0, **crypto)
+            tmp.seek(0)
+            shutil.copyfileobj(tmp, self.file_obj, 16 << 20)
+        self.file_obj.close()
+
+
+def _write_target(file_obj):
+    if isinstance(file_obj, (str, bytes, os.PathLike)):
+        return _UriTarget(os.fsdecode(file_obj))
+    if isinstance(file_obj, stream_io._Stream):
+        if not file_obj.writable():
+            raise ValueError("TensorSerializer needs a stream opened for writing")
+        return _StreamTarget(file_obj)
+    if not hasattr(file_obj, "write"):
+        raise TypeError(
+            f"cannot write to a {type(file_obj).__name__}: pass a path, a URI or a writable "
+            "file object")
+    fd = _fileno(file_obj)
+    if fd is not None and _is_regular_fd(fd) and not _appends(fd):
+        try:
+            file_obj.tell()
+            return _FdTarget(file_obj, fd)
+        except (OSError, io.UnsupportedOperation):
+            pass
+    return _CopyTarget(file_obj)
+
+
+def _appends(fd):
+    try:
+        import fcntl
+        return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
+    except (ImportError, OSError):
+        return True

@@ -4,8 +4,44 @@ import contextlib
 import contextvars
 import resource
 import threading
+from typing import NamedTuple
 
-__all__ = ["convert_bytes", "get_mem_usage", "no_init_or_tensor"]
+__all__ = ["convert_bytes", "get_device", "CPUMemoryUsage", "get_mem_usage", "no_init_or_tensor"]
+
+
+def get_device():
+    """CUDA when torch sees a GPU, else the CPU (the library's default
+    device)."""
+    import torch
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) << 10
+    except OSError:
+        pass
+    return 0
+
+
+class CPUMemoryUsage(NamedTuple):
+    """The process's peak resident memory (its children's included) and the
+    memory available, in bytes."""
+
+    maxrss: int
+    free: int
+
+    @classmethod
+    def now(cls) -> "CPUMemoryUsage":
+        maxrss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                  + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) << 10
+        return cls(maxrss, _available_bytes())
+
+    def __str__(self):
+        return "CPU: (maxrss: {:,}MiB F: {:,}MiB)".format(self.maxrss >> 20, self.free >> 20)
 
 
 def convert_bytes(num, decimal=True) -> str:
@@ -21,16 +57,7 @@ def convert_bytes(num, decimal=True) -> str:
 def get_mem_usage() -> str:
     """The process's peak resident memory and the memory available, as the
     Python library prints them (`CPU: (maxrss: 483MiB F: 22,312MiB)`)."""
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    available_mib = 0
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available_mib = int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return f"CPU: (maxrss: {peak_mib:,}MiB F: {available_mib:,}MiB)"
+    return str(CPUMemoryUsage.now())
 
 
 _active = contextvars.ContextVar("tensorizer_rs.no_init", default=False)

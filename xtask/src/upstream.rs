@@ -1,0 +1,186 @@
+//! The Python library's own test-suite on `tensorizer_rs`.
+//!
+//! `cargo xtask python-test` runs the `tests/` of the tensorizer 2.12.1
+//! sdist (downloaded from PyPI and checked against a pinned hash by
+//! `scripts/upstream/setup.sh`, never copied here) with `import tensorizer`
+//! bound to `tensorizer_rs`, offline, in a network namespace that has only
+//! a loopback interface. It fails when tensorizer_rs misses a test that
+//! the real library passes in the same environment. The library's results
+//! are `bindings/python/tests/upstream/reference.json`, made by
+//! `cargo xtask python-test --reference` (which says how in the file).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{Result, root, run};
+
+/// Tests that need the internet (the hub, CoreWeave's public S3 bucket,
+/// GitHub): deselected on both sides, with the reason.
+const DESELECTED: &[(&str, &str)] = &[
+    ("test_stream_io.py::TestCurlStream", "reads a README from GitHub"),
+    ("test_serialization.py::TestDeserialization::test_s3", "reads CoreWeave's public bucket"),
+    ("test_serialization.py::TestDeserialization::test_s3_multiple_readers", "reads CoreWeave's public bucket"),
+    ("test_serialization.py::TestDeserialization::test_s3_fp16", "reads CoreWeave's public bucket"),
+    ("test_serialization.py::TestDeserialization::test_s3_lazy_load", "reads CoreWeave's public bucket"),
+    ("test_serialization.py::TestDeserialization::test_redis", "fills Redis from CoreWeave's public bucket"),
+];
+
+/// Tests the library passes that tensorizer_rs does not, each with why it
+/// cannot: the gate accepts these and no others.
+const EXCEPTIONS: &[(&str, &str)] = &[];
+
+/// The reference results, checked in.
+fn reference_file() -> PathBuf {
+    root().join("bindings/python/tests/upstream/reference.json")
+}
+
+/// What `scripts/upstream/setup.sh` prepared.
+pub struct Suite {
+    pub python: PathBuf,
+    tests: PathBuf,
+    hf_home: PathBuf,
+}
+
+pub fn setup() -> Result<Suite> {
+    eprintln!("\n==> upstream suite: scripts/upstream/setup.sh (tensorizer 2.12.1 tests, torch 2 venv, stand-in model)");
+    let out = Command::new("bash")
+        .arg(root().join("scripts/upstream/setup.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run bash: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().rev().take(3).collect();
+    if !out.status.success() || lines.len() < 3 {
+        return Err("scripts/upstream/setup.sh failed; it needs network access to PyPI (and root for apt-get)".into());
+    }
+    Ok(Suite {
+        python: PathBuf::from(lines[2].trim()),
+        tests: PathBuf::from(lines[1].trim()),
+        hf_home: PathBuf::from(lines[0].trim()),
+    })
+}
+
+/// Runs the suite with `side` ("reference" or "tensorizer_rs") bound to
+/// `import tensorizer`; returns each test's outcome.
+fn run_side(suite: &Suite, side: &str) -> Result<BTreeMap<String, String>> {
+    std::fs::copy(
+        root().join("scripts/upstream/conftest.py"),
+        suite.tests.join("conftest.py"),
+    )
+    .map_err(|e| format!("conftest.py: {e}"))?;
+    let results = suite.tests.join(format!("results-{side}.json"));
+    let _ = std::fs::remove_file(&results);
+    let mut cmd = Command::new("unshare");
+    // A network namespace with loopback only: the suite cannot reach the
+    // hub or any bucket, so what passes passes offline.
+    cmd.args(["--net", "bash", "-c", "ip link set lo up && exec \"$@\"", "netns"])
+        .arg(&suite.python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "console_output_style=classic"]);
+    for (test, _) in DESELECTED {
+        cmd.arg("--deselect").arg(test);
+    }
+    cmd.current_dir(&suite.tests)
+        .env("TENSORIZER_UPSTREAM_SIDE", side)
+        .env("TENSORIZER_UPSTREAM_RESULTS", &results)
+        .env("HF_HOME", &suite.hf_home)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .env("TOKENIZERS_PARALLELISM", "false");
+    // pytest's exit status says some tests failed; the comparison below is
+    // the verdict.
+    let _ = run(&format!("tensorizer 2.12.1's tests on {side} (offline)"), &mut cmd);
+    let text = std::fs::read_to_string(&results).map_err(|e| {
+        format!("{}: {e} (the suite did not finish; is `unshare --net` permitted here?)", results.display())
+    })?;
+    parse_results(&text)
+}
+
+fn parse_results(text: &str) -> Result<BTreeMap<String, String>> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("suite results: {e}"))?;
+    let map = value
+        .get("results")
+        .unwrap_or(&value)
+        .as_object()
+        .ok_or("suite results: not an object")?;
+    Ok(map
+        .iter()
+        .filter(|(k, _)| !k.starts_with("__"))
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+        .collect())
+}
+
+fn python_versions(python: &Path) -> String {
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import sys, torch, transformers, moto, numpy; print(f'python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}, moto {moto.__version__}, numpy {numpy.__version__}')",
+        ])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `--reference`: the real library's results, written to the checked-in file.
+pub fn reference() -> Result {
+    let suite = setup()?;
+    let results = run_side(&suite, "reference")?;
+    let doc = serde_json::json!({
+        "made_by": "cargo xtask python-test --reference: the tests/ of the tensorizer 2.12.1 sdist (PyPI, SHA-256 pinned in scripts/upstream/setup.sh) run with pytest against the real tensorizer 2.12.1, offline (a network namespace with loopback only), HF_HUB_OFFLINE=1, the stand-in model of scripts/upstream/make_standin.py, no GPU, 2 cores, 24 GiB",
+        "environment": python_versions(&suite.python),
+        "deselected": DESELECTED.iter().map(|(t, why)| (t.to_string(), why.to_string())).collect::<BTreeMap<_, _>>(),
+        "results": results,
+    });
+    let path = reference_file();
+    std::fs::create_dir_all(path.parent().expect("a parent")).map_err(|e| e.to_string())?;
+    std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json") + "\n")
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let passed = results.values().filter(|o| *o == "passed").count();
+    eprintln!(
+        "reference: {passed} of {} tests passed; written to {}",
+        results.len(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// The suite on tensorizer_rs (installed in `suite.python`), compared with
+/// the checked-in reference.
+pub fn check(suite: &Suite) -> Result {
+    let text = std::fs::read_to_string(reference_file())
+        .map_err(|e| format!("{}: {e} (make it with cargo xtask python-test --reference)", reference_file().display()))?;
+    let reference = parse_results(&text)?;
+    let ours = run_side(suite, "tensorizer_rs")?;
+    let mut missed = Vec::new();
+    eprintln!("\n{:<78} {:>9} {:>13}", "tensorizer 2.12.1 test", "library", "tensorizer_rs");
+    let mut names: Vec<&String> = reference.keys().chain(ours.keys()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let lib = reference.get(name).map_or("-", String::as_str);
+        let rs = ours.get(name).map_or("-", String::as_str);
+        eprintln!("{name:<78} {lib:>9} {rs:>13}");
+        if lib == "passed" && rs != "passed" {
+            match EXCEPTIONS.iter().find(|(t, _)| t == name) {
+                Some((_, why)) => eprintln!("    accepted exception: {why}"),
+                None => missed.push(name.clone()),
+            }
+        }
+    }
+    let lib_passed = reference.values().filter(|o| *o == "passed").count();
+    let rs_passed = ours.values().filter(|o| *o == "passed").count();
+    eprintln!(
+        "\nupstream suite: the library passes {lib_passed}, tensorizer_rs passes {rs_passed} ({} deselected on both sides: they need the internet)",
+        DESELECTED.len()
+    );
+    if missed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "tensorizer_rs fails {} test(s) the library passes: {}",
+            missed.len(),
+            missed.join(", ")
+        ))
+    }
+}
