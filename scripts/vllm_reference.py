@@ -70,10 +70,12 @@ def load_like_vllm(engine_args, path, reference):
     return {"ok": True, "differ": differ, "entries": len(ours), "rotary": rotary}
 
 
-def rank_rows(rank, tp, model_dir, port, out_dir, ours):
+def build_rank_model(rank, tp, model_dir, port):
+    """vLLM's model class for `rank` of `tp`, on the CPU (gloo), with the
+    checkpoint's weights loaded by vLLM's own weight loaders; returns
+    (engine_args, vllm_config, model)."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     use_cpu_platform()
-    from torch import nn
     from vllm.config import set_current_vllm_config
     from vllm.distributed import (init_distributed_environment,
                                   initialize_model_parallel)
@@ -97,6 +99,12 @@ def rank_rows(rank, tp, model_dir, port, out_dir, ours):
         files = sorted(os.path.join(model_dir, f) for f in os.listdir(model_dir)
                        if f.endswith(".safetensors"))
         model.load_weights(safetensors_weights_iterator(files, False))
+    return engine_args, vllm_config, model
+
+
+def rank_rows(rank, tp, model_dir, port, out_dir, ours):
+    from torch import nn
+    engine_args, vllm_config, model = build_rank_model(rank, tp, model_dir, port)
     model.register_parameter(
         "vllm_tensorized_marker",
         nn.Parameter(torch.tensor((1,), device="meta"), requires_grad=False))

@@ -156,11 +156,20 @@ fn measure(what: &str, cmd: &mut Command) -> Result<Sample> {
         let at = line.find(&format!("\"{name}\":"))? + name.len() + 3;
         Some(line[at..].trim_start())
     };
-    let rates: Vec<f64> = field("gib_s")
+    let mut rates: Vec<f64> = field("gib_s")
         .and_then(|s| s.strip_prefix('['))
         .and_then(|s| s.split(']').next())
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_default();
+    // The CLI's `load` line: "... in 0.221 s (3.61 GiB/s; ...)".
+    if rates.is_empty()
+        && let Some(rate) = line
+            .split_once(" GiB/s")
+            .and_then(|(head, _)| head.rsplit('(').next())
+            .and_then(|r| r.trim().parse().ok())
+    {
+        rates.push(rate);
+    }
     let rss: f64 = field("rss_kib")
         .and_then(|s| s.trim_end_matches('}').trim().parse().ok())
         .unwrap_or(0.0);
@@ -396,6 +405,65 @@ pub fn bench(args: &[String]) -> Result {
         ("ours serialize", &|| ours(&["serialize", m, out])),
         ("python serialize", &|| python(&["serialize", m, py_out])),
     );
+    // Fresh processes, one load each (imports and start-up excluded): what a
+    // pod does at start. The three loaders alternate round by round, so
+    // page-cache and THP drift hit them alike.
+    let fresh_python = |lib: &str, file: &str, encrypted: bool| {
+        let mut c = Command::new(&oracle);
+        c.arg(root.join("scripts/bench_python.py"))
+            .args(["tensorizer", file, "--runs", "1"]);
+        if lib == "rs" {
+            c.arg("--rs");
+        }
+        if encrypted {
+            c.args(["--key-hex", &key_hex]);
+        }
+        c
+    };
+    let fresh_cli = |file: &str, encrypted: bool| {
+        let mut c = Command::new(&cli);
+        c.args(["load", file, "--verify", "none"]);
+        if encrypted {
+            c.args(["--key-file", k]);
+        }
+        c
+    };
+    let mut fresh: [Option<Sample>; 6] = Default::default();
+    for _ in 0..o.runs {
+        for (i, encrypted) in [false, true].into_iter().enumerate() {
+            let file = if encrypted { e } else { m };
+            let tag = if encrypted { " encrypted" } else { "" };
+            let at = 3 * i;
+            fresh[at] = Sample::merge(
+                fresh[at].take(),
+                measure(
+                    &format!("fresh python{tag}"),
+                    &mut fresh_python("py", file, encrypted),
+                )
+                .ok(),
+            );
+            fresh[at + 1] = Sample::merge(
+                fresh[at + 1].take(),
+                measure(
+                    &format!("fresh tensorizer_rs{tag}"),
+                    &mut fresh_python("rs", file, encrypted),
+                )
+                .ok(),
+            );
+            fresh[at + 2] = Sample::merge(
+                fresh[at + 2].take(),
+                measure(&format!("fresh CLI{tag}"), &mut fresh_cli(file, encrypted)).ok(),
+            );
+        }
+    }
+    let [
+        fresh_py,
+        fresh_rs,
+        fresh_cli_plain,
+        fresh_py_enc,
+        fresh_rs_enc,
+        fresh_cli_enc,
+    ] = fresh;
     let rows = vec![
         Row {
             name: "limit: parallel pread, warm cache",
@@ -639,6 +707,36 @@ pub fn bench(args: &[String]) -> Result {
             limit: "",
         },
         Row {
+            name: "fresh process: python tensorizer, one load",
+            sample: fresh_py,
+            limit: "what a pod does at start (imports excluded)",
+        },
+        Row {
+            name: "fresh process: tensorizer_rs, one load",
+            sample: fresh_rs,
+            limit: "fresh pages: first-touch faults are part of the load",
+        },
+        Row {
+            name: "fresh process: CLI tensorizer load --verify none",
+            sample: fresh_cli_plain,
+            limit: "the Rust core alone",
+        },
+        Row {
+            name: "fresh process: python tensorizer, one load, encrypted",
+            sample: fresh_py_enc,
+            limit: "",
+        },
+        Row {
+            name: "fresh process: tensorizer_rs, one load, encrypted",
+            sample: fresh_rs_enc,
+            limit: "",
+        },
+        Row {
+            name: "fresh process: CLI tensorizer load, encrypted",
+            sample: fresh_cli_enc,
+            limit: "",
+        },
+        Row {
             name: "python safetensors load_file (+clone)",
             sample: measure(
                 "safetensors",
@@ -812,6 +910,38 @@ pub fn bench(args: &[String]) -> Result {
             ratio(
                 "ours: S3 (path-style GETs, nginx as endpoint)",
                 "python tensorizer: S3 (same endpoint)",
+                &rows,
+            ),
+        ),
+        (
+            "fresh process: tensorizer_rs / CLI (target ≥ 0.9)",
+            ratio(
+                "fresh process: tensorizer_rs, one load",
+                "fresh process: CLI tensorizer load --verify none",
+                &rows,
+            ),
+        ),
+        (
+            "fresh process: tensorizer_rs / python tensorizer (target ≥ 1.8)",
+            ratio(
+                "fresh process: tensorizer_rs, one load",
+                "fresh process: python tensorizer, one load",
+                &rows,
+            ),
+        ),
+        (
+            "fresh process, encrypted: tensorizer_rs / CLI (target ≥ 0.9)",
+            ratio(
+                "fresh process: tensorizer_rs, one load, encrypted",
+                "fresh process: CLI tensorizer load, encrypted",
+                &rows,
+            ),
+        ),
+        (
+            "fresh process, encrypted: tensorizer_rs / python tensorizer (target ≥ 1.8)",
+            ratio(
+                "fresh process: tensorizer_rs, one load, encrypted",
+                "fresh process: python tensorizer, one load, encrypted",
                 &rows,
             ),
         ),

@@ -15,10 +15,14 @@
 //! - `vllm-reference`: installs vLLM 0.33.0 into a venv (9.4 GB, once) and
 //!   compares every rank file `tensorizer vllm serialize` writes with what
 //!   vLLM's own model classes hold per rank (names, order, module indices,
-//!   dtypes, shapes, SHA-256 of every tensor). Too heavy for `test`.
+//!   dtypes, shapes, SHA-256 of every tensor); then runs vLLM's own
+//!   tensorizer functions on the Python library and on tensorizer_rs
+//!   (`scripts/vllm_functions.py`). Too heavy for `test`.
 //! - `wheel`: builds the `tensorizer_rs` Python package (`bindings/python`,
 //!   maturin, abi3) into `target/wheels/`; `python-test` installs it into
-//!   the oracle venv and runs its pytest suite against the Python library.
+//!   the oracle venv and runs its pytest suite against the Python library,
+//!   then the Python library's own test-suite on it (`xtask/src/upstream.rs`;
+//!   `python-test --reference` records the library's own results).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -191,6 +195,7 @@ fn vllm_reference() -> Result {
     if !out.status.success() || python.is_empty() {
         return Err("scripts/setup_vllm.sh failed".into());
     }
+    let checkpoints = root().join("target/vllm-reference");
     run(
         "compare every rank with vLLM's model classes",
         cargo()
@@ -204,8 +209,22 @@ fn vllm_reference() -> Result {
                 "compare_with_vllm",
                 "--",
             ])
-            .arg(&python),
-    )
+            .arg(&python)
+            .arg(&checkpoints),
+    )?;
+    // vLLM's own tensorizer functions on the library and on tensorizer_rs.
+    let python = PathBuf::from(python);
+    install_wheel_file(&python, &wheel(&python)?)?;
+    for tp in ["1", "2"] {
+        run(
+            &format!("vLLM 0.33.0's tensorizer functions, library vs tensorizer_rs, TP {tp}"),
+            Command::new(&python)
+                .arg(root().join("scripts/vllm_functions.py"))
+                .arg(checkpoints.join("llama-tp2"))
+                .arg(tp),
+        )?;
+    }
+    Ok(())
 }
 
 /// Runs `python -m pip install -q SPEC` unless `module` imports.
@@ -279,7 +298,9 @@ fn python_test(args: &[String]) -> Result {
     match args.first().map(String::as_str) {
         Some("--reference") => upstream::reference(),
         None => python_tests(&setup_oracle()?),
-        Some(other) => Err(format!("python-test: unknown argument {other} (try --reference)")),
+        Some(other) => Err(format!(
+            "python-test: unknown argument {other} (try --reference)"
+        )),
     }
 }
 

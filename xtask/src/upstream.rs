@@ -18,12 +18,30 @@ use crate::{Result, root, run};
 /// Tests that need the internet (the hub, CoreWeave's public S3 bucket,
 /// GitHub): deselected on both sides, with the reason.
 const DESELECTED: &[(&str, &str)] = &[
-    ("test_stream_io.py::TestCurlStream", "reads a README from GitHub"),
-    ("test_serialization.py::TestDeserialization::test_s3", "reads CoreWeave's public bucket"),
-    ("test_serialization.py::TestDeserialization::test_s3_multiple_readers", "reads CoreWeave's public bucket"),
-    ("test_serialization.py::TestDeserialization::test_s3_fp16", "reads CoreWeave's public bucket"),
-    ("test_serialization.py::TestDeserialization::test_s3_lazy_load", "reads CoreWeave's public bucket"),
-    ("test_serialization.py::TestDeserialization::test_redis", "fills Redis from CoreWeave's public bucket"),
+    (
+        "test_stream_io.py::TestCurlStream",
+        "reads a README from GitHub",
+    ),
+    (
+        "test_serialization.py::TestDeserialization::test_s3",
+        "reads CoreWeave's public bucket",
+    ),
+    (
+        "test_serialization.py::TestDeserialization::test_s3_multiple_readers",
+        "reads CoreWeave's public bucket",
+    ),
+    (
+        "test_serialization.py::TestDeserialization::test_s3_fp16",
+        "reads CoreWeave's public bucket",
+    ),
+    (
+        "test_serialization.py::TestDeserialization::test_s3_lazy_load",
+        "reads CoreWeave's public bucket",
+    ),
+    (
+        "test_serialization.py::TestDeserialization::test_redis",
+        "fills Redis from CoreWeave's public bucket",
+    ),
 ];
 
 /// Tests the library passes that tensorizer_rs does not, each with why it
@@ -43,7 +61,9 @@ pub struct Suite {
 }
 
 pub fn setup() -> Result<Suite> {
-    eprintln!("\n==> upstream suite: scripts/upstream/setup.sh (tensorizer 2.12.1 tests, torch 2 venv, stand-in model)");
+    eprintln!(
+        "\n==> upstream suite: scripts/upstream/setup.sh (tensorizer 2.12.1 tests, torch 2 venv, stand-in model)"
+    );
     let out = Command::new("bash")
         .arg(root().join("scripts/upstream/setup.sh"))
         .stderr(std::process::Stdio::inherit())
@@ -74,9 +94,23 @@ fn run_side(suite: &Suite, side: &str) -> Result<BTreeMap<String, String>> {
     let mut cmd = Command::new("unshare");
     // A network namespace with loopback only: the suite cannot reach the
     // hub or any bucket, so what passes passes offline.
-    cmd.args(["--net", "bash", "-c", "ip link set lo up && exec \"$@\"", "netns"])
-        .arg(&suite.python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "console_output_style=classic"]);
+    cmd.args([
+        "--net",
+        "bash",
+        "-c",
+        "ip link set lo up && exec \"$@\"",
+        "netns",
+    ])
+    .arg(&suite.python)
+    .args([
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "console_output_style=classic",
+    ]);
     for (test, _) in DESELECTED {
         cmd.arg("--deselect").arg(test);
     }
@@ -89,9 +123,15 @@ fn run_side(suite: &Suite, side: &str) -> Result<BTreeMap<String, String>> {
         .env("TOKENIZERS_PARALLELISM", "false");
     // pytest's exit status says some tests failed; the comparison below is
     // the verdict.
-    let _ = run(&format!("tensorizer 2.12.1's tests on {side} (offline)"), &mut cmd);
+    let _ = run(
+        &format!("tensorizer 2.12.1's tests on {side} (offline)"),
+        &mut cmd,
+    );
     let text = std::fs::read_to_string(&results).map_err(|e| {
-        format!("{}: {e} (the suite did not finish; is `unshare --net` permitted here?)", results.display())
+        format!(
+            "{}: {e} (the suite did not finish; is `unshare --net` permitted here?)",
+            results.display()
+        )
     })?;
     parse_results(&text)
 }
@@ -134,8 +174,11 @@ pub fn reference() -> Result {
     });
     let path = reference_file();
     std::fs::create_dir_all(path.parent().expect("a parent")).map_err(|e| e.to_string())?;
-    std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json") + "\n")
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&doc).expect("json") + "\n",
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
     let passed = results.values().filter(|o| *o == "passed").count();
     eprintln!(
         "reference: {passed} of {} tests passed; written to {}",
@@ -148,12 +191,19 @@ pub fn reference() -> Result {
 /// The suite on tensorizer_rs (installed in `suite.python`), compared with
 /// the checked-in reference.
 pub fn check(suite: &Suite) -> Result {
-    let text = std::fs::read_to_string(reference_file())
-        .map_err(|e| format!("{}: {e} (make it with cargo xtask python-test --reference)", reference_file().display()))?;
+    let text = std::fs::read_to_string(reference_file()).map_err(|e| {
+        format!(
+            "{}: {e} (make it with cargo xtask python-test --reference)",
+            reference_file().display()
+        )
+    })?;
     let reference = parse_results(&text)?;
     let ours = run_side(suite, "tensorizer_rs")?;
     let mut missed = Vec::new();
-    eprintln!("\n{:<78} {:>9} {:>13}", "tensorizer 2.12.1 test", "library", "tensorizer_rs");
+    eprintln!(
+        "\n{:<78} {:>9} {:>13}",
+        "tensorizer 2.12.1 test", "library", "tensorizer_rs"
+    );
     let mut names: Vec<&String> = reference.keys().chain(ours.keys()).collect();
     names.sort();
     names.dedup();

@@ -143,11 +143,8 @@ pub fn capsule(py: Python<'_>, tensor: Tensor, raw: bool) -> PyResult<Bound<'_, 
     // SAFETY: a capsule over our heap object; freed by the consumer
     // through `deleter`, or by `capsule_destructor` if never consumed.
     unsafe {
-        let obj = pyo3::ffi::PyCapsule_New(
-            raw as *mut c_void,
-            NAME.as_ptr(),
-            Some(capsule_destructor),
-        );
+        let obj =
+            pyo3::ffi::PyCapsule_New(raw as *mut c_void, NAME.as_ptr(), Some(capsule_destructor));
         if obj.is_null() {
             delete(raw);
             return Err(PyErr::fetch(py));

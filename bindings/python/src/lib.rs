@@ -94,8 +94,16 @@ impl Storage {
             "Storage(s3_endpoint={:?}, s3_region_name={:?}, s3_access_key_id={}, s3_secret_access_key={})",
             s3.endpoint,
             s3.region,
-            if s3.access_key_id.is_some() { "<set>" } else { "None" },
-            if s3.secret_access_key.is_some() { "<redacted>" } else { "None" },
+            if s3.access_key_id.is_some() {
+                "<set>"
+            } else {
+                "None"
+            },
+            if s3.secret_access_key.is_some() {
+                "<redacted>"
+            } else {
+                "None"
+            },
         )
     }
 }

@@ -256,7 +256,12 @@ impl Reader {
     }
 
     /// `len` raw bytes of the file from `offset` (for `to_redis`).
-    fn read_bytes<'py>(&self, py: Python<'py>, offset: u64, len: u64) -> PyResult<Bound<'py, PyBytes>> {
+    fn read_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        offset: u64,
+        len: u64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let source = self.inner.source();
         let data = py
             .detach(|| source.read_range(offset, len))

@@ -115,12 +115,15 @@ impl Sink for FdSink {
         &self.uri
     }
     fn write_all_at(&self, offset: u64, data: &[u8]) -> tensorizer::io::Result<()> {
-        let at = self.base.checked_add(offset).ok_or_else(|| IoError::OutOfRange {
-            uri: self.uri.clone(),
-            start: offset,
-            end: u64::MAX,
-            len: u64::MAX,
-        })?;
+        let at = self
+            .base
+            .checked_add(offset)
+            .ok_or_else(|| IoError::OutOfRange {
+                uri: self.uri.clone(),
+                start: offset,
+                end: u64::MAX,
+                len: u64::MAX,
+            })?;
         self.file
             .write_all_at(data, at)
             .map_err(|e| local_error(&self.uri, "writing", e))

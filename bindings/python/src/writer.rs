@@ -32,7 +32,7 @@ struct Record {
 
 /// Where `Writer::write` puts the file.
 enum Target {
-    Uri(String, tensorizer::StorageOptions),
+    Uri(String, Box<tensorizer::StorageOptions>),
     Sink(Box<dyn tensorizer::io::Sink>),
 }
 
@@ -120,7 +120,7 @@ impl Writer {
         threads: Option<usize>,
     ) -> PyResult<u64> {
         let target = match (uri, fd, sink) {
-            (Some(uri), None, None) => Target::Uri(uri, options(storage)),
+            (Some(uri), None, None) => Target::Uri(uri, Box::new(options(storage))),
             (None, Some(fd), None) => {
                 let proc_path = format!("/proc/self/fd/{fd}");
                 let file = std::fs::OpenOptions::new()
@@ -151,7 +151,9 @@ impl Writer {
         for r in &self.records {
             let data = match &r.data {
                 None => TensorData::meta(r.dtype, &r.shape),
-                Some(bytes) => TensorData::new(r.dtype, &r.shape, bytes.as_slice()).map_err(py_err)?,
+                Some(bytes) => {
+                    TensorData::new(r.dtype, &r.shape, bytes.as_slice()).map_err(py_err)?
+                }
             };
             s.write_tensor(r.module_idx, r.name.clone(), r.tensor_type, data)
                 .map_err(py_err)?;
