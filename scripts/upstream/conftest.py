@@ -28,7 +28,7 @@ _results = {}
 
 
 def pytest_runtest_logreport(report):
-    nodeid = report.nodeid.split("::", 0)[0]
+    nodeid = report.nodeid
     if report.when == "call" or report.outcome != "passed":
         previous = _results.get(nodeid)
         if previous in ("failed", "error"):
