@@ -63,7 +63,83 @@ pub fn write_all(fixtures: &Path, corpus: &Path) -> std::io::Result<()> {
             }
         }
     }
+    hostile(&mut put)?;
     eprintln!("xtask: wrote {n} fuzz seeds under {}", corpus.display());
+    Ok(())
+}
+
+/// Seeds whose header fields size allocations: a huge index length, meta
+/// tensors claiming up to 2^64 bytes, key-derivation records asking for
+/// enormous work. The parser and loader must refuse them cheaply.
+fn hostile(put: &mut impl FnMut(&str, &[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+    use tensorizer_format::{
+        CryptChunk, CryptInfo, Dtype, KeyDerivation, Shape, TensorName, TensorType,
+    };
+    let spec = |name: &str, dtype: Dtype, dims: Vec<u64>, meta: bool| {
+        let mut s = RecordSpec::new(
+            0,
+            TensorType::StateDict,
+            TensorName::from(tensorizer_format::TensorPath::from(name.to_owned())),
+            dtype,
+            Shape(dims),
+        );
+        s.meta = meta;
+        s
+    };
+    let file = |specs: Vec<RecordSpec>| -> Option<Vec<u8>> {
+        let plan = FilePlan::new(
+            specs,
+            PlanOptions {
+                encrypted: false,
+                min_index_len: 0,
+            },
+        )
+        .ok()?;
+        let mut out = plan.metadata.encode().ok()?;
+        for h in &plan.headers {
+            out.extend(h.encode().ok()?);
+            // Data of the non-meta records: zeros of their length.
+            out.resize(out.len() + usize::try_from(h.data_length).ok()?, 0);
+        }
+        out.extend(TERMINATOR);
+        Some(out)
+    };
+    // Meta tensors claiming 2^64 - 2^20 bytes, then a small real tensor.
+    if let Some(bytes) = file(vec![
+        spec("huge", Dtype::U8, vec![u64::MAX - (1 << 20) + 1], true),
+        spec("real", Dtype::F32, vec![4], false),
+        spec("wide", Dtype::F64, vec![1 << 40, 1 << 20], true),
+    ]) {
+        put("whole_file", &bytes)?;
+        put("metadata", &bytes)?;
+        for mode in [0u8, 6] {
+            put("deserializer", &[&[mode][..], &bytes].concat())?;
+        }
+        // The same file with its index length claiming 2^39 and 2^64 - 1
+        // bytes (the field after the 65-byte file header).
+        for claim in [1u64 << 39, u64::MAX] {
+            let mut lying = bytes.clone();
+            lying[65..73].copy_from_slice(&claim.to_le_bytes());
+            put("file_header", &lying[..73])?;
+            put("metadata", &lying)?;
+            put("deserializer", &[&[6u8][..], &lying].concat())?;
+        }
+    }
+    // Key-derivation records asking for more work than any preset.
+    for (ops, mem) in [(u64::MAX, u64::MAX), (1024, 16 << 30), (5, 8192)] {
+        let info = CryptInfo {
+            chunks: vec![CryptChunk::KeyDerivation(KeyDerivation {
+                method: 1,
+                opslimit: ops,
+                memlimit: mem,
+                alg: 2,
+                salt: vec![7; 16],
+            })],
+        };
+        let mut block = Vec::new();
+        info.encode(&mut block);
+        put("crypt_info", &block[8..])?;
+    }
     Ok(())
 }
 

@@ -543,3 +543,54 @@ def test_file_object_is_read_where_it_stands_never_by_name(tmp_path, state_dict,
     with open(tmp_path / "prefixed", "rb") as f:
         f.seek(12)
         assert torch.equal(TensorDeserializer(f)["a"], state_dict["a"])
+
+
+def test_serializer_holds_tensors_as_they_were_at_the_call(tmp_path):
+    """After write_tensor, resizing the tensor (its old memory freed) or
+    changing it in place does not change what is written."""
+    import numpy as np
+    a = torch.arange(1 << 16, dtype=torch.float32)
+    b = torch.ones(1000)
+    c = np.arange(10, dtype=np.int64)
+    s = TensorSerializer(str(tmp_path / "m.tensors"))
+    s.write_tensor(0, "a", 2, a)
+    s.write_tensor(0, "b", 2, b)
+    s.write_tensor(0, "c", 2, c)
+    expected_a = torch.arange(1 << 16, dtype=torch.float32)
+    a.resize_(1 << 22)  # reallocates: the old buffer is freed
+    a.fill_(7)
+    b.mul_(3)
+    c[:] = -1
+    s.close()
+    d = TensorDeserializer(str(tmp_path / "m.tensors"))
+    assert torch.equal(d["a"], expected_a)
+    assert torch.equal(d["b"], torch.ones(1000))
+    assert d["c"].tolist() == list(range(10))
+
+
+def test_native_writer_takes_no_addresses(tmp_path):
+    from tensorizer_rs import _native
+    w = _native.Writer()
+    with pytest.raises(TypeError):
+        w.add(0, "x", 2, "uint8", [8], 0xDEADBEEF)
+    with pytest.raises(TypeError):
+        w.add(0, "x", 2, "uint8", [8], b"12345678")
+
+
+def test_open_stream_honours_its_s3_arguments(tmp_path, moto_endpoint):
+    """s3_config_path, force_http and s3_region_name are used (they were
+    silently ignored); certificate_handling, which the core cannot honour,
+    raises instead of being dropped."""
+    from tensorizer_rs.stream_io import CAInfo, open_stream
+    uri = "s3://models/cfg/m.bin"
+    with open_stream(uri, "wb", **_s3(moto_endpoint)) as w:
+        w.write(b"via config")
+    host = moto_endpoint.split("://", 1)[1]
+    cfg = tmp_path / "s3cfg"
+    cfg.write_text(f"[default]\naccess_key = k\nsecret_key = s\nhost_base = {host}\nuse_https = False\n")
+    with open_stream(uri, s3_config_path=str(cfg), s3_region_name="us-east-1") as r:
+        assert r.read() == b"via config"
+    with pytest.raises(FileNotFoundError):
+        open_stream(uri, s3_config_path=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="certificate_handling"):
+        open_stream("https://127.0.0.1:1/x", certificate_handling=CAInfo(allow_untrusted=True))

@@ -40,7 +40,17 @@ struct StorageArgs {
     /// S3 access key id (default: S3_ACCESS_KEY_ID, ~/.s3cfg, AWS_ACCESS_KEY_ID, ~/.aws/credentials).
     #[arg(long, global = true)]
     s3_access_key_id: Option<String>,
-    /// S3 secret access key (prefer the environment or ~/.s3cfg to the command line).
+    /// File holding the S3 secret access key (`-`: standard input); or the
+    /// environment or ~/.s3cfg. Preferred to --s3-secret-access-key.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "s3_secret_access_key"
+    )]
+    s3_secret_access_key_file: Option<PathBuf>,
+    /// S3 secret access key, inline: visible to every user in `ps` (a
+    /// warning says so); prefer --s3-secret-access-key-file.
     #[arg(long, global = true, hide_env_values = true)]
     s3_secret_access_key: Option<String>,
     /// S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: S3_ENDPOINT_URL,
@@ -71,13 +81,40 @@ struct StorageArgs {
     /// Azure storage account (default: the URI's, AZURE_STORAGE_ACCOUNT, the connection string's).
     #[arg(long, global = true)]
     azure_account: Option<String>,
-    /// Azure storage account key (default: AZURE_STORAGE_KEY, the connection string's).
+    /// File holding the Azure account key (`-`: standard input; default:
+    /// AZURE_STORAGE_KEY, the connection string's).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "azure_access_key"
+    )]
+    azure_access_key_file: Option<PathBuf>,
+    /// Azure account key, inline (visible in `ps`: prefer the -file form).
     #[arg(long, global = true, hide_env_values = true)]
     azure_access_key: Option<String>,
-    /// Azure SAS token (default: AZURE_STORAGE_SAS_TOKEN, the URI's query).
+    /// File holding an Azure SAS token (`-`: standard input; default:
+    /// AZURE_STORAGE_SAS_TOKEN, the URI's query).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "azure_sas_token"
+    )]
+    azure_sas_token_file: Option<PathBuf>,
+    /// Azure SAS token, inline (visible in `ps`: prefer the -file form).
     #[arg(long, global = true, hide_env_values = true)]
     azure_sas_token: Option<String>,
-    /// Azure connection string (default: AZURE_STORAGE_CONNECTION_STRING).
+    /// File holding an Azure connection string (`-`: standard input;
+    /// default: AZURE_STORAGE_CONNECTION_STRING).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "azure_connection_string"
+    )]
+    azure_connection_string_file: Option<PathBuf>,
+    /// Azure connection string, inline (visible in `ps`: prefer the -file form).
     #[arg(long, global = true, hide_env_values = true)]
     azure_connection_string: Option<String>,
     /// Azure blob service URL, e.g. http://127.0.0.1:10000/devstoreaccount1
@@ -92,12 +129,59 @@ struct StorageArgs {
     azure_anonymous: bool,
 }
 
+/// Secret flags whose value would show in `ps`, and their file forms.
+const INLINE_SECRETS: [(&str, &str); 6] = [
+    ("--s3-secret-access-key", "--s3-secret-access-key-file"),
+    ("--azure-access-key", "--azure-access-key-file"),
+    ("--azure-sas-token", "--azure-sas-token-file"),
+    (
+        "--azure-connection-string",
+        "--azure-connection-string-file",
+    ),
+    ("--gcs-service-account-key", "--gcs-service-account"),
+    ("--passphrase", "--passphrase-file or TENSORIZER_PASSPHRASE"),
+];
+
+/// Warns once per secret given inline on the command line.
+fn warn_inline_secrets(args: &[String]) {
+    for (flag, instead) in INLINE_SECRETS {
+        let inline = args
+            .iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+        if inline {
+            eprintln!(
+                "warning: {flag} on the command line is visible to every user of this machine \
+                 (ps, /proc); use {instead}"
+            );
+        }
+    }
+}
+
+/// A secret from a file (`-`: standard input), trailing newline removed.
+fn secret_from(path: &Path, what: &str) -> Result<String, Error> {
+    let bytes = read_file(path, what)?;
+    let text = String::from_utf8(bytes).map_err(|_| Error::Io {
+        path: path.to_path_buf(),
+        action: format!("reading the {what}"),
+        source: std::io::Error::other("not UTF-8 text"),
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
 impl StorageArgs {
-    fn options(&self) -> StorageOptions {
-        StorageOptions {
+    fn options(&self) -> Result<StorageOptions, Error> {
+        let from_file = |file: &Option<PathBuf>, inline: &Option<String>, what: &str| match file {
+            Some(path) => secret_from(path, what).map(Some),
+            None => Ok(inline.clone()),
+        };
+        Ok(StorageOptions {
             s3: S3Options {
                 access_key_id: self.s3_access_key_id.clone(),
-                secret_access_key: self.s3_secret_access_key.clone(),
+                secret_access_key: from_file(
+                    &self.s3_secret_access_key_file,
+                    &self.s3_secret_access_key,
+                    "S3 secret access key",
+                )?,
                 endpoint: self.s3_endpoint.clone(),
                 region: self.s3_region.clone(),
                 config_path: self.s3_config.clone(),
@@ -112,16 +196,28 @@ impl StorageArgs {
             },
             azure: AzureOptions {
                 account: self.azure_account.clone(),
-                access_key: self.azure_access_key.clone(),
-                sas_token: self.azure_sas_token.clone(),
-                connection_string: self.azure_connection_string.clone(),
+                access_key: from_file(
+                    &self.azure_access_key_file,
+                    &self.azure_access_key,
+                    "Azure account key",
+                )?,
+                sas_token: from_file(
+                    &self.azure_sas_token_file,
+                    &self.azure_sas_token,
+                    "Azure SAS token",
+                )?,
+                connection_string: from_file(
+                    &self.azure_connection_string_file,
+                    &self.azure_connection_string,
+                    "Azure connection string",
+                )?,
                 endpoint: self.azure_endpoint.clone(),
                 use_emulator: self.azure_use_emulator,
                 anonymous: self.azure_anonymous,
                 ..Default::default()
             },
             ..Default::default()
-        }
+        })
     }
 }
 
@@ -252,6 +348,14 @@ struct KeyArgs {
     /// The passphrase itself (prefer the environment variable to the command line).
     #[arg(long, env = "TENSORIZER_PASSPHRASE", hide_env_values = true)]
     passphrase: Option<String>,
+    /// Largest Argon2id time cost a passphrase file may ask for (default 4,
+    /// the Python library's strongest preset).
+    #[arg(long, value_name = "OPS")]
+    kdf_max_opslimit: Option<u64>,
+    /// Largest Argon2id memory a passphrase file may ask for, in bytes
+    /// (default 1 GiB, the Python library's strongest preset).
+    #[arg(long, value_name = "BYTES")]
+    kdf_max_memlimit: Option<u64>,
 }
 
 /// `--verify` of `load`.
@@ -300,12 +404,35 @@ enum Secret {
     Passphrase(Vec<u8>),
 }
 
+/// Key and passphrase files are small: at most this many bytes are read
+/// (`/dev/zero` or a model given by mistake must not fill memory). `-` is
+/// standard input.
+const MAX_SECRET_FILE: u64 = 64 << 10;
+
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::Io {
+    use std::io::Read;
+    let err = |source| Error::Io {
         path: path.to_path_buf(),
         action: format!("reading the {what}"),
         source,
-    })
+    };
+    let mut data = Vec::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .take(MAX_SECRET_FILE + 1)
+            .read_to_end(&mut data)
+            .map_err(err)?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_end(&mut data))
+            .map_err(err)?;
+    }
+    if data.len() as u64 > MAX_SECRET_FILE {
+        return Err(err(std::io::Error::other(format!(
+            "more than {MAX_SECRET_FILE} bytes: not a {what}"
+        ))));
+    }
+    Ok(data)
 }
 
 fn key_error(path: impl AsRef<Path>, e: impl std::fmt::Display) -> Error {
@@ -363,7 +490,12 @@ fn encryption(secret: Secret, strength: Strength, out: &str) -> Result<Encryptio
 
 /// Opens a path or URI.
 fn open(file: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<Deserializer, Error> {
-    let d = Deserializer::open_uri_with(file, storage)?;
+    let defaults = tensorizer::KdfLimits::default();
+    let d = Deserializer::open_uri_with(file, storage)?.kdf_limits(tensorizer::KdfLimits {
+        max_opslimit: key.kdf_max_opslimit.unwrap_or(defaults.max_opslimit),
+        max_memlimit: key.kdf_max_memlimit.unwrap_or(defaults.max_memlimit),
+        ..defaults
+    });
     match key.decryption()? {
         Some(dec) => d.decryption(dec),
         None => Ok(d),
@@ -372,7 +504,14 @@ fn open(file: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<Deseriali
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let storage = cli.storage.options();
+    warn_inline_secrets(&std::env::args().collect::<Vec<_>>());
+    let storage = match cli.storage.options() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tensorizer: {}", printable(&e.to_string()));
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Vllm { command } => return vllm::run(command, &storage),
         Command::Inspect { file, json, key } => inspect(&file, json, &key, &storage),
@@ -390,7 +529,9 @@ fn main() -> ExitCode {
             bar.finish_and_clear();
             let s = s?;
             println!(
-                "{input} -> {output}: {} tensors, {} bytes in {:.2} s",
+                "{} -> {}: {} tensors, {} bytes in {:.2} s",
+                shown(&input),
+                shown(&output),
                 s.tensors,
                 s.bytes,
                 started.elapsed().as_secs_f64()
@@ -460,6 +601,8 @@ fn main() -> ExitCode {
                 key_file: old_key_file,
                 passphrase_file: old_passphrase_file,
                 passphrase: None,
+                kdf_max_opslimit: None,
+                kdf_max_memlimit: None,
             };
             let dec = old
                 .decryption()?
@@ -491,7 +634,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tensorizer: {e}");
+            eprintln!("tensorizer: {}", printable(&e.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -551,6 +694,27 @@ fn emit(text: &str) {
     let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
+/// A path or URI as it may be printed: userinfo and query (passwords,
+/// presigned signatures, SAS tokens) redacted, control characters escaped.
+fn shown(uri: &str) -> String {
+    printable(&tensorizer::io::redact_uri(uri))
+}
+
+/// `text` safe for a terminal: control characters (escape sequences in a
+/// hostile tensor name, say) shown escaped (`\u{1b}`); line breaks of our
+/// own messages kept.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -588,30 +752,43 @@ fn report_rewrite(
 }
 
 fn keygen(path: &Path, force: bool) -> Result<ExitCode, Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
+    use tensorizer::io::{LocalSink, Sink};
     let key = EncryptionKey::random().map_err(|e| key_error(path, e))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).mode(0o600);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let io = |action: &str| {
-        let action = action.to_owned();
-        move |source| Error::Io {
-            path: path.to_path_buf(),
-            action,
+    let source_error = |action: &'static str| {
+        move |source| Error::Source {
+            action: action.into(),
             source,
         }
     };
-    let mut f = options
-        .open(path)
-        .map_err(io("creating the key file (use --force to replace one)"))?;
-    f.write_all(key.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io("writing the key"))?;
+    if force {
+        // Replaced atomically by a new file, mode 0600 from before it has a
+        // name: the old file's mode is not kept, and a link at the path is
+        // replaced, never written through.
+        let sink = LocalSink::create(path).map_err(source_error("creating the key file"))?;
+        sink.file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                action: "making the key file private".into(),
+                source,
+            })?;
+        sink.write_all_at(0, key.as_bytes())
+            .map_err(source_error("writing the key"))?;
+        Box::new(sink)
+            .commit()
+            .map_err(source_error("writing the key"))?;
+    } else {
+        tensorizer::io::create_new(
+            &path.to_string_lossy(),
+            key.as_bytes(),
+            0o600,
+            &StorageOptions::default(),
+        )
+        .map_err(source_error(
+            "creating the key file (use --force to replace one)",
+        ))?;
+    }
     println!(
         "{}: new 32-byte key written (keep it secret; without it the data is lost)",
         path.display()
@@ -630,7 +807,7 @@ fn inspect(
     if !as_json {
         let mut out = format!(
             "{}: version {}, flags {}, {} tensors, {} bytes of tensor data{}",
-            path,
+            shown(path),
             header.version.get(),
             header.flags.bits(),
             d.len(),
@@ -645,7 +822,7 @@ fn inspect(
             let h = d.read_header(i)?;
             out += &format!(
                 "\n  {:<48} {:<10} {:<16} {:<10} idx={:<5} data@{}+{}{}",
-                e.name.to_string(),
+                printable(&e.name.to_string()),
                 e.dtype.dtype().torch_name(),
                 e.shape.to_string(),
                 e.tensor_type.name(),
@@ -666,7 +843,7 @@ fn inspect(
         .verify(Verify::All)
         .on_progress(move |p: &tensorizer::Progress<'_>| callback(p));
     let header = &d.metadata().header;
-    let checks = d.check(|_| true, true);
+    let checks = d.check_strict(|_| true, true);
     bar.finish_and_clear();
     let mut tensors = Vec::with_capacity(d.len());
     let mut failed = 0;
@@ -693,6 +870,8 @@ fn inspect(
             "header_offset": e.header_offset,
             "data_offset": e.data_offset,
             "meta": e.is_meta(),
+            // What was checked: a tensor is `verified` only against these.
+            "checked": check.stored.map(|s| s.names()).unwrap_or_default(),
         });
         match &check.outcome {
             Ok(()) => rec["verified"] = true.into(),
@@ -701,7 +880,7 @@ fn inspect(
             Err(err) => {
                 rec["verified"] = false.into();
                 rec["error"] = err.to_string().into();
-                eprintln!("tensorizer: {err}");
+                eprintln!("tensorizer: {}", printable(&err.to_string()));
                 failed += 1;
             }
         }
@@ -740,7 +919,7 @@ fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCod
     let d = open(path, key, storage)?
         .verify(Verify::All)
         .on_progress(move |p: &tensorizer::Progress<'_>| callback(p));
-    let checks = d.check(|_| true, false);
+    let checks = d.check_strict(|_| true, false);
     bar.finish_and_clear();
     let mut failures = 0;
     let mut without_key = 0;
@@ -758,7 +937,7 @@ fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCod
                 failures += 1;
             }
             Err(err) => {
-                eprintln!("tensorizer: {err}");
+                eprintln!("tensorizer: {}", printable(&err.to_string()));
                 failures += 1;
             }
         }
@@ -766,21 +945,40 @@ fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCod
     if failures > 0 {
         eprintln!(
             "tensorizer: {}: {failures} of {} tensors failed verification",
-            path,
+            shown(path),
             d.len()
         );
         return Ok(ExitCode::FAILURE);
     }
     let total: u64 = checks.iter().map(|c| c.bytes).sum();
     let secs = started.elapsed().as_secs_f64();
-    let what = if d.metadata().header.has_crypt_info() {
-        "MACs and SHA-256"
-    } else {
-        "CRC-32 and SHA-256"
+    // What was actually checked, counted over the tensors.
+    let count = |f: fn(&tensorizer::StoredChecks) -> bool| {
+        checks
+            .iter()
+            .filter(|c| c.stored.as_ref().is_some_and(f))
+            .count()
     };
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (count(|s| s.macs), "MACs"),
+        (count(|s| s.crc32), "CRC-32"),
+        (count(|s| s.sha256), "SHA-256"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{what}: {n}"));
+        }
+    }
+    let meta = count(|s| !s.has_data);
+    if meta > 0 {
+        parts.push(format!(
+            "{meta} without data (meta or empty: nothing to check)"
+        ));
+    }
+    let what = parts.join(", ");
     println!(
         "{}: {} tensors OK ({what}), {} bytes in {secs:.2} s ({:.2} GiB/s)",
-        path,
+        shown(path),
         d.len(),
         total,
         total as f64 / secs / (1u64 << 30) as f64
@@ -809,7 +1007,8 @@ fn load(
     let tensors = tensors?;
     let bytes: u64 = tensors.iter().map(|t| t.as_bytes().len() as u64).sum();
     println!(
-        "{path}: {} tensors, {bytes} bytes in {secs:.3} s ({:.2} GiB/s; open {:.3} s; verify {})",
+        "{}: {} tensors, {bytes} bytes in {secs:.3} s ({:.2} GiB/s; open {:.3} s; verify {})",
+        shown(path),
         tensors.len(),
         bytes as f64 / secs / (1u64 << 30) as f64,
         opened,

@@ -209,11 +209,11 @@ fn serialize_cmd(args: SerializeArgs, storage: &StorageOptions) -> Result<(), Vl
     }
     let bytes: u64 = report.files.iter().map(|(_, b)| b).sum();
     for (uri, size) in &report.files {
-        println!("  {uri} ({size} bytes)");
+        println!("  {} ({size} bytes)", tensorizer::io::redact_uri(uri));
     }
     println!(
         "serialized {} ({} layout{}, suffix {}) in {secs:.2} s, {:.2} GiB/s",
-        report.directory,
+        tensorizer::io::redact_uri(&report.directory),
         match report.layout {
             Layout::Vllm => "vllm",
             Layout::Hf => "hf",
@@ -291,7 +291,7 @@ fn deserialize_cmd(args: DeserializeArgs, storage: &StorageOptions) -> Result<()
         println!(
             "rank {}: {}: {} tensors, {} bytes in {:.3} s ({:.2} GiB/s)",
             r.rank,
-            r.uri,
+            tensorizer::io::redact_uri(&r.uri),
             r.tensors,
             r.bytes,
             r.seconds,

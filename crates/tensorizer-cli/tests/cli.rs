@@ -49,7 +49,10 @@ fn inspect_json_matches_the_oracle_manifest() {
         // hashes checked.
         for t in doc["tensors"].as_array_mut().unwrap() {
             assert_eq!(t["verified"], true, "{t}");
+            // Against what: every fixture stores both hashes.
+            assert_eq!(t["checked"], serde_json::json!(["crc32", "sha256"]), "{t}");
             t.as_object_mut().unwrap().remove("verified");
+            t.as_object_mut().unwrap().remove("checked");
         }
         assert_eq!(doc["tensors"], f["tensors"], "{}", file.display());
         checked += 1;
@@ -219,4 +222,176 @@ fn convert_refuses_dtypes_safetensors_lacks_and_keeps_the_old_output() {
         stderr(&out)
     );
     assert_eq!(std::fs::read(&out_path).unwrap(), b"previous contents");
+}
+
+/// A tensor name carrying a terminal escape sequence is shown escaped:
+/// `inspect` must not let a file drive the user's terminal.
+#[test]
+fn inspect_escapes_control_characters_in_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("evil.tensors");
+    let mut s = Serializer::new();
+    s.write_state_dict([(
+        "w\x1b]0;pwned\x07\x1b[2J",
+        TensorData::from_slice(&[1], &[1.0f32]).unwrap(),
+    )])
+    .unwrap();
+    s.write_to_file(&path).unwrap();
+    let out = run(&[std::ffi::OsStr::new("inspect"), path.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    assert!(text.contains("w\\u{1b}]0;pwned\\u{7}\\u{1b}[2J"), "{text}");
+}
+
+/// `verify` says what it checked, and fails what it could not: a file
+/// without stored hashes and a flipped data byte used to be "1 tensors OK
+/// (CRC-32 and SHA-256)".
+#[test]
+fn verify_fails_a_tensor_without_stored_hashes() {
+    use tensorizer::format::{HashKind, TensorHeader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nohash.tensors");
+    let mut s = Serializer::new();
+    s.write_state_dict([(
+        "w",
+        TensorData::from_slice(&[4], &[1.0f32, 2.0, 3.0, 4.0]).unwrap(),
+    )])
+    .unwrap();
+    s.write_to_file(&path).unwrap();
+    let ok = run_str(&["verify", path.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let said = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        said.contains("CRC-32: 1") && said.contains("SHA-256: 1"),
+        "{said}"
+    );
+
+    // Rewrite the file with the tensor's hashes stripped (its header
+    // shrinks, so the index moves its data offset), then flip a data byte.
+    let d = Deserializer::open(&path).unwrap();
+    let mut meta = d.metadata().clone();
+    let entry = meta.entries[0].clone();
+    let bytes = std::fs::read(&path).unwrap();
+    let header = &bytes[entry.header_offset as usize..entry.data_offset as usize];
+    let mut stripped = TensorHeader::parse(header, entry.wide_dims, false).unwrap();
+    assert!(stripped.stored_hash(HashKind::Sha256).is_some());
+    stripped.hashes.clear();
+    let encoded = stripped.encode().unwrap();
+    meta.entries[0].data_offset = entry.header_offset + encoded.len() as u64;
+    let mut out = meta.encode().unwrap();
+    assert_eq!(out.len() as u64, entry.header_offset);
+    out.extend_from_slice(&encoded);
+    let mut data = bytes
+        [entry.data_offset as usize..(entry.data_offset + entry.data_length) as usize]
+        .to_vec();
+    data[0] ^= 0x40;
+    out.extend_from_slice(&data);
+    out.extend_from_slice(&tensorizer::format::TERMINATOR);
+    std::fs::write(&path, &out).unwrap();
+    drop(d);
+    let bad = run_str(&["verify", path.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("no stored hash"), "{}", stderr(&bad));
+    let json = run_str(&["inspect", "--json", path.to_str().unwrap()]);
+    let doc: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["tensors"][0]["verified"], false);
+    assert_eq!(doc["tensors"][0]["checked"], serde_json::json!([]));
+}
+
+/// An "encrypted" file whose tensors carry no data (turned into meta
+/// tensors, say) authenticates nothing: `verify` with any key used to say
+/// "OK (MACs and SHA-256)".
+#[test]
+fn verify_fails_an_encrypted_file_that_authenticates_nothing() {
+    use tensorizer::{Encryption, EncryptionKey};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hollow.tensors");
+    let key = dir.path().join("any.key");
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    let mut s = Serializer::new();
+    s.write_state_dict([
+        ("a", TensorData::meta(Dtype::F32, &[1024])),
+        ("b", TensorData::meta(Dtype::F16, &[8, 8])),
+    ])
+    .unwrap();
+    s.encryption(Encryption::with_key(EncryptionKey::from_bytes([1; 32])));
+    s.write_to_file(&path).unwrap();
+    let out = run_str(&[
+        "verify",
+        path.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr(&out).contains("carries a MAC"), "{}", stderr(&out));
+}
+
+/// Secrets go in files (or standard input), not on the command line: the
+/// inline forms still work but warn that `ps` shows them.
+#[test]
+fn secrets_come_from_files_and_inline_ones_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.tensors");
+    write_sample(&path);
+    let secret = dir.path().join("s3.secret");
+    std::fs::write(&secret, "not-a-real-secret\n").unwrap();
+    let quiet = run_str(&[
+        "verify",
+        path.to_str().unwrap(),
+        "--s3-secret-access-key-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(quiet.status.success(), "{}", stderr(&quiet));
+    assert!(!stderr(&quiet).contains("warning"), "{}", stderr(&quiet));
+    let loud = run_str(&[
+        "verify",
+        path.to_str().unwrap(),
+        "--s3-secret-access-key",
+        "inline-secret",
+    ]);
+    assert!(loud.status.success(), "{}", stderr(&loud));
+    let said = stderr(&loud);
+    assert!(
+        said.contains("--s3-secret-access-key on the command line is visible"),
+        "{said}"
+    );
+    assert!(!said.contains("inline-secret"), "{said}");
+    // A key file from standard input.
+    let key = dir.path().join("k");
+    std::fs::write(&key, [5u8; 32]).unwrap();
+    let enc = dir.path().join("e.tensors");
+    assert!(
+        run_str(&[
+            "encrypt",
+            path.to_str().unwrap(),
+            enc.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tensorizer"))
+        .args(["verify", enc.to_str().unwrap(), "--key-file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&[5u8; 32]).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -102,3 +102,29 @@ fn failed_open_leaves_ciphertext_not_plaintext() {
         assert_eq!(data, ciphertext);
     }
 }
+
+/// Safe code may name any backend: one the CPU lacks falls back to the
+/// fastest it has (never runs AVX-512 instructions on a CPU without them),
+/// and the keystream is the same.
+#[test]
+fn every_backend_named_runs_on_this_cpu() {
+    let available = Backend::available();
+    let mut expected = vec![0u8; 1000];
+    salsa20_xor(Backend::Portable, &[7; 32], &[1; 8], 3, &mut expected);
+    for named in [Backend::Portable, Backend::Avx2, Backend::Avx512] {
+        let runs = named.usable();
+        assert!(
+            available.contains(&runs),
+            "{} -> {}",
+            named.name(),
+            runs.name()
+        );
+        assert!(
+            runs as u8 <= named as u8,
+            "never a faster, unsupported kernel"
+        );
+        let mut got = vec![0u8; 1000];
+        salsa20_xor(named, &[7; 32], &[1; 8], 3, &mut got);
+        assert_eq!(got, expected, "{}", named.name());
+    }
+}

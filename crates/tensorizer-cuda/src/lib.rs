@@ -67,6 +67,42 @@ pub enum CudaError {
         /// Staging buffer size.
         staging: u64,
     },
+    /// The tensors do not fit one device arena: their sizes, aligned and
+    /// added up, pass the address space.
+    #[error(
+        "the device arena overflows at tensor {index} ({size} bytes): the sizes add up past {max} bytes"
+    )]
+    LayoutOverflow {
+        /// Position of the tensor that overflowed.
+        index: usize,
+        /// Its size.
+        size: u64,
+        /// The largest arena this machine can address.
+        max: u64,
+    },
+    /// A copy that would land outside its device buffer.
+    #[error("a copy of {len} bytes at offset {offset} lies outside a {buffer}-byte device buffer")]
+    OutOfBounds {
+        /// Byte offset in the buffer.
+        offset: u64,
+        /// Bytes to copy.
+        len: u64,
+        /// The buffer's size.
+        buffer: u64,
+    },
+}
+
+/// `Ok` when `offset .. offset + len` lies inside a buffer of `buffer`
+/// bytes (computed without wrapping).
+fn check_bounds(offset: usize, len: usize, buffer: usize) -> Result<(), CudaError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= buffer => Ok(()),
+        _ => Err(CudaError::OutOfBounds {
+            offset: offset as u64,
+            len: len as u64,
+            buffer: buffer as u64,
+        }),
+    }
 }
 
 fn driver(action: &str) -> impl FnOnce(DriverError) -> CudaError + '_ {
@@ -185,10 +221,7 @@ impl Gpu {
         offset: usize,
     ) -> Result<(), CudaError> {
         let len = staging.len;
-        assert!(
-            offset + len <= dst.len,
-            "upload past the end of the device buffer"
-        );
+        check_bounds(offset, len, dst.len)?;
         let stream = &self.streams[self.next.fetch_add(1, Ordering::Relaxed) % self.streams.len()];
         self.ctx
             .bind_to_thread()
@@ -200,7 +233,7 @@ impl Gpu {
             .expect("a staging buffer owns its slot until dropped");
         // SAFETY: the source is pinned memory owned by the slot, which is not
         // handed out again before `slot.done` (recorded next) has completed;
-        // the destination range lies inside the allocation (asserted above).
+        // the destination range lies inside the allocation (checked above).
         unsafe {
             cudarc::driver::result::memcpy_htod_async(
                 base + offset as u64,
@@ -255,10 +288,7 @@ impl DeviceBuffer {
     /// Copies `len` bytes at `offset` back to host memory (waits for
     /// pending uploads first).
     pub fn copy_to_host(&mut self, offset: usize, out: &mut [u8]) -> Result<(), CudaError> {
-        assert!(
-            offset + out.len() <= self.len,
-            "copy past the end of the device buffer"
-        );
+        check_bounds(offset, out.len(), self.len)?;
         self.gpu.synchronize()?;
         if out.is_empty() {
             return Ok(());
@@ -419,15 +449,26 @@ impl Drop for Staging {
 
 /// Byte offsets of tensors of `sizes` in one arena, each aligned to
 /// [`DEVICE_ALIGNMENT`]; returns (offsets, arena size).
-pub fn arena_layout(sizes: &[usize]) -> (Vec<usize>, usize) {
+pub fn arena_layout(sizes: &[usize]) -> Result<(Vec<usize>, usize), CudaError> {
     let mut offsets = Vec::with_capacity(sizes.len());
     let mut end = 0usize;
-    for &size in sizes {
-        let at = end.div_ceil(DEVICE_ALIGNMENT) * DEVICE_ALIGNMENT;
+    for (index, &size) in sizes.iter().enumerate() {
+        // A hostile file's sizes must not wrap around to small offsets:
+        // every step is checked.
+        let next = end
+            .checked_next_multiple_of(DEVICE_ALIGNMENT)
+            .and_then(|at| at.checked_add(size).map(|end| (at, end)));
+        let Some((at, next_end)) = next else {
+            return Err(CudaError::LayoutOverflow {
+                index,
+                size: size as u64,
+                max: usize::MAX as u64,
+            });
+        };
         offsets.push(at);
-        end = at + size;
+        end = next_end;
     }
-    (offsets, end)
+    Ok((offsets, end))
 }
 
 #[cfg(test)]
@@ -436,10 +477,35 @@ mod tests {
 
     #[test]
     fn arena_offsets_are_aligned_and_disjoint() {
-        let (offsets, total) = arena_layout(&[10, 0, 256, 1, 1000]);
+        let (offsets, total) = arena_layout(&[10, 0, 256, 1, 1000]).unwrap();
         assert_eq!(offsets, [0, 256, 256, 512, 768]);
         assert_eq!(total, 1768);
         assert!(offsets.iter().all(|o| o % DEVICE_ALIGNMENT == 0));
+    }
+
+    #[test]
+    fn hostile_sizes_overflow_the_layout_instead_of_wrapping() {
+        // A meta tensor claiming 2^64 - 2^20 bytes, then a 2 MiB tensor:
+        // unchecked, the second offset wrapped to 1 MiB before the arena.
+        let err = arena_layout(&[usize::MAX - (1 << 20) + 1, 2 << 20]).unwrap_err();
+        assert!(
+            matches!(err, CudaError::LayoutOverflow { index: 1, .. }),
+            "{err}"
+        );
+        assert!(arena_layout(&[usize::MAX]).is_ok());
+        assert!(arena_layout(&[usize::MAX, 0]).is_err());
+    }
+
+    #[test]
+    fn bounds_are_checked_without_wrapping() {
+        assert!(check_bounds(0, 10, 10).is_ok());
+        assert!(check_bounds(1, 10, 10).is_err());
+        assert!(check_bounds(usize::MAX - 5, 10, 100).is_err());
+        let err = check_bounds(usize::MAX, 1, 100).unwrap_err();
+        assert!(
+            err.to_string().contains("outside a 100-byte device buffer"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -44,6 +44,16 @@ pub enum FormatError {
         /// The most entries of minimal size that fit.
         max: u64,
     },
+    /// An index larger than any real file's: refused before it is read.
+    #[error(
+        "the metadata index claims {index_len} bytes, more than the {max} a reader accepts (a 1-million-tensor model needs about 100 MB)"
+    )]
+    IndexTooLarge {
+        /// The `metadata_len` field.
+        index_len: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A tagged (v5) index entry with a tag other than 1 or 5.
     #[error("index entry {entry}: metadata version {tag} is not supported (expected 1 or 5)")]
     UnsupportedEntryVersion {

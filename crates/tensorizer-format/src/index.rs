@@ -7,6 +7,11 @@ use crate::error::{FormatError, Result};
 use crate::file_header::{FileHeader, INDEX_OFFSET};
 use crate::path::{TensorPath, check_paths_distinct};
 
+/// The largest metadata index (`metadata_len`) a reader accepts: the
+/// prologue is read whole before anything else, so its size, which the
+/// file (or a server lying about the file) states, must be bounded.
+pub const MAX_INDEX_LEN: u64 = 256 << 20;
+
 /// How the Python library classifies a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -349,6 +354,12 @@ impl Metadata {
         let mut c = Cursor::new(first_bytes, "index length");
         c.take(crate::file_header::FILE_HEADER_LEN)?;
         let index_len = c.u64()?;
+        if index_len > MAX_INDEX_LEN {
+            return Err(FormatError::IndexTooLarge {
+                index_len,
+                max: MAX_INDEX_LEN,
+            });
+        }
         INDEX_OFFSET
             .checked_add(index_len)
             .ok_or(FormatError::Truncated {

@@ -24,7 +24,7 @@ pub use file_header::{
     FILE_HEADER_LEN, FeatureFlags, FileHeader, FormatVersion, INDEX_OFFSET, MAGIC,
 };
 pub use hash::{HashKind, StoredHash, TensorHasher};
-pub use index::{IndexEntry, Metadata, Shape, TensorName, TensorType};
+pub use index::{IndexEntry, MAX_INDEX_LEN, Metadata, Shape, TensorName, TensorType};
 pub use path::{PathComponent, STRUCTURED_NAME_MARKER, TensorPath, check_paths_distinct};
 pub use plan::{FilePlan, PYTHON_INDEX_LEN, PlanOptions, RecordSpec, TERMINATOR};
 pub use tensor_header::{MIN_HEADER_LEN, TensorHeader};

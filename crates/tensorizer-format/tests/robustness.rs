@@ -59,9 +59,15 @@ fn huge_tensor_count_fails_before_allocating() {
     bytes[57..65].copy_from_slice(&(1u64 << 60).to_le_bytes());
     let err = Metadata::parse(&bytes).unwrap_err();
     assert!(matches!(err, FormatError::TooManyTensors { .. }), "{err}");
-    // metadata_len claiming 2^63 bytes: truncation, not an allocation.
+    // metadata_len claiming 2^63 bytes: refused by its bound, before any
+    // read or allocation.
     let mut bytes = fixture("spec/v1_plain.tensors");
     bytes[65..73].copy_from_slice(&(1u64 << 63).to_le_bytes());
+    let err = Metadata::parse(&bytes).unwrap_err();
+    assert!(matches!(err, FormatError::IndexTooLarge { .. }), "{err}");
+    // Within the bound but past the bytes given: truncation.
+    let mut bytes = fixture("spec/v1_plain.tensors");
+    bytes[65..73].copy_from_slice(&(1u64 << 20).to_le_bytes());
     let err = Metadata::parse(&bytes).unwrap_err();
     assert!(matches!(err, FormatError::Truncated { .. }), "{err}");
 }

@@ -1,5 +1,6 @@
-//! The one error type of this crate: every error names the URI, and for
-//! reads the byte range and how many attempts were made.
+//! The one error type of this crate: every error names the URI (userinfo
+//! and query redacted, whatever a caller put in the field), and for reads
+//! the byte range and how many attempts were made.
 
 use thiserror::Error;
 
@@ -8,7 +9,7 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum IoError {
     /// The local operating system refused.
-    #[error("{uri}: {action}: {source}")]
+    #[error("{}: {action}: {source}", crate::uri::redact(uri))]
     Local {
         /// The file.
         uri: String,
@@ -19,7 +20,7 @@ pub enum IoError {
         source: std::io::Error,
     },
     /// A remote read failed for good (after retries where retrying made sense).
-    #[error("{uri}: bytes {start}..{end}: {message} (gave up after {attempts} attempt{})", if *attempts == 1 { "" } else { "s" })]
+    #[error("{}: bytes {start}..{end}: {message} (gave up after {attempts} attempt{})", crate::uri::redact(uri),if *attempts == 1 { "" } else { "s" })]
     Remote {
         /// The URI.
         uri: String,
@@ -35,7 +36,7 @@ pub enum IoError {
         status: Option<u16>,
     },
     /// A server answered something that cannot be right (bad Content-Range, ...).
-    #[error("{uri}: {message}")]
+    #[error("{}: {message}", crate::uri::redact(uri))]
     Protocol {
         /// The URI.
         uri: String,
@@ -43,7 +44,10 @@ pub enum IoError {
         message: String,
     },
     /// A read past the end of the source.
-    #[error("{uri}: bytes {start}..{end} lie beyond the end ({len} bytes)")]
+    #[error(
+        "{}: bytes {start}..{end} lie beyond the end ({len} bytes)",
+        crate::uri::redact(uri)
+    )]
     OutOfRange {
         /// The URI.
         uri: String,
@@ -54,8 +58,19 @@ pub enum IoError {
         /// Size of the source.
         len: u64,
     },
+    /// A buffer the source's sizes call for could not be allocated.
+    #[error(
+        "{}: cannot allocate {bytes} bytes for a read (the size the source states)",
+        crate::uri::redact(uri)
+    )]
+    OutOfMemory {
+        /// The URI.
+        uri: String,
+        /// Bytes asked for.
+        bytes: u64,
+    },
     /// The URI's scheme needs a cargo feature this build lacks, or is unknown.
-    #[error("{uri}: {message}")]
+    #[error("{}: {message}", crate::uri::redact(uri))]
     Unsupported {
         /// The URI.
         uri: String,

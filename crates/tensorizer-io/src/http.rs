@@ -3,26 +3,57 @@
 //!
 //! A broken body is resumed from the last byte received; connection errors,
 //! 5xx and 429 are retried with backoff; other 4xx fail at once. A server
-//! that ignores `Range` is detected (never mis-read) and read sequentially,
-//! with a warning.
+//! that ignores `Range` is detected (never mis-read) and its body streamed
+//! once, in order, each read continuing where the last stopped (a read
+//! behind the stream starts it again), with a warning: reading it range by
+//! range would download the object once per read.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
 use reqwest::{Client, Response, StatusCode};
+use tokio::sync::mpsc::Receiver;
 
 use crate::error::{IoError, Result};
 use crate::runtime::{block, runtime};
 use crate::{RangeSource, ReadHints, RetryPolicy};
 
 /// An object behind an `http://` or `https://` URL.
-#[derive(Debug)]
 pub struct HttpSource {
+    /// The URL, credentials and query redacted: what messages show.
     uri: String,
+    /// The URL requests go to.
+    url: String,
+    /// For a server that ignores `Range`: the one body being read, and how
+    /// many GETs were made for it.
+    sequential: Mutex<Sequential>,
     client: Client,
     len: u64,
     ranges: bool,
     policy: RetryPolicy,
+}
+
+/// The whole-object body of a server that ignores `Range`, read in order.
+#[derive(Default)]
+struct Sequential {
+    body: Option<Receiver<std::result::Result<bytes::Bytes, Failure>>>,
+    /// Offset of the next byte the body yields.
+    at: u64,
+    /// Bytes received but not yet handed out.
+    pending: bytes::Bytes,
+    gets: u64,
+}
+
+/// The URL with credentials and query redacted.
+impl std::fmt::Debug for HttpSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSource")
+            .field("uri", &crate::uri::redact(&self.uri))
+            .field("len", &self.len)
+            .field("ranges", &self.ranges)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One failed attempt.
@@ -69,18 +100,18 @@ impl HttpSource {
     /// Opens `uri`: one ranged request learns the size and whether the
     /// server honours `Range`.
     pub fn open(uri: &str, policy: RetryPolicy) -> Result<Self> {
-        let client = Client::builder()
-            .connect_timeout(policy.connect_timeout)
-            .timeout(policy.request_timeout)
-            .pool_max_idle_per_host(64)
-            .user_agent(concat!("tensorizer-rs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| IoError::Protocol {
-                uri: uri.to_owned(),
-                message: format!("cannot build an HTTP client: {e}"),
-            })?;
+        let shown = crate::uri::redact(uri);
+        let client =
+            crate::net::client_builder(&policy)
+                .build()
+                .map_err(|e| IoError::Protocol {
+                    uri: shown.clone(),
+                    message: format!("cannot build an HTTP client: {e}"),
+                })?;
         let mut me = Self {
-            uri: uri.to_owned(),
+            uri: shown,
+            url: uri.to_owned(),
+            sequential: Mutex::default(),
             client,
             len: 0,
             ranges: true,
@@ -101,7 +132,7 @@ impl HttpSource {
     }
 
     fn probe(&mut self) -> Result<(), Failure> {
-        let request = self.client.get(&self.uri).header(RANGE, "bytes=0-0");
+        let request = self.client.get(&self.url).header(RANGE, "bytes=0-0");
         let resp = block(async move { request.send().await }, &self.uri)
             .map_err(|e| Failure::protocol(e.to_string()))?
             .map_err(Failure::transport)?;
@@ -116,7 +147,7 @@ impl HttpSource {
                     Failure::protocol("server ignores Range and sends no Content-Length".into())
                 })?;
                 self.ranges = false;
-                tracing::warn!(uri = %self.uri, "server ignores Range requests: reading sequentially, which is slow");
+                tracing::warn!(uri = %self.uri, "server ignores Range requests: streaming the object once, in order");
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 // An empty object: "Content-Range: bytes */0".
@@ -130,6 +161,100 @@ impl HttpSource {
     /// True when the server honours `Range` requests.
     pub fn supports_ranges(&self) -> bool {
         self.ranges
+    }
+
+    /// GETs of the whole object made so far for a server that ignores
+    /// `Range` (one, plus one per read behind the stream).
+    pub fn whole_object_requests(&self) -> u64 {
+        self.sequential.lock().map_or(0, |s| s.gets)
+    }
+
+    /// Starts streaming the whole object (status checked) into a channel.
+    fn start_body(
+        &self,
+    ) -> std::result::Result<Receiver<std::result::Result<bytes::Bytes, Failure>>, Failure> {
+        let request = self.client.get(&self.url);
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<bytes::Bytes, Failure>>(64);
+        let runtime = runtime().map_err(|e| Failure::protocol(e.to_string()))?;
+        runtime.spawn(async move {
+            let mut resp = match request.send().await {
+                Ok(r) if r.status() == StatusCode::OK => r,
+                Ok(r) => {
+                    let _ = tx.send(Err(Failure::status(r.status()))).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Failure::transport(e))).await;
+                    return;
+                }
+            };
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(c)) => {
+                        if tx.send(Ok(c)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(Failure::transport(e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// `start..start + dst.len()` from the in-order body, restarting it
+    /// when the read lies behind it. Returns the bytes delivered.
+    fn fetch_sequential(&self, start: u64, dst: &mut [u8]) -> (usize, Option<Failure>) {
+        let mut s = self.sequential.lock().unwrap_or_else(|e| e.into_inner());
+        if s.body.is_none() || s.at > start {
+            match self.start_body() {
+                Ok(rx) => {
+                    s.body = Some(rx);
+                    s.at = 0;
+                    s.pending = bytes::Bytes::new();
+                    s.gets += 1;
+                }
+                Err(f) => return (0, Some(f)),
+            }
+        }
+        let mut got = 0;
+        while got < dst.len() {
+            if s.pending.is_empty() {
+                let Some(rx) = s.body.as_mut() else {
+                    return (got, Some(Failure::transport("no body")));
+                };
+                match crate::runtime::wait_on(rx.recv()) {
+                    Some(Ok(chunk)) => s.pending = chunk,
+                    Some(Err(f)) => {
+                        s.body = None;
+                        return (got, Some(f));
+                    }
+                    None => {
+                        s.body = None;
+                        let msg = format!("the body ended at byte {}", s.at);
+                        return (got, Some(Failure::transport(msg)));
+                    }
+                }
+            }
+            let want = start + got as u64;
+            // Skip what lies before the read, then copy.
+            let skip = (want - s.at).min(s.pending.len() as u64) as usize;
+            if skip > 0 {
+                s.pending = s.pending.slice(skip..);
+                s.at += skip as u64;
+                continue;
+            }
+            let n = s.pending.len().min(dst.len() - got);
+            dst[got..got + n].copy_from_slice(&s.pending[..n]);
+            s.pending = s.pending.slice(n..);
+            s.at += n as u64;
+            got += n;
+        }
+        (got, None)
     }
 
     fn remote_error(&self, start: u64, end: u64, f: Failure, attempts: u32) -> IoError {
@@ -149,11 +274,14 @@ impl HttpSource {
     /// runtime and its body arrives chunk by chunk on a channel, copied
     /// into `dst` here. Returns the bytes received before any failure.
     fn fetch(&self, start: u64, dst: &mut [u8]) -> (usize, Option<Failure>) {
-        let end = start + dst.len() as u64;
-        let mut request = self.client.get(&self.uri);
-        if self.ranges {
-            request = request.header(RANGE, format!("bytes={start}-{}", end - 1));
+        if !self.ranges {
+            return self.fetch_sequential(start, dst);
         }
+        let end = start + dst.len() as u64;
+        let request = self
+            .client
+            .get(&self.url)
+            .header(RANGE, format!("bytes={start}-{}", end - 1));
         let ranges = self.ranges;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Failure>>(64);
         let runtime = match runtime() {

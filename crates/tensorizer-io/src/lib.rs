@@ -14,12 +14,15 @@ pub mod gcs;
 mod http;
 mod layout;
 mod local;
+#[cfg(any(feature = "http", feature = "object-store"))]
+mod net;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod retry;
 #[cfg(any(feature = "http", feature = "object-store"))]
 mod runtime;
 pub mod s3;
+mod uri;
 
 use std::path::Path;
 
@@ -37,6 +40,7 @@ pub use local::{LocalFile, LocalSink};
 pub use redis::{RedisSink, RedisSource};
 pub use retry::RetryPolicy;
 pub use s3::{Addressing, S3Config, S3Options};
+pub use uri::redact as redact_uri;
 
 /// How to reach remote storage: retries and timeouts for every remote
 /// source, and each object store's credentials and endpoint (looked up in
@@ -106,7 +110,14 @@ pub trait RangeSource: Send + Sync + std::fmt::Debug {
     /// the end before allocating.
     fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         let n = self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX))?;
-        let mut buf = vec![0u8; n];
+        // The size comes from the source (a server's Content-Range, say):
+        // an allocation the machine cannot make is an error, not an abort.
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(n).map_err(|_| IoError::OutOfMemory {
+            uri: self.uri().to_owned(),
+            bytes: n as u64,
+        })?;
+        buf.resize(n, 0);
         self.read_exact_at(offset, &mut buf)?;
         Ok(buf)
     }
@@ -222,6 +233,36 @@ pub fn create_sink(uri: &str, options: &StorageOptions) -> Result<Box<dyn Sink>>
             #[cfg(not(feature = "redis"))]
             return Err(feature_off(uri, "redis"));
         }
+    }
+}
+
+/// Writes `data` as a new object at `uri`, failing if one exists: a local
+/// file is linked into place with `linkat`, which fails with `EEXIST` (so
+/// of two racing writers exactly one wins, and nothing is ever replaced),
+/// with permissions `mode` from before it has a name; S3, GCS and Azure
+/// objects are a create-only put (`If-None-Match: *`). For key files.
+pub fn create_new(uri: &str, data: &[u8], mode: u32, options: &StorageOptions) -> Result<()> {
+    let _ = options;
+    match Backend::of(uri)? {
+        Backend::Local(path) => {
+            use std::os::unix::fs::PermissionsExt;
+            let sink = LocalSink::create(path)?;
+            sink.file()
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|source| IoError::Local {
+                    uri: uri.to_owned(),
+                    action: "setting permissions".into(),
+                    source,
+                })?;
+            sink.write_all_at(0, data)?;
+            sink.commit_new()
+        }
+        #[cfg(feature = "object-store")]
+        Backend::Object => cloud::create_new(uri, data, options),
+        Backend::Http | Backend::Redis => Err(IoError::Unsupported {
+            uri: uri.to_owned(),
+            message: "only files and S3, GCS or Azure objects can be created exclusively".into(),
+        }),
     }
 }
 

@@ -111,6 +111,17 @@ impl LocalSink {
     /// Starts writing `dest`.
     pub fn create(dest: &Path) -> Result<Self> {
         let uri = dest.display().to_string();
+        // A name the filesystem will refuse fails now, not after the write.
+        if dest
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().len() > NAME_MAX)
+        {
+            return Err(IoError::Local {
+                uri,
+                action: "naming the file".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENAMETOOLONG),
+            });
+        }
         let dir = parent_dir(dest);
         let staging = match open_unnamed(&dir) {
             Ok(file) => Staging::Unnamed(file),
@@ -136,6 +147,17 @@ impl LocalSink {
                 });
             }
         };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            staging
+                .file()
+                .set_permissions(std::fs::Permissions::from_mode(mode_for(dest)))
+                .map_err(|source| IoError::Local {
+                    uri: uri.clone(),
+                    action: "setting the new file's mode".into(),
+                    source,
+                })?;
+        }
         Ok(Self {
             uri,
             dest: dest.to_path_buf(),
@@ -178,7 +200,40 @@ fn temp_prefix(dest: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    format!(".{name}.")
+    // Short enough that prefix + random suffix + ".tmp" fits NAME_MAX
+    // whatever the destination's name.
+    let mut cut = name.len().min(180);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}.", &name[..cut])
+}
+
+/// Longest file name most filesystems take (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// The mode a new file gets: an existing destination's (so replacing a
+/// 0640 file keeps it 0640), else what `open(2)` gives, 0666 less the
+/// umask. One rule for the unnamed and the named temporary file.
+fn mode_for(dest: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(dest) {
+        return meta.permissions().mode() & 0o7777;
+    }
+    0o666 & !umask()
+}
+
+/// The process's umask, read without changing it (`/proc/self/status`;
+/// 022 where that is unavailable).
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 /// An unnamed regular file in `dir`, created as `open(2)` creates files
@@ -278,6 +333,40 @@ fn link_into_place(file: &File, dest: &Path) -> std::io::Result<()> {
         }
     }
     unreachable!("the loop returns")
+}
+
+impl LocalSink {
+    /// Commits under the name only if nothing has it yet: the bytes are
+    /// flushed, then linked in with `linkat` (or `link` for a named
+    /// temporary file), which fails with `EEXIST` instead of replacing, so
+    /// of two writers racing for one name exactly one wins. For files that
+    /// must never be replaced, like keys.
+    pub fn commit_new(self) -> Result<()> {
+        self.file()
+            .sync_all()
+            .map_err(self.err("flushing to disk"))?;
+        let Self { uri, dest, staging } = self;
+        let linked = match staging {
+            Staging::Unnamed(file) => link_unnamed(&file, &dest),
+            Staging::Named(temp) => temp.persist_noclobber(&dest).map(drop).map_err(|e| e.error),
+        };
+        linked.map_err(|source| IoError::Local {
+            uri: uri.clone(),
+            action: if source.kind() == std::io::ErrorKind::AlreadyExists {
+                "creating (it already exists and is never replaced)".into()
+            } else {
+                "linking into place".into()
+            },
+            source,
+        })?;
+        File::open(parent_dir(&dest))
+            .and_then(|d| d.sync_all())
+            .map_err(|source| IoError::Local {
+                uri,
+                action: "flushing the directory".into(),
+                source,
+            })
+    }
 }
 
 impl Sink for LocalSink {

@@ -35,12 +35,59 @@ pub const MAX_VALUE: u64 = 256 << 20;
 pub const STAGING_TTL_SECONDS: u64 = 24 * 3600;
 /// Largest `GETRANGE` answer asked for at once.
 const MAX_GET: u64 = 16 << 20;
+/// Most keys one prefix may hold (a 100 000-tensor model has 200 001).
+const MAX_SCAN_KEYS: usize = 4_000_000;
+/// Most `SCAN` round trips for one listing.
+const MAX_SCAN_ROUNDS: usize = 100_000;
+/// Largest `{prefix}:header:0` read to find an old file's keys.
+const MAX_PROLOGUE: u64 = MAX_VALUE;
 
-/// `redis://host[:port]/prefix` → (`redis://host:port/0`, prefix).
-pub fn parse_redis_uri(uri: &str) -> Result<(String, String)> {
+/// Where a Redis-stored file lives: the server (with its credentials, for
+/// every connection) and the key prefix.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisAddress {
+    /// `host:port`.
+    pub host_port: String,
+    /// `AUTH` user name (Redis 6 ACLs), if any.
+    pub username: Option<String>,
+    /// `AUTH` password, if any.
+    pub password: Option<String>,
+    /// The key prefix.
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAddress")
+            .field("host_port", &self.host_port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisAddress {
+    /// The redis-rs URL (database 0, credentials included).
+    fn client_url(&self) -> String {
+        let enc = |s: &str| crate::uri::percent_encode_userinfo(s);
+        let auth = match (&self.username, &self.password) {
+            (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
+            (None, Some(p)) => format!(":{}@", enc(p)),
+            (Some(u), None) => format!("{}@", enc(u)),
+            (None, None) => String::new(),
+        };
+        format!("redis://{auth}{}/0", self.host_port)
+    }
+}
+
+/// Parses `redis://[[user]:password@]host[:port]/prefix`.
+pub fn parse_redis_uri(uri: &str) -> Result<RedisAddress> {
     let bad = |why: &str| IoError::Unsupported {
-        uri: uri.to_owned(),
-        message: format!("not a Redis URI ({why}); expected redis://host[:port]/prefix"),
+        uri: crate::uri::redact(uri),
+        message: format!(
+            "not a Redis URI ({why}); expected redis://[[user]:password@]host[:port]/prefix"
+        ),
     };
     let rest = uri
         .split_once("://")
@@ -49,12 +96,26 @@ pub fn parse_redis_uri(uri: &str) -> Result<(String, String)> {
         .1;
     let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let prefix = prefix.trim_start_matches('/');
+    let (userinfo, authority) = match authority.rsplit_once('@') {
+        Some((u, a)) => (Some(u), a),
+        None => (None, authority),
+    };
     if authority.is_empty() {
         return Err(bad("no host"));
     }
     if prefix.is_empty() {
         return Err(bad("no key prefix"));
     }
+    let dec = |s: &str| {
+        crate::uri::percent_decode(s).ok_or_else(|| bad("bad %-escape in the credentials"))
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => (Some(dec(user)?).filter(|u| !u.is_empty()), Some(dec(pass)?)),
+            None => (Some(dec(u)?), None),
+        },
+    };
     let host_port = if authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -64,7 +125,12 @@ pub fn parse_redis_uri(uri: &str) -> Result<(String, String)> {
     } else {
         format!("{authority}:6379")
     };
-    Ok((format!("redis://{host_port}/0"), prefix.to_owned()))
+    Ok(RedisAddress {
+        host_port,
+        username,
+        password,
+        prefix: prefix.to_owned(),
+    })
 }
 
 /// Escapes glob characters so `SCAN MATCH` takes the prefix literally.
@@ -81,11 +147,13 @@ fn glob_escape(s: &str) -> String {
 
 /// Connections to one server, reused across threads.
 struct Pool {
+    /// The URI, credentials and query redacted (for messages).
     uri: String,
     client: Client,
     idle: Mutex<Vec<Connection>>,
-    /// `host:port`, for the plain connections of [`Pool::getrange_into`].
-    addr: String,
+    /// Where the plain connections of [`Pool::getrange_into`] go, and how
+    /// they authenticate.
+    address: RedisAddress,
     raw: Mutex<Vec<TcpStream>>,
     policy: RetryPolicy,
 }
@@ -113,39 +181,48 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    fn new(uri: &str, url: &str, policy: &RetryPolicy) -> Result<Self> {
-        let client = Client::open(url).map_err(|e| IoError::Unsupported {
-            uri: uri.to_owned(),
+    fn new(uri: &str, address: &RedisAddress, policy: &RetryPolicy) -> Result<Self> {
+        let uri = crate::uri::redact(uri);
+        let client = Client::open(address.client_url()).map_err(|e| IoError::Unsupported {
+            uri: uri.clone(),
             message: format!("bad Redis address: {e}"),
         })?;
-        let addr = url
-            .trim_start_matches("redis://")
-            .trim_end_matches("/0")
-            .to_owned();
         Ok(Self {
-            uri: uri.to_owned(),
+            uri,
             client,
             idle: Mutex::new(Vec::new()),
-            addr,
+            address: address.clone(),
             raw: Mutex::new(Vec::new()),
             policy: policy.clone(),
         })
     }
 
-    fn raw_connect(&self) -> std::io::Result<TcpStream> {
+    /// A plain connection, authenticated (and on database 0) like redis-rs's.
+    fn raw_connect(&self) -> std::result::Result<TcpStream, RawError> {
         let mut last = None;
-        for addr in self.addr.to_socket_addrs()? {
+        for addr in self.address.host_port.to_socket_addrs()? {
             match TcpStream::connect_timeout(&addr, self.policy.connect_timeout) {
-                Ok(con) => {
+                Ok(mut con) => {
                     con.set_read_timeout(Some(self.policy.request_timeout))?;
                     con.set_write_timeout(Some(self.policy.request_timeout))?;
                     con.set_nodelay(true)?;
+                    if let Some(password) = &self.address.password {
+                        let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+                        if let Some(user) = &self.address.username {
+                            auth.push(user.as_bytes());
+                        }
+                        auth.push(password.as_bytes());
+                        raw_command(&mut con, &auth)?;
+                    }
+                    raw_command(&mut con, &[b"SELECT", b"0"])?;
                     return Ok(con);
                 }
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| std::io::Error::other("no address")))
+        Err(RawError::Io(
+            last.unwrap_or_else(|| std::io::Error::other("no address")),
+        ))
     }
 
     /// `GETRANGE key a (a + dst.len() - 1)`, the answer read from the
@@ -162,7 +239,6 @@ impl Pool {
                 Some(con) => Ok(con),
                 None => self.raw_connect(),
             }
-            .map_err(RawError::Io)
             .and_then(|mut con| raw_getrange(&mut con, key, a, dst).map(|()| con));
             let message = match result {
                 Ok(con) => {
@@ -243,16 +319,36 @@ impl Pool {
         }
     }
 
-    /// Every key matching `{prefix}:*`.
+    /// Every key matching `{prefix}:*`: at most [`MAX_SCAN_KEYS`] keys,
+    /// [`MAX_SCAN_ROUNDS`] round trips and the retry policy's total time,
+    /// so that a server answering an endless cursor cannot grow memory or
+    /// keep us waiting for ever.
     fn scan(&self, prefix: &str) -> Result<Vec<Vec<u8>>> {
         let pattern = format!("{}:*", glob_escape(prefix));
-        self.with(
+        let started = Instant::now();
+        let overflow = |what: String| IoError::Protocol {
+            uri: self.uri.clone(),
+            message: format!("listing keys {pattern}: {what}; is this prefix really one file?"),
+        };
+        let mut too_many = None;
+        let keys = self.with(
             || format!("listing keys {pattern}"),
             (0, 0),
             |con| {
                 let mut keys = Vec::new();
                 let mut cursor = 0u64;
-                loop {
+                for round in 0.. {
+                    if round >= MAX_SCAN_ROUNDS || keys.len() > MAX_SCAN_KEYS {
+                        too_many = Some(format!(
+                            "more than {MAX_SCAN_KEYS} keys or {MAX_SCAN_ROUNDS} SCAN round trips"
+                        ));
+                        return Ok(keys);
+                    }
+                    if started.elapsed() > self.policy.deadline {
+                        too_many =
+                            Some(format!("SCAN did not finish in {:?}", self.policy.deadline));
+                        return Ok(keys);
+                    }
                     let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
@@ -266,8 +362,13 @@ impl Pool {
                     }
                     cursor = next;
                 }
+                Ok(keys)
             },
-        )
+        )?;
+        match too_many {
+            Some(what) => Err(overflow(what)),
+            None => Ok(keys),
+        }
     }
 }
 
@@ -297,8 +398,9 @@ impl RedisSource {
     /// Opens `redis://host[:port]/prefix`: lists the prefix's keys and
     /// their sizes.
     pub fn open(uri: &str, policy: &RetryPolicy) -> Result<Self> {
-        let (url, prefix) = parse_redis_uri(uri)?;
-        let pool = Pool::new(uri, &url, policy)?;
+        let address = parse_redis_uri(uri)?;
+        let prefix = address.prefix.clone();
+        let pool = Pool::new(uri, &address, policy)?;
         let keys = pool.scan(&prefix)?;
         let keys: Vec<(Vec<u8>, u64)> = keys
             .into_iter()
@@ -312,7 +414,7 @@ impl RedisSource {
             .collect();
         if keys.is_empty() {
             return Err(IoError::Protocol {
-                uri: uri.to_owned(),
+                uri: pool.uri.clone(),
                 message: format!(
                     "no keys named {prefix}:*:<offset> on the server (nothing stored under this prefix)"
                 ),
@@ -337,10 +439,23 @@ impl RedisSource {
             .map(|((key, offset), len)| Piece { key, offset, len })
             .collect();
         pieces.sort_by_key(|p| p.offset);
+        // Offsets come from key names: one near 2^64 must not wrap.
+        if let Some(p) = pieces
+            .iter()
+            .find(|p| p.offset.checked_add(p.len).is_none())
+        {
+            return Err(IoError::Protocol {
+                uri: pool.uri.clone(),
+                message: format!(
+                    "key {} claims bytes past 2^64",
+                    String::from_utf8_lossy(&p.key)
+                ),
+            });
+        }
         for pair in pieces.windows(2) {
             if pair[0].offset + pair[0].len > pair[1].offset {
                 return Err(IoError::Protocol {
-                    uri: uri.to_owned(),
+                    uri: pool.uri.clone(),
                     message: format!(
                         "keys {} and {} overlap (two files under one prefix?)",
                         String::from_utf8_lossy(&pair[0].key),
@@ -402,6 +517,36 @@ fn raw_getrange(con: &mut TcpStream, key: &[u8], a: u64, dst: &mut [u8]) -> Resu
         return Err(RawError::Answer("a bulk string not ended by CRLF".into()));
     }
     Ok(())
+}
+
+/// Sends one command and expects a simple-string answer (`+OK`): `AUTH`
+/// and `SELECT` on a plain connection.
+fn raw_command(con: &mut TcpStream, args: &[&[u8]]) -> Result<(), RawError> {
+    let mut command = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        command.extend_from_slice(arg);
+        command.extend_from_slice(b"\r\n");
+    }
+    con.write_all(&command)?;
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while line.last() != Some(&b'\n') {
+        con.read_exact(&mut byte)?;
+        line.push(byte[0]);
+        if line.len() > 4096 {
+            return Err(RawError::Answer("an answer over 4 KiB".into()));
+        }
+    }
+    let what = String::from_utf8_lossy(args[0]);
+    match line.first() {
+        Some(b'+') => Ok(()),
+        // The server's words (never our arguments: AUTH carries the password).
+        _ => Err(RawError::Answer(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&line).trim_end()
+        ))),
+    }
 }
 
 impl RangeSource for RedisSource {
@@ -473,8 +618,9 @@ impl RedisSink {
     /// Prepares a write to `redis://host[:port]/prefix` (connects to check
     /// the server is there).
     pub fn create(uri: &str, policy: &RetryPolicy) -> Result<Self> {
-        let (url, prefix) = parse_redis_uri(uri)?;
-        let pool = Pool::new(uri, &url, policy)?;
+        let address = parse_redis_uri(uri)?;
+        let prefix = address.prefix.clone();
+        let pool = Pool::new(uri, &address, policy)?;
         pool.with(
             || "PING".into(),
             (0, 0),
@@ -482,7 +628,7 @@ impl RedisSink {
         )?;
         let mut tag = [0u8; 8];
         getrandom::fill(&mut tag).map_err(|e| IoError::Protocol {
-            uri: uri.to_owned(),
+            uri: pool.uri.clone(),
             message: format!("no randomness for a staging prefix: {e}"),
         })?;
         let staging = format!("{prefix}.tmp-{:016x}", u64::from_le_bytes(tag));
@@ -494,6 +640,68 @@ impl RedisSink {
             partial: Mutex::new(HashMap::new()),
             committed: false,
         })
+    }
+
+    /// The keys of the file stored under the prefix now, from its own
+    /// index (`{prefix}:header:0`): what a commit replaces. Any other key
+    /// under `{prefix}:*` is someone else's: the write is refused rather
+    /// than deleting it (or leaving it to corrupt every read of the new
+    /// file, since readers take every `{prefix}:*` key as part of it).
+    fn old_file_keys<'a>(&self, new: impl Iterator<Item = &'a str>) -> Result<Vec<Vec<u8>>> {
+        let existing = self.pool.scan(&self.prefix)?;
+        if existing.is_empty() {
+            return Ok(existing);
+        }
+        let header = format!("{}:header:0", self.prefix);
+        let mut ours: std::collections::HashSet<Vec<u8>> =
+            new.map(|k| k.as_bytes().to_vec()).collect();
+        ours.insert(header.clone().into_bytes());
+        let prologue: Option<Vec<u8>> = self.pool.with(
+            || format!("reading {header}"),
+            (0, 0),
+            |con| {
+                let len: u64 = redis::cmd("STRLEN").arg(&header).query(con)?;
+                if len == 0 || len > MAX_PROLOGUE {
+                    return Ok(None);
+                }
+                redis::cmd("GET").arg(&header).query(con)
+            },
+        )?;
+        if let Some(metadata) = prologue.and_then(|p| tensorizer_format::Metadata::parse(&p).ok()) {
+            for entry in &metadata.entries {
+                let name = String::from_utf8_lossy(entry.name.as_bytes());
+                for (start, len) in [
+                    (entry.header_offset, entry.data_offset - entry.header_offset),
+                    (entry.data_offset, entry.data_length),
+                ] {
+                    // One key per segment (Python's `to_redis`), or one per
+                    // MAX_VALUE bytes of it (ours).
+                    let mut at = start;
+                    loop {
+                        ours.insert(format!("{}:{name}:{at}", self.prefix).into_bytes());
+                        at = at.saturating_add(MAX_VALUE);
+                        if at >= start.saturating_add(len) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let foreign: Vec<&Vec<u8>> = existing.iter().filter(|k| !ours.contains(*k)).collect();
+        if let Some(example) = foreign.first() {
+            return Err(IoError::Protocol {
+                uri: self.pool.uri.clone(),
+                message: format!(
+                    "{} key(s) under {}:* are not part of the tensorizer file stored there \
+                     (e.g. {}); refusing to write beside them (readers would take them for \
+                     file bytes) or to delete them: give the file a prefix of its own",
+                    foreign.len(),
+                    self.prefix,
+                    String::from_utf8_lossy(example)
+                ),
+            });
+        }
+        Ok(existing)
     }
 
     fn staged(&self, key: &PendingKey) -> String {
@@ -608,7 +816,6 @@ impl Sink for RedisSink {
                 ),
             });
         }
-        let old = self.pool.scan(&self.prefix)?;
         let renames: Vec<(String, String)> = keys
             .iter()
             .map(|k| {
@@ -618,6 +825,7 @@ impl Sink for RedisSink {
                 )
             })
             .collect();
+        let old = self.old_file_keys(renames.iter().map(|(_, to)| to.as_str()))?;
         self.pool.with(
             || "swapping the new keys in (MULTI/EXEC)".into(),
             (0, 0),
@@ -667,17 +875,32 @@ mod tests {
 
     #[test]
     fn redis_uris() {
+        let a = parse_redis_uri("redis://127.0.0.1:7000/models/llama").unwrap();
         assert_eq!(
-            parse_redis_uri("redis://127.0.0.1:7000/models/llama").unwrap(),
-            ("redis://127.0.0.1:7000/0".into(), "models/llama".into())
+            (a.host_port.as_str(), a.prefix.as_str()),
+            ("127.0.0.1:7000", "models/llama")
         );
-        assert_eq!(
-            parse_redis_uri("redis://cache/m").unwrap(),
-            ("redis://cache:6379/0".into(), "m".into())
-        );
-        for bad in ["redis://host", "redis://host/", "redis:///p", "http://h/p"] {
+        assert_eq!(a.client_url(), "redis://127.0.0.1:7000/0");
+        let a = parse_redis_uri("redis://cache/m").unwrap();
+        assert_eq!(a.client_url(), "redis://cache:6379/0");
+        let a = parse_redis_uri("redis://:p%40ss@cache/m").unwrap();
+        assert_eq!((a.username, a.password.as_deref()), (None, Some("p@ss")));
+        let a = parse_redis_uri("redis://alice:pw@cache:7000/m").unwrap();
+        assert_eq!(a.client_url(), "redis://alice:pw@cache:7000/0");
+        assert!(!format!("{a:?}").contains("pw"), "{a:?}");
+        for bad in [
+            "redis://host",
+            "redis://host/",
+            "redis:///p",
+            "http://h/p",
+            "redis://:pw@/p",
+        ] {
             assert!(parse_redis_uri(bad).is_err(), "{bad}");
         }
+        let err = parse_redis_uri("redis://:secret@host")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]

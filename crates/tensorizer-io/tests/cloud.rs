@@ -357,3 +357,30 @@ fn the_typed_constructors_match_the_uri_dispatch() {
             .contains("credentials: --gcs-anonymous")
     );
 }
+
+/// `Debug` of the public types that hold a store client shows service,
+/// endpoint, bucket and key, never the account key or a SAS signature
+/// (object_store's Azure client prints both).
+#[test]
+fn debug_output_of_sources_and_sinks_holds_no_secret() {
+    let server = Emulator::Azure.start();
+    let mut storage = Emulator::Azure.storage(server.port);
+    // Azurite's well-known key, given explicitly, plus a SAS token.
+    let account_key =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    storage.azure.access_key = Some(account_key.into());
+    let uri = Emulator::Azure.uri("debug/m.tensors");
+    upload(&uri, &storage, b"bytes");
+    let src = open_source(&uri, &storage).unwrap();
+    let sink = create_sink(&Emulator::Azure.uri("debug/n.tensors"), &storage).unwrap();
+    for shown in [format!("{src:?}"), format!("{sink:?}")] {
+        assert!(!shown.contains(&account_key[..20]), "{shown}");
+        assert!(shown.contains("debug/"), "{shown}");
+    }
+    let mut sas = storage.clone();
+    sas.azure.access_key = None;
+    sas.azure.sas_token = Some("sv=2024&sig=SASSIGNATURE".into());
+    if let Ok(src) = open_source(&uri, &sas) {
+        assert!(!format!("{src:?}").contains("SASSIGNATURE"));
+    }
+}

@@ -55,3 +55,72 @@ fn sinks_commit_atomically_or_leave_the_old_file() {
     assert_eq!(std::fs::read(&path).unwrap(), b"new\0!");
     assert_eq!(files(), 1, "a commit leaves nothing beside the file");
 }
+
+/// Replacing a file keeps its mode (a 0640 file stayed 0640 only by luck
+/// before); a new file gets what open(2) would give; a name the file
+/// system refuses fails before anything is written.
+#[test]
+fn modes_are_kept_and_long_names_fail_first() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let write = |p: &std::path::Path, data: &[u8]| {
+        let sink = LocalSink::create(p).unwrap();
+        sink.write_all_at(0, data).unwrap();
+        Box::new(sink).commit().unwrap();
+    };
+    let kept = dir.path().join("kept");
+    std::fs::write(&kept, b"old").unwrap();
+    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o640)).unwrap();
+    write(&kept, b"new");
+    assert_eq!(mode(&kept), 0o640);
+    assert_eq!(std::fs::read(&kept).unwrap(), b"new");
+
+    let fresh = dir.path().join("fresh");
+    write(&fresh, b"x");
+    let reference = dir.path().join("reference");
+    std::fs::write(&reference, b"x").unwrap();
+    assert_eq!(mode(&fresh), mode(&reference), "as open(2) creates files");
+
+    let long = dir.path().join("n".repeat(256));
+    let err = LocalSink::create(&long).map(drop).unwrap_err().to_string();
+    assert!(err.contains("naming the file"), "{err}");
+    let just_fits = dir.path().join("n".repeat(255));
+    write(&just_fits, b"fits");
+    assert_eq!(std::fs::read(&just_fits).unwrap(), b"fits");
+}
+
+/// Of many writers racing to create one key file, exactly one wins, with
+/// mode 0600; the rest fail naming it, and nothing is replaced.
+#[test]
+fn exclusive_creation_has_one_winner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("model.key");
+    let uri = key.to_string_lossy().into_owned();
+    let results: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16u8)
+            .map(|i| {
+                let uri = &uri;
+                s.spawn(move || {
+                    tensorizer_io::create_new(uri, &[i; 32], 0o600, &StorageOptions::default())
+                        .is_ok()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|&&ok| ok).count(), 1, "{results:?}");
+    let winner = results.iter().position(|&ok| ok).unwrap() as u8;
+    assert_eq!(std::fs::read(&key).unwrap(), [winner; 32]);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let err = tensorizer_io::create_new(&uri, &[0; 32], 0o600, &StorageOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already exists"), "{err}");
+    // No temporary files left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

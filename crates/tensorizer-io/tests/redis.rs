@@ -234,3 +234,130 @@ fn a_reset_mid_value_is_retried_byte_exact() {
     eprintln!("Redis reset mid-value: completed over {connections} connections");
     assert!((3..=6).contains(&connections), "{connections}");
 }
+
+/// Writing to `redis://HOST/PREFIX` used to delete every `PREFIX:*` key:
+/// now a key that is not part of the file stored there stops the write,
+/// and nothing is deleted or replaced.
+#[test]
+fn keys_of_others_under_the_prefix_are_never_deleted() {
+    let server = redis_server();
+    let mut con = redis::Client::open(format!("redis://127.0.0.1:{}/0", server.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let set = |con: &mut redis::Connection, k: &str, v: &str| {
+        let _: () = redis::cmd("SET").arg(k).arg(v).query(con).unwrap();
+    };
+    set(&mut con, "app:session:1234", "alice");
+    set(&mut con, "app:cache:home", "<html>");
+    set(&mut con, "app.other:header:0", "a model elsewhere");
+    let uri = format!("redis://127.0.0.1:{}/app", server.port);
+    let sink = RedisSink::create(&uri, &policy()).unwrap();
+    sink.reserve(&layout()).unwrap();
+    sink.write_all_at(0, &file(1)).unwrap();
+    let err = Box::new(sink).commit().unwrap_err().to_string();
+    assert!(err.contains("not part of the tensorizer file"), "{err}");
+    assert!(
+        err.contains("app:cache:home") || err.contains("app:session:1234"),
+        "{err}"
+    );
+    assert_eq!(
+        keys(server.port),
+        ["app.other:header:0", "app:cache:home", "app:session:1234"],
+        "nothing deleted, nothing staged left behind"
+    );
+    // A prefix of its own works, and replacing it leaves the others alone.
+    let own = format!("redis://127.0.0.1:{}/app/model", server.port);
+    write(&own, &file(2), true);
+    write(&own, &file(3), true);
+    let all = keys(server.port);
+    assert!(all.contains(&"app:session:1234".to_owned()), "{all:?}");
+    assert_eq!(
+        all.iter().filter(|k| k.starts_with("app/model:")).count(),
+        4,
+        "{all:?}"
+    );
+}
+
+/// A password in the URI reaches every connection, the plain GETRANGE
+/// sockets included (they never sent AUTH, so reads failed).
+#[test]
+fn passwords_in_the_uri_authenticate_every_connection() {
+    let server = redis_server_with(&["--requirepass", "s3cret pass"]);
+    let uri = format!("redis://:s3cret%20pass@127.0.0.1:{}/m", server.port);
+    write(&uri, &file(5), true);
+    let src = RedisSource::open(&uri, &policy()).unwrap();
+    assert_eq!(src.read_range(0, 1140).unwrap(), &file(5)[..1140]);
+    let wrong = format!("redis://:nope@127.0.0.1:{}/m", server.port);
+    let err = RedisSource::open(&wrong, &policy())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !err.contains("nope"),
+        "the password must not be shown: {err}"
+    );
+    let none = format!("redis://127.0.0.1:{}/m", server.port);
+    assert!(RedisSource::open(&none, &policy()).is_err());
+}
+
+/// A server whose SCAN cursor never ends: the listing stops at a bound,
+/// with an error, instead of growing memory for ever.
+#[test]
+fn an_endless_scan_is_bounded() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for con in listener.incoming().take(8) {
+            let Ok(con) = con else { continue };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(con.try_clone().unwrap());
+                let mut out = con;
+                loop {
+                    // One RESP array of bulk strings per command.
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let n: usize = line.trim()[1..].parse().unwrap_or(0);
+                    let mut args = Vec::new();
+                    for _ in 0..n {
+                        let mut len = String::new();
+                        reader.read_line(&mut len).unwrap();
+                        let mut arg = String::new();
+                        reader.read_line(&mut arg).unwrap();
+                        args.push(arg.trim().to_uppercase());
+                    }
+                    let answer = if args.first().is_some_and(|a| a == "SCAN") {
+                        let k = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let key = format!("p:t:{k}");
+                        format!("*2\r\n$1\r\n7\r\n*1\r\n${}\r\n{key}\r\n", key.len())
+                    } else {
+                        "+OK\r\n".to_owned()
+                    };
+                    if out.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let started = std::time::Instant::now();
+    let err = RedisSource::open(&format!("redis://127.0.0.1:{port}/p"), &policy())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("SCAN"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    eprintln!(
+        "endless SCAN stopped after {} round trips in {:?}: {err}",
+        served.load(std::sync::atomic::Ordering::Relaxed),
+        started.elapsed()
+    );
+}

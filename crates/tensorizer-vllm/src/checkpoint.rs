@@ -5,7 +5,6 @@
 //! slice, so a rank's file is written without loading the model.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -66,14 +65,12 @@ impl Checkpoint {
             dir: dir.to_path_buf(),
             message,
         };
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(io_error(&config_path, "reading the model's config"))?;
-        let config = ModelConfig::parse(&text)?;
+        let text = crate::model_dir::read(dir, "config.json", "the model's config", MAX_JSON)?;
+        let config = ModelConfig::parse(&String::from_utf8_lossy(&text))?;
         let indexed = indexed_tensors(dir)?;
         let names = weight_files(dir, indexed.as_deref())?;
         if names.is_empty() {
-            let pickles: Vec<String> = list_files(dir)?
+            let pickles: Vec<String> = crate::model_dir::list_files(dir)?
                 .into_iter()
                 .filter(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth"))
                 .collect();
@@ -92,10 +89,7 @@ impl Checkpoint {
         let mut tensors = BTreeMap::new();
         for name in names {
             let path = dir.join(&name);
-            let file = File::open(&path).map_err(io_error(
-                &path,
-                "opening a weight file (named in model.safetensors.index.json)",
-            ))?;
+            let file = crate::model_dir::open(dir, &name, "a weight file")?;
             // SAFETY: read-only map of a file we do not write; like every
             // mmap reader, the checkpoint must not be truncated meanwhile.
             let map = unsafe { Mmap::map(&file) }.map_err(io_error(&path, "mapping"))?;
@@ -208,7 +202,7 @@ impl Checkpoint {
     /// The files beside the weights that `serialize_extra_artifacts` copies:
     /// every top-level file not matching its ignore patterns.
     pub fn artifacts(&self) -> Result<Vec<PathBuf>> {
-        Ok(list_files(&self.dir)?
+        Ok(crate::model_dir::list_files(&self.dir)?
             .into_iter()
             .filter(|n| !ARTIFACT_IGNORE.iter().any(|suffix| n.ends_with(suffix)))
             .map(|n| self.dir.join(n))
@@ -216,28 +210,23 @@ impl Checkpoint {
     }
 }
 
-/// The top-level regular files (or links to them) of `dir`, sorted.
-fn list_files(dir: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_error(dir, "listing the model directory"))? {
-        let entry = entry.map_err(io_error(dir, "listing the model directory"))?;
-        if entry.path().is_file() {
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    names.sort();
-    Ok(names)
-}
+/// The largest JSON file of a checkpoint read (config, index).
+const MAX_JSON: u64 = 64 << 20;
 
 /// `model.safetensors.index.json`'s `weight_map` (tensor → file), if any.
 fn indexed_tensors(dir: &Path) -> Result<Option<Vec<(String, String)>>> {
     let index = dir.join("model.safetensors.index.json");
-    if !index.exists() {
+    if std::fs::symlink_metadata(&index).is_err() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&index).map_err(io_error(&index, "reading"))?;
+    let text = crate::model_dir::read(
+        dir,
+        "model.safetensors.index.json",
+        "the weight index",
+        MAX_JSON,
+    )?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| VllmError::Json {
+        serde_json::from_slice(&text).map_err(|source| VllmError::Json {
             what: index.display().to_string(),
             source,
         })?;
@@ -274,7 +263,7 @@ fn weight_files(dir: &Path, indexed: Option<&[(String, String)]>) -> Result<Vec<
         }
         return Ok(files);
     }
-    Ok(list_files(dir)?
+    Ok(crate::model_dir::list_files(dir)?
         .into_iter()
         .filter(|n| n.ends_with(".safetensors"))
         .collect())
@@ -311,7 +300,19 @@ pub fn resolve_model_dir(
         let Ok(revision) = std::fs::read_to_string(repo_dir.join("refs/main")) else {
             continue;
         };
-        let snapshot = repo_dir.join("snapshots").join(revision.trim());
+        // A commit hash, nothing else: `refs/main` is a path component
+        // below, and `../..` there would leave the cache.
+        let revision = revision.trim();
+        if !is_commit_hash(revision) {
+            return Err(VllmError::Invalid {
+                what: format!("{}", repo_dir.join("refs/main").display()),
+                message: format!(
+                    "holds {:?}, not a commit hash (40 or 64 hex digits)",
+                    revision.chars().take(80).collect::<String>()
+                ),
+            });
+        }
+        let snapshot = repo_dir.join("snapshots").join(revision);
         if snapshot.is_dir() {
             return Ok(snapshot);
         }
@@ -320,6 +321,14 @@ pub fn resolve_model_dir(
         model: model.to_owned(),
         searched,
     })
+}
+
+/// A git commit hash as the Hugging Face cache names snapshots: 40 (SHA-1)
+/// or 64 (SHA-256) lowercase hex digits.
+fn is_commit_hash(s: &str) -> bool {
+    matches!(s.len(), 40 | 64)
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Converts elements between float types (the identity for equal types).
@@ -363,18 +372,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refs_main_must_be_a_commit_hash() {
+        let home = tempfile::tempdir().unwrap();
+        let repo = home
+            .path()
+            .join(".cache/huggingface/hub/models--acme--evil");
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::create_dir_all(home.path().join("outside")).unwrap();
+        std::fs::write(repo.join("refs/main"), "../../../../outside\n").unwrap();
+        let env = |k: &str| (k == "HOME").then(|| home.path().as_os_str().to_owned());
+        let err = resolve_model_dir("acme/evil", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a commit hash"), "{err}");
+        assert!(is_commit_hash(&"a".repeat(40)) && is_commit_hash(&"0".repeat(64)));
+        assert!(!is_commit_hash("main") && !is_commit_hash(&"A".repeat(40)));
+    }
+
+    #[test]
     fn cache_lookup_follows_refs_main() {
         let home = tempfile::tempdir().unwrap();
         let repo = home
             .path()
             .join(".cache/huggingface/hub/models--acme--tiny");
         std::fs::create_dir_all(repo.join("refs")).unwrap();
-        std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
-        std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
+        let commit = "abc123abc123abc123abc123abc123abc123abc1";
+        std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
+        std::fs::write(repo.join("refs/main"), format!("{commit}\n")).unwrap();
         let env = |k: &str| (k == "HOME").then(|| home.path().as_os_str().to_owned());
         assert_eq!(
             resolve_model_dir("acme/tiny", &env).unwrap(),
-            repo.join("snapshots/abc123")
+            repo.join("snapshots").join(commit)
         );
         // HF_HUB_CACHE is searched first, and a miss lists every place.
         let env2 = |k: &str| match k {

@@ -9,7 +9,6 @@
 //!     config.json, tokenizer.json, ...   the model's other files
 //! ```
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -21,6 +20,9 @@ use tensorizer::{
 use crate::checkpoint::{Checkpoint, cast_into};
 use crate::error::{Result, VllmError, io_error};
 use crate::shard::{Content, architecture_of, shard};
+
+/// The largest artifact (tokenizer, config, ...) copied beside the weights.
+const MAX_ARTIFACT: u64 = 1 << 30;
 
 /// How a TP > 1 model is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +140,10 @@ pub fn serialize(
         Some(s) => s.clone(),
         None => uuid4_hex()?,
     };
+    // Both become path components under --serialized-directory: nothing
+    // may climb out of it or land at an absolute path.
+    check_components("--model-name", &model_ref, true)?;
+    check_components("--suffix", &suffix, false)?;
     let directory = format!(
         "{}/vllm/{}/{suffix}",
         opts.serialized_directory.trim_end_matches('/'),
@@ -179,9 +185,32 @@ pub fn serialize(
             .collect()
     };
 
-    // Refuse before writing anything.
+    // Refuse before writing anything: every file this run reads is the
+    // model's own (no link out of its directory, no device or FIFO)...
+    for artifact in checkpoint.artifacts()? {
+        if let Some(name) = artifact.file_name() {
+            crate::model_dir::open(checkpoint.dir(), &name.to_string_lossy(), "a model file")?;
+        }
+    }
+    if let Some(lora) = &opts.lora_path
+        && std::fs::symlink_metadata(lora.join("adapter_model.safetensors")).is_ok()
+    {
+        crate::model_dir::open(lora, "adapter_config.json", "the adapter config")?;
+        crate::model_dir::open(lora, "adapter_model.safetensors", "the adapter weights")?;
+    }
+    // ...and no file this run would write exists (unless --overwrite).
     if !opts.overwrite {
-        for f in &tensor_files {
+        let mut outputs = tensor_files.clone();
+        for artifact in checkpoint.artifacts()? {
+            if let Some(name) = artifact.file_name() {
+                outputs.push(format!("{directory}/{}", name.to_string_lossy()));
+            }
+        }
+        if opts.lora_path.is_some() {
+            outputs.push(format!("{directory}/adapter_config.json"));
+            outputs.push(format!("{directory}/adapter_model.tensors"));
+        }
+        for f in &outputs {
             if exists(f, &opts.storage)? {
                 return Err(VllmError::Exists {
                     uri: f.clone(),
@@ -189,6 +218,16 @@ pub fn serialize(
                 });
             }
         }
+    }
+    if let Some(k) = &opts.keyfile
+        && key_inside(k, &directory)
+    {
+        return Err(VllmError::Invalid {
+            what: format!("--keyfile {k}"),
+            message: format!(
+                "inside the serialized directory {directory}: keep the key apart from what it encrypts"
+            ),
+        });
     }
     if let Some(k) = &opts.keyfile
         && exists(k, &opts.storage)?
@@ -282,8 +321,8 @@ pub fn serialize(
             .expect("a file")
             .to_string_lossy()
             .into_owned();
-        let bytes =
-            std::fs::read(&artifact).map_err(io_error(&artifact, "reading a model file"))?;
+        // Only the model's own files (no link out of its directory).
+        let bytes = crate::model_dir::read(checkpoint.dir(), &name, "a model file", MAX_ARTIFACT)?;
         let uri = format!("{directory}/{name}");
         write_object(&uri, &bytes, &opts.storage)?;
         files.push((uri, bytes.len() as u64));
@@ -382,9 +421,8 @@ pub fn tensorize_lora_adapter(
         dir: lora.to_path_buf(),
         message,
     };
-    let config_path = lora.join("adapter_config.json");
     let weights = lora.join("adapter_model.safetensors");
-    if !weights.is_file() {
+    if std::fs::symlink_metadata(&weights).is_err() {
         return Err(bad(if lora.join("adapter_model.bin").is_file() {
             "only a pickle adapter (adapter_model.bin) here: it is never loaded (unpickling runs code); \
              save the adapter with safe_serialization=True"
@@ -393,13 +431,12 @@ pub fn tensorize_lora_adapter(
             "no adapter_model.safetensors here".into()
         }));
     }
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(io_error(&config_path, "reading the adapter config"))?;
-    let config = crate::pyjson::dumps(&text)?;
+    let text = crate::model_dir::read(lora, "adapter_config.json", "the adapter config", 1 << 20)?;
+    let config = crate::pyjson::dumps(&String::from_utf8_lossy(&text))?;
     let config_uri = format!("{directory}/adapter_config.json");
     write_object(&config_uri, config.as_bytes(), storage)?;
 
-    let file = File::open(&weights).map_err(io_error(&weights, "opening"))?;
+    let file = crate::model_dir::open(lora, "adapter_model.safetensors", "the adapter weights")?;
     // SAFETY: read-only map of a file we do not write, for this call only.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(&weights, "mapping"))?;
     let st = safetensors::SafeTensors::deserialize(&map)
@@ -479,27 +516,91 @@ fn write_object(uri: &str, bytes: &[u8], storage: &StorageOptions) -> Result<()>
     Ok(())
 }
 
-/// Writes the key; a local key file is readable by its owner only from
-/// before it has a name.
+/// Writes the key as a new file or object: never over an existing one
+/// (two runs racing for one key file: exactly one wins), a local one
+/// readable by its owner only, from before it has a name.
 fn write_key(uri: &str, key: &[u8], storage: &StorageOptions) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    use tensorizer::io::{LocalSink, Sink};
-    if uri.contains("://") {
-        return write_object(uri, key, storage);
-    }
-    if let Some(parent) = Path::new(uri)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
+    if !uri.contains("://")
+        && let Some(parent) = Path::new(uri)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
     {
         std::fs::create_dir_all(parent)
             .map_err(io_error(parent, "creating the key file's directory"))?;
     }
-    let sink = LocalSink::create(Path::new(uri))?;
-    sink.file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io_error(Path::new(uri), "making the key file private"))?;
-    sink.write_all_at(0, key)?;
-    Box::new(sink).commit()?;
+    tensorizer::io::create_new(uri, key, 0o600, storage).map_err(|e| match e {
+        tensorizer::io::IoError::Protocol { .. } => VllmError::Exists {
+            uri: uri.to_owned(),
+            hint: "an existing key is never replaced (what it encrypts would be lost); choose another --keyfile".into(),
+        },
+        tensorizer::io::IoError::Local { ref source, .. }
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            VllmError::Exists {
+                uri: uri.to_owned(),
+                hint: "an existing key is never replaced (what it encrypts would be lost); choose another --keyfile".into(),
+            }
+        }
+        e => e.into(),
+    })
+}
+
+/// True when the key file would land in the serialized directory (or
+/// below it): among the files of the model, where one of them could
+/// replace it, or it be served with them.
+fn key_inside(keyfile: &str, directory: &str) -> bool {
+    let norm = |s: &str| -> String {
+        if s.contains("://") {
+            s.trim_end_matches('/').to_owned()
+        } else {
+            let p = Path::new(s);
+            let abs = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                std::env::current_dir().unwrap_or_default().join(p)
+            };
+            // Lexically: `..` and `.` resolved without touching the disk.
+            let mut out = std::path::PathBuf::new();
+            for c in abs.components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    c => out.push(c),
+                }
+            }
+            out.to_string_lossy().into_owned()
+        }
+    };
+    let (key, dir) = (norm(keyfile), norm(directory));
+    key.strip_prefix(&dir)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// `value` as path components: none empty, `.` or `..`, no leading `/`
+/// (and a single component unless `nested`).
+fn check_components(what: &str, value: &str, nested: bool) -> Result<()> {
+    let bad = |why: &str| VllmError::Invalid {
+        what: format!("{what} {value:?}"),
+        message: format!("{why}: it names a directory below --serialized-directory"),
+    };
+    if value.starts_with('/') {
+        return Err(bad("an absolute path"));
+    }
+    let parts: Vec<&str> = value.split('/').collect();
+    if !nested && parts.len() > 1 {
+        return Err(bad("a '/' in it"));
+    }
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return Err(bad("an empty, '.' or '..' component"));
+    }
+    if value.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(bad("a control character or backslash"));
+    }
     Ok(())
 }
 

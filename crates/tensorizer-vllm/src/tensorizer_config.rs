@@ -19,7 +19,7 @@ use crate::error::{Result, VllmError};
 /// assert!(TensorizerConfig::from_json(r#"{"tensorizer_uri": "m.tensors", "num_reader": 8}"#).is_err());
 /// # Ok::<(), tensorizer_vllm::VllmError>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorizerConfig {
     /// The `.tensors` file, or a `%0Nd` template for per-rank files.
@@ -48,6 +48,38 @@ pub struct TensorizerConfig {
     pub serialization_kwargs: Option<Map<String, Value>>,
     /// Extra `TensorDeserializer` arguments.
     pub deserialization_kwargs: Option<Map<String, Value>>,
+}
+
+/// Every field but the secret: `s3_secret_access_key` shows as redacted,
+/// URIs without credentials or query, `stream_kwargs` by key only.
+impl std::fmt::Debug for TensorizerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uri = |u: &Option<String>| u.as_deref().map(tensorizer::io::redact_uri);
+        let keys = |m: &Option<Map<String, Value>>| {
+            m.as_ref().map(|m| m.keys().cloned().collect::<Vec<_>>())
+        };
+        f.debug_struct("TensorizerConfig")
+            .field("tensorizer_uri", &uri(&self.tensorizer_uri))
+            .field("tensorizer_dir", &uri(&self.tensorizer_dir))
+            .field("vllm_tensorized", &self.vllm_tensorized)
+            .field("verify_hash", &self.verify_hash)
+            .field("num_readers", &self.num_readers)
+            .field("encryption_keyfile", &uri(&self.encryption_keyfile))
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field(
+                "s3_secret_access_key",
+                &self.s3_secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("s3_endpoint", &uri(&self.s3_endpoint))
+            .field("lora_dir", &uri(&self.lora_dir))
+            .field("stream_kwargs (keys)", &keys(&self.stream_kwargs))
+            .field("serialization_kwargs", &self.serialization_kwargs)
+            .field(
+                "deserialization_kwargs (keys)",
+                &keys(&self.deserialization_kwargs),
+            )
+            .finish()
+    }
 }
 
 /// `TensorDeserializer` keyword arguments that mean something here (others
@@ -172,6 +204,17 @@ impl TensorizerConfig {
             return Ok(None);
         };
         let source = tensorizer::io::open_source(keyfile, &self.storage_options())?;
+        // 32 raw bytes (or 64 hex digits): never read more than a few KiB
+        // of what a server says the key file holds.
+        if source.len() > MAX_KEY_FILE {
+            return Err(VllmError::Invalid {
+                what: format!("encryption_keyfile {}", tensorizer::io::redact_uri(keyfile)),
+                message: format!(
+                    "{} bytes; a key file holds 32 bytes (or 64 hex digits)",
+                    source.len()
+                ),
+            });
+        }
         let bytes = source.read_range(0, source.len())?;
         let key = EncryptionKey::from_key_file(&bytes).map_err(|e| VllmError::Invalid {
             what: format!("encryption_keyfile {keyfile}"),
@@ -214,6 +257,12 @@ pub fn is_rank_template(uri: &str) -> bool {
         .any(|w| w[0] == b'%' && w[1] == b'0' && w[2].is_ascii_digit() && w[3] == b'd')
 }
 
+/// The largest key file read.
+const MAX_KEY_FILE: u64 = 4096;
+
+/// The widest `%0Nd` a rank template may ask for.
+const MAX_RANK_WIDTH: usize = 20;
+
 /// Python's `template % rank` for the placeholders `%d`, `%Nd`, `%0Nd`
 /// and `%%`.
 pub fn format_rank(template: &str, rank: usize) -> Result<String> {
@@ -243,7 +292,18 @@ pub fn format_rank(template: &str, rank: usize) -> Result<String> {
             return Err(bad("only one %d-style placeholder is allowed"));
         }
         used = true;
-        let width: usize = spec.parse().unwrap_or(0);
+        // vLLM writes %03d; a width past a few digits is a hostile or
+        // mistyped template, not a rank, and would allocate that many bytes.
+        let width: usize = if spec.is_empty() {
+            0
+        } else {
+            spec.parse().unwrap_or(usize::MAX)
+        };
+        if width > MAX_RANK_WIDTH {
+            return Err(bad(&format!(
+                "a rank width of {spec} digits (at most {MAX_RANK_WIDTH})"
+            )));
+        }
         if spec.starts_with('0') {
             out.push_str(&format!("{rank:0width$}"));
         } else {
@@ -256,6 +316,23 @@ pub fn format_rank(template: &str, rank: usize) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let c = TensorizerConfig::from_json(
+            r#"{"tensorizer_uri": "https://u:pw@h/m.tensors?sig=SIG", "s3_access_key_id": "AKID",
+                "s3_secret_access_key": "SECRETKEY", "stream_kwargs": {"s3_secret_access_key": "KW"}}"#,
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["SECRETKEY", "pw", "SIG", "KW"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("AKID") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn defaults_follow_post_init() {
@@ -277,6 +354,12 @@ mod tests {
         assert_eq!(format_rank("m-%03d.t", 7).unwrap(), "m-007.t");
         assert_eq!(format_rank("m-%d-100%%.t", 12).unwrap(), "m-12-100%.t");
         assert!(format_rank("%03d-%03d", 1).is_err());
+        // A giant width is refused, not allocated.
+        let err = format_rank("m-%0999999999999d.t", 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rank width"), "{err}");
+        assert!(format_rank("m-%099999999999999999999999d.t", 1).is_err());
         assert!(is_rank_template("x/model-rank-%03d.tensors"));
         assert!(!is_rank_template("x/model.tensors"));
     }

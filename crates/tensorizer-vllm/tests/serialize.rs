@@ -544,3 +544,172 @@ fn architectures_without_rules_fall_back_to_whole_copies_with_a_warning() {
     o.overwrite = true;
     serialize(&o, &|_| {}).unwrap();
 }
+
+/// A model directory whose files link out of it (a tokenizer pointing at
+/// cloud credentials, another at the process environment) is refused,
+/// naming the link, and nothing of it reaches the output; links inside the
+/// directory work.
+#[test]
+fn links_out_of_the_model_directory_are_never_followed() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("credentials");
+    std::fs::write(&secret, "aws_secret_access_key = SECRETSECRET").unwrap();
+    let model = write_checkpoint(&dir.path().join("m"), Tiny::Llama, false);
+    let _ = std::fs::remove_file(model.join("tokenizer.json"));
+    symlink(&secret, model.join("tokenizer.json")).unwrap();
+    let out = dir.path().join("out");
+    let e = serialize(&options(&model, &out, 1), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("outside the model directory"),
+        "{e}"
+    );
+    let leaked = walk(&out).into_iter().any(|p| {
+        std::fs::read(&p).is_ok_and(|b| String::from_utf8_lossy(&b).contains("SECRETSECRET"))
+    });
+    assert!(!leaked, "the secret reached the output");
+
+    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+    let _ = std::fs::remove_file(model.join("special_tokens_map.json"));
+    symlink("/proc/self/environ", model.join("special_tokens_map.json")).unwrap();
+    let e = serialize(&options(&model, &out, 1), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("special_tokens_map.json"), "{e}");
+
+    // A link within the directory is the model's own file.
+    std::fs::remove_file(model.join("special_tokens_map.json")).unwrap();
+    std::fs::write(model.join("real_tokenizer.json"), "{}").unwrap();
+    symlink("real_tokenizer.json", model.join("tokenizer.json")).unwrap();
+    serialize(&options(&model, &out, 1), &|_| {}).unwrap();
+}
+
+/// The Hugging Face cache layout (snapshot files are links into the
+/// repository's `blobs/`) still serializes.
+#[test]
+fn hugging_face_cache_snapshots_still_serialize() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = write_checkpoint(&dir.path().join("plain"), Tiny::Llama, false);
+    let repo = dir.path().join("hub/models--acme--tiny");
+    let snapshot = repo.join("snapshots").join("c".repeat(40));
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    for entry in std::fs::read_dir(&plain).unwrap() {
+        let entry = entry.unwrap();
+        let blob = format!(
+            "{:x}",
+            entry.path().to_string_lossy().len() * 7919 + entry.metadata().unwrap().len() as usize
+        );
+        std::fs::copy(entry.path(), repo.join("blobs").join(&blob)).unwrap();
+        symlink(
+            format!("../../blobs/{blob}"),
+            snapshot.join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let report = serialize(&options(&snapshot, &dir.path().join("out"), 2), &|_| {}).unwrap();
+    assert!(report.files.iter().any(|(f, _)| f.ends_with("config.json")));
+    let ours = read_all(
+        Path::new(&format!("{}/model-rank-001.tensors", report.directory)),
+        None,
+    );
+    assert!(!ours.is_empty());
+}
+
+/// A key file is created exclusively: of many concurrent runs with one
+/// key file exactly one wins (each used to replace the other's key, and a
+/// model could no longer be decrypted), and a key file among the outputs
+/// is refused before anything is written.
+#[test]
+fn key_files_are_created_exclusively_and_kept_apart_from_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_checkpoint(&dir.path().join("m"), Tiny::Llama, false);
+    let key = dir.path().join("keys/model.key");
+    let won = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let (model, key, won, dir) = (&model, &key, &won, dir.path());
+            s.spawn(move || {
+                let mut o = options(model, &dir.join(format!("out{i}")), 1);
+                o.keyfile = Some(key.display().to_string());
+                if serialize(&o, &|_| {}).is_ok() {
+                    won.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    assert_eq!(won.into_inner(), 1, "exactly one run may create the key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let out = dir.path().join("inside");
+    let mut o = options(&model, &out, 1);
+    o.keyfile = Some(format!("{}/vllm/acme/tiny/v1/config.json", out.display()));
+    let e = serialize(&o, &|_| {}).unwrap_err().to_string();
+    assert!(e.contains("inside the serialized directory"), "{e}");
+    assert!(!out.exists(), "nothing written");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// `--model-name` and `--suffix` cannot climb out of
+/// `--serialized-directory`, and no output file (the config and tokenizer
+/// files included) is replaced without `--overwrite`.
+#[test]
+fn outputs_stay_below_the_serialized_directory_and_are_never_replaced_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_checkpoint(&dir.path().join("m"), Tiny::Llama, false);
+    let out = dir.path().join("out");
+    for (name, suffix) in [
+        (Some("../../escaped"), "v1"),
+        (Some("/etc"), "v1"),
+        (Some("acme//tiny"), "v1"),
+        (Some("acme/tiny"), "../v2"),
+        (Some("acme/tiny"), "a/b"),
+        (Some("acme/tiny"), ".."),
+    ] {
+        let mut o = options(&model, &out, 1);
+        o.model_name = name.map(str::to_owned);
+        o.suffix = Some(suffix.into());
+        let e = serialize(&o, &|_| {}).unwrap_err().to_string();
+        assert!(
+            e.contains("below --serialized-directory"),
+            "{name:?} {suffix}: {e}"
+        );
+    }
+    assert!(!dir.path().join("escaped").exists() && !out.exists());
+
+    // A config.json already there (and no tensors): refused, untouched.
+    let target = out.join("vllm/acme/tiny/v1");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("config.json"), "mine").unwrap();
+    let e = serialize(&options(&model, &out, 1), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("config.json"), "{e}");
+    assert_eq!(std::fs::read(target.join("config.json")).unwrap(), b"mine");
+    assert!(!target.join("model.tensors").exists());
+    let mut o = options(&model, &out, 1);
+    o.overwrite = true;
+    serialize(&o, &|_| {}).unwrap();
+    assert_ne!(std::fs::read(target.join("config.json")).unwrap(), b"mine");
+}

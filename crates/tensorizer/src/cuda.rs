@@ -231,22 +231,34 @@ impl Deserializer {
         options: &CudaOptions,
         filter: impl Fn(&IndexEntry) -> bool + Sync,
     ) -> Result<DeviceModel> {
-        let gpu = Gpu::open(ordinal, options.streams).map_err(cuda_error("opening the GPU"))?;
         let all = self.entries();
         let selected: Vec<usize> = (0..all.len()).filter(|&i| filter(&all[i])).collect();
         let entries: Vec<&IndexEntry> = selected.iter().map(|&i| &all[i]).collect();
+        // Sizes and the arena's layout are checked before the GPU is
+        // touched: a hostile header fails here, not in a copy.
         let sizes: Vec<usize> = entries
             .iter()
             .map(|e| {
-                usize::try_from(e.deserialized_length().unwrap_or(u64::MAX)).unwrap_or(usize::MAX)
+                e.deserialized_length()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| Error::Allocation {
+                        path: self.path().to_path_buf(),
+                        tensor: e.name.to_string(),
+                        bytes: e.deserialized_length().unwrap_or(u64::MAX),
+                    })
             })
-            .collect();
+            .collect::<Result<_>>()?;
+        let layout = if options.arena {
+            Some(arena_layout(&sizes).map_err(cuda_error(&self.path().display().to_string()))?)
+        } else {
+            None
+        };
+        let gpu = Gpu::open(ordinal, options.streams).map_err(cuda_error("opening the GPU"))?;
         // Tensors larger than a staging buffer go through it in pieces.
         let staging = options.staging_size.unwrap_or(DEFAULT_STAGING_SIZE);
         let mut buffers = Vec::new();
         let mut place = HashMap::new();
-        if options.arena {
-            let (offsets, total) = arena_layout(&sizes);
+        if let Some((offsets, total)) = layout {
             let arena = gpu
                 .alloc(total, &format!("the arena of {} tensors", entries.len()))
                 .map_err(cuda_error(&self.path().display().to_string()))?;

@@ -13,6 +13,33 @@ use crate::error::{Error, Result, format_error, source_error};
 use crate::tensor::Tensor;
 use tensorizer_io::{LocalFile, RangeSource, StorageOptions};
 
+/// What a tensor's record stores that a reader can check it against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredChecks {
+    /// A CRC-32 is stored.
+    pub crc32: bool,
+    /// A SHA-256 is stored.
+    pub sha256: bool,
+    /// The data is encrypted, so each chunk's MAC authenticates it.
+    pub macs: bool,
+    /// The record holds data (meta and empty tensors hold none).
+    pub has_data: bool,
+}
+
+impl StoredChecks {
+    /// Checks' names, for reports: `["crc32", "sha256", "mac"]`.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.crc32, "crc32"),
+            (self.sha256, "sha256"),
+            (self.macs, "mac"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
 /// The result of checking one tensor (see [`Deserializer::check`]).
 #[derive(Debug)]
 pub struct TensorCheck {
@@ -30,6 +57,9 @@ pub struct TensorCheck {
     /// `Ok` when the tensor was read (and decrypted) and every checked hash
     /// matched; otherwise what went wrong, naming the tensor.
     pub outcome: Result<()>,
+    /// What its record stores to check it against (set by
+    /// [`Deserializer::check_strict`]).
+    pub stored: Option<StoredChecks>,
 }
 
 /// Which stored hashes to check when loading.
@@ -106,6 +136,8 @@ pub struct Deserializer {
     verify: Verify,
     #[cfg(feature = "encryption")]
     decryptor: Option<crate::encryption::Decryptor>,
+    #[cfg(feature = "encryption")]
+    kdf_limits: crate::encryption::KdfLimits,
     num_readers: Option<usize>,
     progress: Option<Callback>,
     cast: Option<Dtype>,
@@ -234,6 +266,8 @@ impl Deserializer {
             verify: Verify::default(),
             #[cfg(feature = "encryption")]
             decryptor: None,
+            #[cfg(feature = "encryption")]
+            kdf_limits: crate::encryption::KdfLimits::default(),
             num_readers: None,
             progress: None,
             cast: None,
@@ -253,8 +287,23 @@ impl Deserializer {
                 version: header.version.get(),
             });
         }
-        self.decryptor = Some(crate::encryption::Decryptor::new(decryption));
+        self.decryptor = Some(crate::encryption::Decryptor::new(
+            decryption,
+            self.kdf_limits,
+        ));
         Ok(self)
+    }
+
+    /// Bounds on the key derivation a passphrase load may do for this file
+    /// (default [`crate::encryption::KdfLimits::default`]: the presets the
+    /// Python library writes).
+    #[cfg(feature = "encryption")]
+    pub fn kdf_limits(mut self, limits: crate::encryption::KdfLimits) -> Self {
+        self.kdf_limits = limits;
+        if let Some(d) = &mut self.decryptor {
+            d.set_limits(limits);
+        }
+        self
     }
 
     /// Sets which hashes to check (default [`Verify::Crc32`]).
@@ -504,16 +553,20 @@ impl Deserializer {
                 .map_err(format_error(&self.path))?;
             return dest.complete_in_pieces(i, info(header));
         }
+        if meta {
+            // Meta tensors read as zeros: the destination makes them (or,
+            // checking only, needs no bytes at all).
+            header
+                .verify(&[], |k| self.verify.checks(k))
+                .map_err(format_error(&self.path))?;
+            return dest.complete_meta(i, entry, info(header), len);
+        }
         let mut data = dest.allocate(i, entry, len)?;
         // With CRC-32 alone to check, each piece is hashed right after its
         // read, while still in cache, and the CRCs are combined: no second
         // pass over the tensor's memory.
-        let crc_pieces = self.verify == Verify::Crc32 && cipher.is_none() && !meta;
-        let verified = if meta {
-            // Meta tensors read as zeros; a recycled buffer may hold anything.
-            data.fill(0);
-            header.verify(&[], |k| self.verify.checks(k))
-        } else if crc_pieces {
+        let crc_pieces = self.verify == Verify::Crc32 && cipher.is_none();
+        let verified = if crc_pieces {
             let crcs = self.read_plain(entry, &mut data, &read, true)?;
             header.check_crc32_pieces(&crcs)
         } else if header.hashes.iter().any(|h| self.verify.checks(h.kind())) {
@@ -1070,9 +1123,80 @@ impl Deserializer {
                     info,
                     data_sha256,
                     outcome,
+                    stored: None,
                 }
             })
             .collect()
+    }
+
+    /// What tensor `i`'s record stores to verify it against (one small
+    /// read of its header).
+    pub fn stored_checks(&self, i: usize) -> Result<StoredChecks> {
+        let h = self.read_header(i)?;
+        Ok(StoredChecks {
+            crc32: h.stored_hash(HashKind::Crc32).is_some(),
+            sha256: h.stored_hash(HashKind::Sha256).is_some(),
+            macs: h.crypt_info.as_ref().is_some_and(|c| c.is_encrypted()),
+            has_data: self.metadata.entries[i].data_length > 0,
+        })
+    }
+
+    /// [`Deserializer::check`] (set [`Verify::All`] first), then refuses
+    /// what the file does not let a reader verify, so that "OK" means
+    /// checked: a tensor with data but no stored hash; in an encrypted
+    /// file, a tensor with data but no MAC (left or made unencrypted), and
+    /// a file in which no tensor carries a MAC at all (the key was never
+    /// tested, nothing is authenticated). Meta tensors hold no data and
+    /// load as zeros: each check says so through [`TensorCheck::stored`].
+    pub fn check_strict(
+        &self,
+        filter: impl Fn(&IndexEntry) -> bool + Sync,
+        data_sha256: bool,
+    ) -> Vec<TensorCheck> {
+        let mut checks = self.check(filter, data_sha256);
+        let encrypted = self.metadata.header.has_crypt_info();
+        for c in &mut checks {
+            match self.stored_checks(c.index) {
+                Ok(stored) => {
+                    c.stored = Some(stored);
+                    let reason = if !stored.has_data {
+                        None
+                    } else if encrypted && !stored.macs {
+                        Some(
+                            "carries data without a MAC in an encrypted file: it is not authenticated (decrypted or replaced without the key)",
+                        )
+                    } else if !encrypted && !stored.crc32 && !stored.sha256 {
+                        Some("has no stored hash: nothing verifies its data")
+                    } else {
+                        None
+                    };
+                    if let (Some(reason), Ok(())) = (reason, &c.outcome) {
+                        c.outcome = Err(Error::Unverifiable {
+                            tensor: c.name.to_string(),
+                            reason: reason.into(),
+                        });
+                    }
+                }
+                Err(e) => {
+                    if c.outcome.is_ok() {
+                        c.outcome = Err(e);
+                    }
+                }
+            }
+        }
+        if encrypted
+            && !checks.is_empty()
+            && checks.iter().all(|c| c.stored.is_some_and(|s| !s.macs))
+            && let Some(first) = checks.iter_mut().find(|c| c.outcome.is_ok())
+        {
+            first.outcome = Err(Error::Unverifiable {
+                tensor: first.name.to_string(),
+                reason: "no tensor of this encrypted file carries a MAC: the key was never \
+                         tested and nothing is authenticated"
+                    .into(),
+            });
+        }
+        checks
     }
 
     /// Reads every tensor, in parallel; results come in file order.

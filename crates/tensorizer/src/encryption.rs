@@ -181,19 +181,55 @@ pub(crate) enum DecryptFailure {
     Read(tensorizer_io::IoError),
 }
 
+/// Bounds on the key-derivation work a file may ask of a passphrase load:
+/// the Argon2id parameters are read from the file, so an untrusted file
+/// could otherwise ask for hours of work per tensor.
+///
+/// The default admits every preset the Python library writes (up to
+/// `OpsLimit.SENSITIVE` = 4 and `MemLimit.SENSITIVE` = 1 GiB) and at most
+/// 16 distinct parameter records per file (Python writes one); raise them
+/// with [`crate::Deserializer::kdf_limits`] for files made otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfLimits {
+    /// Largest Argon2 time cost accepted.
+    pub max_opslimit: u64,
+    /// Largest Argon2 memory accepted, in bytes.
+    pub max_memlimit: u64,
+    /// Most distinct parameter records (salts) one file may use.
+    pub max_records: usize,
+}
+
+impl Default for KdfLimits {
+    fn default() -> Self {
+        Self {
+            max_opslimit: 4,
+            max_memlimit: 1 << 30,
+            max_records: 16,
+        }
+    }
+}
+
 /// A [`Decryption`] plus the keys derived so far.
 #[derive(Debug)]
 pub(crate) struct Decryptor {
     source: Decryption,
+    limits: KdfLimits,
+    /// Held while deriving, so each record is derived once however many
+    /// readers ask for it at the same time.
     derived: Mutex<HashMap<KdfParams, EncryptionKey>>,
 }
 
 impl Decryptor {
-    pub(crate) fn new(source: Decryption) -> Self {
+    pub(crate) fn new(source: Decryption, limits: KdfLimits) -> Self {
         Self {
             source,
+            limits,
             derived: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(crate) fn set_limits(&mut self, limits: KdfLimits) {
+        self.limits = limits;
     }
 
     pub(crate) fn uses_passphrase(&self) -> bool {
@@ -212,11 +248,29 @@ impl Decryptor {
                         _ => None,
                     })
                     .ok_or(DecryptFailure::NoKdfRecord)?;
+                let limits = &self.limits;
+                if kdf.opslimit > limits.max_opslimit || kdf.memlimit > limits.max_memlimit {
+                    return Err(DecryptFailure::Crypto(CryptoError::InvalidKdf(format!(
+                        "the file asks for Argon2id opslimit {} and memlimit {} bytes, over the \
+                         limits of {} and {} bytes (the strongest presets the Python library \
+                         writes); raise them with Deserializer::kdf_limits (CLI: \
+                         --kdf-max-opslimit, --kdf-max-memlimit) if you trust this file",
+                        kdf.opslimit, kdf.memlimit, limits.max_opslimit, limits.max_memlimit
+                    ))));
+                }
                 let params = KdfParams::from_stored(kdf.opslimit, kdf.memlimit, &kdf.salt)
                     .map_err(DecryptFailure::Crypto)?;
                 let mut cache = self.derived.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(k) = cache.get(&params) {
                     return Ok(k.clone());
+                }
+                if cache.len() >= limits.max_records {
+                    return Err(DecryptFailure::Crypto(CryptoError::InvalidKdf(format!(
+                        "the file uses more than {} distinct key-derivation records (each costs \
+                         a full Argon2id derivation); raise Deserializer::kdf_limits if you \
+                         trust this file",
+                        limits.max_records
+                    ))));
                 }
                 let key = EncryptionKey::derive(pw, &params).map_err(DecryptFailure::Crypto)?;
                 cache.insert(params, key.clone());
@@ -303,5 +357,46 @@ impl Decryptor {
                 tensorizer_crypto::ReadOrOpen::Read(e) => DecryptFailure::Read(e),
                 tensorizer_crypto::ReadOrOpen::Open(e) => DecryptFailure::Crypto(e),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(salt: u8) -> CryptInfo {
+        CryptInfo {
+            chunks: vec![CryptChunk::KeyDerivation(KeyDerivation {
+                method: 1,
+                opslimit: 1,
+                memlimit: 8192,
+                alg: 2,
+                salt: vec![salt; 16],
+            })],
+        }
+    }
+
+    #[test]
+    fn distinct_derivation_records_are_bounded_and_each_derived_once() {
+        let limits = KdfLimits {
+            max_records: 3,
+            ..Default::default()
+        };
+        let d = Decryptor::new(Decryption::passphrase("pw"), limits);
+        // Many readers asking for the same record: one derivation.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| d.key_for(&record(1)).unwrap());
+            }
+        });
+        assert_eq!(d.derived.lock().unwrap().len(), 1);
+        d.key_for(&record(2)).unwrap();
+        d.key_for(&record(3)).unwrap();
+        let Err(DecryptFailure::Crypto(e)) = d.key_for(&record(4)) else {
+            panic!("a fourth record must be refused");
+        };
+        assert!(e.to_string().contains("more than 3 distinct"), "{e}");
+        // Known records still work.
+        assert!(d.key_for(&record(2)).is_ok());
     }
 }

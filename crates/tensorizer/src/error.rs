@@ -149,6 +149,14 @@ pub enum Error {
         /// The destination's `max_buffer`.
         limit: u64,
     },
+    /// A tensor whose file stores nothing that could verify it.
+    #[error("tensor {tensor:?}: {reason}")]
+    Unverifiable {
+        /// The tensor.
+        tensor: String,
+        /// What is missing.
+        reason: String,
+    },
     /// A tensor a check did not reach: the load stopped before it.
     #[error("tensor {tensor:?} was not checked: the load stopped before it")]
     NotChecked {

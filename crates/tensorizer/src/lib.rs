@@ -26,11 +26,13 @@ mod tensor;
 
 pub use buffer::{ALIGNMENT, AlignedBuffer};
 pub use copy::{copy, copy_with_progress};
-pub use deserializer::{Deserializer, Progress, ProgressFn, TensorCheck, Verify};
+pub use deserializer::{Deserializer, Progress, ProgressFn, StoredChecks, TensorCheck, Verify};
 pub use destination::{Destination, TensorInfo};
 pub use element::Element;
 #[cfg(feature = "encryption")]
-pub use encryption::{Decryption, Encryption, EncryptionKey, KdfParams, KdfStrength, Nonce};
+pub use encryption::{
+    Decryption, Encryption, EncryptionKey, KdfLimits, KdfParams, KdfStrength, Nonce,
+};
 pub use error::{BoxError, Error, Result};
 #[cfg(feature = "encryption")]
 pub use rewrite::{rewrite, rewrite_uri, rewrite_with_progress};

@@ -186,3 +186,33 @@ fn a_device_map_splits_one_file_across_gpus() {
     }
     assert_eq!(seen, host.len());
 }
+
+/// A meta tensor claiming 2^64 - 2^20 bytes, then a real 2 MiB tensor:
+/// with wrapping arithmetic the second tensor's arena offset was 1 MiB
+/// before the arena. The layout is refused before the GPU is opened, so
+/// this runs (and must pass) with or without a GPU.
+#[test]
+fn a_hostile_arena_layout_is_refused_before_any_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.tensors");
+    let data = vec![7u8; 2 << 20];
+    let mut s = Serializer::new();
+    s.write_state_dict([
+        (
+            "huge",
+            TensorData::meta(Dtype::U8, &[u64::MAX - (1 << 20) + 1]),
+        ),
+        (
+            "real",
+            TensorData::new(Dtype::U8, &[2 << 20], &data).unwrap(),
+        ),
+    ])
+    .unwrap();
+    s.write_to_file(&path).unwrap();
+    let err = Deserializer::open(&path)
+        .unwrap()
+        .to_cuda(0, &CudaOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("device arena overflows at tensor 1"), "{err}");
+}

@@ -530,3 +530,45 @@ fn python_reads_ours_and_we_read_pythons() {
 fn bytemuck_bytes(v: &[half::bf16]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
+
+/// Key-derivation parameters come from the file: one asking for more work
+/// than the strongest preset the Python library writes is refused at once
+/// (a 3-tensor file with opslimit 1024 was still deriving after 60 s), and
+/// opens when the caller raises the limit explicitly.
+#[test]
+fn key_derivation_work_is_bounded_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hard.tensors");
+    let params = KdfParams::with_salt(5, 8192, [3; 16]).unwrap();
+    let data = [1.0f32, 2.0, 3.0];
+    let mut s = Serializer::new();
+    s.write_state_dict(["a", "b", "c"].map(|n| (n, TensorData::from_slice(&[3], &data).unwrap())))
+        .unwrap();
+    s.encryption(Encryption::from_passphrase(b"pw", params).unwrap());
+    s.write_to_file(&path).unwrap();
+    let started = std::time::Instant::now();
+    let err = Deserializer::open(&path)
+        .unwrap()
+        .decryption(Decryption::passphrase("pw"))
+        .unwrap()
+        .read_all()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("opslimit 5") && err.contains("kdf_limits"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let loaded = Deserializer::open(&path)
+        .unwrap()
+        .decryption(Decryption::passphrase("pw"))
+        .unwrap()
+        .kdf_limits(tensorizer::KdfLimits {
+            max_opslimit: 5,
+            ..Default::default()
+        })
+        .read_all()
+        .unwrap();
+    assert_eq!(loaded.len(), 3);
+    assert_eq!(loaded[2].as_slice::<f32>().unwrap(), data);
+}

@@ -682,3 +682,44 @@ fn the_largest_tensor_is_loaded_first() {
         .unwrap();
     assert_eq!(order.into_inner().unwrap(), ["embed", "a", "b"]);
 }
+
+/// Peak resident memory of this test process, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        << 10
+}
+
+/// A 4 KB file of meta tensors claiming 2 GiB: checking it touches no
+/// memory for them, and loading it hands out zero pages never written
+/// (it cost 2 GiB of RSS in `load` and `verify`).
+#[test]
+fn meta_tensors_cost_no_memory_to_check_or_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.tensors");
+    let mut s = Serializer::new();
+    s.write_state_dict([
+        ("a", TensorData::meta(Dtype::F32, &[256 << 20])),
+        ("b", TensorData::meta(Dtype::BF16, &[512 << 20])),
+    ])
+    .unwrap();
+    s.write_to_file(&path).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < 300 << 10);
+    let before = peak_rss();
+    let checks = Deserializer::open(&path)
+        .unwrap()
+        .verify(Verify::All)
+        .check(|_| true, true);
+    assert!(checks.iter().all(|c| c.outcome.is_ok()));
+    // Too large to hash zeros for (a hostile size must not cost hours).
+    assert!(checks[0].data_sha256.is_none());
+    let tensors = Deserializer::open(&path).unwrap().read_all().unwrap();
+    assert_eq!(tensors[1].as_bytes().len(), 1 << 30);
+    assert!(tensors[0].as_bytes()[..4096].iter().all(|&b| b == 0));
+    let grew = peak_rss().saturating_sub(before);
+    assert!(grew < 256 << 20, "peak RSS grew by {} MiB", grew >> 20);
+}

@@ -648,28 +648,45 @@ def _torch_name(t):
 
 def _byte_capsule(tensor):
     """(dtype name, shape, DLPack capsule of the bytes or None for a meta
-    tensor, bytes) for a torch tensor or numpy array."""
+    tensor, bytes) for a torch tensor or numpy array.
+
+    The bytes are the tensor as it is now: memory the caller still holds (a
+    CPU tensor, an array) is copied, so that changing it, resizing it or
+    freeing it before `close()` cannot change the file or make it read
+    freed memory; a GPU tensor's host copy is ours already."""
     if torch is not None and isinstance(tensor, torch.Tensor):
         tensor = tensor.detach()
         shape, dtype = list(tensor.shape), _torch_name(tensor)
         if tensor.device.type == "meta":
             return dtype, shape, None, 0
         flat = tensor.to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
+        if flat.numel() and _shares_memory(flat, tensor):
+            flat = flat.clone()
         raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
         return dtype, shape, torch.utils.dlpack.to_dlpack(raw), raw.numel()
     import numpy as np
-    arr = np.ascontiguousarray(tensor)
-    if not arr.flags.writeable:
-        arr = arr.copy()  # DLPack cannot export read-only arrays
+    arr = np.array(tensor, copy=True, order="C")
     raw = arr.reshape(-1).view(np.uint8)
     return str(arr.dtype), list(arr.shape), raw.__dlpack__(), raw.size
+
+
+def _shares_memory(a, b):
+    """Whether `a` views `b`'s storage (then it must be copied)."""
+    if b.device.type != "cpu":
+        return False
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except AttributeError:  # torch < 2
+        return a.storage().data_ptr() == b.storage().data_ptr()
 
 
 class TensorSerializer:
     """Collects tensors and writes one `.tensors` file on `close()`: the same
     bytes the Python library writes for the same tensors (unencrypted).
 
-    The destination receives the bytes at `close()`: a path or URI is
+    Each tensor's bytes are taken at the call that adds it (CPU memory the
+    caller holds is copied), so later changes to it never reach the file;
+    the destination receives the bytes at `close()`: a path or URI is
     replaced atomically; a file object is written where it stands (through
     its descriptor, in parallel) and closed, as the library closes it; a
     `stream_io` write stream receives them through its sink and is closed

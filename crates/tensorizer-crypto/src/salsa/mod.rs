@@ -67,6 +67,24 @@ impl Backend {
         out
     }
 
+    /// This backend if the CPU runs it, else the fastest one below it that
+    /// it does: a safe caller may name any backend, and the SIMD kernels
+    /// must never run on a CPU without their instructions.
+    pub fn usable(self) -> Backend {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            let avx512 = avx2 && std::arch::is_x86_feature_detected!("avx512f");
+            match self {
+                Backend::Avx512 if avx512 => Backend::Avx512,
+                Backend::Avx512 | Backend::Avx2 if avx2 => Backend::Avx2,
+                _ => Backend::Portable,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Backend::Portable
+    }
+
     /// Short name for reports and benchmarks.
     pub fn name(self) -> &'static str {
         match self {
@@ -118,7 +136,7 @@ pub(crate) fn block(state: &[u32; 16], counter: u64) -> [u8; BLOCK_LEN] {
 
 /// XORs `data` with the keystream starting at block `counter`.
 pub(crate) fn xor_keystream(backend: Backend, state: &[u32; 16], counter: u64, data: &mut [u8]) {
-    match backend {
+    match backend.usable() {
         Backend::Portable => portable::xor_keystream(state, counter, data),
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 => avx2::xor_keystream(state, counter, data),

@@ -75,7 +75,8 @@ fn build_store(
         // so tests can put a proxy in front of the emulator.
         .with_endpoint(config.endpoint.clone())
         .with_retry(cloud::retry_config(policy))
-        .with_client_options(cloud::client_options(policy));
+        .with_client_options(cloud::client_options(policy))
+        .with_http_connector(crate::net::Connector::new(policy));
     match &config.credentials {
         AzureCredentials::AccessKey(key) => builder.with_access_key(key),
         AzureCredentials::Sas(sas) => builder.with_config(AzureConfigKey::SasKey, sas),

@@ -84,7 +84,7 @@ impl std::fmt::Display for Service {
 }
 
 /// One key in one bucket (or container) of one service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Object {
     pub uri: String,
     pub store: Arc<dyn Store>,
@@ -99,8 +99,24 @@ pub(crate) struct Object {
     pub part_size: Option<u64>,
 }
 
+/// Service, endpoint, bucket and key only: the store's client holds
+/// credentials (object_store's Azure client prints its account key and SAS
+/// signature), and the URI may carry a SAS query.
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Object")
+            .field("uri", &crate::uri::redact(&self.uri))
+            .field("service", &self.service.name)
+            .field("endpoint", &crate::uri::redact(&self.service.endpoint))
+            .field("bucket", &self.bucket)
+            .field("path", &self.path.as_ref())
+            .field("upload", &self.upload)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How a store takes a new object in parts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Upload {
     /// `object_store`'s multipart API: parts in any order, in parallel.
     #[cfg_attr(
@@ -111,6 +127,16 @@ pub(crate) enum Upload {
     /// GCS's resumable uploads (JSON API): parts in order.
     #[cfg(feature = "gcs")]
     GcsResumable(Arc<crate::gcs::JsonApi>),
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upload::Multipart => f.write_str("Multipart"),
+            #[cfg(feature = "gcs")]
+            Upload::GcsResumable(_) => f.write_str("GcsResumable"),
+        }
+    }
 }
 
 impl Object {
@@ -127,6 +153,8 @@ impl Object {
         policy: &RetryPolicy,
         build: impl FnOnce() -> std::result::Result<(Arc<dyn Store>, Upload), String>,
     ) -> Result<Self> {
+        // What messages show: a SAS query or userinfo never does.
+        let uri = &crate::uri::redact(uri);
         let cache_key = format!("{service:?}|{config}|{policy:?}");
         let (store, upload) = cached(cache_key, build).map_err(|e| IoError::Unsupported {
             uri: uri.to_owned(),
@@ -276,6 +304,34 @@ pub(crate) fn client_options(policy: &RetryPolicy) -> ClientOptions {
         .with_connect_timeout(policy.connect_timeout)
         .with_timeout(policy.request_timeout)
         .with_pool_max_idle_per_host(64)
+}
+
+/// A create-only put of `data` (`If-None-Match: *`): an error if the
+/// object exists.
+pub(crate) fn create_new(uri: &str, data: &[u8], options: &StorageOptions) -> Result<()> {
+    let object = object(uri, options)?;
+    let (store, path) = (object.store.clone(), object.path.clone());
+    let payload = object_store::PutPayload::from(data.to_vec());
+    let put = async move {
+        store
+            .put_opts(
+                &path,
+                payload,
+                object_store::PutOptions {
+                    mode: object_store::PutMode::Create,
+                    ..Default::default()
+                },
+            )
+            .await
+    };
+    match block(put, &object.uri)? {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::AlreadyExists { .. }) => Err(IoError::Protocol {
+            uri: object.uri.clone(),
+            message: "already exists, and is never replaced".into(),
+        }),
+        Err(e) => Err(object.error(0..data.len() as u64, &e, &options.retry)),
+    }
 }
 
 /// Whether the object exists (one HEAD request; 404 is `false`).

@@ -16,8 +16,9 @@
 //! 6. otherwise the GCE metadata server (a VM's or GKE workload identity's
 //!    service account).
 //!
-//! Endpoint: explicit, then `STORAGE_EMULATOR_HOST` (`host:port` gets
-//! `http://`), else `https://storage.googleapis.com`.
+//! Endpoint: explicit (`host:port` gets `https://`), then
+//! `STORAGE_EMULATOR_HOST` (`host:port` gets `http://`, as emulators speak
+//! it), else `https://storage.googleapis.com`.
 
 use std::path::PathBuf;
 
@@ -108,11 +109,13 @@ impl GcsConfig {
     pub fn resolve_in(options: &GcsOptions, env: &dyn Environment) -> Result<Self> {
         let var = |name: &str| env.var(name).filter(|v| !v.is_empty());
         let emulator = var("STORAGE_EMULATOR_HOST");
-        let endpoint = options
-            .endpoint
-            .clone()
-            .or_else(|| emulator.clone())
-            .map_or_else(|| GCS_ENDPOINT.to_owned(), |e| normalize_endpoint(&e));
+        // A scheme-less endpoint is https (bearer tokens never go in the
+        // clear), except the emulator's `host:port`, which speaks http.
+        let endpoint = match (&options.endpoint, &emulator) {
+            (Some(e), _) => normalize_endpoint(e, "https"),
+            (None, Some(e)) => normalize_endpoint(e, "http"),
+            (None, None) => GCS_ENDPOINT.to_owned(),
+        };
 
         use GcsCredentials as C;
         let (credentials, from) = if options.anonymous {
@@ -187,14 +190,13 @@ fn gcloud_adc(env: &dyn Environment) -> Option<PathBuf> {
     Some(dir.join("application_default_credentials.json"))
 }
 
-/// `host:port` → `http://host:port` (emulators speak plain HTTP); trailing
-/// slashes dropped.
-fn normalize_endpoint(endpoint: &str) -> String {
+/// `host:port` → `{scheme}://host:port`; trailing slashes dropped.
+fn normalize_endpoint(endpoint: &str, scheme: &str) -> String {
     let endpoint = endpoint.trim().trim_end_matches('/');
     if endpoint.contains("://") {
         endpoint.to_owned()
     } else {
-        format!("http://{endpoint}")
+        format!("{scheme}://{endpoint}")
     }
 }
 
@@ -292,6 +294,17 @@ mod tests {
                 C::ApplicationDefault(adc.clone()),
                 "gcloud application default credentials",
                 GCS_ENDPOINT,
+            ),
+            // A scheme-less endpoint given explicitly: https.
+            (
+                GcsOptions {
+                    endpoint: Some("gcs.example.com:8443".into()),
+                    ..Default::default()
+                },
+                env(&[("HOME", "/nonexistent")]),
+                C::MetadataServer,
+                "none found: the GCE metadata server",
+                "https://gcs.example.com:8443",
             ),
             // Nothing at all: the metadata server.
             (

@@ -76,7 +76,8 @@ fn build_store(
         .with_bucket_name(bucket)
         .with_base_url(&config.endpoint)
         .with_retry(cloud::retry_config(policy))
-        .with_client_options(cloud::client_options(policy));
+        .with_client_options(cloud::client_options(policy))
+        .with_http_connector(crate::net::Connector::new(policy));
     match &config.credentials {
         // Explicit empty credentials, so that no file is read at all.
         GcsCredentials::Anonymous => builder.with_skip_signature(true).with_credentials(Arc::new(

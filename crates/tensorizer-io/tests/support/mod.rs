@@ -404,6 +404,15 @@ fn home() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
 }
 
+/// Where `cargo install` puts binaries: `$CARGO_HOME/bin`, else
+/// `~/.cargo/bin` (the rule `scripts/setup_servers.sh` installs by).
+fn cargo_bin() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cargo"))
+        .join("bin")
+}
+
 /// A raw HTTP/1.1 request; returns status and body.
 pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
     emulators::http_request_body(port, method, path, &[], "")
@@ -437,7 +446,7 @@ pub fn moto(bucket: &str) -> Process {
 pub fn s3s_fs(bucket: &str, access_key: &str, secret_key: &str) -> Process {
     let program = find_tool(
         "TENSORIZER_S3S_FS",
-        &[home().join(".cargo/bin/s3s-fs")],
+        &[cargo_bin().join("s3s-fs")],
         "s3s-fs is not installed: cargo install s3s-fs@0.14.1 --features binary --locked",
     );
     let dir = tempfile::tempdir().unwrap();
@@ -468,6 +477,11 @@ pub fn s3s_fs(bucket: &str, access_key: &str, secret_key: &str) -> Process {
 
 /// redis-server without persistence.
 pub fn redis_server() -> Process {
+    redis_server_with(&[])
+}
+
+/// redis-server with extra arguments (`--requirepass`, ...).
+pub fn redis_server_with(extra: &[&str]) -> Process {
     let program = find_tool(
         "TENSORIZER_REDIS_SERVER",
         &[
@@ -491,7 +505,11 @@ pub fn redis_server() -> Process {
             "no",
             "--dir",
             &dir.path().to_string_lossy(),
-        ],
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
     );
     let server = Process {
         port,
