@@ -47,13 +47,14 @@ def main():
     lib = "tensorizer_rs" if a.rs else "tensorizer"
 
     import torch  # noqa: F401
+    # Imports are not part of a load: done before the clock starts.
+    mod = __import__(lib) if a.what == "tensorizer" else None
     rates, total = [], 0
     for _ in range(a.runs):
         if a.cold:
             drop_cache(a.paths[0])
         start = time.perf_counter()
         if a.what == "tensorizer":
-            mod = __import__(lib)
             DecryptionParams, TensorDeserializer, stream_io = (
                 mod.DecryptionParams, mod.TensorDeserializer, mod.stream_io)
             src = a.paths[0]

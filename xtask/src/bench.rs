@@ -180,6 +180,9 @@ fn measure(what: &str, cmd: &mut Command) -> Result<Sample> {
     Sample::new(rates, rss / 1024.0).ok_or_else(|| format!("{what}: no runs"))
 }
 
+/// Seconds between fresh-process measurements (see where it is used).
+const FRESH_SETTLE_SECS: u64 = 5;
+
 struct Row {
     name: &'static str,
     sample: Option<Sample>,
@@ -407,7 +410,15 @@ pub fn bench(args: &[String]) -> Result {
     );
     // Fresh processes, one load each (imports and start-up excluded): what a
     // pod does at start. The three loaders alternate round by round, so
-    // page-cache and THP drift hit them alike.
+    // page-cache and THP drift hit them alike, and each starts a few
+    // seconds after the previous one ended: on a VM that reports free
+    // memory to its host (virtio-balloon free page reporting, here after
+    // about 2 s), a process started at once reuses its predecessor's
+    // still-backed pages while one started later (after importing torch,
+    // say) faults them in from the host: the CLI measured 0.42 s right
+    // after a load and 1.4-1.8 s four seconds later, for the same 1 GiB.
+    // Waiting gives every loader the fresh memory a pod starts with.
+    let settle = || std::thread::sleep(Duration::from_secs(FRESH_SETTLE_SECS));
     let fresh_python = |lib: &str, file: &str, encrypted: bool| {
         let mut c = Command::new(&oracle);
         c.arg(root.join("scripts/bench_python.py"))
@@ -434,6 +445,7 @@ pub fn bench(args: &[String]) -> Result {
             let file = if encrypted { e } else { m };
             let tag = if encrypted { " encrypted" } else { "" };
             let at = 3 * i;
+            settle();
             fresh[at] = Sample::merge(
                 fresh[at].take(),
                 measure(
@@ -442,6 +454,7 @@ pub fn bench(args: &[String]) -> Result {
                 )
                 .ok(),
             );
+            settle();
             fresh[at + 1] = Sample::merge(
                 fresh[at + 1].take(),
                 measure(
@@ -450,6 +463,7 @@ pub fn bench(args: &[String]) -> Result {
                 )
                 .ok(),
             );
+            settle();
             fresh[at + 2] = Sample::merge(
                 fresh[at + 2].take(),
                 measure(&format!("fresh CLI{tag}"), &mut fresh_cli(file, encrypted)).ok(),

@@ -121,3 +121,30 @@ fn keygen_encrypt_verify_rekey_decrypt() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("--key-file"));
 }
+
+/// `keygen --force` replaces a key with a new file of mode 0600, whatever
+/// the old file's mode, and replaces a link at the path instead of
+/// writing through it.
+#[test]
+fn keygen_force_makes_a_private_file_and_never_writes_through_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    std::fs::write(p("k"), [1u8; 32]).unwrap();
+    std::fs::set_permissions(p("k"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    ok(&tz(&["keygen", &p("k"), "--force"], &[]));
+    let mode = |n: &str| std::fs::metadata(p(n)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("k"), 0o600);
+    assert_ne!(std::fs::read(p("k")).unwrap(), [1u8; 32]);
+    std::fs::write(p("target"), b"precious").unwrap();
+    std::os::unix::fs::symlink(p("target"), p("link")).unwrap();
+    ok(&tz(&["keygen", &p("link"), "--force"], &[]));
+    assert_eq!(std::fs::read(p("target")).unwrap(), b"precious");
+    assert!(
+        !std::fs::symlink_metadata(p("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(mode("link"), 0o600);
+}
