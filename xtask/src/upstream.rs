@@ -221,7 +221,7 @@ pub fn check(suite: &Suite) -> Result {
     let lib_passed = reference.values().filter(|o| *o == "passed").count();
     let rs_passed = ours.values().filter(|o| *o == "passed").count();
     eprintln!(
-        "\nupstream suite: the library passes {lib_passed}, tensorizer_rs passes {rs_passed} ({} deselected on both sides: they need the internet)",
+        "\nupstream suite: the library passes {lib_passed}, tensorizer_rs passes {rs_passed} (tests that need the internet deselected on both sides: {} patterns, in reference.json)",
         DESELECTED.len()
     );
     if missed.is_empty() {
