@@ -359,14 +359,19 @@ impl LocalSink {
             },
             source,
         })?;
-        File::open(parent_dir(&dest))
-            .and_then(|d| d.sync_all())
-            .map_err(|source| IoError::Local {
-                uri,
-                action: "flushing the directory".into(),
-                source,
-            })
+        sync_dir(uri, &dest)
     }
+}
+
+/// Makes a new name in `dest`'s directory durable.
+fn sync_dir(uri: String, dest: &Path) -> Result<()> {
+    File::open(parent_dir(dest))
+        .and_then(|d| d.sync_all())
+        .map_err(|source| IoError::Local {
+            uri,
+            action: "flushing the directory".into(),
+            source,
+        })
 }
 
 impl Sink for LocalSink {
@@ -404,13 +409,7 @@ impl Sink for LocalSink {
             source,
         })?;
         // Make the rename itself durable.
-        File::open(parent_dir(&dest))
-            .and_then(|d| d.sync_all())
-            .map_err(|source| IoError::Local {
-                uri,
-                action: "flushing the directory".into(),
-                source,
-            })
+        sync_dir(uri, &dest)
     }
 }
 

@@ -488,15 +488,7 @@ fn raw_getrange(con: &mut TcpStream, key: &[u8], a: u64, dst: &mut [u8]) -> Resu
     con.write_all(&command)?;
     // The header, `$<len>\r\n` or `-ERR ...\r\n`, byte by byte so that
     // nothing of the body is read into a buffer of ours.
-    let mut line = Vec::new();
-    let mut byte = [0u8];
-    while line.last() != Some(&b'\n') {
-        con.read_exact(&mut byte)?;
-        line.push(byte[0]);
-        if line.len() > 4096 {
-            return Err(RawError::Answer("an answer header over 4 KiB".into()));
-        }
-    }
+    let line = read_answer_line(con)?;
     let line = String::from_utf8_lossy(&line[..line.len() - 1]);
     let line = line.trim_end_matches('\r');
     let len = match line.strip_prefix('$').map(str::parse::<usize>) {
@@ -519,6 +511,20 @@ fn raw_getrange(con: &mut TcpStream, key: &[u8], a: u64, dst: &mut [u8]) -> Resu
     Ok(())
 }
 
+/// One answer line (through its `\n`), byte by byte, at most 4 KiB.
+fn read_answer_line(con: &mut TcpStream) -> Result<Vec<u8>, RawError> {
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while line.last() != Some(&b'\n') {
+        con.read_exact(&mut byte)?;
+        line.push(byte[0]);
+        if line.len() > 4096 {
+            return Err(RawError::Answer("an answer line over 4 KiB".into()));
+        }
+    }
+    Ok(line)
+}
+
 /// Sends one command and expects a simple-string answer (`+OK`): `AUTH`
 /// and `SELECT` on a plain connection.
 fn raw_command(con: &mut TcpStream, args: &[&[u8]]) -> Result<(), RawError> {
@@ -529,15 +535,7 @@ fn raw_command(con: &mut TcpStream, args: &[&[u8]]) -> Result<(), RawError> {
         command.extend_from_slice(b"\r\n");
     }
     con.write_all(&command)?;
-    let mut line = Vec::new();
-    let mut byte = [0u8];
-    while line.last() != Some(&b'\n') {
-        con.read_exact(&mut byte)?;
-        line.push(byte[0]);
-        if line.len() > 4096 {
-            return Err(RawError::Answer("an answer over 4 KiB".into()));
-        }
-    }
+    let line = read_answer_line(con)?;
     let what = String::from_utf8_lossy(args[0]);
     match line.first() {
         Some(b'+') => Ok(()),
