@@ -20,7 +20,7 @@ pub enum IoError {
         source: std::io::Error,
     },
     /// A remote read failed for good (after retries where retrying made sense).
-    #[error("{}: bytes {start}..{end}: {message} (gave up after {attempts} attempt{})", crate::uri::redact(uri),if *attempts == 1 { "" } else { "s" })]
+    #[error("{}: bytes {start}..{end}: {} (gave up after {attempts} attempt{})", crate::uri::redact(uri), crate::uri::redact_text(message), if *attempts == 1 { "" } else { "s" })]
     Remote {
         /// The URI.
         uri: String,
@@ -36,7 +36,7 @@ pub enum IoError {
         status: Option<u16>,
     },
     /// A server answered something that cannot be right (bad Content-Range, ...).
-    #[error("{}: {message}", crate::uri::redact(uri))]
+    #[error("{}: {}", crate::uri::redact(uri), crate::uri::redact_text(message))]
     Protocol {
         /// The URI.
         uri: String,
@@ -70,7 +70,7 @@ pub enum IoError {
         bytes: u64,
     },
     /// The URI's scheme needs a cargo feature this build lacks, or is unknown.
-    #[error("{}: {message}", crate::uri::redact(uri))]
+    #[error("{}: {}", crate::uri::redact(uri), crate::uri::redact_text(message))]
     Unsupported {
         /// The URI.
         uri: String,

@@ -32,6 +32,39 @@ pub fn redact(uri: &str) -> String {
     format!("{scheme}://{authority}{tail}")
 }
 
+/// `text` with every URI in it redacted as [`redact`] does: messages of
+/// the HTTP and object-store clients quote the URLs they requested, query
+/// (a presigned signature, a SAS token, an upload session) included.
+pub(crate) fn redact_text(text: &str) -> String {
+    if !text.contains("://") {
+        return text.to_owned();
+    }
+    text.split(' ')
+        .map(|word| match word.find("://") {
+            Some(at) => {
+                // The scheme starts after any punctuation before it.
+                let start = word[..at]
+                    .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+                    .map_or(0, |i| i + 1);
+                let end = word
+                    .rfind(|c: char| !")],;:.'\"".contains(c))
+                    .map_or(word.len(), |i| i + 1);
+                if end <= start {
+                    return word.to_owned();
+                }
+                format!(
+                    "{}{}{}",
+                    &word[..start],
+                    redact(&word[start..end]),
+                    &word[end..]
+                )
+            }
+            None => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Percent-encodes what may not appear raw in a URI's userinfo.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn percent_encode_userinfo(s: &str) -> String {
@@ -92,6 +125,18 @@ mod tests {
             assert_eq!(redact(uri), shown);
             assert!(!redact(uri).contains("SECRET") && !redact(uri).contains("password"));
         }
+    }
+
+    #[test]
+    fn uris_inside_messages_are_redacted() {
+        let m = "error sending request for url (http://127.0.0.1:9/m.tensors?X-Amz-Signature=SECRET): refused";
+        let shown = redact_text(m);
+        assert_eq!(
+            shown,
+            "error sending request for url (http://127.0.0.1:9/m.tensors?***): refused"
+        );
+        assert_eq!(redact_text("no url here"), "no url here");
+        assert!(!redact_text("GET https://u:pw@h/x?sig=S, then").contains("pw"));
     }
 
     #[test]
