@@ -492,6 +492,12 @@ class TensorDeserializer(collections.abc.Mapping):
     def read_tensors(self, filter_func=None, num_tensors=-1, verify_hash=None):
         """Yields (module_idx, tensor_type, name, tensor) in file order."""
         indices = self._module_indices()
+        for entry in self._selected(filter_func, num_tensors):
+            yield indices[entry.index], entry.type, entry.name, self[entry.name]
+
+    def _selected(self, filter_func, num_tensors):
+        """The entries passing `filter_func`, at most `num_tensors` (all
+        when negative), in file order."""
         count = 0
         for entry in self._entries:
             if filter_func is not None and not filter_func(entry.name):
@@ -499,7 +505,7 @@ class TensorDeserializer(collections.abc.Mapping):
             if 0 <= num_tensors <= count:
                 return
             count += 1
-            yield indices[entry.index], entry.type, entry.name, self[entry.name]
+            yield entry
 
     def read_numpy_arrays(self, filter_func=None, num_tensors=-1, verify_hash=None,
                           allow_raw_data=False):
@@ -507,13 +513,7 @@ class TensorDeserializer(collections.abc.Mapping):
         dtype or None) in file order; dtypes numpy lacks (bfloat16, float8)
         come as raw bytes when `allow_raw_data`."""
         indices = self._module_indices()
-        count = 0
-        for entry in self._entries:
-            if filter_func is not None and not filter_func(entry.name):
-                continue
-            if 0 <= num_tensors <= count:
-                return
-            count += 1
+        for entry in self._selected(filter_func, num_tensors):
             opaque = entry.dtype not in _NUMPY
             if opaque and not allow_raw_data:
                 raise ValueError(
