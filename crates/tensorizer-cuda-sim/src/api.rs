@@ -255,6 +255,14 @@ extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
         }
         d.devices[k].primary_refs -= 1;
         if d.devices[k].primary_refs == 0 {
+            // Destroying a context first completes its queued work, the
+            // stream-ordered frees of the program's last buffers included.
+            let streams = d.devices[k].streams();
+            drop(d);
+            for s in &streams {
+                s.wait_for(s.tail());
+            }
+            d = driver();
             // The real driver destroys the context and everything in it:
             // what is still allocated then was leaked by the program.
             let leaked: Vec<(u64, usize)> = d
@@ -683,7 +691,10 @@ extern "C" fn cuStreamCreate(out: *mut CUstream, _flags: c_uint) -> CUresult {
         let k = current(&mut d, "cuStreamCreate")?;
         let handle = d.handle();
         put(out, handle as CUstream)?;
-        d.streams.insert(handle, Stream::new(k));
+        let s = Stream::new(k);
+        d.devices[k].all_streams.retain(|w| w.strong_count() > 0);
+        d.devices[k].all_streams.push(Arc::downgrade(&s));
+        d.streams.insert(handle, s);
         d.refresh_stats();
         Ok(())
     })

@@ -134,6 +134,14 @@ impl Session<'_> {
             .unwrap_or_else(|e| panic!("simulated driver lacks {}: {e}", String::from_utf8_lossy(name)))
     }
 
+    /// Back to the environment's configuration, with counters, peaks,
+    /// faults and violations cleared (what [`Simulator::session`] does).
+    pub fn reset(&self) -> &Self {
+        // SAFETY: signature as exported.
+        unsafe { self.f::<unsafe extern "C" fn()>(b"tsim_reset")() };
+        self
+    }
+
     /// `count` devices with `memory` bytes each.
     pub fn set_devices(&self, count: u32, memory: u64) -> &Self {
         // SAFETY: signature as exported.

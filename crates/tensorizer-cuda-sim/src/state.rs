@@ -124,6 +124,16 @@ pub(crate) struct DeviceState {
     pub sticky: Option<CUresult>,
     pub primary_refs: u64,
     pub default_stream: Option<Arc<Stream>>,
+    /// Every stream made on the device, destroyed ones included while
+    /// their queued work drains (their threads hold them).
+    pub all_streams: Vec<std::sync::Weak<Stream>>,
+}
+
+impl DeviceState {
+    /// The streams that may still have work queued.
+    pub fn streams(&self) -> Vec<Arc<Stream>> {
+        self.all_streams.iter().filter_map(|w| w.upgrade()).collect()
+    }
 }
 
 /// Where the bytes of a host-to-device copy come from.
@@ -330,6 +340,7 @@ impl Driver {
                 sticky: None,
                 primary_refs: 0,
                 default_stream: None,
+                all_streams: Vec::new(),
             });
         }
     }
@@ -508,10 +519,14 @@ impl Driver {
             let Some(device) = device else {
                 return Err(CUDA_ERROR_INVALID_CONTEXT);
             };
-            return Ok(self.devices[device]
-                .default_stream
-                .get_or_insert_with(|| Stream::new(device))
-                .clone());
+            let state = &mut self.devices[device];
+            if let Some(s) = &state.default_stream {
+                return Ok(s.clone());
+            }
+            let s = Stream::new(device);
+            state.all_streams.push(Arc::downgrade(&s));
+            state.default_stream = Some(s.clone());
+            return Ok(s);
         }
         match self.streams.get(&handle) {
             Some(s) => Ok(s.clone()),
