@@ -95,20 +95,57 @@ fn run_or_explain(script: &Path) -> Result {
     }
 }
 
+/// Builds the GPU suite (`crates/tensorizer/tests/cuda.rs`) with the
+/// simulated CUDA driver beside it and runs it: on the machine's GPU where
+/// there is one, on the simulator elsewhere. Either way it closes with one
+/// line: which driver, `N passed, M failed`.
 pub fn gpu_test() -> Result {
     let dir = stage_dir()?;
-    eprintln!("==> building the GPU tests (release, feature cuda)");
+    eprintln!("==> building the GPU suite (release, feature cuda) and the simulated CUDA driver");
     let exe = test_executable("cuda", "cuda,encryption")?;
     std::fs::copy(&exe, dir.join("cuda-tests")).map_err(|e| e.to_string())?;
+    // The simulator is a dev-dependency of the suite: cargo built its
+    // cdylib beside the test executable.
+    let sim = exe
+        .parent()
+        .map(|d| d.join("libtensorizer_cuda_sim.so"))
+        .filter(|p| p.is_file())
+        .ok_or("the simulated CUDA driver was not built beside the GPU suite")?;
+    std::fs::copy(&sim, dir.join("libtensorizer_cuda_sim.so")).map_err(|e| e.to_string())?;
     copy_dir(&root().join("tests/fixtures"), &dir.join("fixtures"))?;
     let script = dir.join("run-tests.sh");
     write_script(
         &script,
-        "#!/usr/bin/env bash\n# GPU tests: every fixture and a 2.5 GiB model to GPU 0 and back, compared by SHA-256.\n\
-         set -euo pipefail\nhere=$(cd \"$(dirname \"$0\")\" && pwd)\n\
-         TENSORIZER_FIXTURES=\"$here/fixtures\" TENSORIZER_GPU_TMP=\"${TMPDIR:-/tmp}\" \\\n  \"$here/cuda-tests\" --test-threads 1 --nocapture\n",
+        r#"#!/usr/bin/env bash
+# The GPU suite: every fixture and a 2 GiB model to the device and back,
+# out-of-memory, faults, several devices, TP shards. On the machine's GPU
+# when there is one (or GPU_DRIVER=real), else on the simulated CUDA driver
+# staged beside it (GPU_DRIVER=sim forces it).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+driver=${GPU_DRIVER:-}
+if [ -z "$driver" ]; then
+  if nvidia-smi -L >/dev/null 2>&1; then driver=real; else driver=sim; fi
+fi
+if [ "$driver" = real ]; then
+  name="the real CUDA driver ($(nvidia-smi -L 2>/dev/null | head -1))"
+  export TENSORIZER_GPU_DRIVER=real
+else
+  name="the simulated CUDA driver (tensorizer-cuda-sim, no GPU used)"
+  export TENSORIZER_CUDA_SIM="$here/libtensorizer_cuda_sim.so"
+fi
+echo "GPU suite on $name"
+log=$(mktemp)
+TENSORIZER_FIXTURES="$here/fixtures" TENSORIZER_GPU_TMP="${TMPDIR:-/tmp}"   "$here/cuda-tests" --test-threads 1 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+passed=$(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' "$log" | tail -1)
+failed=$(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' "$log" | tail -1)
+rm -f "$log"
+echo "gpu-test on $name: ${passed:-0} passed, ${failed:-?} failed"
+exit "$status"
+"#,
     )?;
-    run_or_explain(&script)
+    run("GPU suite", &mut Command::new(&script))
 }
 
 pub fn gpu_bench() -> Result {

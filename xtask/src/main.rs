@@ -322,10 +322,19 @@ fn python_tests(python: &Path) -> Result {
     let wheel = wheel(&python)?;
     install_wheel_file(&python, &wheel)?;
     pip_ensure(&python, "pytest", "pytest==8.3.5")?;
+    // The simulated CUDA driver, for the tests of `device="cuda:N"`.
+    run(
+        "build the simulated CUDA driver",
+        cargo().args(["build", "--locked", "-p", "tensorizer-cuda-sim"]),
+    )?;
     run(
         "pytest bindings/python/tests",
         Command::new(&python)
             .args(["-m", "pytest", "-q", "bindings/python/tests"])
+            .env(
+                "TENSORIZER_CUDA_SIM",
+                root().join("target/debug/libtensorizer_cuda_sim.so"),
+            )
             .current_dir(root()),
     )?;
     let suite = upstream::setup()?;

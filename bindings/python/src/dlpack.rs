@@ -33,11 +33,17 @@ struct DLManagedTensor {
     deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
 }
 
-/// What a capsule owns: the tensor and the shape array DLPack points to.
+/// What a capsule owns: the memory's owner (a host tensor, or the device
+/// model whose arena holds the tensor) and the shape array DLPack points to.
 struct Owner {
-    _tensor: Tensor,
+    _memory: Box<dyn Send>,
     _shape: Vec<i64>,
 }
+
+/// DLPack's `kDLCPU`.
+const DL_CPU: i32 = 1;
+/// DLPack's `kDLCUDA`.
+const DL_CUDA: i32 = 2;
 
 const NAME: &CStr = c"dltensor";
 const USED: &CStr = c"used_dltensor";
@@ -86,35 +92,87 @@ unsafe extern "C" fn capsule_destructor(capsule: *mut pyo3::ffi::PyObject) {
     }
 }
 
+/// A capsule over a host tensor.
 pub fn capsule(py: Python<'_>, tensor: Tensor, raw: bool) -> PyResult<Bound<'_, PyAny>> {
-    let typed = if raw { None } else { dl_type(tensor.dtype()) };
+    let data = tensor.as_bytes().as_ptr() as *mut c_void;
+    let (dtype, shape, len) = (
+        tensor.dtype(),
+        tensor.shape().to_vec(),
+        tensor.as_bytes().len(),
+    );
+    let name = tensor.name().to_string();
+    let device = DLDevice {
+        device_type: DL_CPU,
+        device_id: 0,
+    };
+    make(
+        py,
+        Box::new(tensor),
+        data,
+        device,
+        (dtype, &shape, len, &name),
+        raw,
+    )
+}
+
+/// A capsule over `tensor` in `model`'s device memory (`kDLCUDA`): the
+/// capsule keeps the model's arena alive; the arena is freed with the last
+/// tensor that uses it.
+#[cfg(feature = "cuda")]
+pub fn device_capsule<'py>(
+    py: Python<'py>,
+    model: &std::sync::Arc<tensorizer::cuda::DeviceModel>,
+    tensor: &tensorizer::cuda::DeviceTensor,
+    raw: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let data = model.device_ptr(tensor) as *mut c_void;
+    let device = DLDevice {
+        device_type: DL_CUDA,
+        device_id: model.gpu().ordinal() as i32,
+    };
+    let dtype = tensor.info.dtype.dtype();
+    let name = tensor.info.path.to_string();
+    let shape = tensor.info.shape.0.clone();
+    make(
+        py,
+        Box::new(model.clone()),
+        data,
+        device,
+        (dtype, &shape, tensor.len, &name),
+        raw,
+    )
+}
+
+/// The capsule of `len` bytes at `data`, typed `dtype` of `shape` (or raw
+/// bytes), owned by `memory`.
+fn make<'py>(
+    py: Python<'py>,
+    memory: Box<dyn Send>,
+    data: *mut c_void,
+    device: DLDevice,
+    (dtype, dims, len, name): (Dtype, &[u64], usize, &str),
+    raw: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let typed = if raw { None } else { dl_type(dtype) };
     // DLPack sizes are signed: a dimension past i64::MAX is refused, not
     // wrapped to a negative size.
     let too_long = || {
         pyo3::exceptions::PyValueError::new_err(format!(
-            "tensor {:?}: a dimension does not fit DLPack's int64 sizes",
-            tensor.name()
+            "tensor {name:?}: a dimension does not fit DLPack's int64 sizes"
         ))
     };
     let (code, bits, shape) = match typed {
         Some((code, bits)) => (
             code,
             bits,
-            tensor
-                .shape()
-                .iter()
+            dims.iter()
                 .map(|&d| i64::try_from(d).map_err(|_| too_long()))
                 .collect::<PyResult<Vec<_>>>()?,
         ),
-        None => (
-            1,
-            8,
-            vec![i64::try_from(tensor.as_bytes().len()).map_err(|_| too_long())?],
-        ),
+        None => (1, 8, vec![i64::try_from(len).map_err(|_| too_long())?]),
     };
-    let data = tensor.as_bytes().as_ptr() as *mut c_void;
     let mut owner = Box::new(Owner {
-        _tensor: tensor,
+        _memory: memory,
         _shape: shape,
     });
     let shape_ptr = owner._shape.as_mut_ptr();
@@ -122,10 +180,7 @@ pub fn capsule(py: Python<'_>, tensor: Tensor, raw: bool) -> PyResult<Bound<'_, 
     let managed = Box::new(DLManagedTensor {
         dl_tensor: DLTensor {
             data,
-            device: DLDevice {
-                device_type: 1,
-                device_id: 0,
-            },
+            device,
             ndim,
             dtype: DLDataType {
                 code,
@@ -189,7 +244,7 @@ impl Imported {
         // SAFETY: a valid "dltensor" capsule points to a DLManagedTensor
         // whose DLTensor describes live memory.
         let t = unsafe { &(*managed).dl_tensor };
-        let cpu = matches!(t.device.device_type, 1 | 3);
+        let cpu = matches!(t.device.device_type, DL_CPU | 3);
         let uint8 = t.dtype.code == 1 && t.dtype.bits == 8 && t.dtype.lanes == 1;
         // SAFETY: `shape` (and `strides` when set) have `ndim` elements.
         let (len, contiguous) = unsafe {

@@ -143,6 +143,21 @@ fn path_from_py(name: &Bound<'_, PyAny>) -> PyResult<TensorPath> {
 }
 
 /// A new random 32-byte key.
+/// CUDA devices the core's engine can load onto: 0 without a driver (or
+/// in a wheel built without the `cuda` feature); never raises.
+#[pyfunction]
+fn cuda_devices(py: Python<'_>) -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        py.detach(|| tensorizer::cuda::device_count().unwrap_or(0))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = py;
+        0
+    }
+}
+
 #[pyfunction]
 fn random_key() -> PyResult<Vec<u8>> {
     EncryptionKey::random()
@@ -174,6 +189,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::Source>()?;
     m.add_class::<stream::Sink>()?;
     m.add_function(wrap_pyfunction!(random_key, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_devices, m)?)?;
     m.add_function(wrap_pyfunction!(derive_key, m)?)?;
     m.add("CryptographyError", m.py().get_type::<CryptographyError>())?;
     m.add("HashMismatchError", m.py().get_type::<HashMismatchError>())?;

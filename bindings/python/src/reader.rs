@@ -65,6 +65,22 @@ fn source_err(e: tensorizer::io::IoError) -> Error {
     }
 }
 
+impl Reader {
+    /// The names of entries `indices`.
+    fn wanted(&self, indices: &[usize]) -> PyResult<HashSet<&TensorPath>> {
+        let entries = self.inner.entries();
+        indices
+            .iter()
+            .map(|&i| {
+                entries
+                    .get(i)
+                    .map(|e| e.name.path())
+                    .ok_or_else(|| PyKeyError::new_err(format!("no entry {i}")))
+            })
+            .collect()
+    }
+}
+
 #[pymethods]
 impl Reader {
     /// Opens a path or URI.
@@ -280,15 +296,7 @@ impl Reader {
         raw: bool,
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let entries = self.inner.entries();
-        let wanted = indices
-            .iter()
-            .map(|&i| {
-                entries
-                    .get(i)
-                    .map(|e| e.name.path())
-                    .ok_or_else(|| PyKeyError::new_err(format!("no entry {i}")))
-            })
-            .collect::<PyResult<HashSet<&TensorPath>>>()?;
+        let wanted = self.wanted(&indices)?;
         let tensors = py
             .detach(|| self.inner.read_filtered(|e| wanted.contains(e.name.path())))
             .map_err(py_err)?;
@@ -302,6 +310,43 @@ impl Reader {
                     .remove(name)
                     .ok_or_else(|| PyValueError::new_err(format!("tensor {name} read twice")))?;
                 dlpack::capsule(py, t, raw)
+            })
+            .collect()
+    }
+
+    /// Loads the entries `indices` onto GPU `ordinal` through the core's
+    /// CUDA engine (pinned staging ring, several streams, verification and
+    /// decryption on the way); one `kDLCUDA` DLPack capsule each, all over
+    /// one device arena that lives as long as any of them.
+    #[cfg(feature = "cuda")]
+    #[pyo3(signature = (indices, ordinal, raw=false))]
+    fn read_cuda<'py>(
+        &self,
+        py: Python<'py>,
+        indices: Vec<usize>,
+        ordinal: usize,
+        raw: bool,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let entries = self.inner.entries();
+        let wanted = self.wanted(&indices)?;
+        let model = py
+            .detach(|| {
+                self.inner.to_cuda_filtered(
+                    ordinal,
+                    &tensorizer::cuda::CudaOptions::default(),
+                    |e| wanted.contains(e.name.path()),
+                )
+            })
+            .map(std::sync::Arc::new)
+            .map_err(py_err)?;
+        indices
+            .iter()
+            .map(|&i| {
+                let name = entries[i].name.path();
+                let t = model
+                    .get(name.clone())
+                    .ok_or_else(|| PyValueError::new_err(format!("tensor {name} not loaded")))?;
+                dlpack::device_capsule(py, &model, t, raw)
             })
             .collect()
     }

@@ -669,7 +669,12 @@ fn memset(
 }
 
 #[unsafe(no_mangle)]
-extern "C" fn cuMemsetD8Async(dst: CUdeviceptr, value: u8, len: usize, stream: CUstream) -> CUresult {
+extern "C" fn cuMemsetD8Async(
+    dst: CUdeviceptr,
+    value: u8,
+    len: usize,
+    stream: CUstream,
+) -> CUresult {
     call(|| memset("cuMemsetD8Async", dst, value, len, stream).map(drop))
 }
 
@@ -701,7 +706,11 @@ extern "C" fn cuStreamCreate(out: *mut CUstream, _flags: c_uint) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
-extern "C" fn cuStreamCreateWithPriority(out: *mut CUstream, flags: c_uint, _priority: c_int) -> CUresult {
+extern "C" fn cuStreamCreateWithPriority(
+    out: *mut CUstream,
+    flags: c_uint,
+    _priority: c_int,
+) -> CUresult {
     cuStreamCreate(out, flags)
 }
 

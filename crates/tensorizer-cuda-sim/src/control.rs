@@ -34,7 +34,9 @@ pub unsafe extern "C" fn tsim_set_device_name(ordinal: u32, name: *const c_char)
         return CUDA_ERROR_INVALID_VALUE;
     }
     // SAFETY: the caller's contract.
-    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+    let name = unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned();
     let mut d = driver();
     match d.config.names.get_mut(ordinal as usize) {
         Some(n) => {

@@ -111,7 +111,10 @@ impl Simulator {
     /// `TSIM_DEVICES`/`TSIM_DEVICE_MEMORY` say otherwise).
     pub fn session(&self) -> Session<'_> {
         let turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
-        let session = Session { sim: self, _turn: turn };
+        let session = Session {
+            sim: self,
+            _turn: turn,
+        };
         // SAFETY: calls into the simulator's own entry points (see control.rs).
         unsafe { session.f::<unsafe extern "C" fn()>(b"tsim_reset")() };
         session
@@ -130,8 +133,12 @@ impl Session<'_> {
     /// `T` is the exported function's exact signature.
     unsafe fn f<T: Copy>(&self, name: &[u8]) -> T {
         // SAFETY: the caller names the signature; the symbols are ours.
-        *unsafe { self.sim.lib.get::<T>(name) }
-            .unwrap_or_else(|e| panic!("simulated driver lacks {}: {e}", String::from_utf8_lossy(name)))
+        *unsafe { self.sim.lib.get::<T>(name) }.unwrap_or_else(|e| {
+            panic!(
+                "simulated driver lacks {}: {e}",
+                String::from_utf8_lossy(name)
+            )
+        })
     }
 
     /// Back to the environment's configuration, with counters, peaks,
@@ -187,7 +194,9 @@ impl Session<'_> {
     /// Device `ordinal` is lost at the `n`th host-to-device copy from now.
     pub fn lose_device_at_copy(&self, ordinal: u32, n: u64) -> &Self {
         // SAFETY: signature as exported.
-        unsafe { self.f::<unsafe extern "C" fn(u32, u64)>(b"tsim_lose_device_at_copy")(ordinal, n) };
+        unsafe {
+            self.f::<unsafe extern "C" fn(u32, u64)>(b"tsim_lose_device_at_copy")(ordinal, n)
+        };
         self
     }
 

@@ -132,7 +132,10 @@ pub(crate) struct DeviceState {
 impl DeviceState {
     /// The streams that may still have work queued.
     pub fn streams(&self) -> Vec<Arc<Stream>> {
-        self.all_streams.iter().filter_map(|w| w.upgrade()).collect()
+        self.all_streams
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .collect()
     }
 }
 
@@ -443,7 +446,11 @@ impl Driver {
             .next_back()
             .map(|(&at, a)| (at, a.data.len() as u64));
         match found {
-            Some((at, size)) if ptr.checked_add(len as u64).is_some_and(|end| end <= at + size) => {
+            Some((at, size))
+                if ptr
+                    .checked_add(len as u64)
+                    .is_some_and(|end| end <= at + size) =>
+            {
                 Ok(at)
             }
             Some((at, size)) if ptr < at + size.max(1) => {
@@ -506,7 +513,8 @@ impl Driver {
                 break;
             }
         }
-        let layout = std::alloc::Layout::from_size_align(len, HOST_ALIGN).expect("checked at allocation");
+        let layout =
+            std::alloc::Layout::from_size_align(len, HOST_ALIGN).expect("checked at allocation");
         // SAFETY: allocated in `allocate_pinned` with this layout, removed
         // from the table above so it is freed once.
         unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
@@ -514,7 +522,12 @@ impl Driver {
         Ok(())
     }
 
-    pub fn stream(&mut self, call: &str, handle: usize, device: Option<usize>) -> Result<Arc<Stream>> {
+    pub fn stream(
+        &mut self,
+        call: &str,
+        handle: usize,
+        device: Option<usize>,
+    ) -> Result<Arc<Stream>> {
         if handle == 0 {
             let Some(device) = device else {
                 return Err(CUDA_ERROR_INVALID_CONTEXT);
@@ -584,15 +597,27 @@ fn execute(device: usize, op: Op) {
     }
     let mut d = driver();
     if d.devices[device].lost {
-        if matches!(op, Op::HtoD { .. } | Op::DtoH { .. } | Op::DtoD { .. } | Op::Memset { .. }) {
-            d.devices[device].sticky.get_or_insert(CUDA_ERROR_DEVICE_UNAVAILABLE);
+        if matches!(
+            op,
+            Op::HtoD { .. } | Op::DtoH { .. } | Op::DtoD { .. } | Op::Memset { .. }
+        ) {
+            d.devices[device]
+                .sticky
+                .get_or_insert(CUDA_ERROR_DEVICE_UNAVAILABLE);
             return;
         }
     }
     match op {
-        Op::HtoD { call, dst, src, len } => {
+        Op::HtoD {
+            call,
+            dst,
+            src,
+            len,
+        } => {
             let Some(at) = usable(&mut d, call, "destination", dst, len) else {
-                d.devices[device].sticky.get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
+                d.devices[device]
+                    .sticky
+                    .get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
                 return;
             };
             let offset = (dst - at) as usize;
@@ -601,12 +626,17 @@ fn execute(device: usize, op: Op) {
                     let a = d.allocs.get_mut(&at).expect("found above");
                     a.data[offset..offset + len].copy_from_slice(&bytes);
                 }
-                Source::Pinned { ptr, crc: at_enqueue } => {
+                Source::Pinned {
+                    ptr,
+                    crc: at_enqueue,
+                } => {
                     if d.pinned_range(ptr, len).is_none() {
                         d.violation(format!(
                             "{call}: pinned source {ptr:#x} ({len} bytes) was freed before the copy executed"
                         ));
-                        d.devices[device].sticky.get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
+                        d.devices[device]
+                            .sticky
+                            .get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
                         return;
                     }
                     let now = crc(ptr, len);
@@ -624,9 +654,16 @@ fn execute(device: usize, op: Op) {
             d.stats.h2d_copies += 1;
             d.stats.h2d_bytes += len as u64;
         }
-        Op::DtoH { call, dst, src, len } => {
+        Op::DtoH {
+            call,
+            dst,
+            src,
+            len,
+        } => {
             let Some(at) = usable(&mut d, call, "source", src, len) else {
-                d.devices[device].sticky.get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
+                d.devices[device]
+                    .sticky
+                    .get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
                 return;
             };
             let offset = (src - at) as usize;
@@ -638,21 +675,35 @@ fn execute(device: usize, op: Op) {
                 std::ptr::copy_nonoverlapping(a.data[offset..].as_ptr(), dst as *mut u8, len)
             };
         }
-        Op::DtoD { call, dst, src, len } => {
+        Op::DtoD {
+            call,
+            dst,
+            src,
+            len,
+        } => {
             let (Some(s), Some(t)) = (
                 usable(&mut d, call, "source", src, len),
                 usable(&mut d, call, "destination", dst, len),
             ) else {
-                d.devices[device].sticky.get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
+                d.devices[device]
+                    .sticky
+                    .get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
                 return;
             };
             let bytes = d.allocs[&s].data[(src - s) as usize..][..len].to_vec();
             d.allocs.get_mut(&t).expect("found above").data[(dst - t) as usize..][..len]
                 .copy_from_slice(&bytes);
         }
-        Op::Memset { call, dst, value, len } => {
+        Op::Memset {
+            call,
+            dst,
+            value,
+            len,
+        } => {
             let Some(at) = usable(&mut d, call, "destination", dst, len) else {
-                d.devices[device].sticky.get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
+                d.devices[device]
+                    .sticky
+                    .get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
                 return;
             };
             d.allocs.get_mut(&at).expect("found above").data[(dst - at) as usize..][..len]
@@ -670,7 +721,9 @@ fn execute(device: usize, op: Op) {
 
 /// At execution: the live, ready allocation holding `ptr .. ptr + len`.
 fn usable(d: &mut Driver, call: &str, what: &str, ptr: u64, len: usize) -> Option<u64> {
-    let at = d.find(&format!("{call} (executing)"), what, ptr, len).ok()?;
+    let at = d
+        .find(&format!("{call} (executing)"), what, ptr, len)
+        .ok()?;
     let a = &d.allocs[&at];
     if !a.ready.load(Ordering::Acquire) {
         d.violation(format!(

@@ -64,7 +64,11 @@ fn an_out_of_bounds_copy_fails_and_names_the_call() {
         "{}",
         v[0]
     );
-    assert!(v[1].contains("not inside any live device allocation"), "{}", v[1]);
+    assert!(
+        v[1].contains("not inside any live device allocation"),
+        "{}",
+        v[1]
+    );
 }
 
 #[test]
@@ -140,9 +144,16 @@ fn a_leak_is_seen_in_the_bookkeeping_and_at_context_release() {
     // SAFETY: simulated driver; the allocation is leaked on purpose.
     let ptr = unsafe { cu::malloc_sync(1 << 20) }.unwrap();
     let s = sim.stats();
-    assert_eq!((s.live_device_allocations, s.live_device_bytes), (1, 1 << 20));
+    assert_eq!(
+        (s.live_device_allocations, s.live_device_bytes),
+        (1, 1 << 20)
+    );
     let (free, total) = cu::mem_get_info().unwrap();
-    assert_eq!(total - free, 1 << 20, "cuMemGetInfo counts what is allocated");
+    assert_eq!(
+        total - free,
+        1 << 20,
+        "cuMemGetInfo counts what is allocated"
+    );
     unbind(0);
     let v = sim.violations();
     assert_eq!(v.len(), 1, "{v:#?}");
@@ -163,7 +174,10 @@ fn double_free_and_use_after_free_fail() {
     unsafe {
         let ptr = cu::malloc_sync(256).unwrap();
         cu::free_sync(ptr).unwrap();
-        assert_eq!(code(cu::free_sync(ptr).unwrap_err()), CUresult::CUDA_ERROR_INVALID_VALUE);
+        assert_eq!(
+            code(cu::free_sync(ptr).unwrap_err()),
+            CUresult::CUDA_ERROR_INVALID_VALUE
+        );
         let err = cu::memcpy_htod_async(ptr, &[0u8; 16], s).unwrap_err();
         assert_eq!(code(err), CUresult::CUDA_ERROR_INVALID_VALUE);
         // A stream-ordered free queued twice.
@@ -220,7 +234,11 @@ fn a_stream_ordered_allocation_used_early_on_another_stream_is_caught() {
     unbind(0);
     let v = sim.violations();
     assert_eq!(v.len(), 1, "{v:#?}");
-    assert!(v[0].contains("before its stream-ordered allocation"), "{}", v[0]);
+    assert!(
+        v[0].contains("before its stream-ordered allocation"),
+        "{}",
+        v[0]
+    );
 }
 
 #[test]
@@ -236,8 +254,12 @@ fn a_stream_waits_for_an_event_recorded_on_another() {
         cu::memset_d8_async(ptr, 9, 64, a).unwrap();
         let e = cu::event::create(CUevent_flags::CU_EVENT_DEFAULT).unwrap();
         cu::event::record(e, a).unwrap();
-        cu::stream::wait_event(b, e, cudarc::driver::sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
-            .unwrap();
+        cu::stream::wait_event(
+            b,
+            e,
+            cudarc::driver::sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+        )
+        .unwrap();
         cu::memcpy_dtoh_async(std::slice::from_raw_parts_mut(out, 64), ptr, b).unwrap();
         cu::stream::synchronize(b).unwrap();
         assert!(std::slice::from_raw_parts(out, 64).iter().all(|&x| x == 9));
@@ -263,7 +285,10 @@ fn calls_without_a_current_context_fail() {
     .join()
     .unwrap();
     let v = sim.violations();
-    assert!(v.len() == 1 && v[0].contains("no current context"), "{v:#?}");
+    assert!(
+        v.len() == 1 && v[0].contains("no current context"),
+        "{v:#?}"
+    );
 }
 
 #[test]
@@ -284,7 +309,10 @@ fn memory_limits_device_count_and_names_are_configurable() {
             CUresult::CUDA_ERROR_OUT_OF_MEMORY
         );
         assert_eq!(sim.device_of(a), Some(3));
-        assert_eq!(cu::mem_get_info().unwrap(), ((1 << 20) - (600 << 10), 1 << 20));
+        assert_eq!(
+            cu::mem_get_info().unwrap(),
+            ((1 << 20) - (600 << 10), 1 << 20)
+        );
         cu::free_sync(a).unwrap();
     }
     unbind(3);
@@ -300,7 +328,10 @@ fn faults_are_injected_where_asked() {
     unsafe {
         sim.fail_device_alloc_at(2);
         let a = cu::malloc_sync(64).unwrap();
-        assert_eq!(code(cu::malloc_sync(64).unwrap_err()), CUresult::CUDA_ERROR_OUT_OF_MEMORY);
+        assert_eq!(
+            code(cu::malloc_sync(64).unwrap_err()),
+            CUresult::CUDA_ERROR_OUT_OF_MEMORY
+        );
         sim.fail_host_alloc_at(1);
         assert!(cu::malloc_host(64, 0).is_err());
         sim.fail_copy_at(2);

@@ -85,7 +85,11 @@ fn assert_same(model: &DeviceModel, host: &[tensorizer::Tensor], what: &str) {
     for (d, h) in model.tensors().iter().zip(host) {
         assert_eq!(d.info.path, *h.path(), "{what}");
         let back = model.to_host(d).unwrap();
-        assert!(back.as_bytes() == h.as_bytes(), "{what}: {} differs", h.name());
+        assert!(
+            back.as_bytes() == h.as_bytes(),
+            "{what}: {} differs",
+            h.name()
+        );
     }
 }
 
@@ -112,7 +116,10 @@ fn check(driver: &Driver, path: &Path) -> usize {
             }
             (Err(_), Err(_)) => {}
             (Ok(_), Err(e)) => panic!("{}: the device load failed: {e}", path.display()),
-            (Err(e), Ok(_)) => panic!("{}: the host refused ({e}) but the device load passed", path.display()),
+            (Err(e), Ok(_)) => panic!(
+                "{}: the host refused ({e}) but the device load passed",
+                path.display()
+            ),
         }
         driver.assert_clean();
     }
@@ -136,7 +143,10 @@ fn every_fixture_round_trips_through_the_device() {
             files += 1;
         }
     }
-    assert!(files > 40 && tensors > 1000, "{files} files, {tensors} tensors");
+    assert!(
+        files > 40 && tensors > 1000,
+        "{files} files, {tensors} tensors"
+    );
 }
 
 /// `count` tensors of `size` bytes, each a different pattern.
@@ -286,7 +296,9 @@ fn out_of_memory_mid_load_names_the_tensor_and_frees_everything() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("layer.4.weight") && err.contains("out of memory") && err.contains("1048576 bytes requested"),
+        err.contains("layer.4.weight")
+            && err.contains("out of memory")
+            && err.contains("1048576 bytes requested"),
         "{err}"
     );
     driver.assert_clean();
@@ -352,7 +364,10 @@ fn a_failed_copy_or_a_lost_device_mid_load_leaves_nothing_behind() {
         .to_cuda(0, &options)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("host-to-device copy") && err.contains("CUDA_ERROR_UNKNOWN"), "{err}");
+    assert!(
+        err.contains("host-to-device copy") && err.contains("CUDA_ERROR_UNKNOWN"),
+        "{err}"
+    );
     driver.assert_clean();
 
     sim.lose_device_at_copy(0, 12);
@@ -365,7 +380,12 @@ fn a_failed_copy_or_a_lost_device_mid_load_leaves_nothing_behind() {
     sim.assert_no_violations();
     let s = sim.stats();
     assert_eq!(
-        (s.live_device_allocations, s.live_pinned_allocations, s.live_streams, s.retained_contexts),
+        (
+            s.live_device_allocations,
+            s.live_pinned_allocations,
+            s.live_streams,
+            s.retained_contexts
+        ),
         (0, 0, 0, 0),
         "{s:#?}"
     );
@@ -404,9 +424,8 @@ fn a_device_map_splits_one_file_across_four_gpus() {
     let path = fixtures().join("tensorizer-2.12.1/many_tensors.tensors");
     let d = Deserializer::open(&path).unwrap();
     let host = d.read_all().unwrap();
-    let index = |e: &tensorizer::IndexEntry| {
-        d.entries().iter().position(|x| std::ptr::eq(x, e)).unwrap()
-    };
+    let index =
+        |e: &tensorizer::IndexEntry| d.entries().iter().position(|x| std::ptr::eq(x, e)).unwrap();
     let models = d
         .to_cuda_map(|e| index(e) % gpus, &CudaOptions::default())
         .unwrap();

@@ -304,8 +304,18 @@ def _warn_device_copy(device):
     if not _warned_device:
         _warned_device = True
         warnings.warn(
-            f"tensorizer_rs: this wheel has no CUDA engine; tensors for {device} are loaded "
-            "into host memory, then copied once", stacklevel=5)
+            f"tensorizer_rs: the CUDA engine found no CUDA driver or device for {device}; "
+            "tensors are loaded into host memory, then copied once", stacklevel=5)
+
+
+def _engine_ordinal(device):
+    """The GPU ordinal the core's CUDA engine loads `device` onto, or None
+    (not a CUDA device, or no driver the engine can use: the host path and
+    one copy then)."""
+    if torch is None or not isinstance(device, torch.device) or device.type != "cuda":
+        return None
+    ordinal = device.index if device.index is not None else 0
+    return ordinal if _native.cuda_devices() > ordinal else None
 
 
 def _resolve_device(device):
@@ -396,7 +406,7 @@ class TensorDeserializer(collections.abc.Mapping):
                     raise HashMismatchError(
                         f"Tensor '{entry.name}' failed {HashType(hash_type).name} verification.")
 
-    def _finish(self, entry, capsule):
+    def _finish(self, entry, capsule, on_device=False):
         t = _to_tensor(capsule, entry.dtype, entry.shape)
         if torch is None:
             return t
@@ -405,10 +415,12 @@ class TensorDeserializer(collections.abc.Mapping):
             target = self._dtype
         gradient = t.dtype.is_complex or t.dtype.is_floating_point
         device = self._device
-        if device.type != "cpu":
+        # Tensors from the CUDA engine are on their device already.
+        moved = device.type != "cpu" and not on_device
+        if moved:
             _warn_device_copy(device)
-        if target is not None or device.type != "cpu":
-            t = t.to(device=device if device.type != "cpu" else None, dtype=target)
+        if target is not None or moved:
+            t = t.to(device=device if moved else None, dtype=target)
         return torch.nn.Parameter(t, requires_grad=gradient)
 
     def _load(self, indices):
@@ -417,12 +429,16 @@ class TensorDeserializer(collections.abc.Mapping):
         todo = [i for i in dict.fromkeys(indices) if i not in self._cache]
         if not todo:
             return
-        capsules = self._reader.read(todo, raw=torch is None)
+        ordinal = _engine_ordinal(self._device)
+        if ordinal is not None:
+            capsules = self._reader.read_cuda(todo, ordinal)
+        else:
+            capsules = self._reader.read(todo, raw=torch is None)
         by_i = {e.index: e for e in self._entries}
         if self._verify_hash:
             self._check_hashes([by_i[i] for i in todo])
         for i, c in zip(todo, capsules):
-            self._cache[i] = self._finish(by_i[i], c)
+            self._cache[i] = self._finish(by_i[i], c, on_device=ordinal is not None)
             self.read_bytes += by_i[i].length
 
     # -- Mapping --------------------------------------------------------
