@@ -34,7 +34,8 @@ PRELUDE = textwrap.dedent('''
 
     FIELDS = ("live_device_allocations", "live_device_bytes", "peak_device_bytes",
               "live_pinned_allocations", "pinned_bytes", "peak_pinned_bytes", "h2d_copies",
-              "h2d_bytes", "live_streams", "live_events", "retained_contexts", "violations")
+              "h2d_bytes", "live_streams", "live_events", "retained_contexts", "violations",
+              "devices_used")
 
     class Stats(ctypes.Structure):
         _fields_ = [(f, ctypes.c_uint64) for f in FIELDS]

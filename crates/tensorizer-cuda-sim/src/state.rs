@@ -95,6 +95,8 @@ pub struct Stats {
     pub retained_contexts: u64,
     /// Violations recorded since the last reset.
     pub violations: u64,
+    /// Bit `k` set: device `k` received an allocation since the last reset.
+    pub devices_used: u64,
 }
 
 /// One device allocation: real host memory, zeroed by the allocator.
@@ -327,6 +329,10 @@ impl Driver {
             violations: Vec::new(),
         };
         d.resize_devices();
+        if std::env::var_os("TSIM_REPORT").is_some() {
+            // SAFETY: registers a plain function to run at exit.
+            unsafe { libc::atexit(report_at_exit) };
+        }
         d
     }
 
@@ -365,6 +371,7 @@ impl Driver {
         self.stats.peak_pinned_bytes = self.stats.pinned_bytes;
         self.stats.h2d_copies = 0;
         self.stats.h2d_bytes = 0;
+        self.stats.devices_used = 0;
     }
 
     pub fn refresh_stats(&mut self) {
@@ -417,6 +424,7 @@ impl Driver {
         state.next = (at + size + GUARD).next_multiple_of(DEVICE_ALIGN);
         state.used += size;
         let _ = call;
+        self.stats.devices_used |= 1 << device.min(63);
         self.allocs.insert(
             at,
             DeviceAlloc {
@@ -566,6 +574,38 @@ impl Driver {
 }
 
 static DRIVER: OnceLock<Mutex<Driver>> = OnceLock::new();
+
+/// With `TSIM_REPORT=FILE`, the bookkeeping is written to FILE when the
+/// process exits (`name value` lines, then `violation: ...` lines): how a
+/// test checks a program it runs in a subprocess.
+extern "C" fn report_at_exit() {
+    let Some(path) = std::env::var_os("TSIM_REPORT") else {
+        return;
+    };
+    let mut d = driver();
+    d.refresh_stats();
+    let s = d.stats;
+    let mut text = format!(
+        "live_device_allocations {}\nlive_device_bytes {}\npeak_device_bytes {}\nlive_pinned_allocations {}\npinned_bytes {}\npeak_pinned_bytes {}\nh2d_copies {}\nh2d_bytes {}\nlive_streams {}\nlive_events {}\nretained_contexts {}\nviolations {}\ndevices_used {}\n",
+        s.live_device_allocations,
+        s.live_device_bytes,
+        s.peak_device_bytes,
+        s.live_pinned_allocations,
+        s.pinned_bytes,
+        s.peak_pinned_bytes,
+        s.h2d_copies,
+        s.h2d_bytes,
+        s.live_streams,
+        s.live_events,
+        s.retained_contexts,
+        s.violations,
+        s.devices_used
+    );
+    for v in &d.violations {
+        text.push_str(&format!("violation: {v}\n"));
+    }
+    let _ = std::fs::write(path, text);
+}
 
 /// The process-wide simulated driver.
 pub(crate) fn driver() -> MutexGuard<'static, Driver> {

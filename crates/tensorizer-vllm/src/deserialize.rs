@@ -64,9 +64,10 @@ pub fn load_ranks(
             #[cfg(feature = "cuda")]
             Device::Cuda => {
                 let model = d.to_cuda(rank, &tensorizer::cuda::CudaOptions::default())?;
+                // As on the host: the bytes placed, meta tensors' zeros included.
                 (
                     model.tensors().len(),
-                    d.entries().iter().map(|e| e.data_length).sum(),
+                    model.tensors().iter().map(|t| t.len as u64).sum(),
                 )
             }
         };
