@@ -24,6 +24,8 @@ const DEVICE_SPAN: u64 = 1 << 40;
 const GUARD: u64 = 64 << 10;
 /// Alignment of device allocations (what cuMemAlloc guarantees).
 pub(crate) const DEVICE_ALIGN: u64 = 256;
+/// The byte fresh device and pinned memory holds until written.
+pub(crate) const POISON: u8 = 0xA5;
 /// Alignment of pinned host allocations (a page).
 const HOST_ALIGN: usize = 4096;
 
@@ -99,7 +101,7 @@ pub struct Stats {
     pub devices_used: u64,
 }
 
-/// One device allocation: real host memory, zeroed by the allocator.
+/// One device allocation: real host memory, poisoned until written.
 #[derive(Debug)]
 pub(crate) struct DeviceAlloc {
     pub device: usize,
@@ -419,7 +421,10 @@ impl Driver {
         if data.try_reserve_exact(len).is_err() {
             return Err(CUDA_ERROR_OUT_OF_MEMORY);
         }
-        data.resize(len, 0);
+        // Device memory starts uninitialised: poison it, so a program that
+        // reads what it never wrote (a meta tensor never zeroed, say) sees
+        // garbage, as on a GPU.
+        data.resize(len, POISON);
         let at = state.next;
         state.next = (at + size + GUARD).next_multiple_of(DEVICE_ALIGN);
         state.used += size;
@@ -491,10 +496,13 @@ impl Driver {
         let layout = std::alloc::Layout::from_size_align(len.max(1), HOST_ALIGN)
             .map_err(|_| CUDA_ERROR_OUT_OF_MEMORY)?;
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = unsafe { std::alloc::alloc(layout) };
         if ptr.is_null() {
             return Err(CUDA_ERROR_OUT_OF_MEMORY);
         }
+        // Uninitialised, like the driver's: poisoned.
+        // SAFETY: `ptr` was just allocated for `len.max(1)` bytes.
+        unsafe { std::ptr::write_bytes(ptr, POISON, len.max(1)) };
         self.pinned.insert(ptr as usize, len.max(1));
         self.refresh_stats();
         Ok(ptr as usize)

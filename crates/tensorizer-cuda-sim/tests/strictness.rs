@@ -355,3 +355,27 @@ fn faults_are_injected_where_asked() {
     unbind(0);
     sim.assert_clean();
 }
+
+#[test]
+fn fresh_device_and_pinned_memory_is_poisoned_not_zeroed() {
+    let sim = session();
+    bind(0);
+    // SAFETY: simulated driver pointers.
+    unsafe {
+        let ptr = cu::malloc_sync(4096).unwrap();
+        // A program that reads what it never wrote sees garbage, as on a GPU.
+        assert_eq!(sim.read_device(ptr, 4096).unwrap(), vec![0xA5; 4096]);
+        let host = cu::malloc_host(64, 0).unwrap().cast::<u8>();
+        assert!(
+            std::slice::from_raw_parts(host, 64)
+                .iter()
+                .all(|&b| b == 0xA5)
+        );
+        cu::memset_d8_sync(ptr, 0, 4096).unwrap();
+        assert_eq!(sim.read_device(ptr, 4096).unwrap(), vec![0; 4096]);
+        cu::free_host(host.cast()).unwrap();
+        cu::free_sync(ptr).unwrap();
+    }
+    unbind(0);
+    sim.assert_clean();
+}

@@ -248,6 +248,32 @@ impl Gpu {
         Ok(())
     }
 
+    /// Enqueues zeroing `len` bytes of `dst` at `offset` on the next stream
+    /// (a meta tensor: nothing to read or copy; device memory starts
+    /// uninitialised).
+    pub fn zero(&self, dst: &mut DeviceBuffer, offset: usize, len: usize) -> Result<(), CudaError> {
+        check_bounds(offset, len, dst.len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let stream = &self.streams[self.next.fetch_add(1, Ordering::Relaxed) % self.streams.len()];
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver("binding the context"))?;
+        let (base, _sync) = dst.slice.device_ptr_mut(stream);
+        // SAFETY: the range lies inside the allocation (checked above); any
+        // byte pattern is a valid u8.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                base + offset as u64,
+                0,
+                len,
+                stream.cu_stream(),
+            )
+        }
+        .map_err(driver("enqueueing a memset"))
+    }
+
     /// Waits for every enqueued copy.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         for s in &self.streams {

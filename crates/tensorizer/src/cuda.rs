@@ -155,6 +155,26 @@ impl Destination for GpuDestination<'_> {
         self.upload(index, offset, buffer, || format!("tensor #{index}"))
     }
 
+    /// A meta tensor is zeroed in place on the device: no staging buffer
+    /// (one larger than a staging buffer would not fit) and no copy.
+    fn complete_meta(
+        &self,
+        index: usize,
+        entry: &IndexEntry,
+        info: TensorInfo,
+        len: usize,
+    ) -> Result<()> {
+        let (which, start) = self.place[&index];
+        let mut dst = self.buffers[which]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.gpu
+            .zero(&mut dst, start, len)
+            .map_err(cuda_error(&entry.name.to_string()))?;
+        drop(dst);
+        self.complete_in_pieces(index, info)
+    }
+
     fn complete_in_pieces(&self, index: usize, info: TensorInfo) -> Result<()> {
         self.infos
             .lock()

@@ -519,3 +519,38 @@ fn a_hostile_arena_layout_is_refused_before_any_upload() {
     }
     driver.assert_clean();
 }
+
+/// Meta tensors (no data stored) load as zeros, whatever their size: one
+/// larger than a staging buffer included.
+#[test]
+fn meta_tensors_load_as_zeros_on_the_device() {
+    let driver = driver();
+    let dir = gpu_tmp();
+    let path = dir.path().join("meta.tensors");
+    let data = pattern(1, 3 << 20);
+    let mut s = Serializer::new();
+    s.write_state_dict([
+        ("small_meta", TensorData::meta(Dtype::F32, &[1000])),
+        // 96 MiB: more than one 64 MiB staging buffer.
+        ("large_meta", TensorData::meta(Dtype::BF16, &[48 << 20])),
+        (
+            "real",
+            TensorData::new(Dtype::U8, &[3 << 20], &data).unwrap(),
+        ),
+    ])
+    .unwrap();
+    s.write_to_file(&path).unwrap();
+    let model = Deserializer::open(&path)
+        .unwrap()
+        .to_cuda(0, &CudaOptions::default())
+        .unwrap();
+    let sizes: Vec<usize> = model.tensors().iter().map(|t| t.len).collect();
+    assert_eq!(sizes, [4000, 96 << 20, 3 << 20]);
+    for t in &model.tensors()[..2] {
+        let back = model.to_host(t).unwrap();
+        assert!(back.as_bytes().iter().all(|&b| b == 0), "{}", t.info.path);
+    }
+    assert!(model.to_host(&model.tensors()[2]).unwrap().as_bytes() == &data[..]);
+    drop(model);
+    driver.assert_clean();
+}
