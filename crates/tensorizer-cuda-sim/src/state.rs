@@ -635,25 +635,21 @@ pub(crate) fn source_crc(ptr: usize, len: usize) -> u32 {
 
 /// Runs one queued operation on `device` (on its stream's thread).
 fn execute(device: usize, op: Op) {
-    let delay = driver().config.copy_delay;
-    if matches!(
+    let moves_bytes = matches!(
         op,
         Op::HtoD { .. } | Op::DtoH { .. } | Op::DtoD { .. } | Op::Memset { .. }
-    ) && !delay.is_zero()
-    {
+    );
+    let delay = driver().config.copy_delay;
+    if moves_bytes && !delay.is_zero() {
         std::thread::sleep(delay);
     }
     let mut d = driver();
-    if d.devices[device].lost {
-        if matches!(
-            op,
-            Op::HtoD { .. } | Op::DtoH { .. } | Op::DtoD { .. } | Op::Memset { .. }
-        ) {
-            d.devices[device]
-                .sticky
-                .get_or_insert(CUDA_ERROR_DEVICE_UNAVAILABLE);
-            return;
-        }
+    if d.devices[device].lost && moves_bytes {
+        // A lost device runs nothing; its next synchronization says so.
+        d.devices[device]
+            .sticky
+            .get_or_insert(CUDA_ERROR_DEVICE_UNAVAILABLE);
+        return;
     }
     match op {
         Op::HtoD {
