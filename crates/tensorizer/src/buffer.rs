@@ -2,11 +2,11 @@
 //! for any element type and for SIMD loads.
 //!
 //! Buffers of [`HUGE_THRESHOLD`] bytes or more are anonymous memory maps
-//! aligned to 2 MiB and advised `MADV_HUGEPAGE`: filling fresh memory costs
-//! one page fault per page, and with 2 MiB pages a 1 GiB tensor takes 512
-//! faults instead of 262 144 (the first load of a model is otherwise
-//! dominated by faults, not by reading). The pages are zero until written,
-//! as the kernel hands them out.
+//! aligned to 2 MiB and, where huge pages pay ([`huge_pages`]), advised
+//! `MADV_HUGEPAGE`: filling fresh memory costs one page fault per page, and
+//! with 2 MiB pages a 1 GiB tensor takes 512 faults instead of 262 144 (the
+//! first load of a model is otherwise dominated by faults, not by reading).
+//! The pages are zero until written, as the kernel hands them out.
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -18,6 +18,39 @@ pub const ALIGNMENT: usize = 64;
 pub const HUGE_THRESHOLD: usize = 4 << 20;
 
 const HUGE_PAGE: usize = 2 << 20;
+
+/// Whether large buffers ask for transparent huge pages.
+///
+/// `TENSORIZER_HUGE_PAGES=1` or `=0` decides. Otherwise yes, unless this is
+/// a virtual machine that reports free memory to its host (a virtio
+/// balloon with free page reporting): there a fresh huge page is usually
+/// one the host took back, and its first touch is a host fault per page;
+/// measured on such a VM, a fresh process loaded 1 GiB about 4× faster in
+/// 4 KiB pages, which the guest keeps on its own free lists (BENCHMARKS.md,
+/// "Fresh-process loads"). On bare metal huge pages win.
+pub(crate) fn huge_pages() -> bool {
+    static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var("TENSORIZER_HUGE_PAGES").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => !free_page_reporting(),
+    })
+}
+
+/// True when a virtio balloon device offers free page reporting
+/// (`VIRTIO_BALLOON_F_REPORTING`, feature bit 5).
+fn free_page_reporting() -> bool {
+    const BALLOON: &str = "0x0005";
+    const REPORTING_BIT: usize = 5;
+    let Ok(devices) = std::fs::read_dir("/sys/bus/virtio/devices") else {
+        return false;
+    };
+    devices.flatten().any(|d| {
+        let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default();
+        read("device").trim() == BALLOON
+            && read("features").as_bytes().get(REPORTING_BIT) == Some(&b'1')
+    })
+}
 
 /// A zero-initialised, 64-byte aligned, fixed-length byte buffer.
 pub struct AlignedBuffer {
@@ -81,8 +114,10 @@ impl AlignedBuffer {
         let offset = (HUGE_PAGE - base as usize % HUGE_PAGE) % HUGE_PAGE;
         // SAFETY: `offset < HUGE_PAGE`, so `start .. start + len` lies inside the map.
         let start = unsafe { base.cast::<u8>().add(offset) };
-        // SAFETY: advice on memory we just mapped; failure only means small pages.
-        unsafe { libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE) };
+        if huge_pages() {
+            // SAFETY: advice on memory we just mapped; failure only means small pages.
+            unsafe { libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE) };
+        }
         Some(Self {
             ptr: NonNull::new(start)?,
             len,
