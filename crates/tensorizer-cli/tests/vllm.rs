@@ -24,12 +24,12 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-#[test]
-fn serialize_then_deserialize_every_rank() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = write_checkpoint(&dir.path().join("Qwen2-tiny"), Tiny::Qwen2, true);
-    let out = dir.path().join("out");
-    let key = dir.path().join("keys/qwen.key");
+/// `vllm serialize` of a tiny Qwen2 at tensor parallelism 2 with a key
+/// file, into `dir/out`; returns the run and the key's path.
+fn serialize_tp2(dir: &std::path::Path) -> (Output, std::path::PathBuf) {
+    let model = write_checkpoint(&dir.join("Qwen2-tiny"), Tiny::Qwen2, true);
+    let out = dir.join("out");
+    let key = dir.join("keys/qwen.key");
     let o = run(&[
         "vllm",
         "serialize",
@@ -44,6 +44,14 @@ fn serialize_then_deserialize_every_rank() {
         "--suffix",
         "v1",
     ]);
+    (o, key)
+}
+
+#[test]
+fn serialize_then_deserialize_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, key) = serialize_tp2(dir.path());
+    let (model, out) = (dir.path().join("Qwen2-tiny"), dir.path().join("out"));
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
     // Without --model-name the directory's name is the model's.
@@ -182,24 +190,9 @@ fn serialize_then_deserialize_every_rank() {
 fn deserialize_onto_simulated_gpus() {
     let sim = tensorizer_cuda_sim::library_path().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
-    let model = write_checkpoint(&dir.path().join("Qwen2-tiny"), Tiny::Qwen2, true);
-    let out = dir.path().join("out");
-    let key = dir.path().join("qwen.key");
-    let o = run(&[
-        "vllm",
-        "serialize",
-        "--model",
-        model.to_str().unwrap(),
-        "--serialized-directory",
-        out.to_str().unwrap(),
-        "--tensor-parallel-size",
-        "2",
-        "--keyfile",
-        key.to_str().unwrap(),
-        "--suffix",
-        "v1",
-    ]);
+    let (o, key) = serialize_tp2(dir.path());
     assert!(o.status.success(), "{}", text(&o).1);
+    let out = dir.path().join("out");
     let template = out.join("vllm/Qwen2-tiny/v1/model-rank-%03d.tensors");
     let report = dir.path().join("sim-report");
     let o = Command::new(env!("CARGO_BIN_EXE_tensorizer"))

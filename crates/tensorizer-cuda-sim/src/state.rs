@@ -658,10 +658,7 @@ fn execute(device: usize, op: Op) {
             src,
             len,
         } => {
-            let Some(at) = usable(&mut d, call, "destination", dst, len) else {
-                d.devices[device]
-                    .sticky
-                    .get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
+            let Some(at) = usable(&mut d, device, call, "destination", dst, len) else {
                 return;
             };
             let offset = (dst - at) as usize;
@@ -704,10 +701,7 @@ fn execute(device: usize, op: Op) {
             src,
             len,
         } => {
-            let Some(at) = usable(&mut d, call, "source", src, len) else {
-                d.devices[device]
-                    .sticky
-                    .get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
+            let Some(at) = usable(&mut d, device, call, "source", src, len) else {
                 return;
             };
             let offset = (src - at) as usize;
@@ -726,12 +720,9 @@ fn execute(device: usize, op: Op) {
             len,
         } => {
             let (Some(s), Some(t)) = (
-                usable(&mut d, call, "source", src, len),
-                usable(&mut d, call, "destination", dst, len),
+                usable(&mut d, device, call, "source", src, len),
+                usable(&mut d, device, call, "destination", dst, len),
             ) else {
-                d.devices[device]
-                    .sticky
-                    .get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
                 return;
             };
             let bytes = d.allocs[&s].data[(src - s) as usize..][..len].to_vec();
@@ -744,10 +735,7 @@ fn execute(device: usize, op: Op) {
             value,
             len,
         } => {
-            let Some(at) = usable(&mut d, call, "destination", dst, len) else {
-                d.devices[device]
-                    .sticky
-                    .get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
+            let Some(at) = usable(&mut d, device, call, "destination", dst, len) else {
                 return;
             };
             d.allocs.get_mut(&at).expect("found above").data[(dst - at) as usize..][..len]
@@ -763,17 +751,28 @@ fn execute(device: usize, op: Op) {
     }
 }
 
-/// At execution: the live, ready allocation holding `ptr .. ptr + len`.
-fn usable(d: &mut Driver, call: &str, what: &str, ptr: u64, len: usize) -> Option<u64> {
-    let at = d
-        .find(&format!("{call} (executing)"), what, ptr, len)
-        .ok()?;
-    let a = &d.allocs[&at];
-    if !a.ready.load(Ordering::Acquire) {
+/// At execution: the live, ready allocation holding `ptr .. ptr + len`;
+/// otherwise a violation, and `device` gets the sticky illegal-address
+/// error a GPU would raise.
+fn usable(
+    d: &mut Driver,
+    device: usize,
+    call: &str,
+    what: &str,
+    ptr: u64,
+    len: usize,
+) -> Option<u64> {
+    let found = d.find(&format!("{call} (executing)"), what, ptr, len).ok();
+    let ready = found.filter(|at| d.allocs[at].ready.load(Ordering::Acquire));
+    if found.is_some() && ready.is_none() {
         d.violation(format!(
             "{call}: {what} {ptr:#x} used on another stream before its stream-ordered allocation (cuMemAllocAsync) completed"
         ));
-        return None;
     }
-    Some(at)
+    if ready.is_none() {
+        d.devices[device]
+            .sticky
+            .get_or_insert(CUDA_ERROR_ILLEGAL_ADDRESS);
+    }
+    ready
 }

@@ -164,14 +164,8 @@ impl Destination for GpuDestination<'_> {
         info: TensorInfo,
         len: usize,
     ) -> Result<()> {
-        let (which, start) = self.place[&index];
-        let mut dst = self.buffers[which]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        self.gpu
-            .zero(&mut dst, start, len)
+        self.at(index, |gpu, dst, start| gpu.zero(dst, start, len))
             .map_err(cuda_error(&entry.name.to_string()))?;
-        drop(dst);
         self.complete_in_pieces(index, info)
     }
 
@@ -193,13 +187,23 @@ impl GpuDestination<'_> {
         buffer: Staging,
         name: impl FnOnce() -> String,
     ) -> Result<()> {
+        self.at(index, |gpu, dst, start| {
+            gpu.upload(buffer, dst, start + offset)
+        })
+        .map_err(cuda_error(&name()))
+    }
+
+    /// Runs `f` on tensor `index`'s device buffer and its offset there.
+    fn at(
+        &self,
+        index: usize,
+        f: impl FnOnce(&Gpu, &mut DeviceBuffer, usize) -> std::result::Result<(), CudaError>,
+    ) -> std::result::Result<(), CudaError> {
         let (which, start) = self.place[&index];
         let mut dst = self.buffers[which]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        self.gpu
-            .upload(buffer, &mut dst, start + offset)
-            .map_err(cuda_error(&name()))
+        f(self.gpu, &mut dst, start)
     }
 }
 
