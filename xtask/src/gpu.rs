@@ -1,9 +1,10 @@
-//! `cargo xtask gpu-test` and `cargo xtask gpu-bench`: build the GPU test
-//! binary / benchmark here, stage them with what they need in
-//! `target/gpu/` (self-contained: no Rust toolchain needed to run), and run
-//! them when this machine has a GPU. Elsewhere they print how to run the
-//! staged folder on a GPU machine (`target/gpu/run-tests.sh`,
-//! `target/gpu/run-bench.sh`).
+//! `cargo xtask gpu-test` and `cargo xtask gpu-bench`: build the GPU suite
+//! / benchmark here and stage them with what they need in `target/gpu/`
+//! (self-contained: no Rust toolchain needed to run). The suite runs at once,
+//! on the GPU where `nvidia-smi` finds one and on the simulated CUDA driver
+//! (`crates/tensorizer-cuda-sim`, staged beside it) elsewhere; the benchmark
+//! runs only where a GPU is, and elsewhere prints how to run the staged
+//! folder on a GPU machine (`target/gpu/run-bench.sh`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

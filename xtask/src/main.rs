@@ -10,8 +10,11 @@
 //!   are kept in `fuzz/regressions/TARGET/`.
 //! - `bench [--size 2GiB | --model FILE] [--runs 5]`: the side-by-side
 //!   table (ours, the Python library, safetensors, curl, the pread limit).
-//! - `gpu-test`, `gpu-bench`: build the GPU tests / benchmark, stage them in
-//!   `target/gpu/`, run them where a GPU is present.
+//! - `gpu-test`: builds the GPU suite with the simulated CUDA driver beside
+//!   it, stages both in `target/gpu/` and runs it: on the GPU where there is
+//!   one, on the simulator elsewhere (it says which).
+//! - `gpu-bench`: builds the GPU benchmark, stages it in `target/gpu/`, runs
+//!   it where a GPU is present.
 //! - `vllm-reference`: installs vLLM 0.33.0 into a venv (9.4 GB, once) and
 //!   compares every rank file `tensorizer vllm serialize` writes with what
 //!   vLLM's own model classes hold per rank (names, order, module indices,
