@@ -329,13 +329,26 @@ impl Reader {
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let entries = self.inner.entries();
         let wanted = self.wanted(&indices)?;
+        // Pinned staging sized to the request: a lazy load of one small
+        // tensor pins one small buffer, not the full 4 × 64 MiB ring.
+        let largest = indices
+            .iter()
+            .map(|&i| entries[i].deserialized_length().unwrap_or(u64::MAX))
+            .max()
+            .unwrap_or(0);
+        let options = tensorizer::cuda::CudaOptions {
+            staging_size: Some(
+                usize::try_from(largest)
+                    .unwrap_or(usize::MAX)
+                    .clamp(1 << 20, 64 << 20),
+            ),
+            staging_buffers: indices.len().clamp(1, 4),
+            ..Default::default()
+        };
         let model = py
             .detach(|| {
-                self.inner.to_cuda_filtered(
-                    ordinal,
-                    &tensorizer::cuda::CudaOptions::default(),
-                    |e| wanted.contains(e.name.path()),
-                )
+                self.inner
+                    .to_cuda_filtered(ordinal, &options, |e| wanted.contains(e.name.path()))
             })
             .map(std::sync::Arc::new)
             .map_err(py_err)?;

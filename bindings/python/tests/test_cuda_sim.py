@@ -192,6 +192,25 @@ def test_capsules_point_into_live_device_memory_with_the_files_bytes(files):
     assert "checked 8" in out
 
 
+def test_a_lazy_load_pins_staging_sized_to_the_tensor(files):
+    plain, _, _ = files
+    run('''
+        r = _native.Reader(sys.argv[1])
+        names = [row[0] for row in r.entries()]
+        small = names.index("w.f16")
+        c = r.read_cuda([small], 0)[0]
+        s = stats()
+        # One 1 MiB buffer for a 34-byte tensor, not the 4 x 64 MiB ring.
+        assert s.peak_pinned_bytes == 1 << 20, s.peak_pinned_bytes
+        kind, dev, ptr, shape, nbytes, _ = inspect(c)
+        assert (kind, shape, nbytes) == (2, [17], 34)
+        del c
+        gc.collect()
+        assert stats().live_device_allocations == 0
+        assert violations() == []
+    ''', plain)
+
+
 def test_a_wrong_key_fails_and_leaves_no_device_memory(files):
     _, enc, _ = files
     run('''
