@@ -59,6 +59,13 @@ pub enum CudaError {
         /// Total device memory.
         total: u64,
     },
+    /// A device ordinal past what the driver can name (cudarc would
+    /// truncate it to a 32-bit ordinal, and another device would answer).
+    #[error("no CUDA device {ordinal}")]
+    NoSuchDevice {
+        /// The ordinal asked for.
+        ordinal: usize,
+    },
     /// A tensor larger than a staging buffer.
     #[error("{bytes} bytes do not fit a {staging}-byte staging buffer (raise the staging size)")]
     TooLarge {
@@ -143,6 +150,9 @@ impl Gpu {
     pub fn open(ordinal: usize, streams: usize) -> Result<Arc<Self>, CudaError> {
         if !driver_available() {
             return Err(CudaError::NoDriver);
+        }
+        if i32::try_from(ordinal).is_err() {
+            return Err(CudaError::NoSuchDevice { ordinal });
         }
         let ctx = CudaContext::new(ordinal).map_err(driver("opening the device"))?;
         // Ordering between streams is ours to manage (events per staging
@@ -520,6 +530,17 @@ mod tests {
         );
         assert!(arena_layout(&[usize::MAX]).is_ok());
         assert!(arena_layout(&[usize::MAX, 0]).is_err());
+    }
+
+    #[test]
+    fn an_ordinal_past_32_bits_is_refused_not_truncated() {
+        if !driver_available() {
+            return; // refused as NoDriver first; the simulator suite covers the driver path
+        }
+        assert!(matches!(
+            Gpu::open(1 << 32, 1),
+            Err(CudaError::NoSuchDevice { .. })
+        ));
     }
 
     #[test]

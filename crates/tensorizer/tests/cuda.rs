@@ -554,3 +554,16 @@ fn meta_tensors_load_as_zeros_on_the_device() {
     drop(model);
     driver.assert_clean();
 }
+
+/// An ordinal past 32 bits is refused, not truncated onto device 0.
+#[test]
+fn a_huge_device_ordinal_is_refused() {
+    let driver = driver();
+    let err = Deserializer::open(fixtures().join("tensorizer-2.12.1/module.tensors"))
+        .unwrap()
+        .to_cuda(1 << 32, &CudaOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no CUDA device 4294967296"), "{err}");
+    driver.assert_clean();
+}
