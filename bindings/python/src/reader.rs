@@ -6,7 +6,9 @@ use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use rayon::prelude::*;
-use tensorizer::{Decryption, Deserializer, EncryptionKey, Error, Tensor, TensorPath, Verify};
+use tensorizer::{
+    Decryption, Deserializer, EncryptionKey, Error, Tensor, TensorPath, UnauthenticatedMeta, Verify,
+};
 
 use crate::sources::{FdSource, MemorySource};
 use crate::{Storage, dlpack, options, path_to_py, py_err};
@@ -23,6 +25,12 @@ struct Opening {
     passphrase: Option<Vec<u8>>,
     num_readers: Option<usize>,
     verify_hash: bool,
+    meta: UnauthenticatedMeta,
+}
+
+/// The meta tensors of an encrypted file the caller accepts.
+fn meta_policy(allow_meta: Vec<String>, allow_all_meta: bool) -> UnauthenticatedMeta {
+    UnauthenticatedMeta::from_names(allow_meta.iter().map(String::as_str), allow_all_meta)
 }
 
 impl Opening {
@@ -35,6 +43,7 @@ impl Opening {
         if let Some(n) = self.num_readers {
             d = d.num_readers(n.max(1));
         }
+        d = d.unauthenticated_meta(self.meta);
         if let Some(k) = self.key {
             let k = EncryptionKey::from_slice(&k).map_err(|e| Error::Encryption {
                 path: d.path().to_path_buf(),
@@ -85,7 +94,8 @@ impl Reader {
 impl Reader {
     /// Opens a path or URI.
     #[new]
-    #[pyo3(signature = (uri, *, storage=None, key=None, passphrase=None, num_readers=None, verify_hash=false))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (uri, *, storage=None, key=None, passphrase=None, num_readers=None, verify_hash=false, allow_meta=Vec::new(), allow_all_meta=false))]
     fn new(
         py: Python<'_>,
         uri: String,
@@ -94,6 +104,8 @@ impl Reader {
         passphrase: Option<Vec<u8>>,
         num_readers: Option<usize>,
         verify_hash: bool,
+        allow_meta: Vec<String>,
+        allow_all_meta: bool,
     ) -> PyResult<Self> {
         let options = options(storage);
         let opening = Opening {
@@ -101,6 +113,7 @@ impl Reader {
             passphrase,
             num_readers,
             verify_hash,
+            meta: meta_policy(allow_meta, allow_all_meta),
         };
         open(py, || Deserializer::open_uri_with(&uri, &options), opening)
     }
@@ -109,7 +122,7 @@ impl Reader {
     /// file object where it stands). The descriptor is reopened through
     /// `/proc/self/fd`, never by the file's name.
     #[staticmethod]
-    #[pyo3(signature = (fd, base, name, *, key=None, passphrase=None, num_readers=None, verify_hash=false))]
+    #[pyo3(signature = (fd, base, name, *, key=None, passphrase=None, num_readers=None, verify_hash=false, allow_meta=Vec::new(), allow_all_meta=false))]
     #[allow(clippy::too_many_arguments)]
     fn from_fd(
         py: Python<'_>,
@@ -120,12 +133,15 @@ impl Reader {
         passphrase: Option<Vec<u8>>,
         num_readers: Option<usize>,
         verify_hash: bool,
+        allow_meta: Vec<String>,
+        allow_all_meta: bool,
     ) -> PyResult<Self> {
         let opening = Opening {
             key,
             passphrase,
             num_readers,
             verify_hash,
+            meta: meta_policy(allow_meta, allow_all_meta),
         };
         let source = move || {
             let proc_path = format!("/proc/self/fd/{fd}");
@@ -142,7 +158,7 @@ impl Reader {
 
     /// Reads a file held in memory.
     #[staticmethod]
-    #[pyo3(signature = (data, name, *, key=None, passphrase=None, num_readers=None, verify_hash=false))]
+    #[pyo3(signature = (data, name, *, key=None, passphrase=None, num_readers=None, verify_hash=false, allow_meta=Vec::new(), allow_all_meta=false))]
     #[allow(clippy::too_many_arguments)]
     fn from_bytes(
         py: Python<'_>,
@@ -152,12 +168,15 @@ impl Reader {
         passphrase: Option<Vec<u8>>,
         num_readers: Option<usize>,
         verify_hash: bool,
+        allow_meta: Vec<String>,
+        allow_all_meta: bool,
     ) -> PyResult<Self> {
         let opening = Opening {
             key,
             passphrase,
             num_readers,
             verify_hash,
+            meta: meta_policy(allow_meta, allow_all_meta),
         };
         open(
             py,

@@ -308,6 +308,8 @@ enum Command {
         /// Argon2id cost for a new passphrase.
         #[arg(long, value_enum, default_value_t = Strength::Moderate)]
         kdf: Strength,
+        #[command(flatten)]
+        meta: MetaArgs,
     },
     /// Copy a .tensors file between any two storages byte for byte (push a
     /// model to S3, GCS, Azure or Redis, move it from one store to another,
@@ -356,6 +358,30 @@ struct KeyArgs {
     /// (default 1 GiB, the Python library's strongest preset).
     #[arg(long, value_name = "BYTES")]
     kdf_max_memlimit: Option<u64>,
+    #[command(flatten)]
+    meta: MetaArgs,
+}
+
+/// Which meta tensors of an encrypted file to accept: nothing authenticates
+/// them (anyone can turn a tensor into one without the key).
+#[derive(Args, Debug, Clone, Default)]
+struct MetaArgs {
+    /// Accept this meta tensor of an encrypted file (it loads as zeros);
+    /// repeat for more. vLLM's `.vllm_tensorized_marker` is one.
+    #[arg(long, value_name = "NAME")]
+    allow_meta: Vec<String>,
+    /// Accept every meta tensor of an encrypted file.
+    #[arg(long, conflicts_with = "allow_meta")]
+    allow_all_meta: bool,
+}
+
+impl MetaArgs {
+    fn policy(&self) -> tensorizer::UnauthenticatedMeta {
+        tensorizer::UnauthenticatedMeta::from_names(
+            self.allow_meta.iter().map(String::as_str),
+            self.allow_all_meta,
+        )
+    }
 }
 
 /// `--verify` of `load`.
@@ -495,7 +521,8 @@ fn open(file: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<Deseriali
         max_opslimit: key.kdf_max_opslimit.unwrap_or(defaults.max_opslimit),
         max_memlimit: key.kdf_max_memlimit.unwrap_or(defaults.max_memlimit),
         ..defaults
-    });
+    })
+    .unauthenticated_meta(key.meta.policy());
     match key.decryption()? {
         Some(dec) => d.decryption(dec),
         None => Ok(d),
@@ -561,6 +588,7 @@ fn main() -> ExitCode {
                         &storage,
                         None,
                         Some(enc),
+                        key.meta.policy(),
                         cb,
                     )
                 }),
@@ -582,6 +610,7 @@ fn main() -> ExitCode {
                         &storage,
                         Some(dec),
                         None,
+                        key.meta.policy(),
                         cb,
                     )
                 }),
@@ -596,6 +625,7 @@ fn main() -> ExitCode {
             new_key_file,
             new_passphrase_file,
             kdf,
+            meta,
         } => (|| {
             let old = KeyArgs {
                 key_file: old_key_file,
@@ -603,6 +633,7 @@ fn main() -> ExitCode {
                 passphrase: None,
                 kdf_max_opslimit: None,
                 kdf_max_memlimit: None,
+                meta: meta.clone(),
             };
             let dec = old
                 .decryption()?
@@ -623,6 +654,7 @@ fn main() -> ExitCode {
                             &storage,
                             Some(dec),
                             Some(enc),
+                            meta.policy(),
                             cb,
                         )
                     })
@@ -752,7 +784,6 @@ fn report_rewrite(
 }
 
 fn keygen(path: &Path, force: bool) -> Result<ExitCode, Error> {
-    use std::os::unix::fs::PermissionsExt;
     use tensorizer::io::{LocalSink, Sink};
     let key = EncryptionKey::random().map_err(|e| key_error(path, e))?;
     let source_error = |action: &'static str| {
@@ -765,14 +796,8 @@ fn keygen(path: &Path, force: bool) -> Result<ExitCode, Error> {
         // Replaced atomically by a new file, mode 0600 from before it has a
         // name: the old file's mode is not kept, and a link at the path is
         // replaced, never written through.
-        let sink = LocalSink::create(path).map_err(source_error("creating the key file"))?;
-        sink.file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|source| Error::Io {
-                path: path.to_path_buf(),
-                action: "making the key file private".into(),
-                source,
-            })?;
+        let sink = LocalSink::create_with_mode(path, 0o600)
+            .map_err(source_error("creating the key file"))?;
         sink.write_all_at(0, key.as_bytes())
             .map_err(source_error("writing the key"))?;
         Box::new(sink)
@@ -950,7 +975,12 @@ fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCod
         );
         return Ok(ExitCode::FAILURE);
     }
-    let total: u64 = checks.iter().map(|c| c.bytes).sum();
+    // Bytes whose hashes or MACs were checked: stored data, not the zeros
+    // a meta tensor claims.
+    let total: u64 = checks
+        .iter()
+        .map(|c| d.entries()[c.index].data_length)
+        .sum();
     let secs = started.elapsed().as_secs_f64();
     // What was actually checked, counted over the tensors.
     let count = |f: fn(&tensorizer::StoredChecks) -> bool| {
@@ -972,7 +1002,7 @@ fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCod
     let meta = count(|s| !s.has_data);
     if meta > 0 {
         parts.push(format!(
-            "{meta} without data (meta or empty: nothing to check)"
+            "{meta} without data (meta or empty: only their headers checked)"
         ));
     }
     let what = parts.join(", ");

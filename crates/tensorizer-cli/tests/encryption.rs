@@ -148,3 +148,68 @@ fn keygen_force_makes_a_private_file_and_never_writes_through_links() {
     );
     assert_eq!(mode("link"), 0o600);
 }
+
+/// A meta tensor of an encrypted file is not authenticated (anyone can make
+/// one without the key): `verify`, `load` and `decrypt` refuse it unless it
+/// is allowed by name, and a file whose tensors a forger turned into meta
+/// tensors never verifies under any key.
+#[test]
+fn meta_tensors_of_encrypted_files_need_to_be_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let set = fixtures().join("tensorizer-2.12.1");
+    let file = set.join("encrypted_meta.tensors");
+    let file = file.to_str().unwrap();
+    let key = set.join("encrypted_meta.key");
+    let key = key.to_str().unwrap();
+    let refused = |o: &Output| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("\"meta\"") && err.contains("meta tensor") && err.contains("--allow-meta"),
+            "{err}"
+        );
+    };
+    refused(&tz(&["verify", file, "--key-file", key], &[]));
+    refused(&tz(&["load", file, "--key-file", key], &[]));
+    refused(&tz(&["decrypt", file, &p("plain"), "--key-file", key], &[]));
+    assert!(!dir.path().join("plain").exists());
+    let o = tz(&["verify", file, "--key-file", key, "--allow-meta", "meta"], &[]);
+    ok(&o);
+    let said = String::from_utf8_lossy(&o.stdout);
+    // 12 + 10 bytes of data were checked, not the 16 bytes the meta tensor claims.
+    assert!(
+        said.contains("3 tensors OK (MACs: 2") && said.contains(" 22 bytes"),
+        "{said}"
+    );
+    ok(&tz(
+        &["decrypt", file, &p("plain"), "--key-file", key, "--allow-all-meta"],
+        &[],
+    ));
+
+    // The forger's file: every tensor a meta tensor, written under a key of
+    // their own (meta tensors need none). No key verifies it.
+    let d = tensorizer::Deserializer::open(file).unwrap();
+    let mut s = tensorizer::Serializer::new();
+    s.encryption(tensorizer::Encryption::with_key(
+        tensorizer::EncryptionKey::random().unwrap(),
+    ));
+    let ghosts: Vec<_> = d
+        .entries()
+        .iter()
+        .map(|e| {
+            (
+                e.name.to_string(),
+                tensorizer::TensorData::meta(e.dtype.dtype(), e.shape.dims()),
+            )
+        })
+        .collect();
+    s.write_state_dict(ghosts).unwrap();
+    s.write_to_file(p("forged")).unwrap();
+    ok(&tz(&["keygen", &p("random.key")], &[]));
+    for k in [key, &p("random.key")] {
+        let o = tz(&["verify", &p("forged"), "--key-file", k], &[]);
+        assert_eq!(o.status.code(), Some(1));
+        refused(&o);
+    }
+}

@@ -4,7 +4,7 @@
 use crate::cursor::Cursor;
 use crate::dtype::DtypeString;
 use crate::error::{FormatError, Result};
-use crate::file_header::{FileHeader, INDEX_OFFSET};
+use crate::file_header::{FileHeader, FormatVersion, INDEX_OFFSET};
 use crate::path::{TensorPath, check_paths_distinct};
 
 /// The largest metadata index (`metadata_len`) a reader accepts: the
@@ -407,6 +407,19 @@ impl Metadata {
                     reason: format!(
                         "header offset {} lies inside the index (which ends at {end})",
                         entry.header_offset
+                    ),
+                });
+            }
+            if entry.is_meta() && header.version < FormatVersion::META_TENSOR {
+                // Meta tensors came with data version 4; an older file
+                // claiming one has had a record's data cut away.
+                return Err(FormatError::InvalidOffset {
+                    tensor: entry.name.to_string(),
+                    reason: format!(
+                        "stores no data for {} elements, a meta tensor, which data version {} \
+                         does not have (they came with version 4)",
+                        entry.shape.numel().map_or("too many".into(), |n| n.to_string()),
+                        header.version.get()
                     ),
                 });
             }

@@ -290,6 +290,19 @@ impl TensorHeader {
         } else {
             None
         };
+        if self.data_length == 0
+            && let Some(info) = self.crypt_info.as_ref().filter(|c| c.is_encrypted())
+        {
+            // The writer seals no chunk for a record without data: these
+            // MACs belong to data that was cut away.
+            return Err(FormatError::InvalidCryptInfo {
+                tensor: entry.name.to_string(),
+                reason: format!(
+                    "{} cipher chunk(s) for a record that stores no data",
+                    info.chunks.len()
+                ),
+            });
+        }
         match field {
             Some(field) => Err(FormatError::IndexMismatch {
                 tensor: entry.name.to_string(),

@@ -3,49 +3,60 @@
 //!
 //! A broken body is resumed from the last byte received; connection errors,
 //! 5xx and 429 are retried with backoff; other 4xx fail at once. A server
-//! that ignores `Range` is detected (never mis-read) and its body streamed
-//! once, in order, each read continuing where the last stopped (a read
-//! behind the stream starts it again), with a warning: reading it range by
-//! range would download the object once per read.
+//! that ignores `Range` is detected (never mis-read) and its body is
+//! downloaded once, in order, into an unnamed temporary file that every
+//! read is then served from (with a warning): reading it range by range
+//! would download the object once per read.
 
-use std::sync::Mutex;
-use std::time::Instant;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
 use reqwest::{Client, Response, StatusCode};
-use tokio::sync::mpsc::Receiver;
 
 use crate::error::{IoError, Result};
 use crate::runtime::{block, runtime};
 use crate::{RangeSource, ReadHints, RetryPolicy};
 
+/// The total timeout of a request for a whole body: none to speak of (an
+/// object takes as long as it takes); stalls end it instead.
+const WHOLE_BODY_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// An object behind an `http://` or `https://` URL.
 pub struct HttpSource {
-    /// The URL, credentials and query redacted: what messages show.
     uri: String,
-    /// The URL requests go to.
     url: String,
-    /// For a server that ignores `Range`: the one body being read, and how
-    /// many GETs were made for it.
-    sequential: Mutex<Sequential>,
+    /// The body of a server that ignores `Range`, spooled once.
+    spool: OnceLock<std::result::Result<Arc<Spool>, String>>,
     client: Client,
     len: u64,
     ranges: bool,
     policy: RetryPolicy,
 }
 
-/// The whole-object body of a server that ignores `Range`, read in order.
-#[derive(Default)]
-struct Sequential {
-    body: Option<Receiver<std::result::Result<bytes::Bytes, Failure>>>,
-    /// Offset of the next byte the body yields.
-    at: u64,
-    /// Bytes received but not yet handed out.
-    pending: bytes::Bytes,
-    gets: u64,
+/// A Range-ignoring server's body, written in order into an unnamed
+/// temporary file by one thread while readers wait for the bytes they need.
+struct Spool {
+    file: std::fs::File,
+    state: Mutex<SpoolState>,
+    arrived: Condvar,
+    /// Set when the source is dropped: the download stops.
+    stop: AtomicBool,
+    gets: AtomicU64,
 }
 
-/// The URL with credentials and query redacted.
+#[derive(Default)]
+struct SpoolState {
+    /// Bytes `0..written` are in the file.
+    written: u64,
+    /// Why the download ended early; `None` while it runs or once whole.
+    failed: Option<String>,
+    /// The download ended (whole or failed).
+    ended: bool,
+}
+
 impl std::fmt::Debug for HttpSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpSource")
@@ -111,7 +122,7 @@ impl HttpSource {
         let mut me = Self {
             uri: shown,
             url: uri.to_owned(),
-            sequential: Mutex::default(),
+            spool: OnceLock::new(),
             client,
             len: 0,
             ranges: true,
@@ -132,10 +143,22 @@ impl HttpSource {
     }
 
     fn probe(&mut self) -> Result<(), Failure> {
-        let request = self.client.get(&self.url).header(RANGE, "bytes=0-0");
-        let resp = block(async move { request.send().await }, &self.uri)
-            .map_err(|e| Failure::protocol(e.to_string()))?
-            .map_err(Failure::transport)?;
+        // A server that ignores Range answers with the whole body, which
+        // becomes the spool: no total timeout on it, only one on the wait
+        // for the answer (and, while spooling, on each stall).
+        let request = self
+            .client
+            .get(&self.url)
+            .header(RANGE, "bytes=0-0")
+            .timeout(WHOLE_BODY_TIMEOUT);
+        let stall = self.policy.request_timeout;
+        let resp = block(
+            async move { tokio::time::timeout(stall, request.send()).await },
+            &self.uri,
+        )
+        .map_err(|e| Failure::protocol(e.to_string()))?
+        .map_err(|_| Failure::transport("no answer within the request timeout"))?
+        .map_err(Failure::transport)?;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
                 let (_, _, total) = content_range(&resp).map_err(Failure::protocol)?;
@@ -147,7 +170,11 @@ impl HttpSource {
                     Failure::protocol("server ignores Range and sends no Content-Length".into())
                 })?;
                 self.ranges = false;
-                tracing::warn!(uri = %self.uri, "server ignores Range requests: streaming the object once, in order");
+                // The answer is the whole body: it becomes the spool, so the
+                // object is downloaded exactly once.
+                let spool = self.start_spool(Some(resp));
+                self.spool = OnceLock::from(spool);
+                tracing::warn!(uri = %self.uri, "server ignores Range requests: downloading the object once, in order, into an unnamed temporary file (in TMPDIR) that reads are served from");
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 // An empty object: "Content-Range: bytes */0".
@@ -165,96 +192,80 @@ impl HttpSource {
 
     /// GETs of the whole object made so far for a server that ignores
     /// `Range` (one, plus one per read behind the stream).
+    /// GETs of the whole object made for a server that ignores `Range`.
     pub fn whole_object_requests(&self) -> u64 {
-        self.sequential.lock().map_or(0, |s| s.gets)
+        match self.spool.get() {
+            Some(Ok(spool)) => spool.gets.load(Ordering::Relaxed),
+            _ => 0,
+        }
     }
 
-    /// Starts streaming the whole object (status checked) into a channel.
-    fn start_body(
-        &self,
-    ) -> std::result::Result<Receiver<std::result::Result<bytes::Bytes, Failure>>, Failure> {
-        let request = self.client.get(&self.url);
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<bytes::Bytes, Failure>>(64);
-        let runtime = runtime().map_err(|e| Failure::protocol(e.to_string()))?;
-        runtime.spawn(async move {
-            let mut resp = match request.send().await {
-                Ok(r) if r.status() == StatusCode::OK => r,
-                Ok(r) => {
-                    let _ = tx.send(Err(Failure::status(r.status()))).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Failure::transport(e))).await;
-                    return;
-                }
-            };
-            loop {
-                match resp.chunk().await {
-                    Ok(Some(c)) => {
-                        if tx.send(Ok(c)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(Failure::transport(e))).await;
-                        return;
-                    }
-                }
-            }
+    /// The spool (started by the probe, or by the first read).
+    fn spool(&self) -> std::result::Result<&Arc<Spool>, Failure> {
+        self.spool
+            .get_or_init(|| self.start_spool(None))
+            .as_ref()
+            .map_err(|e| Failure::protocol(e.clone()))
+    }
+
+    /// Starts downloading the body into an unnamed temporary file, from
+    /// `first` (a 200 answer already received) or a new GET.
+    fn start_spool(&self, first: Option<Response>) -> std::result::Result<Arc<Spool>, String> {
+        let file = tempfile::tempfile()
+            .map_err(|e| format!("cannot create a temporary file to spool into: {e}"))?;
+        let spool = Arc::new(Spool {
+            file,
+            state: Mutex::default(),
+            arrived: Condvar::new(),
+            stop: AtomicBool::new(false),
+            gets: AtomicU64::new(u64::from(first.is_some())),
         });
-        Ok(rx)
+        let (client, url, len, policy) = (
+            self.client.clone(),
+            self.url.clone(),
+            self.len,
+            self.policy.clone(),
+        );
+        let worker = spool.clone();
+        std::thread::Builder::new()
+            .name("tensorizer-spool".into())
+            .spawn(move || download(&worker, first, &client, &url, len, &policy))
+            .map_err(|e| format!("cannot start the spooling thread: {e}"))?;
+        Ok(spool)
     }
 
-    /// `start..start + dst.len()` from the in-order body, restarting it
-    /// when the read lies behind it. Returns the bytes delivered.
-    fn fetch_sequential(&self, start: u64, dst: &mut [u8]) -> (usize, Option<Failure>) {
-        let mut s = self.sequential.lock().unwrap_or_else(|e| e.into_inner());
-        if s.body.is_none() || s.at > start {
-            match self.start_body() {
-                Ok(rx) => {
-                    s.body = Some(rx);
-                    s.at = 0;
-                    s.pending = bytes::Bytes::new();
-                    s.gets += 1;
-                }
-                Err(f) => return (0, Some(f)),
-            }
+    /// Bytes `start..start + dst.len()` from the spool, once they are in.
+    fn fetch_spooled(&self, start: u64, dst: &mut [u8]) -> (usize, Option<Failure>) {
+        let spool = match self.spool() {
+            Ok(s) => s,
+            Err(f) => return (0, Some(f)),
+        };
+        let end = start + dst.len() as u64;
+        let mut state = spool.state.lock().unwrap_or_else(|e| e.into_inner());
+        // The downloader ends (whole, failed, or stalled past the request
+        // timeout), so this wait ends.
+        while state.written < end && !state.ended {
+            state = spool
+                .arrived
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
         }
-        let mut got = 0;
-        while got < dst.len() {
-            if s.pending.is_empty() {
-                let Some(rx) = s.body.as_mut() else {
-                    return (got, Some(Failure::transport("no body")));
-                };
-                match crate::runtime::wait_on(rx.recv()) {
-                    Some(Ok(chunk)) => s.pending = chunk,
-                    Some(Err(f)) => {
-                        s.body = None;
-                        return (got, Some(f));
-                    }
-                    None => {
-                        s.body = None;
-                        let msg = format!("the body ended at byte {}", s.at);
-                        return (got, Some(Failure::transport(msg)));
-                    }
-                }
-            }
-            let want = start + got as u64;
-            // Skip what lies before the read, then copy.
-            let skip = (want - s.at).min(s.pending.len() as u64) as usize;
-            if skip > 0 {
-                s.pending = s.pending.slice(skip..);
-                s.at += skip as u64;
-                continue;
-            }
-            let n = s.pending.len().min(dst.len() - got);
-            dst[got..got + n].copy_from_slice(&s.pending[..n]);
-            s.pending = s.pending.slice(n..);
-            s.at += n as u64;
-            got += n;
+        if state.written < end {
+            let why = state.failed.clone().unwrap_or_default();
+            let message = format!(
+                "the body ended at byte {} of the {} the server announced{}",
+                state.written,
+                self.len,
+                if why.is_empty() { String::new() } else { format!(": {why}") }
+            );
+            // The downloader already retried.
+            return (0, Some(Failure::protocol(message)));
         }
-        (got, None)
+        drop(state);
+        match spool.file.read_exact_at(dst, start) {
+            Ok(()) => (dst.len(), None),
+            Err(e) => (0, Some(Failure::protocol(format!("reading the spooled body: {e}")))),
+        }
     }
 
     fn remote_error(&self, start: u64, end: u64, f: Failure, attempts: u32) -> IoError {
@@ -275,18 +286,34 @@ impl HttpSource {
     /// into `dst` here. Returns the bytes received before any failure.
     fn fetch(&self, start: u64, dst: &mut [u8]) -> (usize, Option<Failure>) {
         if !self.ranges {
-            return self.fetch_sequential(start, dst);
+            return self.fetch_spooled(start, dst);
         }
-        let end = start + dst.len() as u64;
+        let mut got = 0;
+        let failure = self.fetch_range(start, dst.len(), |bytes| {
+            dst[got..got + bytes.len()].copy_from_slice(bytes);
+            got += bytes.len();
+            Ok(())
+        });
+        (got, failure)
+    }
+
+    /// One ranged GET of `len` bytes at `start`, its body handed to `put`
+    /// as it arrives (never more than `len` bytes); `None` when all came.
+    fn fetch_range(
+        &self,
+        start: u64,
+        len: usize,
+        mut put: impl FnMut(&[u8]) -> std::result::Result<(), Failure>,
+    ) -> Option<Failure> {
+        let end = start + len as u64;
         let request = self
             .client
             .get(&self.url)
             .header(RANGE, format!("bytes={start}-{}", end - 1));
-        let ranges = self.ranges;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Failure>>(64);
         let runtime = match runtime() {
             Ok(r) => r,
-            Err(e) => return (0, Some(Failure::protocol(e.to_string()))),
+            Err(e) => return Some(Failure::protocol(e.to_string())),
         };
         runtime.spawn(async move {
             let resp = match request.send().await {
@@ -296,15 +323,13 @@ impl HttpSource {
                     return;
                 }
             };
-            let mut resp = match check_response(resp, ranges, start, end) {
+            let mut resp = match check_response(resp, true, start, end) {
                 Ok(r) => r,
                 Err(f) => {
                     let _ = tx.send(Err(f)).await;
                     return;
                 }
             };
-            // A server that ignores Range sends everything: skip to `start`.
-            let mut skip = if ranges { 0 } else { start };
             loop {
                 let chunk = match resp.chunk().await {
                     Ok(Some(c)) => c,
@@ -314,39 +339,178 @@ impl HttpSource {
                         return;
                     }
                 };
-                let chunk = if skip > 0 {
-                    let n = skip.min(chunk.len() as u64);
-                    skip -= n;
-                    chunk.slice(n as usize..)
-                } else {
-                    chunk
-                };
                 if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
                     return; // the reader has what it needs
                 }
             }
         });
         let mut got = 0;
-        while got < dst.len() {
+        while got < len {
             match crate::runtime::wait_on(rx.recv()) {
                 Some(Ok(chunk)) => {
-                    let n = chunk.len().min(dst.len() - got);
-                    dst[got..got + n].copy_from_slice(&chunk[..n]);
+                    let n = chunk.len().min(len - got);
+                    if let Err(f) = put(&chunk[..n]) {
+                        return Some(f);
+                    }
                     got += n;
                 }
                 Some(Err(f)) if got > 0 => {
-                    let msg = format!("after {got} of {} bytes: {}", dst.len(), f.message);
-                    return (got, Some(Failure { message: msg, ..f }));
+                    let msg = format!("after {got} of {len} bytes: {}", f.message);
+                    return Some(Failure { message: msg, ..f });
                 }
-                Some(Err(f)) => return (0, Some(f)),
+                Some(Err(f)) => return Some(f),
                 None => {
-                    let msg = format!("connection closed after {got} of {} bytes", dst.len());
-                    return (got, Some(Failure::transport(msg)));
+                    let msg = format!("connection closed after {got} of {len} bytes");
+                    return Some(Failure::transport(msg));
                 }
             }
         }
-        (got, None)
+        None
     }
+}
+
+impl Drop for HttpSource {
+    fn drop(&mut self) {
+        if let Some(Ok(spool)) = self.spool.get() {
+            spool.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Downloads the whole object into `spool`, in order. A broken or stalled
+/// body is fetched again (the server cannot resume), skipping what is
+/// already in; retries follow `policy`, counted afresh after progress. Each
+/// chunk must come within the request timeout, so a stalled server ends it.
+fn download(
+    spool: &Spool,
+    mut first: Option<Response>,
+    client: &Client,
+    url: &str,
+    len: u64,
+    policy: &RetryPolicy,
+) {
+    let set = |update: &dyn Fn(&mut SpoolState)| {
+        let mut state = spool.state.lock().unwrap_or_else(|e| e.into_inner());
+        update(&mut state);
+        spool.arrived.notify_all();
+    };
+    let mut attempts = 0;
+    let mut started = Instant::now();
+    loop {
+        attempts += 1;
+        let answer = first.take();
+        if answer.is_none() {
+            spool.gets.fetch_add(1, Ordering::Relaxed);
+        }
+        let before = spool.state.lock().map_or(0, |s| s.written);
+        let outcome = download_once(spool, answer, client, url, len, policy.request_timeout, &set);
+        let written = spool.state.lock().map_or(0, |s| s.written);
+        let failure = match outcome {
+            Ok(()) => {
+                set(&|s| s.ended = true);
+                return;
+            }
+            Err(f) => f,
+        };
+        if written > before {
+            attempts = 1;
+            started = Instant::now();
+        }
+        if spool.stop.load(Ordering::Relaxed)
+            || !(failure.retryable && policy.may_retry(attempts, started))
+        {
+            set(&|s| {
+                s.failed = Some(failure.message.clone());
+                s.ended = true;
+            });
+            return;
+        }
+        std::thread::sleep(policy.backoff(attempts));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn download_once(
+    spool: &Spool,
+    answer: Option<Response>,
+    client: &Client,
+    url: &str,
+    len: u64,
+    stall: Duration,
+    set: &dyn Fn(&dyn Fn(&mut SpoolState)),
+) -> std::result::Result<(), Failure> {
+    // One request may take as long as the object needs; a stall may not.
+    let request = client.get(url).timeout(WHOLE_BODY_TIMEOUT);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Failure>>(64);
+    runtime()
+        .map_err(|e| Failure::protocol(e.to_string()))?
+        .spawn(async move {
+            let sent = match answer {
+                Some(r) => Ok(Ok(r)),
+                None => tokio::time::timeout(stall, request.send()).await,
+            };
+            let resp = match sent {
+                Ok(Ok(r)) if r.status() == StatusCode::OK => r,
+                Ok(Ok(r)) => {
+                    let _ = tx.send(Err(Failure::status(r.status()))).await;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(Failure::transport(e))).await;
+                    return;
+                }
+                Err(_) => {
+                    let _ = tx.send(Err(Failure::transport("no answer within the request timeout"))).await;
+                    return;
+                }
+            };
+            let mut resp = resp;
+            loop {
+                let chunk = match tokio::time::timeout(stall, resp.chunk()).await {
+                    Ok(Ok(Some(c))) => Ok(c),
+                    Ok(Ok(None)) => return,
+                    Ok(Err(e)) => Err(Failure::transport(e)),
+                    Err(_) => Err(Failure::transport(format!(
+                        "no byte for {} s (stalled)",
+                        stall.as_secs_f64()
+                    ))),
+                };
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+    let mut at = 0u64;
+    while at < len {
+        if spool.stop.load(Ordering::Relaxed) {
+            return Err(Failure::protocol("the source was closed".into()));
+        }
+        let chunk = match crate::runtime::wait_on(rx.recv()) {
+            Some(Ok(c)) => c,
+            Some(Err(f)) => return Err(f),
+            None => {
+                return Err(Failure::transport(format!(
+                    "the body ended at byte {at} of {len}"
+                )));
+            }
+        };
+        let written = spool.state.lock().map_or(0, |s| s.written);
+        // Bytes past the announced length are not the object's.
+        let chunk = &chunk[..chunk.len().min((len - at) as usize)];
+        let (chunk_start, chunk_end) = (at, at + chunk.len() as u64);
+        at = chunk_end;
+        if chunk_end <= written {
+            continue; // already in, from an earlier attempt
+        }
+        let skip = written.saturating_sub(chunk_start) as usize;
+        spool
+            .file
+            .write_all_at(&chunk[skip..], chunk_start + skip as u64)
+            .map_err(|e| Failure::protocol(format!("spooling to a temporary file: {e}")))?;
+        set(&|s| s.written = chunk_end);
+    }
+    Ok(())
 }
 
 /// Checks a response's status and `Content-Range` against the request.
@@ -407,6 +571,33 @@ impl RangeSource for HttpSource {
         Ok(())
     }
 
+    /// One request, its buffer growing as the body arrives (the size asked
+    /// for may come from a hostile index, and costs nothing until sent).
+    fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let n = self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX))?;
+        if !self.ranges {
+            // Served from the spool, a local file.
+            return crate::read_range_growing(self, offset, n);
+        }
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let mut attempts = 0;
+        while buf.len() < n {
+            attempts += 1;
+            let at = offset + buf.len() as u64;
+            let failure = self.fetch_range(at, n - buf.len(), |bytes| {
+                crate::append_arrived(&mut buf, bytes, &self.uri)
+                    .map_err(|e| Failure::protocol(e.to_string()))
+            });
+            let Some(f) = failure else { continue };
+            if !(f.retryable && self.policy.may_retry(attempts, started)) {
+                return Err(self.remote_error(offset, offset + n as u64, f, attempts));
+            }
+            std::thread::sleep(self.policy.backoff(attempts));
+        }
+        Ok(buf)
+    }
+
     fn hints(&self) -> ReadHints {
         if self.ranges {
             ReadHints {
@@ -415,10 +606,12 @@ impl RangeSource for HttpSource {
                 block_size: 16 << 20,
             }
         } else {
+            // Reads come from the spool: a local file, read by as many
+            // threads as the machine has, while the download goes on.
             ReadHints {
-                request_size: usize::MAX,
+                request_size: 8 << 20,
                 concurrency: 1,
-                block_size: usize::MAX,
+                block_size: 1 << 20,
             }
         }
     }

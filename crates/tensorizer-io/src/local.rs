@@ -108,8 +108,21 @@ impl Staging {
 }
 
 impl LocalSink {
-    /// Starts writing `dest`.
+    /// Starts writing `dest`, which gets the mode of the file it replaces
+    /// (else 0666 less the umask, as `open(2)` gives).
     pub fn create(dest: &Path) -> Result<Self> {
+        Self::create_with_mode(dest, mode_for(dest))
+    }
+
+    /// Starts writing `dest` with permissions `mode` (0600 for a key).
+    /// The staged file is created with `mode` and never holds a wider one,
+    /// not even for a moment: on filesystems without `O_TMPFILE` it has a
+    /// name others could open while it is written.
+    pub fn create_with_mode(dest: &Path, mode: u32) -> Result<Self> {
+        Self::stage(dest, mode, true)
+    }
+
+    fn stage(dest: &Path, mode: u32, try_unnamed: bool) -> Result<Self> {
         let uri = dest.display().to_string();
         // A name the filesystem will refuse fails now, not after the write.
         if dest
@@ -123,14 +136,23 @@ impl LocalSink {
             });
         }
         let dir = parent_dir(dest);
-        let staging = match open_unnamed(&dir) {
+        let unnamed = if try_unnamed {
+            open_unnamed(&dir, mode)
+        } else {
+            Err(std::io::ErrorKind::Unsupported.into())
+        };
+        let staging = match unnamed {
             Ok(file) => Staging::Unnamed(file),
             Err(e) if unnamed_unsupported(&e) => {
                 tracing::debug!(dir = %dir.display(), "no O_TMPFILE here ({e}); using a named temporary file");
+                use std::os::unix::fs::PermissionsExt;
                 Staging::Named(
                     tempfile::Builder::new()
                         .prefix(&temp_prefix(dest))
                         .suffix(".tmp")
+                        // Created with the final mode (less the umask):
+                        // the named file is never wider than the result.
+                        .permissions(std::fs::Permissions::from_mode(mode))
                         .tempfile_in(&dir)
                         .map_err(|source| IoError::Local {
                             uri: uri.clone(),
@@ -148,10 +170,11 @@ impl LocalSink {
             }
         };
         {
+            // Exactly `mode`, whatever the umask took away at creation.
             use std::os::unix::fs::PermissionsExt;
             staging
                 .file()
-                .set_permissions(std::fs::Permissions::from_mode(mode_for(dest)))
+                .set_permissions(std::fs::Permissions::from_mode(mode))
                 .map_err(|source| IoError::Local {
                     uri: uri.clone(),
                     action: "setting the new file's mode".into(),
@@ -236,21 +259,20 @@ fn umask() -> u32 {
         .unwrap_or(0o022)
 }
 
-/// An unnamed regular file in `dir`, created as `open(2)` creates files
-/// (mode 0666 less the umask).
+/// An unnamed regular file in `dir`, created with `mode` less the umask.
 #[cfg(target_os = "linux")]
-fn open_unnamed(dir: &Path) -> std::io::Result<File> {
+fn open_unnamed(dir: &Path, mode: u32) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .mode(0o666)
+        .mode(mode)
         .custom_flags(libc::O_TMPFILE)
         .open(dir)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_unnamed(_: &Path) -> std::io::Result<File> {
+fn open_unnamed(_: &Path, _: u32) -> std::io::Result<File> {
     Err(std::io::ErrorKind::Unsupported.into())
 }
 
@@ -468,5 +490,47 @@ mod tests {
         sink.write_all_at(0, b"x").unwrap();
         drop(sink);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// The fallback used where `O_TMPFILE` is unavailable (NFS, FUSE): the
+    /// staged file has a name, so its mode at every step must be the final
+    /// one or narrower. Seen here right after creation, after the write,
+    /// and on the committed file; for a key (0600) and a model (0644).
+    #[test]
+    fn a_named_staged_file_is_never_wider_than_its_final_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let staged_modes = || -> Vec<u32> {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                .map(|e| e.metadata().unwrap().permissions().mode() & 0o7777)
+                .collect()
+        };
+        for (name, mode) in [("new.key", 0o600), ("m.tensors", 0o644)] {
+            let dest = dir.path().join(name);
+            let sink = LocalSink::stage(&dest, mode, false).unwrap();
+            assert!(!sink.is_unnamed());
+            let seen = staged_modes();
+            assert_eq!(seen.len(), 1, "one named staging file");
+            assert!(seen[0] & !mode == 0, "created with {:o} for {mode:o}", seen[0]);
+            assert_eq!(seen[0], mode, "exactly the final mode once created");
+            sink.write_all_at(0, b"secret").unwrap();
+            assert_eq!(staged_modes(), [mode]);
+            sink.commit_new().unwrap();
+            let meta = std::fs::metadata(&dest).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o7777, mode);
+            assert!(staged_modes().is_empty(), "no debris");
+        }
+        // A key replacing a world-readable file is still 0600 throughout.
+        let dest = dir.path().join("m.tensors");
+        let sink = LocalSink::stage(&dest, 0o600, false).unwrap();
+        assert_eq!(staged_modes(), [0o600]);
+        Box::new(sink).commit().unwrap();
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
     }
 }

@@ -227,9 +227,24 @@ impl Pool {
 
     /// `GETRANGE key a (a + dst.len() - 1)`, the answer read from the
     /// socket straight into `dst`: redis-rs would parse it into a `Vec`
-    /// first, a second copy of every byte. Connection failures are retried
-    /// on a new connection with backoff, like [`Pool::with`].
+    /// first, a second copy of every byte.
     fn getrange_into(&self, key: &[u8], a: u64, dst: &mut [u8], range: (u64, u64)) -> Result<()> {
+        self.with_raw(
+            || format!("GETRANGE {}", String::from_utf8_lossy(key)),
+            range,
+            |con| raw_getrange(con, key, a, dst),
+        )
+    }
+
+    /// Runs `f` on a plain connection (pooled or new): connection failures
+    /// are retried on a new connection with backoff, like [`Pool::with`];
+    /// an answer the server gave is final.
+    fn with_raw<T>(
+        &self,
+        what: impl Fn() -> String,
+        range: (u64, u64),
+        mut f: impl FnMut(&mut TcpStream) -> std::result::Result<T, RawError>,
+    ) -> Result<T> {
         let started = Instant::now();
         let mut attempts = 0;
         loop {
@@ -239,11 +254,11 @@ impl Pool {
                 Some(con) => Ok(con),
                 None => self.raw_connect(),
             }
-            .and_then(|mut con| raw_getrange(&mut con, key, a, dst).map(|()| con));
+            .and_then(|mut con| f(&mut con).map(|v| (v, con)));
             let message = match result {
-                Ok(con) => {
+                Ok((value, con)) => {
                     self.raw.lock().expect("pool lock").push(con);
-                    return Ok(());
+                    return Ok(value);
                 }
                 Err(RawError::Io(e)) if self.policy.may_retry(attempts, started) => {
                     tracing::warn!(uri = %self.uri, attempt = attempts, "Redis: {e}; retrying");
@@ -257,7 +272,7 @@ impl Pool {
                 uri: self.uri.clone(),
                 start: range.0,
                 end: range.1,
-                message: format!("GETRANGE {}: {message}", String::from_utf8_lossy(key)),
+                message: format!("{}: {message}", what()),
                 attempts,
                 status: None,
             });
@@ -319,57 +334,114 @@ impl Pool {
         }
     }
 
-    /// Every key matching `{prefix}:*`: at most [`MAX_SCAN_KEYS`] keys,
-    /// [`MAX_SCAN_ROUNDS`] round trips and the retry policy's total time,
-    /// so that a server answering an endless cursor cannot grow memory or
-    /// keep us waiting for ever.
+    /// Every key matching `{prefix}:*`: at most [`MAX_SCAN_KEYS`] keys and
+    /// [`MAX_SCAN_BYTES`] bytes of names, [`MAX_SCAN_ROUNDS`] round trips
+    /// and the retry policy's total time, so that a server answering an
+    /// endless cursor or huge names cannot grow memory or keep us waiting
+    /// for ever. Replies are read with the length-checked reader of
+    /// `GETRANGE`, never a buffer sized by the server's word alone.
     fn scan(&self, prefix: &str) -> Result<Vec<Vec<u8>>> {
         let pattern = format!("{}:*", glob_escape(prefix));
         let started = Instant::now();
-        let overflow = |what: String| IoError::Protocol {
-            uri: self.uri.clone(),
-            message: format!("listing keys {pattern}: {what}; is this prefix really one file?"),
-        };
-        let mut too_many = None;
-        let keys = self.with(
+        self.with_raw(
             || format!("listing keys {pattern}"),
             (0, 0),
             |con| {
                 let mut keys = Vec::new();
-                let mut cursor = 0u64;
+                let mut bytes = 0usize;
+                let mut cursor = b"0".to_vec();
                 for round in 0.. {
-                    if round >= MAX_SCAN_ROUNDS || keys.len() > MAX_SCAN_KEYS {
-                        too_many = Some(format!(
-                            "more than {MAX_SCAN_KEYS} keys or {MAX_SCAN_ROUNDS} SCAN round trips"
-                        ));
+                    let over = if round >= MAX_SCAN_ROUNDS {
+                        Some(format!("more than {MAX_SCAN_ROUNDS} SCAN round trips"))
+                    } else if started.elapsed() > self.policy.deadline {
+                        Some(format!("SCAN did not finish in {:?}", self.policy.deadline))
+                    } else {
+                        None
+                    };
+                    if let Some(what) = over {
+                        return Err(RawError::Answer(format!(
+                            "{what}; is this prefix really one file?"
+                        )));
+                    }
+                    cursor = raw_scan(con, &cursor, pattern.as_bytes(), &mut keys, &mut bytes)?;
+                    if cursor == b"0" {
                         return Ok(keys);
                     }
-                    if started.elapsed() > self.policy.deadline {
-                        too_many =
-                            Some(format!("SCAN did not finish in {:?}", self.policy.deadline));
-                        return Ok(keys);
-                    }
-                    let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query(con)?;
-                    keys.extend(batch);
-                    if next == 0 {
-                        return Ok(keys);
-                    }
-                    cursor = next;
                 }
-                Ok(keys)
+                unreachable!("the loop returns")
             },
-        )?;
-        match too_many {
-            Some(what) => Err(overflow(what)),
-            None => Ok(keys),
-        }
+        )
     }
+}
+
+/// Longest key name a listing takes: a tensor name (16-bit length) with a
+/// prefix and an offset.
+const MAX_KEY_LEN: usize = 128 << 10;
+/// Most bytes of key names one listing holds.
+const MAX_SCAN_BYTES: usize = 64 << 20;
+
+/// One `SCAN cursor MATCH pattern COUNT 1000` round trip: its keys are
+/// appended to `keys` (`bytes` counts their names) and the next cursor
+/// returned. Every length the server states is checked before anything
+/// is allocated for it.
+fn raw_scan(
+    con: &mut TcpStream,
+    cursor: &[u8],
+    pattern: &[u8],
+    keys: &mut Vec<Vec<u8>>,
+    bytes: &mut usize,
+) -> Result<Vec<u8>, RawError> {
+    send_command(con, &[b"SCAN", cursor, b"MATCH", pattern, b"COUNT", b"1000"])?;
+    let answer = |line: &[u8]| String::from_utf8_lossy(line).trim_end().to_owned();
+    let header = |con: &mut TcpStream, kind: u8, max: usize| -> Result<usize, RawError> {
+        let line = read_answer_line(con)?;
+        if line.first() == Some(&b'-') {
+            return Err(RawError::Answer(answer(&line[1..])));
+        }
+        let n = line
+            .strip_prefix(&[kind][..])
+            .and_then(|rest| std::str::from_utf8(rest).ok())
+            .and_then(|rest| rest.trim_end().parse::<usize>().ok())
+            .ok_or_else(|| RawError::Answer(format!("unexpected SCAN answer {:?}", answer(&line))))?;
+        if n > max {
+            return Err(RawError::Answer(format!(
+                "a SCAN answer of {n} elements or bytes (at most {max} taken)"
+            )));
+        }
+        Ok(n)
+    };
+    let bulk = |con: &mut TcpStream, max: usize| -> Result<Vec<u8>, RawError> {
+        let n = header(con, b'$', max)?;
+        let mut value = vec![0u8; n];
+        con.read_exact(&mut value)?;
+        let mut crlf = [0u8; 2];
+        con.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return Err(RawError::Answer("a bulk string not ended by CRLF".into()));
+        }
+        Ok(value)
+    };
+    if header(con, b'*', 2)? != 2 {
+        return Err(RawError::Answer("a SCAN answer that is not [cursor, keys]".into()));
+    }
+    let next = bulk(con, 32)?;
+    let count = header(con, b'*', 1 << 20)?;
+    for _ in 0..count {
+        if keys.len() >= MAX_SCAN_KEYS {
+            return Err(RawError::Answer(format!(
+                "more than {MAX_SCAN_KEYS} keys; is this prefix really one file?"
+            )));
+        }
+        if *bytes >= MAX_SCAN_BYTES {
+            return Err(RawError::Answer(format!(
+                "more than {MAX_SCAN_BYTES} bytes of key names; is this prefix really one file?"
+            )));
+        }
+        let key = bulk(con, MAX_KEY_LEN.min(MAX_SCAN_BYTES - *bytes))?;
+        *bytes += key.len();
+        keys.push(key);
+    }
+    Ok(next)
 }
 
 /// A key and the bytes of the file it holds.
@@ -478,14 +550,7 @@ impl RedisSource {
 /// `dst`, which must be exactly as long as the answer.
 fn raw_getrange(con: &mut TcpStream, key: &[u8], a: u64, dst: &mut [u8]) -> Result<(), RawError> {
     let (a, b) = (a.to_string(), (a + dst.len() as u64 - 1).to_string());
-    let mut command = Vec::with_capacity(64 + key.len());
-    command.extend_from_slice(b"*4\r\n$8\r\nGETRANGE\r\n");
-    for arg in [key, a.as_bytes(), b.as_bytes()] {
-        command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        command.extend_from_slice(arg);
-        command.extend_from_slice(b"\r\n");
-    }
-    con.write_all(&command)?;
+    send_command(con, &[b"GETRANGE", key, a.as_bytes(), b.as_bytes()])?;
     // The header, `$<len>\r\n` or `-ERR ...\r\n`, byte by byte so that
     // nothing of the body is read into a buffer of ours.
     let line = read_answer_line(con)?;
@@ -525,16 +590,21 @@ fn read_answer_line(con: &mut TcpStream) -> Result<Vec<u8>, RawError> {
     Ok(line)
 }
 
-/// Sends one command and expects a simple-string answer (`+OK`): `AUTH`
-/// and `SELECT` on a plain connection.
-fn raw_command(con: &mut TcpStream, args: &[&[u8]]) -> Result<(), RawError> {
+/// Sends one command in RESP.
+fn send_command(con: &mut TcpStream, args: &[&[u8]]) -> Result<(), RawError> {
     let mut command = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
         command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
         command.extend_from_slice(arg);
         command.extend_from_slice(b"\r\n");
     }
-    con.write_all(&command)?;
+    Ok(con.write_all(&command)?)
+}
+
+/// Sends one command and expects a simple-string answer (`+OK`): `AUTH`
+/// and `SELECT` on a plain connection.
+fn raw_command(con: &mut TcpStream, args: &[&[u8]]) -> Result<(), RawError> {
+    send_command(con, args)?;
     let line = read_answer_line(con)?;
     let what = String::from_utf8_lossy(args[0]);
     match line.first() {
@@ -665,26 +735,41 @@ impl RedisSink {
                 redis::cmd("GET").arg(&header).query(con)
             },
         )?;
+        // Which listed keys the old file's index accounts for: decided key
+        // by key from the keys that exist, never by enumerating what the
+        // index claims (a planted index claiming 2^56 bytes would mean
+        // 2^28 key names).
+        let mut segments: std::collections::HashMap<Vec<u8>, Vec<(u64, u64)>> =
+            std::collections::HashMap::new();
         if let Some(metadata) = prologue.and_then(|p| tensorizer_format::Metadata::parse(&p).ok()) {
             for entry in &metadata.entries {
-                let name = String::from_utf8_lossy(entry.name.as_bytes());
-                for (start, len) in [
-                    (entry.header_offset, entry.data_offset - entry.header_offset),
-                    (entry.data_offset, entry.data_length),
-                ] {
-                    // One key per segment (Python's `to_redis`), or one per
-                    // MAX_VALUE bytes of it (ours).
-                    let mut at = start;
-                    loop {
-                        ours.insert(format!("{}:{name}:{at}", self.prefix).into_bytes());
-                        at = at.saturating_add(MAX_VALUE);
-                        if at >= start.saturating_add(len) {
-                            break;
-                        }
-                    }
-                }
+                let name = String::from_utf8_lossy(entry.name.as_bytes()).into_owned();
+                let list = segments.entry(name.into_bytes()).or_default();
+                list.push((entry.header_offset, entry.data_offset - entry.header_offset));
+                list.push((entry.data_offset, entry.data_length));
             }
         }
+        let key_prefix = format!("{}:", self.prefix).into_bytes();
+        let in_old_file = |key: &[u8]| -> bool {
+            let Some(rest) = key.strip_prefix(&key_prefix[..]) else {
+                return false;
+            };
+            let Some(pos) = rest.iter().rposition(|&b| b == b':') else {
+                return false;
+            };
+            let Some(at) = key_offset(key) else {
+                return false;
+            };
+            // One key per segment (Python's `to_redis`), or one per
+            // MAX_VALUE bytes of it (ours).
+            segments.get(&rest[..pos]).is_some_and(|list| {
+                list.iter().any(|&(start, len)| {
+                    at == start
+                        || (at > start && at - start < len && (at - start) % MAX_VALUE == 0)
+                })
+            })
+        };
+        ours.extend(existing.iter().filter(|k| in_old_file(k)).cloned());
         let foreign: Vec<&Vec<u8>> = existing.iter().filter(|k| !ours.contains(*k)).collect();
         if let Some(example) = foreign.first() {
             return Err(IoError::Protocol {

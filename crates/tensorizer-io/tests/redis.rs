@@ -300,19 +300,21 @@ fn passwords_in_the_uri_authenticate_every_connection() {
     assert!(RedisSource::open(&none, &policy()).is_err());
 }
 
-/// A server whose SCAN cursor never ends: the listing stops at a bound,
-/// with an error, instead of growing memory for ever.
-#[test]
-fn an_endless_scan_is_bounded() {
+/// A fake Redis server: `SCAN` gets `scan(round)`, anything else `+OK`.
+/// Returns its port and how many SCANs it answered.
+fn fake_redis(
+    scan: impl Fn(u64) -> Vec<u8> + Send + Sync + 'static,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let count = served.clone();
+    let scan = std::sync::Arc::new(scan);
     std::thread::spawn(move || {
         for con in listener.incoming().take(8) {
             let Ok(con) = con else { continue };
-            let count = count.clone();
+            let (count, scan) = (count.clone(), scan.clone());
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(con.try_clone().unwrap());
                 let mut out = con;
@@ -332,18 +334,27 @@ fn an_endless_scan_is_bounded() {
                         args.push(arg.trim().to_uppercase());
                     }
                     let answer = if args.first().is_some_and(|a| a == "SCAN") {
-                        let k = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let key = format!("p:t:{k}");
-                        format!("*2\r\n$1\r\n7\r\n*1\r\n${}\r\n{key}\r\n", key.len())
+                        scan(count.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
                     } else {
-                        "+OK\r\n".to_owned()
+                        b"+OK\r\n".to_vec()
                     };
-                    if out.write_all(answer.as_bytes()).is_err() {
+                    if out.write_all(&answer).is_err() {
                         return;
                     }
                 }
             });
         }
+    });
+    (port, served)
+}
+
+/// A server whose SCAN cursor never ends: the listing stops at a bound,
+/// with an error, instead of growing memory for ever.
+#[test]
+fn an_endless_scan_is_bounded() {
+    let (port, served) = fake_redis(|k| {
+        let key = format!("p:t:{k}");
+        format!("*2\r\n$1\r\n7\r\n*1\r\n${}\r\n{key}\r\n", key.len()).into_bytes()
     });
     let started = std::time::Instant::now();
     let err = RedisSource::open(&format!("redis://127.0.0.1:{port}/p"), &policy())
@@ -360,4 +371,90 @@ fn an_endless_scan_is_bounded() {
         served.load(std::sync::atomic::Ordering::Relaxed),
         started.elapsed()
     );
+}
+
+/// A server answering every SCAN with 1,000 keys of 64 KiB (the reader
+/// grew until the allocator aborted the process): the listing stops at a
+/// bound in bytes, and a key or a count too large for any file is refused
+/// before anything is allocated for it.
+#[test]
+fn a_scan_of_huge_keys_is_bounded_in_bytes() {
+    let round = |k: u64| {
+        let mut answer = b"*2\r\n$1\r\n7\r\n*1000\r\n".to_vec();
+        for i in 0..1000 {
+            let key = format!("p:{}:{}", "x".repeat(64 << 10), k * 1000 + i);
+            answer.extend(format!("${}\r\n{key}\r\n", key.len()).into_bytes());
+        }
+        answer
+    };
+    let (port, served) = fake_redis(round);
+    let err = RedisSource::open(&format!("redis://127.0.0.1:{port}/p"), &policy())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bytes of key names"), "{err}");
+    assert!(served.load(std::sync::atomic::Ordering::Relaxed) <= 2);
+    for answer in [
+        // A key name of 1 GiB, announced.
+        b"*2\r\n$1\r\n0\r\n*1\r\n$1073741824\r\n".to_vec(),
+        // 2^40 keys, announced.
+        b"*2\r\n$1\r\n0\r\n*1099511627776\r\n".to_vec(),
+    ] {
+        let (port, _) = fake_redis(move |_| answer.clone());
+        let err = RedisSource::open(&format!("redis://127.0.0.1:{port}/p"), &policy())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a SCAN answer of"), "{err}");
+    }
+}
+
+/// A planted `p:header:0` whose index claims a 2^56-byte tensor: a write
+/// to the prefix decides which keys are the old file's from the keys that
+/// exist (here: that one), in no time, instead of naming 2^28 keys.
+#[test]
+fn a_planted_header_does_not_make_writers_loop() {
+    use tensorizer_format::{
+        Dtype, DtypeString, FileHeader, FormatVersion, IndexEntry, Metadata, Shape, TensorName,
+        TensorType,
+    };
+    let server = redis_server();
+    let planted = Metadata {
+        header: FileHeader {
+            version: FormatVersion::NON_OPAQUE,
+            flags: Default::default(),
+            tensor_size: 1 << 56,
+            tensor_count: 1,
+        },
+        index_len: 64,
+        entries: vec![IndexEntry {
+            name: TensorName::parse(b"a").unwrap(),
+            tensor_type: TensorType::StateDict,
+            dtype: DtypeString::new(Dtype::U8),
+            shape: Shape::from(vec![1u64 << 56]),
+            wide_dims: false,
+            header_offset: 200,
+            data_offset: 300,
+            data_length: 1 << 56,
+        }],
+    }
+    .encode()
+    .unwrap();
+    let mut con = redis::Client::open(format!("redis://127.0.0.1:{}/0", server.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("p:header:0")
+        .arg(planted)
+        .query(&mut con)
+        .unwrap();
+    let uri = format!("redis://127.0.0.1:{}/p", server.port);
+    let started = std::time::Instant::now();
+    write(&uri, &file(9), true);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let src = RedisSource::open(&uri, &policy()).unwrap();
+    assert_eq!(src.read_range(0, 1148).unwrap(), file(9));
 }

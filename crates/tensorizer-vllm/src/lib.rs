@@ -19,6 +19,10 @@ pub use deserialize::{Device, RankLoad, load_ranks};
 pub use error::{Result, VllmError};
 pub use rotary::RotarySpec;
 pub use rules::{Architecture, VLLM_VERSION};
+
+/// The name vLLM gives its marker parameter in every tensorized file: a
+/// meta tensor (int64, shape `[1]`) whose value is never read.
+pub const MARKER_TENSOR: &str = ".vllm_tensorized_marker";
 pub use serialize::{
     Layout, Progress, SerializeOptions, SerializeReport, auto_dtype, serialize,
     tensorize_lora_adapter,

@@ -244,7 +244,13 @@ impl TensorizerConfig {
             d = d.num_readers(n);
         }
         if let Some(dec) = self.decryption()? {
-            d = d.decryption(dec)?;
+            // vLLM's marker is the one meta tensor of its files, and vLLM
+            // never reads its value: accept it, refuse any other.
+            d = d
+                .decryption(dec)?
+                .unauthenticated_meta(tensorizer::UnauthenticatedMeta::Allow(vec![
+                    crate::MARKER_TENSOR.into(),
+                ]));
         }
         Ok(d)
     }

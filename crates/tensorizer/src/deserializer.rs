@@ -90,6 +90,48 @@ impl Verify {
     }
 }
 
+/// Which meta tensors an encrypted file may hold (see
+/// [`Deserializer::unauthenticated_meta`]).
+///
+/// Encryption authenticates data, not the index: whoever can edit a file
+/// without its key can rewrite any record as a meta tensor (no data, loads
+/// as zeros), and nothing cryptographic tells that record from a genuine
+/// one. So in an encrypted file a meta tensor is refused by loads and checks
+/// unless the caller names it, or allows them all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum UnauthenticatedMeta {
+    /// Refuse every meta tensor of an encrypted file (default).
+    #[default]
+    Refuse,
+    /// Allow these meta tensors (vLLM's `.vllm_tensorized_marker`, say,
+    /// whose value nobody reads); refuse the others.
+    Allow(Vec<TensorPath>),
+    /// Allow every meta tensor: zeros are what the file says, trusted.
+    AllowAll,
+}
+
+impl UnauthenticatedMeta {
+    /// The policy of a command line or keyword arguments: every meta tensor
+    /// with `all`, else those `names` (none: refuse).
+    pub fn from_names<N: Into<TensorPath>>(names: impl IntoIterator<Item = N>, all: bool) -> Self {
+        let names: Vec<TensorPath> = names.into_iter().map(Into::into).collect();
+        match (all, names.is_empty()) {
+            (true, _) => Self::AllowAll,
+            (false, true) => Self::Refuse,
+            (false, false) => Self::Allow(names),
+        }
+    }
+
+    /// True when `name` may be a meta tensor of an encrypted file.
+    pub fn allows(&self, name: &TensorPath) -> bool {
+        match self {
+            Self::Refuse => false,
+            Self::Allow(names) => names.contains(name),
+            Self::AllowAll => true,
+        }
+    }
+}
+
 /// Headers larger than this (plus 16 bytes of MACs per 1 KiB chunk of data,
 /// the densest crypt info the format allows) are refused before allocating.
 const MAX_PLAIN_HEADER: u64 = 1 << 20;
@@ -141,6 +183,7 @@ pub struct Deserializer {
     num_readers: Option<usize>,
     progress: Option<Callback>,
     cast: Option<Dtype>,
+    unauthenticated_meta: UnauthenticatedMeta,
     pieces: std::sync::OnceLock<rayon::ThreadPool>,
 }
 
@@ -271,6 +314,7 @@ impl Deserializer {
             num_readers: None,
             progress: None,
             cast: None,
+            unauthenticated_meta: UnauthenticatedMeta::default(),
             pieces: std::sync::OnceLock::new(),
         })
     }
@@ -303,6 +347,22 @@ impl Deserializer {
         if let Some(d) = &mut self.decryptor {
             d.set_limits(limits);
         }
+        self
+    }
+
+    /// Which meta tensors of an encrypted file to load as zeros (default:
+    /// none, each is an [`Error::Unverifiable`] naming it). Files without
+    /// encryption are not concerned: nothing in them is authenticated.
+    ///
+    /// ```
+    /// # use tensorizer::{Deserializer, UnauthenticatedMeta};
+    /// # fn open(d: Deserializer) -> Deserializer {
+    /// // vLLM's marker parameter is a meta tensor whose value is never read.
+    /// d.unauthenticated_meta(UnauthenticatedMeta::Allow(vec![".vllm_tensorized_marker".into()]))
+    /// # }
+    /// ```
+    pub fn unauthenticated_meta(mut self, policy: UnauthenticatedMeta) -> Self {
+        self.unauthenticated_meta = policy;
         self
     }
 
@@ -426,7 +486,22 @@ impl Deserializer {
     /// Headers are small; a huge one is a hostile index, refused before
     /// anything is allocated for it.
     fn check_header_size(&self, entry: &IndexEntry) -> Result<()> {
-        let max = MAX_PLAIN_HEADER + entry.data_length / 64;
+        let max = if self.metadata.header.has_crypt_info() {
+            // Crypt info grows with the data: at most 16 bytes of MAC per
+            // 1 KiB chunk.
+            MAX_PLAIN_HEADER + entry.data_length / 64
+        } else {
+            // What an unencrypted header holds: the entry's name, dtype and
+            // dimensions, a hash section (16-bit length) and fixed fields.
+            let dims = entry.shape.dims().len() as u64 * if entry.wide_dims { 8 } else { 4 };
+            let fixed = 8 + 2 + 1 + 2 + 1 + 1 + 8;
+            fixed
+                + entry.name.as_bytes().len() as u64
+                + entry.dtype.as_str().len() as u64
+                + dims
+                + 2
+                + u64::from(u16::MAX)
+        };
         if entry.header_size() > max {
             return Err(Error::Format {
                 path: self.path.clone(),
@@ -488,6 +563,19 @@ impl Deserializer {
             });
         }
         let meta = entry.is_meta();
+        if meta
+            && self.metadata.header.has_crypt_info()
+            && !self.unauthenticated_meta.allows(entry.name.path())
+        {
+            return Err(Error::Unverifiable {
+                tensor: entry.name.to_string(),
+                reason: "is a meta tensor (no data, loads as zeros) in an encrypted file: \
+                         nothing authenticates it, anyone can make any tensor one without the \
+                         key; allow it by name with `unauthenticated_meta` (CLI: --allow-meta NAME, \
+                         Python: allow_unauthenticated_meta=[...])"
+                    .into(),
+            });
+        }
         let len = entry.deserialized_length().unwrap_or(u64::MAX);
         let len = usize::try_from(len).map_err(|_| Error::Allocation {
             path: self.path.clone(),
@@ -1136,7 +1224,9 @@ impl Deserializer {
         Ok(StoredChecks {
             crc32: h.stored_hash(HashKind::Crc32).is_some(),
             sha256: h.stored_hash(HashKind::Sha256).is_some(),
-            macs: h.crypt_info.as_ref().is_some_and(|c| c.is_encrypted()),
+            // A MAC is a check only over data that was decrypted.
+            macs: self.metadata.entries[i].data_length > 0
+                && h.crypt_info.as_ref().is_some_and(|c| c.is_encrypted()),
             has_data: self.metadata.entries[i].data_length > 0,
         })
     }

@@ -26,7 +26,9 @@ mod tensor;
 
 pub use buffer::{ALIGNMENT, AlignedBuffer};
 pub use copy::{copy, copy_with_progress};
-pub use deserializer::{Deserializer, Progress, ProgressFn, StoredChecks, TensorCheck, Verify};
+pub use deserializer::{
+    Deserializer, Progress, ProgressFn, StoredChecks, TensorCheck, UnauthenticatedMeta, Verify,
+};
 pub use destination::{Destination, TensorInfo};
 pub use element::Element;
 #[cfg(feature = "encryption")]

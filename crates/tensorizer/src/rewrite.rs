@@ -6,7 +6,7 @@ use tensorizer_io::StorageOptions;
 
 use crate::encryption::{Decryption, Encryption};
 use crate::error::Result;
-use crate::{Deserializer, ProgressFn, Serializer, Verify, WriteSummary};
+use crate::{Deserializer, ProgressFn, Serializer, UnauthenticatedMeta, Verify, WriteSummary};
 
 /// Reads `input` (decrypting with `decryption` if given, every hash checked)
 /// and writes the same tensors to `output` (encrypted with `encryption` if
@@ -38,19 +38,32 @@ pub fn rewrite_uri(
     decryption: Option<Decryption>,
     encryption: Option<Encryption>,
 ) -> Result<WriteSummary> {
-    rewrite_with_progress(input, output, storage, decryption, encryption, None)
+    rewrite_with_progress(
+        input,
+        output,
+        storage,
+        decryption,
+        encryption,
+        UnauthenticatedMeta::Refuse,
+        None,
+    )
 }
 
-/// [`rewrite_uri`], calling `progress` after every tensor read.
+/// [`rewrite_uri`], keeping the meta tensors of an encrypted input that
+/// `meta` allows (see [`Deserializer::unauthenticated_meta`]) and calling
+/// `progress` after every tensor read.
 pub fn rewrite_with_progress(
     input: &str,
     output: &str,
     storage: &StorageOptions,
     decryption: Option<Decryption>,
     encryption: Option<Encryption>,
+    meta: UnauthenticatedMeta,
     progress: Option<ProgressFn>,
 ) -> Result<WriteSummary> {
-    let mut reader = Deserializer::open_uri_with(input, storage)?.verify(Verify::All);
+    let mut reader = Deserializer::open_uri_with(input, storage)?
+        .verify(Verify::All)
+        .unauthenticated_meta(meta);
     if let Some(f) = progress {
         reader = reader.on_progress(move |p| f(p));
     }

@@ -13,10 +13,10 @@ use std::process::Command;
 use common::*;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tensorizer::format::{CryptChunk, TensorHeader};
+use tensorizer::format::{CryptChunk, FormatVersion, TensorHeader};
 use tensorizer::{
     Decryption, Deserializer, Dtype, Encryption, EncryptionKey, Error, KdfParams, KdfStrength,
-    Nonce, Serializer, TensorData, Verify,
+    Nonce, Serializer, TensorData, UnauthenticatedMeta, Verify,
 };
 
 fn decryption_for(dir: &Path, enc: &Value) -> Decryption {
@@ -39,9 +39,11 @@ fn encrypted_fixtures_decrypt_to_their_manifest() {
                 continue;
             }
             let name = f["file"].as_str().unwrap();
+            // Written by the real library: its meta tensors are trusted.
             let d = Deserializer::open(dir.join(name))
                 .unwrap()
-                .verify(Verify::All);
+                .verify(Verify::All)
+                .unauthenticated_meta(UnauthenticatedMeta::AllowAll);
             let d = d
                 .decryption(decryption_for(&dir, &f["encryption"]))
                 .unwrap();
@@ -70,6 +72,7 @@ fn encrypted_fixtures_decrypt_to_their_manifest() {
         let d = Deserializer::open(spec.join(file))
             .unwrap()
             .verify(Verify::All)
+            .unauthenticated_meta(UnauthenticatedMeta::AllowAll)
             .decryption(Decryption::Key(key))
             .unwrap();
         for (t, want) in d
@@ -261,6 +264,7 @@ fn sample(dir: &Path) -> (PathBuf, Vec<u8>) {
 fn open_pw(path: &Path, pw: &str) -> tensorizer::Result<Vec<tensorizer::Tensor>> {
     Deserializer::open(path)?
         .verify(Verify::All)
+        .unauthenticated_meta(UnauthenticatedMeta::Allow(vec!["ghost".into()]))
         .decryption(Decryption::passphrase(pw))?
         .read_all()
 }
@@ -571,4 +575,121 @@ fn key_derivation_work_is_bounded_by_default() {
         .unwrap();
     assert_eq!(loaded.len(), 3);
     assert_eq!(loaded[2].as_slice::<f32>().unwrap(), data);
+}
+
+/// What an attacker without the key makes of an encrypted file: every
+/// record rewritten with `data_length = 0` (a meta tensor, loading as
+/// zeros), its hashes dropped; its crypt-info block kept or, the careful
+/// forger, emptied as in a genuine meta record.
+fn forge_meta(input: &Path, out: &Path, keep_crypt_info: bool, version: u32) {
+    let d = Deserializer::open(input).unwrap();
+    let mut meta = d.metadata().clone();
+    meta.header.version = FormatVersion::new(version).unwrap();
+    meta.header.tensor_size = 0;
+    let mut records = Vec::new();
+    let mut offset = meta.records_offset();
+    for (i, entry) in meta.entries.iter_mut().enumerate() {
+        let mut h = d.read_header(i).unwrap();
+        h.data_length = 0;
+        h.hashes.clear();
+        if !keep_crypt_info && let Some(info) = &mut h.crypt_info {
+            info.chunks.clear();
+        }
+        let bytes = h.encode().unwrap();
+        entry.header_offset = offset;
+        entry.data_offset = offset + bytes.len() as u64;
+        entry.data_length = 0;
+        offset = entry.data_offset;
+        records.extend(bytes);
+    }
+    let mut file = meta.encode().unwrap();
+    file.extend(records);
+    std::fs::write(out, file).unwrap();
+}
+
+#[test]
+fn meta_tensors_of_an_encrypted_file_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = sample(dir.path());
+    let pw = || Decryption::passphrase("secret");
+    let refused = |e: &Error| {
+        let msg = e.to_string();
+        assert!(
+            matches!(e, Error::Unverifiable { .. }) && msg.contains("meta tensor"),
+            "{msg}"
+        );
+    };
+
+    // A genuine meta tensor: refused by keyed loads and by checks by
+    // default, accepted when named.
+    let d = Deserializer::open(&path)
+        .unwrap()
+        .verify(Verify::All)
+        .decryption(pw())
+        .unwrap();
+    refused(&d.read_all().unwrap_err());
+    let checks = d.check_strict(|_| true, false);
+    refused(checks[3].outcome.as_ref().unwrap_err());
+    assert!(checks[..3].iter().all(|c| c.outcome.is_ok()));
+    let d = d.unauthenticated_meta(UnauthenticatedMeta::Allow(vec!["ghost".into()]));
+    assert!(d.read_all().unwrap()[3].is_meta());
+    // Without a key, checking the file refuses it too.
+    let keyless = Deserializer::open(&path).unwrap().verify(Verify::All);
+    refused(
+        keyless.check_strict(|_| true, false)[3]
+            .outcome
+            .as_ref()
+            .unwrap_err(),
+    );
+    // decrypt and rekey go through the same loads.
+    let out = dir.path().join("plain.tensors");
+    let e = tensorizer::rewrite(&path, &out, Some(pw()), None).unwrap_err();
+    refused(&e);
+    assert!(!out.exists());
+
+    // Forged: MACs kept for data that is no longer there. The header
+    // itself is refused, whatever the key and policy.
+    let forged = dir.path().join("forged.tensors");
+    forge_meta(&path, &forged, true, 4);
+    let d = Deserializer::open(&forged)
+        .unwrap()
+        .verify(Verify::All)
+        .unauthenticated_meta(UnauthenticatedMeta::AllowAll)
+        .decryption(Decryption::Key(EncryptionKey::random().unwrap()))
+        .unwrap();
+    let e = d.read("small").unwrap_err().to_string();
+    assert!(
+        e.contains("cipher chunk(s) for a record that stores no data"),
+        "{e}"
+    );
+    assert!(
+        d.check_strict(|_| true, false)
+            .iter()
+            .any(|c| c.outcome.is_err())
+    );
+
+    // Forged carefully (empty crypt info, as a genuine meta record): every
+    // tensor refused with a wrong key as with the right one.
+    forge_meta(&path, &forged, false, 4);
+    for key in [pw(), Decryption::Key(EncryptionKey::random().unwrap())] {
+        let d = Deserializer::open(&forged)
+            .unwrap()
+            .verify(Verify::All)
+            .decryption(key)
+            .unwrap();
+        let checks = d.check_strict(|_| true, false);
+        let meta: Vec<_> = checks.iter().filter(|c| c.stored.unwrap().has_data).collect();
+        assert!(meta.is_empty(), "the forger left no data");
+        for c in checks.iter().filter(|c| c.name.to_string() != "empty") {
+            refused(c.outcome.as_ref().unwrap_err());
+            assert!(!c.stored.unwrap().macs, "a MAC over no data checks nothing");
+        }
+        assert!(d.read_all().is_err());
+    }
+
+    // A data version below 4 has no meta tensors: such a file is refused
+    // when opened.
+    forge_meta(&path, &forged, false, 3);
+    let e = Deserializer::open(&forged).unwrap_err().to_string();
+    assert!(e.contains("which data version 3 does not have"), "{e}");
 }

@@ -335,13 +335,17 @@ def _resolve_cuda_device():
     return torch.device("cuda", torch.cuda.current_device())
 
 
+_VLLM_MARKER = ".vllm_tensorized_marker"
+
+
 class TensorDeserializer(collections.abc.Mapping):
     """A read-only mapping of a `.tensors` file's tensors (torch tensors, or
     numpy arrays without torch), read in parallel by the Rust core."""
 
     def __init__(self, file_obj, device=None, filter_func=None, dtype=None, *,
                  lazy_load=False, plaid_mode=None, plaid_mode_buffers=None,
-                 num_readers=None, verify_hash=False, encryption=None):
+                 num_readers=None, verify_hash=False, encryption=None,
+                 allow_unauthenticated_meta=(_VLLM_MARKER,)):
         if encryption is not None and not isinstance(encryption, DecryptionParams):
             raise TypeError(
                 "encryption parameter: expected DecryptionParams instance or None, "
@@ -354,8 +358,16 @@ class TensorDeserializer(collections.abc.Mapping):
         self._dtype = dtype
         self._verify_hash = bool(verify_hash)
         self._lazy_load = lazy_load
+        # Encryption authenticates data, not the index: anyone can turn a
+        # tensor of an encrypted file into a meta tensor (zeros) without the
+        # key. Those are refused but for the names allowed here (vLLM's
+        # marker, whose value vLLM never reads), or all with True.
+        allow_all_meta = allow_unauthenticated_meta is True
+        allow_meta = [] if allow_all_meta or not allow_unauthenticated_meta else [
+            str(n) for n in allow_unauthenticated_meta]
         crypto = dict(key=None, passphrase=None, num_readers=num_readers,
-                      verify_hash=self._verify_hash)
+                      verify_hash=self._verify_hash, allow_meta=allow_meta,
+                      allow_all_meta=allow_all_meta)
         if encryption is not None:
             if encryption.key is None and encryption.source is None:
                 raise ValueError("Invalid DecryptionParams, no key or source string provided")

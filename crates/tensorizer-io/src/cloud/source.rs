@@ -5,7 +5,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use super::{Object, Service};
 use crate::error::{IoError, Result};
 use crate::runtime::{block, runtime};
-use crate::{RangeSource, ReadHints, RetryPolicy};
+use crate::{RangeSource, ReadHints, RetryPolicy, read_range_growing};
 
 /// Bytes per GET: per-request cost (a round trip, signing, a new TCP
 /// window) stays small next to 16 MiB, and a larger request would only
@@ -91,24 +91,27 @@ impl ObjectSource {
         Ok(rx)
     }
 
-    /// Copies the body of a GET started by [`Self::start_get`] into `dst`.
+    /// Hands the body of a GET started by [`Self::start_get`] for `len`
+    /// bytes at `start` to `put` chunk by chunk (with each chunk's offset in
+    /// the range), refusing a body longer or shorter than the range.
     fn receive(
         &self,
         start: u64,
-        dst: &mut [u8],
+        len: usize,
         mut body: tokio::sync::mpsc::Receiver<object_store::Result<bytes::Bytes>>,
+        mut put: impl FnMut(usize, &[u8]) -> Result<()>,
     ) -> Result<()> {
-        let range = start..start + dst.len() as u64;
+        let range = start..start + len as u64;
         let mut filled = 0;
         while let Some(chunk) = crate::runtime::wait_on(body.recv()) {
             let chunk = chunk.map_err(|e| self.object.error(range.clone(), &e, &self.policy))?;
-            let Some(slot) = dst.get_mut(filled..filled + chunk.len()) else {
+            if filled + chunk.len() > len {
                 return Err(self.short_or_long(range, filled + chunk.len()));
-            };
-            slot.copy_from_slice(&chunk);
+            }
+            put(filled, &chunk)?;
             filled += chunk.len();
         }
-        if filled != dst.len() {
+        if filled != len {
             return Err(self.short_or_long(range, filled));
         }
         Ok(())
@@ -161,10 +164,28 @@ impl RangeSource for ObjectSource {
                 .map(|(start, chunk)| self.start_get(*start..*start + chunk.len() as u64))
                 .collect::<Result<Vec<_>>>()?;
             for (body, (start, chunk)) in bodies.into_iter().zip(window) {
-                self.receive(start, chunk, body)?;
+                self.receive(start, chunk.len(), body, |at, bytes| {
+                    chunk[at..at + bytes.len()].copy_from_slice(bytes);
+                    Ok(())
+                })?;
             }
         }
         Ok(())
+    }
+
+    /// One request, its buffer growing as the body arrives: the size asked
+    /// for may come from a hostile index, and costs nothing until sent.
+    fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let n = self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX))?;
+        if n > REQUEST_SIZE {
+            return read_range_growing(self, offset, n);
+        }
+        let mut buf = Vec::new();
+        let body = self.start_get(offset..offset + n as u64)?;
+        self.receive(offset, n, body, |_, bytes| {
+            crate::append_arrived(&mut buf, bytes, self.uri())
+        })?;
+        Ok(buf)
     }
 
     fn hints(&self) -> ReadHints {

@@ -9,7 +9,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,11 +30,16 @@ pub struct Behavior {
     pub stall_body: bool,
     /// Answer with this Content-Range start instead of the right one.
     pub wrong_range_start: Option<u64>,
+    /// Cut the probe too (with `ignore_range`, the probe's answer is the body).
+    pub cut_probe: bool,
 }
 
 pub struct TestServer {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
+    /// Body bytes the server managed to write (a client that hangs up
+    /// early receives less than was sent to the socket's buffer).
+    pub bytes_sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -44,16 +49,18 @@ impl TestServer {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
+        let bytes_sent = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (r, s, body) = (requests.clone(), stop.clone(), Arc::new(body));
+        let sent = bytes_sent.clone();
         thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(120);
             while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let n = r.fetch_add(1, Ordering::SeqCst);
-                        let (body, b) = (body.clone(), behavior.clone());
-                        thread::spawn(move || serve(stream, &body, &b, n));
+                        let (body, b, sent) = (body.clone(), behavior.clone(), sent.clone());
+                        thread::spawn(move || serve(stream, &body, &b, n, &sent));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
                 }
@@ -62,6 +69,7 @@ impl TestServer {
         Self {
             addr,
             requests,
+            bytes_sent,
             stop,
         }
     }
@@ -77,7 +85,7 @@ impl Drop for TestServer {
     }
 }
 
-fn serve(mut stream: TcpStream, body: &[u8], b: &Behavior, n: usize) {
+fn serve(mut stream: TcpStream, body: &[u8], b: &Behavior, n: usize, sent: &AtomicU64) {
     stream.set_nonblocking(false).ok();
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let mut req = Vec::new();
@@ -147,16 +155,25 @@ fn serve(mut stream: TcpStream, body: &[u8], b: &Behavior, n: usize) {
         return;
     }
     let mut payload = &body[start..end];
+    // Written in pieces, counting what the client took.
+    let mut send = |payload: &[u8]| {
+        for piece in payload.chunks(16 << 10) {
+            if stream.write_all(piece).is_err() {
+                return;
+            }
+            sent.fetch_add(piece.len() as u64, Ordering::SeqCst);
+        }
+    };
     if let Some(cut) = b
         .cut_after
-        .filter(|_| n < b.cut_first + b.fail_first && !probe)
+        .filter(|_| n < b.cut_first + b.fail_first && (!probe || b.cut_probe))
     {
         payload = &payload[..cut.min(payload.len())];
-        let _ = stream.write_all(payload);
+        send(payload);
         let _ = stream.shutdown(Shutdown::Both);
         return;
     }
-    let _ = stream.write_all(payload);
+    send(payload);
 }
 
 /// nginx serving `root` on a loopback port, stopped on drop.
