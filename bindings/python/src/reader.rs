@@ -75,18 +75,24 @@ fn source_err(e: tensorizer::io::IoError) -> Error {
 }
 
 impl Reader {
-    /// The names of entries `indices`.
+    /// The names of entries `indices`, each at most once: a tensor asked
+    /// for twice would come back as two objects over one buffer (on a
+    /// device, two capsules of one address), each free to write the other.
     fn wanted(&self, indices: &[usize]) -> PyResult<HashSet<&TensorPath>> {
         let entries = self.inner.entries();
-        indices
-            .iter()
-            .map(|&i| {
-                entries
-                    .get(i)
-                    .map(|e| e.name.path())
-                    .ok_or_else(|| PyKeyError::new_err(format!("no entry {i}")))
-            })
-            .collect()
+        let mut wanted = HashSet::with_capacity(indices.len());
+        for &i in indices {
+            let name = entries
+                .get(i)
+                .map(|e| e.name.path())
+                .ok_or_else(|| PyKeyError::new_err(format!("no entry {i}")))?;
+            if !wanted.insert(name) {
+                return Err(PyValueError::new_err(format!(
+                    "entry {i} ({name}) is asked for twice"
+                )));
+            }
+        }
+        Ok(wanted)
     }
 }
 

@@ -25,9 +25,11 @@ struct Record {
     tensor_type: TensorType,
     dtype: Dtype,
     shape: Vec<u64>,
-    /// The tensor's bytes (a consumed DLPack capsule that keeps the
-    /// producer's memory alive), or `None` for a meta tensor.
-    data: Option<dlpack::Imported>,
+    /// A copy of the tensor's bytes taken at `add`, or `None` for a meta
+    /// tensor. Not the producer's memory: a capsule keeps its storage
+    /// object alive, not its bytes, and `resize_` or `set_` on the tensor
+    /// would free them under us before `write`.
+    data: Option<Vec<u8>>,
 }
 
 /// Where `Writer::write` puts the file.
@@ -70,7 +72,22 @@ impl Writer {
                 )));
             }
         };
-        let data = data.map(dlpack::Imported::bytes).transpose()?;
+        let data = match data {
+            Some(capsule) => {
+                let imported = dlpack::Imported::bytes(capsule)?;
+                let mut bytes = Vec::new();
+                bytes.try_reserve_exact(imported.len()).map_err(|_| {
+                    pyo3::exceptions::PyMemoryError::new_err(format!(
+                        "{name}: cannot copy {} bytes",
+                        imported.len()
+                    ))
+                })?;
+                bytes.extend_from_slice(imported.as_slice());
+                // The capsule (and the producer's memory) is released here.
+                Some(bytes)
+            }
+            None => None,
+        };
         if let Some(d) = &data {
             let expected = shape
                 .iter()
@@ -152,7 +169,7 @@ impl Writer {
             let data = match &r.data {
                 None => TensorData::meta(r.dtype, &r.shape),
                 Some(bytes) => {
-                    TensorData::new(r.dtype, &r.shape, bytes.as_slice()).map_err(py_err)?
+                    TensorData::new(r.dtype, &r.shape, bytes).map_err(py_err)?
                 }
             };
             s.write_tensor(r.module_idx, r.name.clone(), r.tensor_type, data)

@@ -78,6 +78,10 @@ struct StorageArgs {
     /// Unsigned GCS requests, for public buckets.
     #[arg(long, global = true)]
     gcs_anonymous: bool,
+    /// Allow GCS credentials over plain http to a host that is not
+    /// loopback (the token then crosses the network in the clear).
+    #[arg(long, global = true)]
+    gcs_allow_http: bool,
     /// Azure storage account (default: the URI's, AZURE_STORAGE_ACCOUNT, the connection string's).
     #[arg(long, global = true)]
     azure_account: Option<String>,
@@ -192,6 +196,7 @@ impl StorageArgs {
                 service_account_path: self.gcs_service_account.clone(),
                 service_account_key: self.gcs_service_account_key.clone(),
                 endpoint: self.gcs_endpoint.clone(),
+                allow_plain_http: self.gcs_allow_http,
                 ..Default::default()
             },
             azure: AzureOptions {
@@ -517,12 +522,13 @@ fn encryption(secret: Secret, strength: Strength, out: &str) -> Result<Encryptio
 /// Opens a path or URI.
 fn open(file: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<Deserializer, Error> {
     let defaults = tensorizer::KdfLimits::default();
-    let d = Deserializer::open_uri_with(file, storage)?.kdf_limits(tensorizer::KdfLimits {
-        max_opslimit: key.kdf_max_opslimit.unwrap_or(defaults.max_opslimit),
-        max_memlimit: key.kdf_max_memlimit.unwrap_or(defaults.max_memlimit),
-        ..defaults
-    })
-    .unauthenticated_meta(key.meta.policy());
+    let d = Deserializer::open_uri_with(file, storage)?
+        .kdf_limits(tensorizer::KdfLimits {
+            max_opslimit: key.kdf_max_opslimit.unwrap_or(defaults.max_opslimit),
+            max_memlimit: key.kdf_max_memlimit.unwrap_or(defaults.max_memlimit),
+            ..defaults
+        })
+        .unauthenticated_meta(key.meta.policy());
     match key.decryption()? {
         Some(dec) => d.decryption(dec),
         None => Ok(d),
@@ -681,7 +687,7 @@ fn progress_callback(verb: &str) -> (ProgressBar, tensorizer::ProgressFn) {
         std::sync::Arc::new(move |p: &tensorizer::Progress<'_>| {
             fed.set_length(p.total_bytes);
             fed.set_position(p.bytes);
-            fed.set_message(p.name.to_owned());
+            fed.set_message(printable(p.name));
         });
     (bar, callback)
 }
@@ -728,23 +734,15 @@ fn emit(text: &str) {
 
 /// A path or URI as it may be printed: userinfo and query (passwords,
 /// presigned signatures, SAS tokens) redacted, control characters escaped.
-fn shown(uri: &str) -> String {
-    printable(&tensorizer::io::redact_uri(uri))
+fn shown(uri: &str) -> tensorizer::io::ShownUri {
+    tensorizer::io::ShownUri::new(uri)
 }
 
 /// `text` safe for a terminal: control characters (escape sequences in a
 /// hostile tensor name, say) shown escaped (`\u{1b}`); line breaks of our
 /// own messages kept.
 fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() && c != '\n' {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    tensorizer::io::escape_controls(text)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -775,7 +773,7 @@ fn report_rewrite(
     let s = result?;
     println!(
         "{}: {verb}, {} tensors, {} bytes (data version {})",
-        s.path.display(),
+        shown(&s.path.to_string_lossy()),
         s.tensors,
         s.bytes,
         s.version
@@ -816,7 +814,7 @@ fn keygen(path: &Path, force: bool) -> Result<ExitCode, Error> {
     }
     println!(
         "{}: new 32-byte key written (keep it secret; without it the data is lost)",
-        path.display()
+        shown(&path.to_string_lossy())
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -913,7 +911,7 @@ fn inspect(
     }
     let size = d.source().len();
     let doc = json!({
-        "file": path.rsplit('/').next(),
+        "file": shown(path).as_str().rsplit('/').next(),
         "file_size": size,
         "file_sha256": file_sha256(d.source())?,
         "reader": concat!("tensorizer-rs ", env!("CARGO_PKG_VERSION")),
@@ -1036,6 +1034,17 @@ fn load(
     bar.finish_and_clear();
     let tensors = tensors?;
     let bytes: u64 = tensors.iter().map(|t| t.as_bytes().len() as u64).sum();
+    if !matches!(verify, VerifyArg::None) && d.verified_tensors() == 0 {
+        eprintln!(
+            "warning: {}: nothing was verified: no tensor stores a hash that --verify {} checks \
+             (nor a MAC)",
+            shown(path),
+            verify
+                .to_possible_value()
+                .expect("no skipped values")
+                .get_name()
+        );
+    }
     println!(
         "{}: {} tensors, {bytes} bytes in {secs:.3} s ({:.2} GiB/s; open {:.3} s; verify {})",
         shown(path),
@@ -1065,8 +1074,8 @@ fn convert(input: &Path, output: &Path) -> Result<ExitCode, Error> {
         let s = tensorizer::safetensors::tensorizer_to_safetensors(input, output)?;
         println!(
             "{} -> {} (safetensors): {} tensors, {} bytes in {:.2} s",
-            input.display(),
-            output.display(),
+            shown(&input.to_string_lossy()),
+            shown(&output.to_string_lossy()),
             s.tensors,
             s.tensor_bytes,
             started.elapsed().as_secs_f64()
@@ -1075,8 +1084,8 @@ fn convert(input: &Path, output: &Path) -> Result<ExitCode, Error> {
         let s = tensorizer::safetensors::safetensors_to_tensorizer(input, output)?;
         println!(
             "{} -> {} (tensorizer v{}): {} tensors, {} bytes in {:.2} s",
-            input.display(),
-            output.display(),
+            shown(&input.to_string_lossy()),
+            shown(&output.to_string_lossy()),
             s.version,
             s.tensors,
             s.bytes,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Instant;
+use tensorizer::io::ShownUri;
 
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::ProgressBar;
@@ -90,7 +91,8 @@ pub struct DeserializeArgs {
     #[arg(long, default_value_t = 1)]
     tensor_parallel_size: usize,
     /// vLLM's `--model-loader-extra-config` JSON (TensorizerConfig keys);
-    /// its values override the flags.
+    /// its values override the flags. `@FILE` reads it from FILE (keep
+    /// secrets such as `s3_secret_access_key` off the command line).
     #[arg(long)]
     model_loader_extra_config: Option<String>,
     /// JSON keyword arguments of TensorDeserializer.
@@ -128,10 +130,39 @@ pub fn run(command: VllmCommand, storage: &StorageOptions) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tensorizer vllm: {e}");
+            eprintln!(
+                "tensorizer vllm: {}",
+                tensorizer::io::escape_controls(&e.to_string())
+            );
             ExitCode::FAILURE
         }
     }
+}
+
+/// Keys of the extra config that hold a secret.
+const EXTRA_CONFIG_SECRETS: [&str; 1] = ["s3_secret_access_key"];
+
+/// The text of `--model-loader-extra-config`: `@FILE`'s content, or the
+/// argument itself, with a warning when it carries a secret on the command
+/// line (visible to every user of the machine, as for the flags).
+fn extra_config_text(arg: &str) -> Result<String, VllmError> {
+    if let Some(path) = arg.strip_prefix('@') {
+        return std::fs::read_to_string(path).map_err(|source| VllmError::Io {
+            path: path.into(),
+            action: "reading --model-loader-extra-config".into(),
+            source,
+        });
+    }
+    if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(arg) {
+        for key in EXTRA_CONFIG_SECRETS.iter().filter(|k| m.contains_key(**k)) {
+            eprintln!(
+                "warning: {key} in --model-loader-extra-config on the command line is visible \
+                 to every user of this machine (ps, /proc); put the JSON in a file and pass \
+                 --model-loader-extra-config @FILE"
+            );
+        }
+    }
+    Ok(arg.to_owned())
 }
 
 fn json_object(what: &str, text: Option<&str>) -> Result<Map<String, Value>, VllmError> {
@@ -191,7 +222,15 @@ fn serialize_cmd(args: SerializeArgs, storage: &StorageOptions) -> Result<(), Vl
                 old.finish_and_clear();
             }
             let b = progress(p.total, "writing");
-            b.set_message(p.file.rsplit('/').next().unwrap_or(p.file).to_owned());
+            let shown = ShownUri::new(p.file);
+            b.set_message(
+                shown
+                    .as_str()
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
             *bar = Some((p.file.to_owned(), b));
         }
         if let Some((_, b)) = bar.as_ref() {
@@ -205,15 +244,15 @@ fn serialize_cmd(args: SerializeArgs, storage: &StorageOptions) -> Result<(), Vl
     let report = report?;
     let secs = started.elapsed().as_secs_f64();
     for w in &report.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", tensorizer::io::escape_controls(w));
     }
     let bytes: u64 = report.files.iter().map(|(_, b)| b).sum();
     for (uri, size) in &report.files {
-        println!("  {} ({size} bytes)", tensorizer::io::redact_uri(uri));
+        println!("  {} ({size} bytes)", ShownUri::new(uri));
     }
     println!(
         "serialized {} ({} layout{}, suffix {}) in {secs:.2} s, {:.2} GiB/s",
-        tensorizer::io::redact_uri(&report.directory),
+        ShownUri::new(&report.directory),
         match report.layout {
             Layout::Vllm => "vllm",
             Layout::Hf => "hf",
@@ -230,19 +269,22 @@ fn serialize_cmd(args: SerializeArgs, storage: &StorageOptions) -> Result<(), Vl
     println!(
         "load with: vllm serve {} --load-format tensorizer --tensor-parallel-size {} \
          --model-loader-extra-config '{}'",
-        report.directory,
+        ShownUri::new(&report.directory),
         opts.tensor_parallel_size,
-        serde_json::json!({"tensorizer_uri": uri, "encryption_keyfile": opts.keyfile})
-            .as_object()
-            .map(|m| {
-                Value::Object(
-                    m.iter()
-                        .filter(|(_, v)| !v.is_null())
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                )
-            })
-            .unwrap_or_default()
+        serde_json::json!({
+            "tensorizer_uri": ShownUri::new(&uri).as_str(),
+            "encryption_keyfile": opts.keyfile.as_deref().map(|k| ShownUri::new(k).to_string()),
+        })
+        .as_object()
+        .map(|m| {
+            Value::Object(
+                m.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
     );
     Ok(())
 }
@@ -263,7 +305,11 @@ fn deserialize_cmd(args: DeserializeArgs, storage: &StorageOptions) -> Result<()
         )?),
         ..Default::default()
     };
-    if let Some(extra) = args.model_loader_extra_config.as_deref() {
+    let extra = match args.model_loader_extra_config.as_deref() {
+        Some(arg) => Some(extra_config_text(arg)?),
+        None => None,
+    };
+    if let Some(extra) = extra.as_deref() {
         // As vLLM's example merges it: the extra config's keys win.
         let extra_cfg: TensorizerConfig =
             serde_json::from_str(extra).map_err(|source| VllmError::Json {
@@ -291,7 +337,7 @@ fn deserialize_cmd(args: DeserializeArgs, storage: &StorageOptions) -> Result<()
         println!(
             "rank {}: {}: {} tensors, {} bytes in {:.3} s ({:.2} GiB/s)",
             r.rank,
-            tensorizer::io::redact_uri(&r.uri),
+            ShownUri::new(&r.uri),
             r.tensors,
             r.bytes,
             r.seconds,

@@ -329,6 +329,22 @@ fn verify_fails_an_encrypted_file_that_authenticates_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // Each tensor is a meta tensor nothing authenticates.
+    assert!(
+        stderr(&out).contains("\"a\": is a meta tensor")
+            && stderr(&out).contains("\"b\": is a meta tensor"),
+        "{}",
+        stderr(&out)
+    );
+    // Allowed by name, the file still authenticates nothing.
+    let out = run_str(&[
+        "verify",
+        path.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+        "--allow-all-meta",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("carries a MAC"), "{}", stderr(&out));
 }
 
@@ -394,4 +410,60 @@ fn secrets_come_from_files_and_inline_ones_are_warned_about() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A copy of `input` whose records store no hashes (headers re-encoded
+/// without them, the layout moved to match).
+fn without_hashes(input: &Path, out: &Path) {
+    let d = Deserializer::open(input).unwrap();
+    let mut meta = d.metadata().clone();
+    let mut records = Vec::new();
+    let mut offset = meta.records_offset();
+    for (i, entry) in meta.entries.iter_mut().enumerate() {
+        let mut h = d.read_header(i).unwrap();
+        h.hashes.clear();
+        let header = h.encode().unwrap();
+        let data = d
+            .source()
+            .read_range(entry.data_offset, entry.data_length)
+            .unwrap();
+        entry.header_offset = offset;
+        entry.data_offset = offset + header.len() as u64;
+        offset = entry.data_offset + data.len() as u64;
+        records.extend(header);
+        records.extend(data);
+    }
+    let mut file = meta.encode().unwrap();
+    file.extend(records);
+    std::fs::write(out, file).unwrap();
+}
+
+/// `load --verify ...` of a file that stores no hashes loads it and says
+/// that nothing was verified (it exited 0 in silence); `verify` refuses it.
+#[test]
+fn a_load_that_verified_nothing_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("p.tensors");
+    write_sample(&plain);
+    let bare = dir.path().join("bare.tensors");
+    without_hashes(&plain, &bare);
+    for level in ["crc32", "all"] {
+        let o = run_str(&["load", bare.to_str().unwrap(), "--verify", level]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("nothing was verified"),
+            "{level}: {}",
+            stderr(&o)
+        );
+        let o = run_str(&["load", plain.to_str().unwrap(), "--verify", level]);
+        assert!(o.status.success());
+        assert!(
+            !stderr(&o).contains("nothing was verified"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = run_str(&["verify", bare.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no stored hash"), "{}", stderr(&o));
 }

@@ -174,7 +174,10 @@ fn meta_tensors_of_encrypted_files_need_to_be_allowed() {
     refused(&tz(&["load", file, "--key-file", key], &[]));
     refused(&tz(&["decrypt", file, &p("plain"), "--key-file", key], &[]));
     assert!(!dir.path().join("plain").exists());
-    let o = tz(&["verify", file, "--key-file", key, "--allow-meta", "meta"], &[]);
+    let o = tz(
+        &["verify", file, "--key-file", key, "--allow-meta", "meta"],
+        &[],
+    );
     ok(&o);
     let said = String::from_utf8_lossy(&o.stdout);
     // 12 + 10 bytes of data were checked, not the 16 bytes the meta tensor claims.
@@ -183,7 +186,14 @@ fn meta_tensors_of_encrypted_files_need_to_be_allowed() {
         "{said}"
     );
     ok(&tz(
-        &["decrypt", file, &p("plain"), "--key-file", key, "--allow-all-meta"],
+        &[
+            "decrypt",
+            file,
+            &p("plain"),
+            "--key-file",
+            key,
+            "--allow-all-meta",
+        ],
         &[],
     ));
 

@@ -61,7 +61,11 @@ fn model(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("m.tensors");
     let data: Vec<Vec<u8>> = (0..40u32)
         .map(|i| {
-            let n = if i % 4 == 0 { 2_000_000 } else { 50_000 + i as usize };
+            let n = if i % 4 == 0 {
+                2_000_000
+            } else {
+                50_000 + i as usize
+            };
             (0..n).map(|k| (k as u32 * 7 + i) as u8).collect()
         })
         .collect();
@@ -201,7 +205,8 @@ fn lying_server(head: Vec<u8>, total: u64) -> (u16, Arc<AtomicU64>) {
                             "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{total}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                             b - a + 1
                         );
-                        let real = head.get(a as usize..=(b as usize).min(head.len().saturating_sub(1)));
+                        let real =
+                            head.get(a as usize..=(b as usize).min(head.len().saturating_sub(1)));
                         if let Some(bytes) = real.filter(|_| (a as usize) < head.len())
                             && con.write_all(bytes).is_ok()
                         {

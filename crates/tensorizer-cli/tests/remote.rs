@@ -192,7 +192,20 @@ fn copy_between_s3_gcs_azure_and_redis() {
     let key = fixture("encrypted_meta.key");
     let key = key.to_str().unwrap();
     let inspect = |uri: &str| -> Value {
-        let args = [&["inspect", "--json", uri, "--key-file", key][..], &flags].concat();
+        // The fixture's meta tensor "meta" is the real library's, trusted.
+        let args = [
+            &[
+                "inspect",
+                "--json",
+                uri,
+                "--key-file",
+                key,
+                "--allow-meta",
+                "meta",
+            ][..],
+            &flags,
+        ]
+        .concat();
         let mut v: Value = serde_json::from_str(&ok(&run(&args, home.path()))).unwrap();
         v.as_object_mut().unwrap().remove("file");
         v
@@ -202,7 +215,11 @@ fn copy_between_s3_gcs_azure_and_redis() {
         let got = inspect(uri);
         assert_eq!(got, want, "{uri}");
         ok(&run(
-            &[&["verify", uri, "--key-file", key][..], &flags].concat(),
+            &[
+                &["verify", uri, "--key-file", key, "--allow-meta", "meta"][..],
+                &flags,
+            ]
+            .concat(),
             home.path(),
         ));
     }

@@ -418,7 +418,10 @@ impl Metadata {
                     reason: format!(
                         "stores no data for {} elements, a meta tensor, which data version {} \
                          does not have (they came with version 4)",
-                        entry.shape.numel().map_or("too many".into(), |n| n.to_string()),
+                        entry
+                            .shape
+                            .numel()
+                            .map_or("too many".into(), |n| n.to_string()),
                         header.version.get()
                     ),
                 });

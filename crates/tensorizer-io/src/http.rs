@@ -132,7 +132,7 @@ impl HttpSource {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match me.probe() {
+            match me.probe(attempts > 1) {
                 Ok(()) => return Ok(me),
                 Err(f) if f.retryable && me.policy.may_retry(attempts, started) => {
                     std::thread::sleep(me.policy.backoff(attempts));
@@ -142,7 +142,8 @@ impl HttpSource {
         }
     }
 
-    fn probe(&mut self) -> Result<(), Failure> {
+    /// `fresh`: on a connection of its own (see [`fresh_connection`]).
+    fn probe(&mut self, fresh: bool) -> Result<(), Failure> {
         // A server that ignores Range answers with the whole body, which
         // becomes the spool: no total timeout on it, only one on the wait
         // for the answer (and, while spooling, on each stall).
@@ -151,6 +152,7 @@ impl HttpSource {
             .get(&self.url)
             .header(RANGE, "bytes=0-0")
             .timeout(WHOLE_BODY_TIMEOUT);
+        let request = fresh_connection(request, fresh);
         let stall = self.policy.request_timeout;
         let resp = block(
             async move { tokio::time::timeout(stall, request.send()).await },
@@ -245,10 +247,7 @@ impl HttpSource {
         // The downloader ends (whole, failed, or stalled past the request
         // timeout), so this wait ends.
         while state.written < end && !state.ended {
-            state = spool
-                .arrived
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = spool.arrived.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         if state.written < end {
             let why = state.failed.clone().unwrap_or_default();
@@ -256,7 +255,11 @@ impl HttpSource {
                 "the body ended at byte {} of the {} the server announced{}",
                 state.written,
                 self.len,
-                if why.is_empty() { String::new() } else { format!(": {why}") }
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
             );
             // The downloader already retried.
             return (0, Some(Failure::protocol(message)));
@@ -264,7 +267,10 @@ impl HttpSource {
         drop(state);
         match spool.file.read_exact_at(dst, start) {
             Ok(()) => (dst.len(), None),
-            Err(e) => (0, Some(Failure::protocol(format!("reading the spooled body: {e}")))),
+            Err(e) => (
+                0,
+                Some(Failure::protocol(format!("reading the spooled body: {e}"))),
+            ),
         }
     }
 
@@ -284,12 +290,12 @@ impl HttpSource {
     /// One GET of `start..start + dst.len()`: the request runs on the I/O
     /// runtime and its body arrives chunk by chunk on a channel, copied
     /// into `dst` here. Returns the bytes received before any failure.
-    fn fetch(&self, start: u64, dst: &mut [u8]) -> (usize, Option<Failure>) {
+    fn fetch(&self, start: u64, dst: &mut [u8], fresh: bool) -> (usize, Option<Failure>) {
         if !self.ranges {
             return self.fetch_spooled(start, dst);
         }
         let mut got = 0;
-        let failure = self.fetch_range(start, dst.len(), |bytes| {
+        let failure = self.fetch_range(start, dst.len(), fresh, |bytes| {
             dst[got..got + bytes.len()].copy_from_slice(bytes);
             got += bytes.len();
             Ok(())
@@ -303,6 +309,7 @@ impl HttpSource {
         &self,
         start: u64,
         len: usize,
+        fresh: bool,
         mut put: impl FnMut(&[u8]) -> std::result::Result<(), Failure>,
     ) -> Option<Failure> {
         let end = start + len as u64;
@@ -310,6 +317,7 @@ impl HttpSource {
             .client
             .get(&self.url)
             .header(RANGE, format!("bytes={start}-{}", end - 1));
+        let request = fresh_connection(request, fresh);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Failure>>(64);
         let runtime = match runtime() {
             Ok(r) => r,
@@ -369,6 +377,19 @@ impl HttpSource {
     }
 }
 
+/// A retry asks for a connection of its own (`Connection: close`): a
+/// server that closes connections after each answer without saying so
+/// makes a pooled connection fail when it is reused (a redirect within the
+/// origin reuses the connection of the 3xx), and every attempt would race
+/// the same way.
+fn fresh_connection(request: reqwest::RequestBuilder, fresh: bool) -> reqwest::RequestBuilder {
+    if fresh {
+        request.header(reqwest::header::CONNECTION, "close")
+    } else {
+        request
+    }
+}
+
 impl Drop for HttpSource {
     fn drop(&mut self) {
         if let Some(Ok(spool)) = self.spool.get() {
@@ -403,7 +424,15 @@ fn download(
             spool.gets.fetch_add(1, Ordering::Relaxed);
         }
         let before = spool.state.lock().map_or(0, |s| s.written);
-        let outcome = download_once(spool, answer, client, url, len, policy.request_timeout, &set);
+        let outcome = download_once(
+            spool,
+            answer,
+            client,
+            url,
+            len,
+            policy.request_timeout,
+            &set,
+        );
         let written = spool.state.lock().map_or(0, |s| s.written);
         let failure = match outcome {
             Ok(()) => {
@@ -460,7 +489,11 @@ fn download_once(
                     return;
                 }
                 Err(_) => {
-                    let _ = tx.send(Err(Failure::transport("no answer within the request timeout"))).await;
+                    let _ = tx
+                        .send(Err(Failure::transport(
+                            "no answer within the request timeout",
+                        )))
+                        .await;
                     return;
                 }
             };
@@ -558,7 +591,7 @@ impl RangeSource for HttpSource {
         let mut attempts = 0;
         while done < buf.len() {
             attempts += 1;
-            let (got, failure) = self.fetch(offset + done as u64, &mut buf[done..]);
+            let (got, failure) = self.fetch(offset + done as u64, &mut buf[done..], attempts > 1);
             // Resume after whatever arrived.
             done += got;
             let Some(f) = failure else { continue };
@@ -585,7 +618,7 @@ impl RangeSource for HttpSource {
         while buf.len() < n {
             attempts += 1;
             let at = offset + buf.len() as u64;
-            let failure = self.fetch_range(at, n - buf.len(), |bytes| {
+            let failure = self.fetch_range(at, n - buf.len(), attempts > 1, |bytes| {
                 crate::append_arrived(&mut buf, bytes, &self.uri)
                     .map_err(|e| Failure::protocol(e.to_string()))
             });

@@ -40,7 +40,7 @@ pub use local::{LocalFile, LocalSink};
 pub use redis::{RedisSink, RedisSource};
 pub use retry::RetryPolicy;
 pub use s3::{Addressing, S3Config, S3Options};
-pub use uri::redact as redact_uri;
+pub use uri::{ShownUri, escape_controls, redact as redact_uri};
 
 /// The first piece [`RangeSource::read_range`] reads; each next one is as
 /// large as what arrived so far.

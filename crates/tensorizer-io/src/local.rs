@@ -514,7 +514,11 @@ mod tests {
             assert!(!sink.is_unnamed());
             let seen = staged_modes();
             assert_eq!(seen.len(), 1, "one named staging file");
-            assert!(seen[0] & !mode == 0, "created with {:o} for {mode:o}", seen[0]);
+            assert!(
+                seen[0] & !mode == 0,
+                "created with {:o} for {mode:o}",
+                seen[0]
+            );
             assert_eq!(seen[0], mode, "exactly the final mode once created");
             sink.write_all_at(0, b"secret").unwrap();
             assert_eq!(staged_modes(), [mode]);

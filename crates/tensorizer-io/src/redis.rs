@@ -391,7 +391,10 @@ fn raw_scan(
     keys: &mut Vec<Vec<u8>>,
     bytes: &mut usize,
 ) -> Result<Vec<u8>, RawError> {
-    send_command(con, &[b"SCAN", cursor, b"MATCH", pattern, b"COUNT", b"1000"])?;
+    send_command(
+        con,
+        &[b"SCAN", cursor, b"MATCH", pattern, b"COUNT", b"1000"],
+    )?;
     let answer = |line: &[u8]| String::from_utf8_lossy(line).trim_end().to_owned();
     let header = |con: &mut TcpStream, kind: u8, max: usize| -> Result<usize, RawError> {
         let line = read_answer_line(con)?;
@@ -402,7 +405,9 @@ fn raw_scan(
             .strip_prefix(&[kind][..])
             .and_then(|rest| std::str::from_utf8(rest).ok())
             .and_then(|rest| rest.trim_end().parse::<usize>().ok())
-            .ok_or_else(|| RawError::Answer(format!("unexpected SCAN answer {:?}", answer(&line))))?;
+            .ok_or_else(|| {
+                RawError::Answer(format!("unexpected SCAN answer {:?}", answer(&line)))
+            })?;
         if n > max {
             return Err(RawError::Answer(format!(
                 "a SCAN answer of {n} elements or bytes (at most {max} taken)"
@@ -410,8 +415,14 @@ fn raw_scan(
         }
         Ok(n)
     };
-    let bulk = |con: &mut TcpStream, max: usize| -> Result<Vec<u8>, RawError> {
+    // A bulk string of at most `max` bytes, `budget` left for the listing.
+    let bulk = |con: &mut TcpStream, max: usize, budget: usize| -> Result<Vec<u8>, RawError> {
         let n = header(con, b'$', max)?;
+        if n > budget {
+            return Err(RawError::Answer(format!(
+                "more than {MAX_SCAN_BYTES} bytes of key names; is this prefix really one file?"
+            )));
+        }
         let mut value = vec![0u8; n];
         con.read_exact(&mut value)?;
         let mut crlf = [0u8; 2];
@@ -422,9 +433,11 @@ fn raw_scan(
         Ok(value)
     };
     if header(con, b'*', 2)? != 2 {
-        return Err(RawError::Answer("a SCAN answer that is not [cursor, keys]".into()));
+        return Err(RawError::Answer(
+            "a SCAN answer that is not [cursor, keys]".into(),
+        ));
     }
-    let next = bulk(con, 32)?;
+    let next = bulk(con, 32, usize::MAX)?;
     let count = header(con, b'*', 1 << 20)?;
     for _ in 0..count {
         if keys.len() >= MAX_SCAN_KEYS {
@@ -432,12 +445,7 @@ fn raw_scan(
                 "more than {MAX_SCAN_KEYS} keys; is this prefix really one file?"
             )));
         }
-        if *bytes >= MAX_SCAN_BYTES {
-            return Err(RawError::Answer(format!(
-                "more than {MAX_SCAN_BYTES} bytes of key names; is this prefix really one file?"
-            )));
-        }
-        let key = bulk(con, MAX_KEY_LEN.min(MAX_SCAN_BYTES - *bytes))?;
+        let key = bulk(con, MAX_KEY_LEN, MAX_SCAN_BYTES - *bytes)?;
         *bytes += key.len();
         keys.push(key);
     }
@@ -764,8 +772,7 @@ impl RedisSink {
             // MAX_VALUE bytes of it (ours).
             segments.get(&rest[..pos]).is_some_and(|list| {
                 list.iter().any(|&(start, len)| {
-                    at == start
-                        || (at > start && at - start < len && (at - start) % MAX_VALUE == 0)
+                    at == start || (at > start && at - start < len && (at - start) % MAX_VALUE == 0)
                 })
             })
         };

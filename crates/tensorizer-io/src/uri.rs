@@ -15,12 +15,21 @@ pub fn redact(uri: &str) -> String {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return uri.to_owned();
     };
-    // The authority ends at the first '/', '?' or '#'.
+    // The userinfo ends at the last '@' before the query: a password may
+    // hold an unencoded '/' or '#', which would otherwise seem to end the
+    // authority early and leave the rest of the password shown. (An '@' in
+    // a path then hides more than needed, never less.)
+    let before_query = rest.find('?').unwrap_or(rest.len());
+    let (userinfo_end, rest) = match rest[..before_query].rfind('@') {
+        Some(at) => (true, &rest[at + 1..]),
+        None => (false, rest),
+    };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => authority.to_owned(),
+    let (host, tail) = rest.split_at(end);
+    let authority = if userinfo_end {
+        format!("***@{host}")
+    } else {
+        host.to_owned()
     };
     let tail = match tail.find('?') {
         Some(q) => {
@@ -30,6 +39,79 @@ pub fn redact(uri: &str) -> String {
         None => tail.to_owned(),
     };
     format!("{scheme}://{authority}{tail}")
+}
+
+/// A URI or path as it may be shown, the one way every message, log line
+/// and report prints one: userinfo and query redacted ([`redact`]) and
+/// control characters escaped (a name holding `ESC ]0;` would retitle a
+/// terminal). It holds only the shown form; the secret is not in it.
+///
+/// ```
+/// use tensorizer_io::ShownUri;
+/// let shown = ShownUri::new("https://alice:pa/ss@host/m.tensors?sig=abc");
+/// assert_eq!(shown.to_string(), "https://***@host/m.tensors?***");
+/// assert_eq!(ShownUri::new("/m/\u{1b}]0;x").to_string(), "/m/\\u{1b}]0;x");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ShownUri(String);
+
+impl ShownUri {
+    /// The shown form of `uri`.
+    pub fn new(uri: &str) -> Self {
+        Self(escape_controls(&redact(uri)))
+    }
+
+    /// The shown form, as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ShownUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for ShownUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl From<&str> for ShownUri {
+    fn from(uri: &str) -> Self {
+        Self::new(uri)
+    }
+}
+
+impl From<&String> for ShownUri {
+    fn from(uri: &String) -> Self {
+        Self::new(uri)
+    }
+}
+
+impl From<&std::path::Path> for ShownUri {
+    fn from(path: &std::path::Path) -> Self {
+        Self::new(&path.to_string_lossy())
+    }
+}
+
+/// `text` safe for a terminal: control characters shown escaped
+/// (`\u{1b}`), line breaks kept.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() && c != '\n') {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `text` with every URI in it redacted as [`redact`] does: messages of
@@ -118,6 +200,11 @@ mod tests {
                 "redis://:pw@127.0.0.1:6379/prefix",
                 "redis://***@127.0.0.1:6379/prefix",
             ),
+            // Unencoded '/', '#' and '@' in a password.
+            ("https://alice:pa/ss@host/m", "https://***@host/m"),
+            ("https://alice:pa#ss@host/m", "https://***@host/m"),
+            ("https://alice:p@ss@host/m?sig=x", "https://***@host/m?***"),
+            ("https://alice:s3cr3t@host", "https://***@host"),
             ("http://host?token=SECRET", "http://host?***"),
             ("gs://bucket/key", "gs://bucket/key"),
             ("relative/path.tensors", "relative/path.tensors"),

@@ -429,7 +429,7 @@ fn a_planted_header_does_not_make_writers_loop() {
             name: TensorName::parse(b"a").unwrap(),
             tensor_type: TensorType::StateDict,
             dtype: DtypeString::new(Dtype::U8),
-            shape: Shape::from(vec![1u64 << 56]),
+            shape: Shape::from(vec![1u64 << 28, 1 << 28]),
             wide_dims: false,
             header_offset: 200,
             data_offset: 300,
@@ -456,5 +456,5 @@ fn a_planted_header_does_not_make_writers_loop() {
         started.elapsed()
     );
     let src = RedisSource::open(&uri, &policy()).unwrap();
-    assert_eq!(src.read_range(0, 1148).unwrap(), file(9));
+    assert_eq!(src.read_range(0, 1140).unwrap(), &file(9)[..1140]);
 }

@@ -297,19 +297,22 @@ pub fn resolve_model_dir(
     for root in roots {
         let repo_dir = root.join(&repo);
         searched.push(repo_dir.clone());
-        let Ok(revision) = std::fs::read_to_string(repo_dir.join("refs/main")) else {
+        if std::fs::symlink_metadata(repo_dir.join("refs/main")).is_err() {
             continue;
-        };
+        }
+        // A few bytes of a regular file of the repository (not a FIFO that
+        // blocks, nor /dev/zero that never ends), never shown: whatever it
+        // holds instead of a hash may be anything.
+        let revision =
+            crate::model_dir::read(&repo_dir, "refs/main", "the revision file refs/main", 128)?;
         // A commit hash, nothing else: `refs/main` is a path component
         // below, and `../..` there would leave the cache.
+        let revision = String::from_utf8_lossy(&revision);
         let revision = revision.trim();
         if !is_commit_hash(revision) {
             return Err(VllmError::Invalid {
                 what: format!("{}", repo_dir.join("refs/main").display()),
-                message: format!(
-                    "holds {:?}, not a commit hash (40 or 64 hex digits)",
-                    revision.chars().take(80).collect::<String>()
-                ),
+                message: "does not hold a commit hash (40 or 64 hex digits)".into(),
             });
         }
         let snapshot = repo_dir.join("snapshots").join(revision);
@@ -384,7 +387,35 @@ mod tests {
         let err = resolve_model_dir("acme/evil", &env)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not a commit hash"), "{err}");
+        assert!(err.contains("does not hold a commit hash"), "{err}");
+        assert!(
+            !err.contains("outside"),
+            "its content is never shown: {err}"
+        );
+        // Read bounded, never echoed: a secret-holding or endless file, a
+        // link to /dev/zero, a FIFO that would block.
+        std::fs::write(repo.join("refs/main"), "AKIA-SECRET ".repeat(1 << 20)).unwrap();
+        let err = resolve_model_dir("acme/evil", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("over 128 bytes") && !err.contains("SECRET"),
+            "{err}"
+        );
+        std::fs::remove_file(repo.join("refs/main")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", repo.join("refs/main")).unwrap();
+        let err = resolve_model_dir("acme/evil", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("refused"), "{err}");
+        std::fs::remove_file(repo.join("refs/main")).unwrap();
+        let fifo = std::ffi::CString::new(repo.join("refs/main").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let err = resolve_model_dir("acme/evil", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{err}");
         assert!(is_commit_hash(&"a".repeat(40)) && is_commit_hash(&"0".repeat(64)));
         assert!(!is_commit_hash("main") && !is_commit_hash(&"A".repeat(40)));
     }

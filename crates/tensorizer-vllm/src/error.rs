@@ -115,8 +115,8 @@ pub enum VllmError {
     /// The destination already holds what this would overwrite.
     #[error("{uri} already exists: {hint}")]
     Exists {
-        /// The existing object.
-        uri: String,
+        /// The existing object, as it may be shown.
+        uri: tensorizer::io::ShownUri,
         /// What to do.
         hint: String,
     },

@@ -33,34 +33,36 @@ fn hf_blobs(dir: &Path) -> Option<PathBuf> {
 
 /// Opens `dir/name` for reading if it belongs to the model (see the module
 /// docs); `what` says what it is for messages.
+///
+/// Where the kernel has `openat2(2)`, the file is opened beneath the model
+/// directory (or, for a cache snapshot, beneath its repository) in one
+/// call with `RESOLVE_BENEATH`: no check-then-open window in which a
+/// concurrent writer of the directory could swap a link. Elsewhere (kernels
+/// before 5.6, sandboxes that filter the call) links are resolved and
+/// checked first, then the target is opened with `O_NOFOLLOW`.
 pub(crate) fn open(dir: &Path, name: &str, what: &str) -> Result<File> {
     let path = dir.join(name);
     let io = |action: &str| crate::error::io_error(&path, format!("{action} {what}"));
-    let meta = std::fs::symlink_metadata(&path).map_err(io("reading"))?;
-    let target = if meta.file_type().is_symlink() {
-        let target = std::fs::canonicalize(&path).map_err(io("resolving"))?;
-        let home = std::fs::canonicalize(dir).map_err(io("resolving the directory of"))?;
-        let inside = target.starts_with(&home)
-            || hf_blobs(&home).is_some_and(|blobs| target.starts_with(blobs));
-        if !inside {
-            return Err(refused(
-                &path,
-                format!(
-                    "{what} is a link to {}, outside the model directory (only links within it, \
-                     or a Hugging Face snapshot's into its blobs/, are followed)",
-                    target.display()
-                ),
-            ));
+    let file = match open_beneath(dir, name) {
+        Beneath::Opened(file) => file,
+        // Out of bounds: say where the link goes (resolved for the message
+        // only; the open itself was refused by the kernel).
+        Beneath::Escapes => {
+            return Err(match checked_target(dir, name, what) {
+                Err(e) => e,
+                Ok(_) => refused(&path, format!("{what} leads out of the model directory")),
+            });
         }
-        target
-    } else {
-        path.clone()
+        Beneath::Failed(e) => return Err(io("opening")(e)),
+        Beneath::Unavailable => {
+            let target = checked_target(dir, name, what)?;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&target)
+                .map_err(io("opening"))?
+        }
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&target)
-        .map_err(io("opening"))?;
     let kind = file.metadata().map_err(io("inspecting"))?.file_type();
     if !kind.is_file() {
         return Err(refused(
@@ -69,6 +71,113 @@ pub(crate) fn open(dir: &Path, name: &str, what: &str) -> Result<File> {
         ));
     }
     Ok(file)
+}
+
+/// What `openat2` made of an open beneath the model directory.
+enum Beneath {
+    Opened(File),
+    /// A link (or `..`) leads out of the allowed tree.
+    Escapes,
+    Failed(std::io::Error),
+    /// No `openat2` here: check, then open.
+    Unavailable,
+}
+
+/// `dir/name` opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`
+/// from the model directory, or from the repository of a Hugging Face
+/// snapshot (whose files link to `../../blobs/`).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn open_beneath(dir: &Path, name: &str) -> Beneath {
+    use std::ffi::CString;
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(home) = std::fs::canonicalize(dir) else {
+        return Beneath::Unavailable;
+    };
+    // The root the open may not leave, and the name below it.
+    let (root, below) = match hf_blobs(&home).and_then(|blobs| {
+        let repo = blobs.parent()?.to_path_buf();
+        let below = home.strip_prefix(&repo).ok()?.join(name);
+        Some((repo, below))
+    }) {
+        Some(found) => found,
+        None => (home, PathBuf::from(name)),
+    };
+    let (Ok(root_c), Ok(below_c)) = (
+        CString::new(root.as_os_str().as_bytes()),
+        CString::new(below.as_os_str().as_bytes()),
+    ) else {
+        return Beneath::Failed(std::io::ErrorKind::InvalidInput.into());
+    };
+    // SAFETY: a valid NUL-terminated path; the descriptor is closed below.
+    let root_fd = unsafe {
+        libc::open(
+            root_c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if root_fd < 0 {
+        return Beneath::Failed(std::io::Error::last_os_error());
+    }
+    // SAFETY: an all-zero open_how is valid (no flags); fields set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid descriptor, path and struct for the call's duration.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root_fd,
+            below_c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `root_fd` is ours and not used after this.
+    unsafe { libc::close(root_fd) };
+    if fd >= 0 {
+        // SAFETY: a new descriptor that nothing else owns.
+        return Beneath::Opened(unsafe { File::from_raw_fd(fd as i32) });
+    }
+    match err.raw_os_error() {
+        Some(libc::EXDEV | libc::ELOOP) => Beneath::Escapes,
+        // No such call, or filtered by a sandbox.
+        Some(libc::ENOSYS | libc::EPERM | libc::EINVAL) => Beneath::Unavailable,
+        _ => Beneath::Failed(err),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_beneath(_: &Path, _: &str) -> Beneath {
+    Beneath::Unavailable
+}
+
+/// The file `dir/name` stands for, checked: itself, or the target of a
+/// link that stays in the directory (or a snapshot's `blobs/`).
+fn checked_target(dir: &Path, name: &str, what: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    let io = |action: &str| crate::error::io_error(&path, format!("{action} {what}"));
+    let meta = std::fs::symlink_metadata(&path).map_err(io("reading"))?;
+    if !meta.file_type().is_symlink() {
+        return Ok(path.clone());
+    }
+    let target = std::fs::canonicalize(&path).map_err(io("resolving"))?;
+    let home = std::fs::canonicalize(dir).map_err(io("resolving the directory of"))?;
+    let inside =
+        target.starts_with(&home) || hf_blobs(&home).is_some_and(|blobs| target.starts_with(blobs));
+    if !inside {
+        return Err(refused(
+            &path,
+            format!(
+                "{what} is a link to {}, outside the model directory (only links within it, \
+                 or a Hugging Face snapshot's into its blobs/, are followed)",
+                target.display()
+            ),
+        ));
+    }
+    Ok(target)
 }
 
 /// The bytes of `dir/name` (see [`open`]), at most `max` of them.
@@ -162,6 +271,39 @@ mod tests {
             read(&model, "config.json", "the config", 1).is_err(),
             "size bound"
         );
+    }
+
+    /// On this kernel the open is one `openat2` beneath the directory: a
+    /// link swapped in between a check and an open has no window. Where
+    /// the call is missing the checked fallback runs (the test above).
+    #[test]
+    fn files_are_opened_beneath_the_directory_in_one_call() {
+        let root = tempfile::tempdir().unwrap();
+        let model = root.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("config.json"), "{}").unwrap();
+        std::fs::write(root.path().join("secret"), "S").unwrap();
+        symlink("../secret", model.join("escape.json")).unwrap();
+        match open_beneath(&model, "config.json") {
+            Beneath::Opened(_) => {}
+            Beneath::Unavailable => {
+                eprintln!("openat2 is unavailable here: the checked fallback is used");
+                return;
+            }
+            _ => panic!("a plain file must open"),
+        }
+        assert!(matches!(
+            open_beneath(&model, "escape.json"),
+            Beneath::Escapes
+        ));
+        assert!(matches!(
+            open_beneath(&model, "../secret"),
+            Beneath::Escapes
+        ));
+        let err = open(&model, "escape.json", "a model file")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outside the model directory"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use tensorizer::io::ShownUri;
 
 use serde_json::{Map, Value};
 use tensorizer::io::{copy_object, create_sink, exists};
@@ -213,7 +214,7 @@ pub fn serialize(
         for f in &outputs {
             if exists(f, &opts.storage)? {
                 return Err(VllmError::Exists {
-                    uri: f.clone(),
+                    uri: f.into(),
                     hint: "the directory already holds a serialized model; pass --overwrite or another --suffix".into(),
                 });
             }
@@ -223,9 +224,10 @@ pub fn serialize(
         && key_inside(k, &directory)
     {
         return Err(VllmError::Invalid {
-            what: format!("--keyfile {k}"),
+            what: format!("--keyfile {}", ShownUri::new(k)),
             message: format!(
-                "inside the serialized directory {directory}: keep the key apart from what it encrypts"
+                "inside the serialized directory {}: keep the key apart from what it encrypts",
+                ShownUri::new(&directory)
             ),
         });
     }
@@ -233,7 +235,7 @@ pub fn serialize(
         && exists(k, &opts.storage)?
     {
         return Err(VllmError::Exists {
-            uri: k.clone(),
+            uri: k.into(),
             hint: "an existing key is never replaced (what it encrypts would be lost); choose another --keyfile".into(),
         });
     }
@@ -530,14 +532,14 @@ fn write_key(uri: &str, key: &[u8], storage: &StorageOptions) -> Result<()> {
     }
     tensorizer::io::create_new(uri, key, 0o600, storage).map_err(|e| match e {
         tensorizer::io::IoError::Protocol { .. } => VllmError::Exists {
-            uri: uri.to_owned(),
+            uri: uri.into(),
             hint: "an existing key is never replaced (what it encrypts would be lost); choose another --keyfile".into(),
         },
         tensorizer::io::IoError::Local { ref source, .. }
             if source.kind() == std::io::ErrorKind::AlreadyExists =>
         {
             VllmError::Exists {
-                uri: uri.to_owned(),
+                uri: uri.into(),
                 hint: "an existing key is never replaced (what it encrypts would be lost); choose another --keyfile".into(),
             }
         }
@@ -570,12 +572,55 @@ fn key_inside(keyfile: &str, directory: &str) -> bool {
                     c => out.push(c),
                 }
             }
-            out.to_string_lossy().into_owned()
+            // Then through the links on disk: a key whose parent is a link
+            // into the directory lands in it all the same. The deepest
+            // existing ancestor is resolved; the rest (not created yet)
+            // cannot be a link.
+            resolve_links(&out).to_string_lossy().into_owned()
         }
     };
     let (key, dir) = (norm(keyfile), norm(directory));
     key.strip_prefix(&dir)
         .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// `path` (absolute, `..`-free) through the links on disk: its deepest
+/// existing ancestor canonicalized, the rest (not created yet) appended. A
+/// dangling link (to a directory not made yet) is followed by hand.
+fn resolve_links(path: &Path) -> std::path::PathBuf {
+    let mut path = path.to_path_buf();
+    // Bounded as the kernel bounds link chains.
+    for _ in 0..40 {
+        let mut existing = path.as_path();
+        let mut rest = Vec::new();
+        while std::fs::symlink_metadata(existing).is_err() {
+            match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+                _ => break,
+            }
+        }
+        let resolved = match std::fs::canonicalize(existing) {
+            Ok(resolved) => resolved,
+            Err(_) => match std::fs::read_link(existing) {
+                // Dangling: its target, relative to where the link is.
+                Ok(target) => {
+                    let base = existing.parent().unwrap_or(Path::new("/"));
+                    let mut next = base.join(target);
+                    next.extend(rest.iter().rev());
+                    path = next;
+                    continue;
+                }
+                Err(_) => existing.to_path_buf(),
+            },
+        };
+        let mut resolved = resolved;
+        resolved.extend(rest.iter().rev());
+        return resolved;
+    }
+    path
 }
 
 /// `value` as path components: none empty, `.` or `..`, no leading `/`

@@ -208,7 +208,10 @@ impl TensorizerConfig {
         // of what a server says the key file holds.
         if source.len() > MAX_KEY_FILE {
             return Err(VllmError::Invalid {
-                what: format!("encryption_keyfile {}", tensorizer::io::redact_uri(keyfile)),
+                what: format!(
+                    "encryption_keyfile {}",
+                    tensorizer::io::ShownUri::new(keyfile)
+                ),
                 message: format!(
                     "{} bytes; a key file holds 32 bytes (or 64 hex digits)",
                     source.len()
@@ -217,7 +220,10 @@ impl TensorizerConfig {
         }
         let bytes = source.read_range(0, source.len())?;
         let key = EncryptionKey::from_key_file(&bytes).map_err(|e| VllmError::Invalid {
-            what: format!("encryption_keyfile {keyfile}"),
+            what: format!(
+                "encryption_keyfile {}",
+                tensorizer::io::ShownUri::new(keyfile)
+            ),
             message: e.to_string(),
         })?;
         Ok(Some(Decryption::Key(key)))
@@ -273,7 +279,7 @@ const MAX_RANK_WIDTH: usize = 20;
 /// and `%%`.
 pub fn format_rank(template: &str, rank: usize) -> Result<String> {
     let bad = |message: &str| VllmError::Invalid {
-        what: format!("URI template {template:?}"),
+        what: format!("URI template {}", tensorizer::io::ShownUri::new(template)),
         message: message.into(),
     };
     let mut out = String::new();

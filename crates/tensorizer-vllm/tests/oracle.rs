@@ -75,9 +75,13 @@ fn minilm() -> PathBuf {
 fn our_hashes(path: &Path, key: Option<&[u8]>) -> HashMap<String, String> {
     let mut d = Deserializer::open(path).unwrap();
     if let Some(k) = key {
+        // vLLM's marker is the one meta tensor of its files.
         d = d
             .decryption(Decryption::Key(EncryptionKey::from_key_file(k).unwrap()))
-            .unwrap();
+            .unwrap()
+            .unauthenticated_meta(tensorizer::UnauthenticatedMeta::Allow(vec![
+                tensorizer_vllm::MARKER_TENSOR.into(),
+            ]));
     }
     d.read_all()
         .unwrap()

@@ -15,9 +15,13 @@ use tensorizer_vllm::{Checkpoint, Layout, SerializeOptions, VllmError, serialize
 fn read_all(path: &Path, key: Option<&[u8]>) -> Vec<Tensor> {
     let mut d = Deserializer::open(path).unwrap();
     if let Some(k) = key {
+        // vLLM's marker is the one meta tensor of its files.
         d = d
             .decryption(Decryption::Key(EncryptionKey::from_key_file(k).unwrap()))
-            .unwrap();
+            .unwrap()
+            .unauthenticated_meta(tensorizer::UnauthenticatedMeta::Allow(vec![
+                tensorizer_vllm::MARKER_TENSOR.into(),
+            ]));
     }
     d.read_all().unwrap()
 }
@@ -391,14 +395,18 @@ fn key_file_encrypts_every_rank_and_lora_rides_along() {
         let f = base.join(format!("model-rank-{r:03}.tensors"));
         assert!(!read_all(&f, Some(&key)).is_empty());
         // Without the key, or with another, the load fails and says why.
+        let marker =
+            || tensorizer::UnauthenticatedMeta::Allow(vec![tensorizer_vllm::MARKER_TENSOR.into()]);
         let e = Deserializer::open(&f)
             .unwrap()
+            .unauthenticated_meta(marker())
             .read_all()
             .unwrap_err()
             .to_string();
         assert!(e.contains("encrypted"), "{e}");
         let wrong = Deserializer::open(&f)
             .unwrap()
+            .unauthenticated_meta(marker())
             .decryption(Decryption::Key(EncryptionKey::from_bytes([7; 32])))
             .unwrap()
             .read_all()
@@ -654,6 +662,19 @@ fn key_files_are_created_exclusively_and_kept_apart_from_the_model() {
     let e = serialize(&o, &|_| {}).unwrap_err().to_string();
     assert!(e.contains("inside the serialized directory"), "{e}");
     assert!(!out.exists(), "nothing written");
+    // The key's parent a link into the directory (dangling: not made yet,
+    // then made): refused too, not overwritten by config.json later.
+    let link = dir.path().join("keys-link");
+    std::os::unix::fs::symlink(out.join("vllm/acme/tiny/v1"), &link).unwrap();
+    for made in [false, true] {
+        if made {
+            std::fs::create_dir_all(out.join("vllm/acme/tiny/v1")).unwrap();
+        }
+        let mut o = options(&model, &out, 1);
+        o.keyfile = Some(format!("{}/config.json", link.display()));
+        let e = serialize(&o, &|_| {}).unwrap_err().to_string();
+        assert!(e.contains("inside the serialized directory"), "{made}: {e}");
+    }
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

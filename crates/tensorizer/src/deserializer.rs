@@ -184,6 +184,8 @@ pub struct Deserializer {
     progress: Option<Callback>,
     cast: Option<Dtype>,
     unauthenticated_meta: UnauthenticatedMeta,
+    /// Tensors whose bytes were checked against a stored hash or MAC.
+    verified: std::sync::atomic::AtomicUsize,
     pieces: std::sync::OnceLock<rayon::ThreadPool>,
 }
 
@@ -315,6 +317,7 @@ impl Deserializer {
             progress: None,
             cast: None,
             unauthenticated_meta: UnauthenticatedMeta::default(),
+            verified: 0.into(),
             pieces: std::sync::OnceLock::new(),
         })
     }
@@ -431,6 +434,14 @@ impl Deserializer {
                 .sum(),
             total_tensors: selected.len(),
         }
+    }
+
+    /// How many tensors loaded so far were checked against something the
+    /// file stores (a CRC-32 or SHA-256 that [`Deserializer::verify`] asks
+    /// for, or the MACs of their cipher chunks): 0 after a load means
+    /// nothing was verified, whatever was asked.
+    pub fn verified_tensors(&self) -> usize {
+        self.verified.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The file's path or URI.
@@ -639,6 +650,7 @@ impl Deserializer {
             header
                 .check_hashes(verifier)
                 .map_err(format_error(&self.path))?;
+            self.count_verified(&header, cipher.is_some());
             return dest.complete_in_pieces(i, info(header));
         }
         if meta {
@@ -647,6 +659,7 @@ impl Deserializer {
             header
                 .verify(&[], |k| self.verify.checks(k))
                 .map_err(format_error(&self.path))?;
+            self.count_verified(&header, false);
             return dest.complete_meta(i, entry, info(header), len);
         }
         let mut data = dest.allocate(i, entry, len)?;
@@ -670,7 +683,17 @@ impl Deserializer {
             Ok(())
         };
         verified.map_err(format_error(&self.path))?;
+        self.count_verified(&header, cipher.is_some());
         dest.complete(i, info(header), data)
+    }
+
+    /// Counts a tensor checked against a stored hash this load checks, or
+    /// against the MACs of its chunks (`decrypted`).
+    fn count_verified(&self, header: &TensorHeader, decrypted: bool) {
+        if decrypted || header.hashes.iter().any(|h| self.verify.checks(h.kind())) {
+            self.verified
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Reads plaintext bytes of tensor `entry` into `data` (`read` is

@@ -100,7 +100,7 @@ fn a_server_claiming_huge_sizes_gets_an_error_not_an_abort() {
                         }
                         let _ = write!(
                             con,
-                            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{total}\r\nContent-Length: {n}\r\n\r\n"
+                            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{total}\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
                         );
                         let _ = con.write_all(&body);
                         return;

@@ -197,6 +197,25 @@ def _fileno(file_obj):
         return None
 
 
+def _plain_fd(file_obj, *, write):
+    """The descriptor of `file_obj` when its bytes are the file's and its
+    mode allows the operation: a `FileIO`, or a buffered reader, writer or
+    random-access file over one. Wrappers that transform bytes (gzip, bz2,
+    lzma, codecs) expose the descriptor of the file beneath them, whose
+    bytes are not theirs; a file opened "rb" must not be written through
+    its descriptor."""
+    raw = file_obj
+    if isinstance(file_obj, (io.BufferedReader, io.BufferedWriter, io.BufferedRandom)):
+        raw = file_obj.raw
+    if type(raw) is not io.FileIO:
+        return None
+    try:
+        allowed = file_obj.writable() if write else file_obj.readable()
+    except ValueError:  # closed
+        return None
+    return _fileno(file_obj) if allowed else None
+
+
 def _open_reader(file_obj, crypto):
     """A native Reader for what the caller passed: a path or URI, a
     `stream_io` stream, a file object (read where it stands, through its
@@ -220,7 +239,7 @@ def _open_reader(file_obj, crypto):
         raise ValueError(
             'TensorDeserializer\'s file_obj must be readable and in binary mode (mode="rb"'
             + (f', current mode="{mode}"' if mode else "") + ")")
-    fd = _fileno(file_obj)
+    fd = _plain_fd(file_obj, write=False)
     if fd is not None and _is_regular_fd(fd):
         try:
             position = file_obj.tell()
@@ -678,34 +697,22 @@ def _byte_capsule(tensor):
     """(dtype name, shape, DLPack capsule of the bytes or None for a meta
     tensor, bytes) for a torch tensor or numpy array.
 
-    The bytes are the tensor as it is now: memory the caller still holds (a
-    CPU tensor, an array) is copied, so that changing it, resizing it or
-    freeing it before `close()` cannot change the file or make it read
-    freed memory; a GPU tensor's host copy is ours already."""
+    The capsule may view the caller's memory: the native writer copies the
+    bytes when it is given them (`Writer.add`) and lets the capsule go, so
+    changing, resizing or freeing the tensor afterwards cannot change the
+    file or make it read freed memory."""
     if torch is not None and isinstance(tensor, torch.Tensor):
         tensor = tensor.detach()
         shape, dtype = list(tensor.shape), _torch_name(tensor)
         if tensor.device.type == "meta":
             return dtype, shape, None, 0
         flat = tensor.to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
-        if flat.numel() and _shares_memory(flat, tensor):
-            flat = flat.clone()
         raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
         return dtype, shape, torch.utils.dlpack.to_dlpack(raw), raw.numel()
     import numpy as np
-    arr = np.array(tensor, copy=True, order="C")
+    arr = np.asarray(tensor, order="C")
     raw = arr.reshape(-1).view(np.uint8)
     return str(arr.dtype), list(arr.shape), raw.__dlpack__(), raw.size
-
-
-def _shares_memory(a, b):
-    """Whether `a` views `b`'s storage (then it must be copied)."""
-    if b.device.type != "cpu":
-        return False
-    try:
-        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-    except AttributeError:  # torch < 2
-        return a.storage().data_ptr() == b.storage().data_ptr()
 
 
 class TensorSerializer:
@@ -868,7 +875,11 @@ def _write_target(file_obj):
         raise TypeError(
             f"cannot write to a {type(file_obj).__name__}: pass a path, a URI or a writable "
             "file object")
-    fd = _fileno(file_obj)
+    writable = getattr(file_obj, "writable", None)
+    if callable(writable) and not writable():
+        # As the library: writing to a file opened for reading fails.
+        raise io.UnsupportedOperation("TensorSerializer's file_obj is not open for writing")
+    fd = _plain_fd(file_obj, write=True)
     if fd is not None and _is_regular_fd(fd) and not _appends(fd):
         try:
             file_obj.tell()

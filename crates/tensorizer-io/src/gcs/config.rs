@@ -41,6 +41,10 @@ pub struct GcsOptions {
     pub endpoint: Option<String>,
     /// Bytes per multipart-upload part (default 16 MiB; at least 5 MiB).
     pub part_size: Option<u64>,
+    /// Allow signed (credentialed) requests over plain `http://` to a
+    /// host other than loopback: the bearer token then crosses the network
+    /// in the clear. Off by default.
+    pub allow_plain_http: bool,
 }
 
 impl std::fmt::Debug for GcsOptions {
@@ -54,6 +58,7 @@ impl std::fmt::Debug for GcsOptions {
             )
             .field("endpoint", &self.endpoint)
             .field("part_size", &self.part_size)
+            .field("allow_plain_http", &self.allow_plain_http)
             .finish()
     }
 }
@@ -130,6 +135,14 @@ impl GcsConfig {
                 C::ServiceAccountKey(key.clone()),
                 "--gcs-service-account-key".into(),
             )
+        } else if emulator.is_some() && options.endpoint.is_none() {
+            // As Google's clients do: with the emulator variable set, the
+            // environment's credentials are not sent (to a plain-http
+            // emulator, say); only credentials passed explicitly are.
+            (
+                C::Anonymous,
+                "none: unsigned requests to the emulator (STORAGE_EMULATOR_HOST)".into(),
+            )
         } else if let Some((name, path)) = ["GOOGLE_SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT_PATH"]
             .iter()
             .find_map(|n| var(n).map(|v| (*n, v)))
@@ -172,6 +185,19 @@ impl GcsConfig {
                 "none found: the GCE metadata server".into(),
             )
         };
+        if credentials != C::Anonymous
+            && !options.allow_plain_http
+            && endpoint.starts_with("http://")
+            && !is_loopback_url(&endpoint)
+        {
+            return Err(IoError::Unsupported {
+                uri: "gs://".into(),
+                message: format!(
+                    "credentials from {from} would be sent in the clear to {endpoint}: use https, \
+                     an anonymous endpoint (--gcs-anonymous), or allow it (--gcs-allow-http)"
+                ),
+            });
+        }
         Ok(Self {
             credentials,
             credentials_from: from,
@@ -179,6 +205,23 @@ impl GcsConfig {
             part_size: options.part_size,
         })
     }
+}
+
+/// True for `http://localhost…`, `http://127.x.x.x…` and `http://[::1]…`:
+/// a token sent there does not leave the machine.
+pub(crate) fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Where `gcloud auth application-default login` writes its file.
@@ -328,6 +371,67 @@ mod tests {
             );
             assert_eq!(c.endpoint, endpoint, "case {i}");
         }
+    }
+
+    /// With `STORAGE_EMULATOR_HOST` set, credentials of the environment are
+    /// not sent (Google's clients go anonymous); credentials passed
+    /// explicitly are, but never over plain http to a host that is not
+    /// loopback without `allow_plain_http`.
+    #[test]
+    fn emulators_get_no_token_and_plain_http_gets_none_without_a_flag() {
+        let home = tempfile::tempdir().unwrap();
+        let sa = home.path().join("sa.json");
+        std::fs::write(&sa, "{}").unwrap();
+        let sa = sa.to_str().unwrap();
+        for emulator in ["127.0.0.1:4443", "gcs-emulator.internal:4443"] {
+            let c = GcsConfig::resolve_in(
+                &GcsOptions::default(),
+                &env(&[
+                    ("STORAGE_EMULATOR_HOST", emulator),
+                    ("GOOGLE_APPLICATION_CREDENTIALS", sa),
+                    ("GOOGLE_SERVICE_ACCOUNT_KEY", "{\"k\":1}"),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(c.credentials, GcsCredentials::Anonymous, "{emulator}");
+        }
+        let explicit = |endpoint: &str, allow: bool| {
+            GcsConfig::resolve_in(
+                &GcsOptions {
+                    service_account_key: Some("{}".into()),
+                    allow_plain_http: allow,
+                    ..Default::default()
+                },
+                &env(&[("STORAGE_EMULATOR_HOST", endpoint)]),
+            )
+        };
+        // Loopback: the token stays on the machine.
+        for loopback in ["127.0.0.1:4443", "localhost:4443", "http://[::1]:4443"] {
+            let c = explicit(loopback, false).unwrap();
+            assert!(matches!(
+                c.credentials,
+                GcsCredentials::ServiceAccountKey(_)
+            ));
+        }
+        let e = explicit("gcs.internal:4443", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("in the clear to http://gcs.internal:4443"),
+            "{e}"
+        );
+        assert!(explicit("gcs.internal:4443", true).is_ok());
+        // An explicit https endpoint is fine.
+        let c = GcsConfig::resolve_in(
+            &GcsOptions {
+                service_account_key: Some("{}".into()),
+                endpoint: Some("https://gcs.internal".into()),
+                ..Default::default()
+            },
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.endpoint, "https://gcs.internal");
     }
 
     #[test]
