@@ -8,9 +8,13 @@
 #   * the suite's own test dependencies, pinned;
 #   * the tests/ folder of the tensorizer 2.12.1 sdist from PyPI, checked
 #     against a pinned SHA-256 (nothing of it is copied into this repository);
-#   * the offline stand-in for EleutherAI/gpt-neo-125M (make_standin.py).
+#   * the offline stand-in for EleutherAI/gpt-neo-125M (make_standin.py);
+#   * moto 4 (the version the suite's TestS3 is written for: moto 5 removed
+#     mock_s3), in a package folder of its own that only the TestS3 run puts
+#     first on PYTHONPATH (~30 MB, ~20 s once).
 #
-# Prints three lines last: the venv's python, the tests folder, HF_HOME.
+# Prints four lines last: the venv's python, the tests folder, HF_HOME,
+# the moto 4 folder.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -59,6 +63,16 @@ HF="$CACHE/hf"
 log "offline stand-in for EleutherAI/gpt-neo-125M in $HF"
 "$PY" "$HERE/make_standin.py" "$HF" >/dev/null
 
+MOTO4="$CACHE/moto4"
+MOTO4_VERSION="4.2.14"
+if ! PYTHONPATH="$MOTO4" "$PY" -c "import moto, werkzeug.serving, cryptography; assert moto.__version__ == '$MOTO4_VERSION'" 2>/dev/null; then
+  log "installing moto[server]==$MOTO4_VERSION (+ cryptography, for its TLS test servers) into $MOTO4"
+  rm -rf "$MOTO4"
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$PY" -m pip install -q --target "$MOTO4" \
+    "moto[server]==$MOTO4_VERSION" "cryptography>=42" >&2
+fi
+
 echo "$PY"
 echo "$TESTS"
 echo "$HF"
+echo "$MOTO4"

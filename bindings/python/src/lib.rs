@@ -62,7 +62,10 @@ struct Storage {
 #[pymethods]
 impl Storage {
     #[new]
-    #[pyo3(signature = (*, s3_access_key_id=None, s3_secret_access_key=None, s3_endpoint=None, s3_region_name=None, s3_config_path=None, force_http=None))]
+    /// `ca_file`, `ca_dir`: CA certificates trusted besides the system's;
+    /// `accept_invalid_certs`: no verification (`CAInfo(allow_untrusted=True)`).
+    #[pyo3(signature = (*, s3_access_key_id=None, s3_secret_access_key=None, s3_endpoint=None, s3_region_name=None, s3_config_path=None, force_http=None, ca_file=None, ca_dir=None, accept_invalid_certs=false))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         s3_access_key_id: Option<String>,
         s3_secret_access_key: Option<String>,
@@ -70,6 +73,9 @@ impl Storage {
         s3_region_name: Option<String>,
         s3_config_path: Option<std::path::PathBuf>,
         force_http: Option<bool>,
+        ca_file: Option<std::path::PathBuf>,
+        ca_dir: Option<std::path::PathBuf>,
+        accept_invalid_certs: bool,
     ) -> Self {
         Self {
             options: StorageOptions {
@@ -81,6 +87,11 @@ impl Storage {
                     config_path: s3_config_path,
                     force_http,
                     ..Default::default()
+                },
+                trust: tensorizer::io::TrustOptions {
+                    ca_file,
+                    ca_dir,
+                    accept_invalid_certs,
                 },
                 ..Default::default()
             },
@@ -158,6 +169,35 @@ fn cuda_devices(py: Python<'_>) -> usize {
     }
 }
 
+/// A presigned GET URL of an `s3://` object, valid `expires_s` seconds
+/// (unsigned with `anonymous`), made by the core's signer.
+#[pyfunction]
+#[pyo3(signature = (uri, *, storage=None, expires_s=3600, anonymous=false))]
+fn s3_presigned_url(
+    py: Python<'_>,
+    uri: String,
+    storage: Option<&Bound<'_, Storage>>,
+    expires_s: u64,
+    anonymous: bool,
+) -> PyResult<String> {
+    let mut options = options(storage);
+    if anonymous {
+        // Empty keys: unsigned requests.
+        options.s3.access_key_id = Some(String::new());
+        options.s3.secret_access_key = Some(String::new());
+    }
+    py.detach(|| {
+        tensorizer::io::s3::presigned_get_url(
+            &uri,
+            &options.s3,
+            &options.retry,
+            &options.trust,
+            std::time::Duration::from_secs(expires_s),
+        )
+    })
+    .map_err(io_err)
+}
+
 #[pyfunction]
 fn random_key() -> PyResult<Vec<u8>> {
     EncryptionKey::random()
@@ -189,6 +229,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::Source>()?;
     m.add_class::<stream::Sink>()?;
     m.add_function(wrap_pyfunction!(random_key, m)?)?;
+    m.add_function(wrap_pyfunction!(s3_presigned_url, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_devices, m)?)?;
     m.add_function(wrap_pyfunction!(derive_key, m)?)?;
     m.add("CryptographyError", m.py().get_type::<CryptographyError>())?;

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use pyo3::exceptions::{PyMemoryError, PyOSError};
+use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use tensorizer::io::RangeSource;
@@ -43,12 +43,10 @@ impl Source {
     /// Up to `n` bytes from `offset` (fewer at the end of the object).
     fn read<'py>(&self, py: Python<'py>, offset: u64, n: u64) -> PyResult<Bound<'py, PyBytes>> {
         let n = n.min(self.inner.len().saturating_sub(offset));
-        let n = usize::try_from(n).map_err(|_| PyMemoryError::new_err("read too large"))?;
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(n)
-            .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {n} bytes")))?;
-        buf.resize(n, 0);
-        py.detach(|| self.inner.read_exact_at(offset, &mut buf))
+        // The size is the server's claim: the buffer grows with the bytes
+        // that arrive (`read_range`), never allocated for the claim.
+        let buf = py
+            .detach(|| self.inner.read_range(offset, n))
             .map_err(io_err)?;
         Ok(PyBytes::new(py, &buf))
     }

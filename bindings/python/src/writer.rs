@@ -168,9 +168,7 @@ impl Writer {
         for r in &self.records {
             let data = match &r.data {
                 None => TensorData::meta(r.dtype, &r.shape),
-                Some(bytes) => {
-                    TensorData::new(r.dtype, &r.shape, bytes).map_err(py_err)?
-                }
+                Some(bytes) => TensorData::new(r.dtype, &r.shape, bytes).map_err(py_err)?,
             };
             s.write_tensor(r.module_idx, r.name.clone(), r.tensor_type, data)
                 .map_err(py_err)?;

@@ -323,7 +323,9 @@ def test_every_encrypted_fixture_loads_as_python_loads_it(name):
     else:
         ours_params = DecryptionParams.from_string(passphrase.read_bytes())
         theirs_params = tensorizer.DecryptionParams.from_string(passphrase.read_bytes())
-    ours = TensorDeserializer(str(path), encryption=ours_params, verify_hash=True)
+    # Written by the real library: their meta tensors are trusted.
+    ours = TensorDeserializer(str(path), encryption=ours_params, verify_hash=True,
+                              allow_unauthenticated_meta=True)
     theirs = tensorizer.TensorDeserializer(str(path), device="cpu", encryption=theirs_params)
     for k in theirs.keys():
         same(ours[k], theirs[k], k)
@@ -579,9 +581,8 @@ def test_native_writer_takes_no_addresses(tmp_path):
 
 def test_open_stream_honours_its_s3_arguments(tmp_path, moto_endpoint):
     """s3_config_path, force_http and s3_region_name are used (they were
-    silently ignored); certificate_handling, which the core cannot honour,
-    raises instead of being dropped."""
-    from tensorizer_rs.stream_io import CAInfo, open_stream
+    silently ignored)."""
+    from tensorizer_rs.stream_io import open_stream
     uri = "s3://models/cfg/m.bin"
     with open_stream(uri, "wb", **_s3(moto_endpoint)) as w:
         w.write(b"via config")
@@ -592,5 +593,180 @@ def test_open_stream_honours_its_s3_arguments(tmp_path, moto_endpoint):
         assert r.read() == b"via config"
     with pytest.raises(FileNotFoundError):
         open_stream(uri, s3_config_path=str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="certificate_handling"):
-        open_stream("https://127.0.0.1:1/x", certificate_handling=CAInfo(allow_untrusted=True))
+
+
+def test_presigned_urls_are_signed_by_the_core(moto_endpoint):
+    """_s3_download_url (the library makes presigned GET URLs) signs with
+    the core's SigV4 signer; an empty key gives the unsigned URL; the URL
+    reads the object."""
+    import urllib.request
+    from tensorizer_rs import stream_io
+    uri = "s3://models/presigned/m.bin"
+    with stream_io.open_stream(uri, "wb", **_s3(moto_endpoint)) as w:
+        w.write(b"presigned bytes")
+    url = stream_io._s3_download_url(uri, "k", "s", s3_endpoint=moto_endpoint)
+    assert "models/presigned/m.bin?" in url and "X-Amz-Signature=" in url, url
+    assert "X-Amz-Expires=3600" in url and "X-Amz-Credential=k" in url, url
+    with urllib.request.urlopen(url) as r:
+        assert r.read() == b"presigned bytes"
+    plain = stream_io._s3_download_url(uri, "", "", s3_endpoint=moto_endpoint)
+    assert plain.endswith("/models/presigned/m.bin") and "?" not in plain, plain
+
+
+def test_certificate_handling_is_honoured(tmp_path):
+    """CAInfo(cacert=...), CAInfo(capath=...) and CAInfo(allow_untrusted=True)
+    reach the core's client; without them a private CA is refused."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+    from tensorizer_rs.stream_io import CAInfo, open_stream
+    d = tmp_path
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    (d / "ext.cnf").write_text("basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
+    (d / "www").mkdir()
+    (d / "www" / "m.bin").write_bytes(b"over tls" * 1000)
+    (d / "cas").mkdir()
+    shutil.copy(d / "ca.pem", d / "cas" / "ca.pem")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(d / "www"), **k)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(d / "server.pem", d / "server.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/m.bin"
+    try:
+        with pytest.raises(OSError, match="Failed to open stream"):
+            open_stream(url)
+        for handling in (CAInfo(cacert=str(d / "ca.pem")), CAInfo(capath=str(d / "cas")),
+                         CAInfo(allow_untrusted=True)):
+            with open_stream(url, certificate_handling=handling) as s:
+                assert s.read() == b"over tls" * 1000
+    finally:
+        server.shutdown()
+
+
+def test_meta_tensors_of_encrypted_files_need_allowing(tmp_path):
+    """Encryption authenticates data, not the index: a meta tensor of an
+    encrypted file (zeros, which anyone can make of any tensor without the
+    key) is refused unless named; vLLM's marker is allowed by default."""
+    key = DecryptionParams.from_key(b"k" * 32)
+    path = tmp_path / "m.tensors"
+    s = TensorSerializer(str(path), encryption=EncryptionParams(b"k" * 32))
+    s.write_tensor(0, ".vllm_tensorized_marker", 0, torch.empty(1, dtype=torch.int64, device="meta"))
+    s.write_tensor(0, "w", 2, torch.arange(4.0))
+    s.close()
+    d = TensorDeserializer(str(path), encryption=key)
+    assert torch.equal(d["w"], torch.arange(4.0))
+    s = TensorSerializer(str(path), encryption=EncryptionParams(b"k" * 32))
+    s.write_tensor(0, "ghost", 2, torch.empty(4, device="meta"))
+    s.write_tensor(0, "w", 2, torch.arange(4.0))
+    s.close()
+    with pytest.raises(Exception, match="meta tensor"):
+        TensorDeserializer(str(path), encryption=key)["ghost"]
+    for allowed in (["ghost"], True):
+        d = TensorDeserializer(str(path), encryption=key, allow_unauthenticated_meta=allowed)
+        assert torch.equal(d["ghost"], torch.zeros(4))
+
+
+def test_native_writer_copies_at_add(tmp_path):
+    """The native writer kept the producer's capsule until write(): a
+    resize in between freed the bytes it then read (exit 139)."""
+    from tensorizer_rs import _native
+    u = torch.arange(1 << 16, dtype=torch.uint8)
+    expected = u.clone()
+    w = _native.Writer()
+    w.add(0, "u", 2, "uint8", [1 << 16], u.__dlpack__())
+    u.resize_(64 << 20)  # reallocates: the old buffer is freed
+    u.fill_(7)
+    w.write(uri=str(tmp_path / "m.tensors"))
+    assert torch.equal(TensorDeserializer(str(tmp_path / "m.tensors"))["u"], expected)
+
+
+def test_file_objects_are_used_by_descriptor_only_when_plain(tmp_path, state_dict):
+    """A read-only file is not written through its descriptor (the library
+    raises io.UnsupportedOperation); a gzip file's descriptor is the
+    compressed file's, so its bytes are read through the object."""
+    import gzip
+    import io
+    path = tmp_path / "m.tensors"
+    with TensorSerializer(str(path)) as s:
+        s.write_state_dict(state_dict)
+    before = path.read_bytes()
+    with open(path, "rb") as f, pytest.raises(io.UnsupportedOperation):
+        TensorSerializer(f)
+    assert path.read_bytes() == before, "the read-only file was overwritten"
+    with gzip.open(tmp_path / "m.tensors.gz", "wb") as g:
+        g.write(before)
+    with gzip.open(tmp_path / "m.tensors.gz", "rb") as g:
+        d = TensorDeserializer(g)
+        assert torch.equal(d["a"], state_dict["a"])
+    # Plain files still go through their descriptor, in place.
+    with open(path, "rb") as f:
+        assert torch.equal(TensorDeserializer(f)["b"], state_dict["b"])
+    with open(tmp_path / "out.tensors", "w+b") as f:
+        with TensorSerializer(f) as s:
+            s.write_state_dict(state_dict)
+    assert (tmp_path / "out.tensors").read_bytes() == before
+
+
+def test_a_tensor_asked_for_twice_is_refused(tmp_path, state_dict):
+    from tensorizer_rs import _native
+    path = tmp_path / "m.tensors"
+    with TensorSerializer(str(path)) as s:
+        s.write_state_dict(state_dict)
+    r = _native.Reader(str(path))
+    with pytest.raises(ValueError, match="asked for twice"):
+        r.read([0, 0], False)
+
+
+def test_a_stream_read_grows_with_the_bytes_that_arrive(tmp_path):
+    """stream.read() of a server claiming 3 GiB that sends a few bytes
+    allocated the claim (3.4 GB RSS); it now costs what arrived."""
+    import socket
+    import threading
+    from tensorizer_rs.stream_io import open_stream
+    claimed = 3 << 30
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+
+    def serve():
+        for _ in range(16):
+            try:
+                con, _ = srv.accept()
+            except OSError:
+                return
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = con.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            rng = [l for l in data.decode().lower().split("\r\n") if l.startswith("range:")]
+            a, b = (int(x) for x in rng[0].split("=")[1].split("-")) if rng else (0, claimed - 1)
+            con.sendall(f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{claimed}\r\n"
+                        f"Content-Length: {b - a + 1}\r\nConnection: close\r\n\r\n".encode()
+                        + b"x" * min(4096, b - a + 1))
+            con.close()
+
+    import resource
+    threading.Thread(target=serve, daemon=True).start()
+    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+    before = peak()
+    with pytest.raises(Exception):
+        open_stream(f"http://127.0.0.1:{port}/m.tensors").read()
+    assert peak() - before < (64 << 20), f"peak RSS grew by {(peak() - before) >> 20} MiB"
+    srv.close()

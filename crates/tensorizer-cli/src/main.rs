@@ -82,6 +82,15 @@ struct StorageArgs {
     /// loopback (the token then crosses the network in the clear).
     #[arg(long, global = true)]
     gcs_allow_http: bool,
+    /// A PEM file of CA certificates to trust besides the system's, for
+    /// every https endpoint (an S3-compatible store with an internal CA;
+    /// default: AWS_CA_BUNDLE, else SSL_CERT_FILE).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// A directory of PEM CA certificates to trust besides the system's
+    /// (default: SSL_CERT_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
     /// Azure storage account (default: the URI's, AZURE_STORAGE_ACCOUNT, the connection string's).
     #[arg(long, global = true)]
     azure_account: Option<String>,
@@ -220,6 +229,15 @@ impl StorageArgs {
                 use_emulator: self.azure_use_emulator,
                 anonymous: self.azure_anonymous,
                 ..Default::default()
+            },
+            trust: {
+                let env =
+                    tensorizer::io::TrustOptions::from_env(&tensorizer::io::ProcessEnvironment);
+                tensorizer::io::TrustOptions {
+                    ca_file: self.ca_file.clone().or(env.ca_file),
+                    ca_dir: self.ca_dir.clone().or(env.ca_dir),
+                    accept_invalid_certs: false,
+                }
             },
             ..Default::default()
         })

@@ -84,6 +84,28 @@ impl Failure {
         }
     }
 
+    /// A client error with its causes (reqwest's own message says only
+    /// "error sending request"); a certificate the client refuses is not
+    /// retried, it will be refused again.
+    fn request(e: reqwest::Error) -> Self {
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            message = format!("{message}: {c}");
+            cause = c.source();
+        }
+        let tls = message.to_lowercase().contains("certificate");
+        Self {
+            message: if tls {
+                format!("{message} (a private CA? trust it with --ca-file or CAInfo(cacert=...))")
+            } else {
+                message
+            },
+            status: None,
+            retryable: !tls,
+        }
+    }
+
     fn status(status: StatusCode) -> Self {
         let code = status.as_u16();
         let hint = match code {
@@ -111,14 +133,18 @@ impl HttpSource {
     /// Opens `uri`: one ranged request learns the size and whether the
     /// server honours `Range`.
     pub fn open(uri: &str, policy: RetryPolicy) -> Result<Self> {
+        Self::open_with(uri, policy, &crate::TrustOptions::default())
+    }
+
+    /// [`HttpSource::open`], trusting `trust`'s CA certificates too.
+    pub fn open_with(uri: &str, policy: RetryPolicy, trust: &crate::TrustOptions) -> Result<Self> {
         let shown = crate::uri::redact(uri);
-        let client =
-            crate::net::client_builder(&policy)
-                .build()
-                .map_err(|e| IoError::Protocol {
-                    uri: shown.clone(),
-                    message: format!("cannot build an HTTP client: {e}"),
-                })?;
+        let client = crate::net::client_builder(&policy, trust)?
+            .build()
+            .map_err(|e| IoError::Protocol {
+                uri: shown.clone(),
+                message: format!("cannot build an HTTP client: {e}"),
+            })?;
         let mut me = Self {
             uri: shown,
             url: uri.to_owned(),
@@ -160,7 +186,7 @@ impl HttpSource {
         )
         .map_err(|e| Failure::protocol(e.to_string()))?
         .map_err(|_| Failure::transport("no answer within the request timeout"))?
-        .map_err(Failure::transport)?;
+        .map_err(Failure::request)?;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
                 let (_, _, total) = content_range(&resp).map_err(Failure::protocol)?;
@@ -327,7 +353,7 @@ impl HttpSource {
             let resp = match request.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.send(Err(Failure::transport(e))).await;
+                    let _ = tx.send(Err(Failure::request(e))).await;
                     return;
                 }
             };
@@ -343,7 +369,7 @@ impl HttpSource {
                     Ok(Some(c)) => c,
                     Ok(None) => return,
                     Err(e) => {
-                        let _ = tx.send(Err(Failure::transport(e))).await;
+                        let _ = tx.send(Err(Failure::request(e))).await;
                         return;
                     }
                 };
@@ -485,7 +511,7 @@ fn download_once(
                     return;
                 }
                 Ok(Err(e)) => {
-                    let _ = tx.send(Err(Failure::transport(e))).await;
+                    let _ = tx.send(Err(Failure::request(e))).await;
                     return;
                 }
                 Err(_) => {
@@ -502,7 +528,7 @@ fn download_once(
                 let chunk = match tokio::time::timeout(stall, resp.chunk()).await {
                     Ok(Ok(Some(c))) => Ok(c),
                     Ok(Ok(None)) => return,
-                    Ok(Err(e)) => Err(Failure::transport(e)),
+                    Ok(Err(e)) => Err(Failure::request(e)),
                     Err(_) => Err(Failure::transport(format!(
                         "no byte for {} s (stalled)",
                         stall.as_secs_f64()

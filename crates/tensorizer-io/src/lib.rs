@@ -22,6 +22,7 @@ mod retry;
 #[cfg(any(feature = "http", feature = "object-store"))]
 mod runtime;
 pub mod s3;
+mod trust;
 mod uri;
 
 use std::path::Path;
@@ -40,6 +41,7 @@ pub use local::{LocalFile, LocalSink};
 pub use redis::{RedisSink, RedisSource};
 pub use retry::RetryPolicy;
 pub use s3::{Addressing, S3Config, S3Options};
+pub use trust::TrustOptions;
 pub use uri::{ShownUri, escape_controls, redact as redact_uri};
 
 /// The first piece [`RangeSource::read_range`] reads; each next one is as
@@ -59,6 +61,8 @@ pub struct StorageOptions {
     pub gcs: GcsOptions,
     /// Azure Blob Storage account, credentials and endpoint.
     pub azure: AzureOptions,
+    /// CA certificates trusted beyond the system's, for every client.
+    pub trust: TrustOptions,
 }
 
 /// The request size and concurrency a source performs best with.
@@ -232,7 +236,11 @@ pub fn open_source(uri: &str, options: &StorageOptions) -> Result<Box<dyn RangeS
         )?)),
         Backend::Http => {
             #[cfg(feature = "http")]
-            return Ok(Box::new(HttpSource::open(uri, options.retry.clone())?));
+            return Ok(Box::new(HttpSource::open_with(
+                uri,
+                options.retry.clone(),
+                &options.trust,
+            )?));
             #[cfg(not(feature = "http"))]
             return Err(feature_off(uri, "http"));
         }

@@ -39,14 +39,27 @@ fn follow_within_origin(attempt: Attempt<'_>) -> reqwest::redirect::Action {
 }
 
 /// A client builder with this crate's settings.
-pub(crate) fn client_builder(policy: &RetryPolicy) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+pub(crate) fn client_builder(
+    policy: &RetryPolicy,
+    trust: &crate::TrustOptions,
+) -> crate::Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder();
+    for cert in trust.certificates()? {
+        builder = builder.add_root_certificate(cert);
+    }
+    if trust.accept_invalid_certs {
+        tracing::warn!(
+            "TLS certificates are not verified (asked for): anyone on the path can read and change the bytes"
+        );
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    Ok(builder
         .connect_timeout(policy.connect_timeout)
         .timeout(policy.request_timeout)
         .pool_max_idle_per_host(64)
         .user_agent(concat!("tensorizer-rs/", env!("CARGO_PKG_VERSION")))
         .referer(false)
-        .redirect(Policy::custom(follow_within_origin))
+        .redirect(Policy::custom(follow_within_origin)))
 }
 
 /// object_store's clients, built as ours are (its own connector follows
@@ -55,13 +68,15 @@ pub(crate) fn client_builder(policy: &RetryPolicy) -> reqwest::ClientBuilder {
 #[derive(Debug)]
 pub(crate) struct Connector {
     policy: RetryPolicy,
+    trust: crate::TrustOptions,
 }
 
 #[cfg(feature = "object-store")]
 impl Connector {
-    pub(crate) fn new(policy: &RetryPolicy) -> Self {
+    pub(crate) fn new(policy: &RetryPolicy, trust: &crate::TrustOptions) -> Self {
         Self {
             policy: policy.clone(),
+            trust: trust.clone(),
         }
     }
 }
@@ -72,13 +87,14 @@ impl object_store::client::HttpConnector for Connector {
         &self,
         _options: &object_store::ClientOptions,
     ) -> object_store::Result<object_store::client::HttpClient> {
-        let client =
-            client_builder(&self.policy)
-                .build()
-                .map_err(|e| object_store::Error::Generic {
-                    store: "HTTP",
-                    source: Box::new(e),
-                })?;
+        let generic = |e: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+            store: "HTTP",
+            source: e,
+        };
+        let client = client_builder(&self.policy, &self.trust)
+            .map_err(|e| generic(Box::new(e)))?
+            .build()
+            .map_err(|e| generic(Box::new(e)))?;
         Ok(object_store::client::HttpClient::new(client))
     }
 }

@@ -408,3 +408,56 @@ fn a_server_closing_connections_silently_is_still_read() {
         assert_eq!(src.len(), 10);
     }
 }
+
+/// A server whose certificate a private CA signed (an S3-compatible store
+/// on premises, say): refused against the system's roots, read once the CA
+/// file or a directory holding it is trusted; a missing CA file is named.
+#[test]
+fn a_private_ca_is_trusted_only_when_given() {
+    use tensorizer_io::TrustOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca(dir.path());
+    let root = dir.path().join("www");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("m.bin"), blob(100_000)).unwrap();
+    let nginx = Nginx::start_tls(&root, &cert, &key);
+    let url = nginx.url("m.bin");
+    let err = HttpSource::open(&url, fast_policy())
+        .unwrap_err()
+        .to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let ca_dir = dir.path().join("cas");
+    std::fs::create_dir(&ca_dir).unwrap();
+    std::fs::copy(&ca, ca_dir.join("private.pem")).unwrap();
+    std::fs::write(ca_dir.join("README"), "not a certificate").unwrap();
+    for trust in [
+        TrustOptions {
+            ca_file: Some(ca.clone()),
+            ..Default::default()
+        },
+        TrustOptions {
+            ca_dir: Some(ca_dir.clone()),
+            ..Default::default()
+        },
+    ] {
+        let src = HttpSource::open_with(&url, fast_policy(), &trust).unwrap();
+        assert_eq!(src.read_range(0, 100_000).unwrap(), blob(100_000));
+    }
+    // Verification off only when asked for by name.
+    let insecure = TrustOptions {
+        accept_invalid_certs: true,
+        ..Default::default()
+    };
+    assert!(HttpSource::open_with(&url, fast_policy(), &insecure).is_ok());
+    let missing = TrustOptions {
+        ca_file: Some(dir.path().join("nope.pem")),
+        ..Default::default()
+    };
+    let err = HttpSource::open_with(&url, fast_policy(), &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nope.pem") && err.contains("CA certificates"),
+        "{err}"
+    );
+}

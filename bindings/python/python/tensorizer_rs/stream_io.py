@@ -46,7 +46,7 @@ class CAInfo:
     """Custom certificate verification for https:// streams (the library's
     cURL flags). Exactly one of `cacert`, `capath`, `allow_untrusted`."""
 
-    __slots__ = ("_curl_flags",)
+    __slots__ = ("_curl_flags", "_trust")
 
     def __init__(self, *, cacert=None, capath=None, allow_untrusted=False):
         if (cacert, capath).count(None) + (not allow_untrusted) != 2:
@@ -58,16 +58,33 @@ class CAInfo:
             if not os.path.isfile(cacert):
                 raise ValueError("Invalid cacert file path")
             self._curl_flags = ("--cacert", str(cacert))
+            self._trust = dict(ca_file=os.fspath(cacert))
         elif capath is not None:
             if not os.path.isdir(capath):
                 raise ValueError("Invalid capath directory path")
             self._curl_flags = ("--capath", str(capath))
+            self._trust = dict(ca_dir=os.fspath(capath))
         else:
             self._curl_flags = ("--insecure",)
+            self._trust = dict(accept_invalid_certs=True)
 
     @property
     def curl_flags(self):
         return self._curl_flags
+
+    @property
+    def storage_trust(self):
+        """The core's keyword arguments for this handling (`_native.Storage`)."""
+        return dict(self._trust)
+
+
+def _trust(certificate_handling):
+    """`_native.Storage` keyword arguments for a `CAInfo`, or none."""
+    if certificate_handling is None:
+        return {}
+    if not isinstance(certificate_handling, CAInfo):
+        raise TypeError("certificate_handling must be a CAInfo instance or None")
+    return certificate_handling.storage_trust
 
     def __hash__(self):
         return hash(self._curl_flags)
@@ -272,10 +289,11 @@ class CURLStreamFile(_Stream):
     def __init__(self, uri, begin=None, end=None, headers=None, *, buffer_size=None,
                  certificate_handling=None):
         _check_range(begin, end)
-        _refuse_certificate_handling(uri, certificate_handling)
         if headers:
             raise ValueError("tensorizer_rs: custom request headers are not supported")
-        super().__init__(uri, "rb", None, buffer_size=buffer_size, begin=begin, end=end)
+        trust = _trust(certificate_handling)
+        storage = _native.Storage(**trust) if trust else None
+        super().__init__(uri, "rb", storage, buffer_size=buffer_size, begin=begin, end=end)
 
 
 class RedisStreamFile(_Stream):
@@ -299,11 +317,10 @@ def _check_range(begin, end):
         raise ValueError("Invalid range: end must be greater than begin")
 
 
-def _refuse_certificate_handling(uri, certificate_handling):
-    if certificate_handling is not None and uri.lower().startswith("https://"):
-        raise ValueError(
-            "tensorizer_rs: certificate_handling (CAInfo) is not supported; the Rust core "
-            "verifies certificates against the system's roots (SSL_CERT_FILE is honoured)")
+def _ensure_https_endpoint(endpoint: str):
+    """The library's check that an S3 endpoint is https (its tests replace
+    it to reach a plain-http mock server)."""
+    return _enforce_scheme(endpoint)
 
 
 def _enforce_scheme(endpoint: str, allow_http: bool = False, force_http: bool = False):
@@ -351,7 +368,8 @@ def _get_s3cfg_values(config_paths=None) -> _ParsedCredentials:
 
 
 def _s3_storage(s3_access_key_id=None, s3_secret_access_key=None, s3_endpoint=None,
-                s3_config_path=None, force_http=None, s3_region_name=None, *, upload=False):
+                s3_config_path=None, force_http=None, s3_region_name=None, *, upload=False,
+                certificate_handling=None):
     """The core's storage options for an s3:// URI, resolved as the library
     resolves them: explicit arguments, then the s3cmd config file, then
     AWS_ENDPOINT_URL(_S3), then the library's default endpoints."""
@@ -373,18 +391,28 @@ def _s3_storage(s3_access_key_id=None, s3_secret_access_key=None, s3_endpoint=No
         allow_http = bool(s3_endpoint)
     if not s3_endpoint:
         s3_endpoint = default_s3_write_endpoint if upload else default_s3_read_endpoint
-    s3_endpoint = _enforce_scheme(s3_endpoint, allow_http, bool(force_http))
+    if allow_http or force_http:
+        s3_endpoint = _enforce_scheme(s3_endpoint, allow_http, bool(force_http))
+    else:
+        s3_endpoint = _ensure_https_endpoint(s3_endpoint)
     return _native.Storage(
         s3_access_key_id=s3_access_key_id, s3_secret_access_key=s3_secret_access_key,
         s3_endpoint=s3_endpoint, s3_region_name=s3_region_name,
-        s3_config_path=os.fsdecode(s3_config_path) if s3_config_path is not None else None)
+        s3_config_path=os.fsdecode(s3_config_path) if s3_config_path is not None else None,
+        **_trust(certificate_handling))
 
 
 def _s3_download_url(path_uri, s3_access_key_id, s3_secret_access_key,
                      s3_endpoint=default_s3_read_endpoint, s3_region_name=None,
                      s3_signature_version=None):
-    raise NotImplementedError(
-        "tensorizer_rs reads s3:// URIs directly (signed ranged GETs); it makes no presigned URLs")
+    """A presigned GET URL (SigV4, valid an hour, as the library's) signed by
+    the core's S3 signer; with an empty access key, the unsigned URL."""
+    if s3_signature_version not in (None, "s3v4", "v4"):
+        raise ValueError(f"tensorizer_rs signs S3 requests with SigV4 only, not {s3_signature_version!r}")
+    storage = _s3_storage(s3_access_key_id, s3_secret_access_key, s3_endpoint, None, None,
+                          s3_region_name)
+    return _native.s3_presigned_url(path_uri, storage=storage, expires_s=3600,
+                                    anonymous=not s3_access_key_id)
 
 
 def open_stream(path_uri, mode="rb", s3_access_key_id=None, s3_secret_access_key=None,
@@ -422,9 +450,9 @@ def open_stream(path_uri, mode="rb", s3_access_key_id=None, s3_secret_access_key
         upload = "w" in mode
         storage = None
         if scheme == "s3":
-            _refuse_certificate_handling("https://", certificate_handling)
             storage = _s3_storage(s3_access_key_id, s3_secret_access_key, s3_endpoint,
-                                  s3_config_path, force_http, s3_region_name, upload=upload)
+                                  s3_config_path, force_http, s3_region_name, upload=upload,
+                                  certificate_handling=certificate_handling)
         return _ObjectStream(path_uri, "wb" if upload else "rb", storage,
                              buffer_size=buffer_size, begin=begin, end=end)
     if scheme is not None and len(scheme) > 1 and scheme != "file":

@@ -19,7 +19,12 @@ const AZURE_PARTS: PartRules = PartRules {
 };
 
 /// Resolves an Azure blob URI: account, credentials, endpoint, client.
-pub(crate) fn object(uri: &str, options: &AzureOptions, policy: &RetryPolicy) -> Result<Object> {
+pub(crate) fn object(
+    uri: &str,
+    options: &AzureOptions,
+    policy: &RetryPolicy,
+    trust: &crate::TrustOptions,
+) -> Result<Object> {
     let parsed = parse_azure_uri(uri)?;
     let mut options = options.clone();
     if parsed.sas.is_some() && options.sas_token.is_none() {
@@ -44,9 +49,9 @@ pub(crate) fn object(uri: &str, options: &AzureOptions, policy: &RetryPolicy) ->
         AzureCredentials::ClientSecret { secret, .. } => secret.clone(),
         _ => String::new(),
     };
-    let cache_config = format!("{config:?}|{secret}");
+    let cache_config = format!("{config:?}|{secret}|{trust:?}");
     let container = parsed.container;
-    let store = || build_store(&container, &config, policy).map_err(|e| e.to_string());
+    let store = || build_store(&container, &config, policy, trust).map_err(|e| e.to_string());
     Object::new(
         uri,
         service,
@@ -67,6 +72,7 @@ fn build_store(
     container: &str,
     config: &AzureConfig,
     policy: &RetryPolicy,
+    trust: &crate::TrustOptions,
 ) -> object_store::Result<object_store::azure::MicrosoftAzure> {
     let builder = MicrosoftAzureBuilder::new()
         .with_account(&config.account)
@@ -76,7 +82,7 @@ fn build_store(
         .with_endpoint(config.endpoint.clone())
         .with_retry(cloud::retry_config(policy))
         .with_client_options(cloud::client_options(policy))
-        .with_http_connector(crate::net::Connector::new(policy));
+        .with_http_connector(crate::net::Connector::new(policy, trust));
     match &config.credentials {
         AzureCredentials::AccessKey(key) => builder.with_access_key(key),
         AzureCredentials::Sas(sas) => builder.with_config(AzureConfigKey::SasKey, sas),

@@ -268,12 +268,12 @@ pub(crate) fn object(uri: &str, options: &StorageOptions) -> Result<Object> {
     let _ = options;
     match crate::scheme(uri).as_deref() {
         #[cfg(feature = "s3")]
-        Some("s3") => crate::s3::object(uri, &options.s3, &options.retry),
+        Some("s3") => crate::s3::object(uri, &options.s3, &options.retry, &options.trust),
         #[cfg(feature = "gcs")]
-        Some("gs" | "gcs") => crate::gcs::object(uri, &options.gcs, &options.retry),
+        Some("gs" | "gcs") => crate::gcs::object(uri, &options.gcs, &options.retry, &options.trust),
         #[cfg(feature = "azure")]
         Some(_) if crate::azure::is_azure_uri(uri) => {
-            crate::azure::object(uri, &options.azure, &options.retry)
+            crate::azure::object(uri, &options.azure, &options.retry, &options.trust)
         }
         _ => Err(IoError::Unsupported {
             uri: uri.to_owned(),

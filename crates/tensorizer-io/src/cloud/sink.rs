@@ -74,19 +74,28 @@ impl ObjectSink {
     /// Opens an upload to `s3://bucket/key`.
     #[cfg(feature = "s3")]
     pub fn s3(uri: &str, options: &crate::S3Options, policy: &RetryPolicy) -> Result<Self> {
-        Self::create(crate::s3::object(uri, options, policy)?, policy)
+        Self::create(
+            crate::s3::object(uri, options, policy, &Default::default())?,
+            policy,
+        )
     }
 
     /// Opens an upload to `gs://bucket/key`.
     #[cfg(feature = "gcs")]
     pub fn gcs(uri: &str, options: &crate::GcsOptions, policy: &RetryPolicy) -> Result<Self> {
-        Self::create(crate::gcs::object(uri, options, policy)?, policy)
+        Self::create(
+            crate::gcs::object(uri, options, policy, &Default::default())?,
+            policy,
+        )
     }
 
     /// Opens an upload to `az://container/key` (and the other Azure forms).
     #[cfg(feature = "azure")]
     pub fn azure(uri: &str, options: &crate::AzureOptions, policy: &RetryPolicy) -> Result<Self> {
-        Self::create(crate::azure::object(uri, options, policy)?, policy)
+        Self::create(
+            crate::azure::object(uri, options, policy, &Default::default())?,
+            policy,
+        )
     }
 
     /// The service, endpoint and credential source in use.

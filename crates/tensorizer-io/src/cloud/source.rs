@@ -39,19 +39,28 @@ impl ObjectSource {
     /// Opens `s3://bucket/key`.
     #[cfg(feature = "s3")]
     pub fn s3(uri: &str, options: &crate::S3Options, policy: &RetryPolicy) -> Result<Self> {
-        Self::open(crate::s3::object(uri, options, policy)?, policy)
+        Self::open(
+            crate::s3::object(uri, options, policy, &Default::default())?,
+            policy,
+        )
     }
 
     /// Opens `gs://bucket/key`.
     #[cfg(feature = "gcs")]
     pub fn gcs(uri: &str, options: &crate::GcsOptions, policy: &RetryPolicy) -> Result<Self> {
-        Self::open(crate::gcs::object(uri, options, policy)?, policy)
+        Self::open(
+            crate::gcs::object(uri, options, policy, &Default::default())?,
+            policy,
+        )
     }
 
     /// Opens `az://container/key` (and the other Azure forms).
     #[cfg(feature = "azure")]
     pub fn azure(uri: &str, options: &crate::AzureOptions, policy: &RetryPolicy) -> Result<Self> {
-        Self::open(crate::azure::object(uri, options, policy)?, policy)
+        Self::open(
+            crate::azure::object(uri, options, policy, &Default::default())?,
+            policy,
+        )
     }
 
     /// The service, endpoint and credential source in use.

@@ -307,8 +307,14 @@ pub(crate) fn json_api(
     bucket: &str,
     credentials: Option<GcpCredentialProvider>,
     policy: &RetryPolicy,
-) -> reqwest::Result<Arc<JsonApi>> {
-    let client = crate::net::client_builder(policy).build()?;
+    trust: &crate::TrustOptions,
+) -> crate::Result<Arc<JsonApi>> {
+    let client = crate::net::client_builder(policy, trust)?
+        .build()
+        .map_err(|e| crate::IoError::Protocol {
+            uri: format!("{endpoint}/{bucket}"),
+            message: format!("cannot build an HTTP client: {e}"),
+        })?;
     Ok(Arc::new(JsonApi {
         client,
         endpoint: endpoint.to_owned(),
@@ -374,7 +380,10 @@ mod tests {
             ..RetryPolicy::default()
         };
         JsonApi {
-            client: crate::net::client_builder(&policy).build().unwrap(),
+            client: crate::net::client_builder(&policy, &Default::default())
+                .unwrap()
+                .build()
+                .unwrap(),
             endpoint: endpoint.to_owned(),
             bucket: "b".into(),
             credentials: None,

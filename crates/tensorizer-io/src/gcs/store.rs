@@ -26,7 +26,12 @@ pub fn parse_gcs_uri(uri: &str) -> Result<(String, String)> {
 }
 
 /// Resolves `gs://bucket/key`: credentials, endpoint, client.
-pub(crate) fn object(uri: &str, options: &GcsOptions, policy: &RetryPolicy) -> Result<Object> {
+pub(crate) fn object(
+    uri: &str,
+    options: &GcsOptions,
+    policy: &RetryPolicy,
+    trust: &crate::TrustOptions,
+) -> Result<Object> {
     let (bucket, key) = parse_gcs_uri(uri)?;
     let config = GcsConfig::resolve(options).map_err(cloud::for_uri(uri))?;
     let service = Service {
@@ -45,7 +50,7 @@ pub(crate) fn object(uri: &str, options: &GcsOptions, policy: &RetryPolicy) -> R
         GcsCredentials::ServiceAccountKey(key) => key.as_str(),
         _ => "",
     };
-    let cache_config = format!("{config:?}|{secret}");
+    let cache_config = format!("{config:?}|{secret}|{trust:?}");
     Object::new(
         uri,
         service,
@@ -54,10 +59,10 @@ pub(crate) fn object(uri: &str, options: &GcsOptions, policy: &RetryPolicy) -> R
         options.part_size,
         policy,
         || {
-            let store = build_store(&bucket, &config, policy).map_err(|e| e.to_string())?;
+            let store = build_store(&bucket, &config, policy, trust).map_err(|e| e.to_string())?;
             let credentials = (config.credentials != GcsCredentials::Anonymous)
                 .then(|| store.credentials().clone());
-            let api = json_api(&config.endpoint, &bucket, credentials, policy)
+            let api = json_api(&config.endpoint, &bucket, credentials, policy, trust)
                 .map_err(|e| e.to_string())?;
             Ok((
                 Arc::new(store) as Arc<dyn cloud::Store>,
@@ -71,13 +76,14 @@ fn build_store(
     bucket: &str,
     config: &GcsConfig,
     policy: &RetryPolicy,
+    trust: &crate::TrustOptions,
 ) -> object_store::Result<object_store::gcp::GoogleCloudStorage> {
     let builder = GoogleCloudStorageBuilder::new()
         .with_bucket_name(bucket)
         .with_base_url(&config.endpoint)
         .with_retry(cloud::retry_config(policy))
         .with_client_options(cloud::client_options(policy))
-        .with_http_connector(crate::net::Connector::new(policy));
+        .with_http_connector(crate::net::Connector::new(policy, trust));
     match &config.credentials {
         // Explicit empty credentials, so that no file is read at all.
         GcsCredentials::Anonymous => builder.with_skip_signature(true).with_credentials(Arc::new(

@@ -11,4 +11,4 @@ pub use config::{Addressing, Credentials, S3Config, S3Options};
 #[cfg(feature = "s3")]
 pub(crate) use store::object;
 #[cfg(feature = "s3")]
-pub use store::parse_s3_uri;
+pub use store::{parse_s3_uri, presigned_get_url};

@@ -16,7 +16,12 @@ pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
 }
 
 /// Resolves `s3://bucket/key`: credentials, endpoint, addressing, client.
-pub(crate) fn object(uri: &str, options: &S3Options, policy: &RetryPolicy) -> Result<Object> {
+pub(crate) fn object(
+    uri: &str,
+    options: &S3Options,
+    policy: &RetryPolicy,
+    trust: &crate::TrustOptions,
+) -> Result<Object> {
     let (bucket, key) = parse_s3_uri(uri)?;
     let config = S3Config::resolve(options).map_err(cloud::for_uri(uri))?;
     let service = service(&bucket, &config);
@@ -28,8 +33,8 @@ pub(crate) fn object(uri: &str, options: &S3Options, policy: &RetryPolicy) -> Re
         } => format!("{secret_access_key}|{session_token:?}"),
         _ => String::new(),
     };
-    let cache_config = format!("{config:?}|{secret}|{bucket}");
-    let store = || build_store(&bucket, &config, policy).map_err(|e| e.to_string());
+    let cache_config = format!("{config:?}|{secret}|{bucket}|{trust:?}");
+    let store = || build_store(&bucket, &config, policy, trust).map_err(|e| e.to_string());
     Object::new(
         uri,
         service,
@@ -44,6 +49,50 @@ pub(crate) fn object(uri: &str, options: &S3Options, policy: &RetryPolicy) -> Re
             ))
         },
     )
+}
+
+/// A presigned GET URL of `s3://bucket/key`, valid for `expires_in`,
+/// signed with the store's own signer (SigV4); with no credentials
+/// (anonymous), the object's plain URL. The URL is a credential: shown
+/// only through [`crate::ShownUri`].
+pub fn presigned_get_url(
+    uri: &str,
+    options: &S3Options,
+    policy: &RetryPolicy,
+    trust: &crate::TrustOptions,
+    expires_in: std::time::Duration,
+) -> Result<String> {
+    use object_store::signer::Signer;
+    let (bucket, key) = parse_s3_uri(uri)?;
+    let config = S3Config::resolve(options).map_err(cloud::for_uri(uri))?;
+    let store =
+        build_store(&bucket, &config, policy, trust).map_err(|e| crate::IoError::Unsupported {
+            uri: crate::uri::redact(uri),
+            message: format!("cannot build an S3 client: {e}"),
+        })?;
+    if matches!(config.credentials, Credentials::Anonymous) {
+        return Ok(match config.bucket_endpoint(&bucket) {
+            Some(base) if config.addressing != Addressing::VirtualHosted => {
+                format!("{}/{bucket}/{key}", base.trim_end_matches('/'))
+            }
+            Some(base) => format!("{}/{key}", base.trim_end_matches('/')),
+            None => format!("https://{bucket}.s3.{}.amazonaws.com/{key}", config.region),
+        });
+    }
+    let path = object_store::path::Path::from(key);
+    let signed = crate::runtime::block(
+        async move {
+            store
+                .signed_url(object_store::signer::Method::GET, &path, expires_in)
+                .await
+        },
+        uri,
+    )?
+    .map_err(|e| crate::IoError::Unsupported {
+        uri: crate::uri::redact(uri),
+        message: format!("cannot presign: {e}"),
+    })?;
+    Ok(signed.to_string())
 }
 
 fn service(bucket: &str, config: &S3Config) -> Service {
@@ -69,6 +118,7 @@ fn build_store(
     bucket: &str,
     config: &S3Config,
     policy: &RetryPolicy,
+    trust: &crate::TrustOptions,
 ) -> object_store::Result<object_store::aws::AmazonS3> {
     let mut builder = match config.credentials {
         // The AWS chain (web identity, container credentials) from the environment.
@@ -79,7 +129,7 @@ fn build_store(
     .with_region(&config.region)
     .with_retry(cloud::retry_config(policy))
     .with_client_options(cloud::client_options(policy))
-    .with_http_connector(crate::net::Connector::new(policy))
+    .with_http_connector(crate::net::Connector::new(policy, trust))
     .with_virtual_hosted_style_request(config.addressing == Addressing::VirtualHosted);
     if let Some(endpoint) = config.bucket_endpoint(bucket) {
         builder = builder.with_endpoint(endpoint);

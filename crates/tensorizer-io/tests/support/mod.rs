@@ -179,12 +179,104 @@ fn serve(mut stream: TcpStream, body: &[u8], b: &Behavior, n: usize, sent: &Atom
 /// nginx serving `root` on a loopback port, stopped on drop.
 pub struct Nginx {
     pub port: u16,
+    tls: bool,
     child: Child,
     _dir: tempfile::TempDir,
 }
 
+/// A private CA and a certificate it signed for `127.0.0.1` and
+/// `localhost`, made with the `openssl` command in `dir`: (CA file, server
+/// certificate, server key).
+pub fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("openssl is not installed ({e}): apt-get install -y openssl")
+            });
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tensorizer test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
 impl Nginx {
     pub fn start(root: &Path) -> Self {
+        Self::start_with(root, None)
+    }
+
+    /// nginx serving `root` over https with this certificate and key.
+    pub fn start_tls(root: &Path, cert: &Path, key: &Path) -> Self {
+        Self::start_with(root, Some((cert, key)))
+    }
+
+    fn start_with(root: &Path, tls: Option<(&Path, &Path)>) -> Self {
         let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().map(PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| {
             panic!("nginx is not installed: run `cargo xtask test` (installs it) or `apt-get install -y nginx-light`")
         });
@@ -195,9 +287,15 @@ impl Nginx {
              events {{ worker_connections 256; }}\n\
              http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
              uwsgi_temp_path {d}; scgi_temp_path {d}; sendfile on; keepalive_requests 10000;\n\
-             server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+             server {{ listen 127.0.0.1:{port}{ssl}; root {root}; {certs} }} }}\n",
             d = dir.path().display(),
-            root = root.display()
+            root = root.display(),
+            ssl = if tls.is_some() { " ssl" } else { "" },
+            certs = tls.map_or(String::new(), |(cert, key)| format!(
+                "ssl_certificate {}; ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            )),
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let child = Command::new(nginx)
@@ -217,13 +315,15 @@ impl Nginx {
         wait_for_port(port);
         Self {
             port,
+            tls: tls.is_some(),
             child,
             _dir: dir,
         }
     }
 
     pub fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/{name}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/{name}", self.port)
     }
 }
 
