@@ -140,6 +140,100 @@ fn hostile(put: &mut impl FnMut(&str, &[u8]) -> std::io::Result<()>) -> std::io:
         info.encode(&mut block);
         put("crypt_info", &block[8..])?;
     }
+    read_sizes(put, &file)?;
+    Ok(())
+}
+
+/// Seeds for the fields that size reads: a per-tensor header claiming far
+/// more than the format needs (the loader reads only what arrives, and
+/// refuses past the format's bound), a cipher chunk claiming 2^40 MACs or
+/// MACs for a record that stores no data, and a meta tensor in a data
+/// version that has none.
+fn read_sizes(
+    put: &mut impl FnMut(&str, &[u8]) -> std::io::Result<()>,
+    file: &impl Fn(Vec<RecordSpec>) -> Option<Vec<u8>>,
+) -> std::io::Result<()> {
+    use tensorizer_format::{
+        CryptChunk, CryptInfo, Dtype, FormatVersion, Metadata, Shape, TensorName, TensorType,
+    };
+    let spec = |name: &str, dims: Vec<u64>| {
+        RecordSpec::new(
+            0,
+            TensorType::StateDict,
+            TensorName::from(tensorizer_format::TensorPath::from(name.to_owned())),
+            Dtype::U8,
+            Shape(dims),
+        )
+    };
+    let Some(bytes) = file(vec![spec("a", vec![16]), spec("b", vec![8])]) else {
+        return Ok(());
+    };
+    let Ok(meta) = Metadata::parse(&bytes) else {
+        return Ok(());
+    };
+    // Tensor "a"'s header claimed 200 KB long (the index's header length),
+    // the file padded so that the claim lies inside it.
+    let mut long = meta.clone();
+    long.entries[0].data_offset += 200_000;
+    long.entries[1].header_offset += 200_000;
+    long.entries[1].data_offset += 200_000;
+    if let Ok(mut out) = long.encode() {
+        let records = &bytes[meta.records_offset() as usize..];
+        let first_header = (meta.entries[0].data_offset - meta.entries[0].header_offset) as usize;
+        out.extend_from_slice(&records[..first_header]);
+        out.resize(out.len() + 200_000, 0);
+        out.extend_from_slice(&records[first_header..]);
+        put("metadata", &out)?;
+        for mode in [0u8, 6] {
+            put("deserializer", &[&[mode][..], &out].concat())?;
+        }
+    }
+    // A meta tensor in a data-version-1 file.
+    let mut old = meta.clone();
+    old.header.version = FormatVersion::NON_OPAQUE;
+    old.entries[1].data_length = 0;
+    if let Ok(out) = old.encode() {
+        put("metadata", &out)?;
+        put(
+            "deserializer",
+            &[&[0u8][..], &out, &bytes[meta.records_offset() as usize..]].concat(),
+        )?;
+    }
+    // Cipher chunks: one claiming 2^40 MACs, and MACs for no data.
+    let parallel = |macs: Vec<[u8; 16]>| CryptInfo {
+        chunks: vec![CryptChunk::XSalsa20Parallel {
+            chunk_size: 1 << 20,
+            nonce: [3; 24],
+            macs,
+        }],
+    };
+    let mut block = Vec::new();
+    parallel(vec![[1; 16]]).encode(&mut block);
+    let count_at = block.len() - 16 - 8;
+    let mut lying = block.clone();
+    lying[count_at..count_at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    put("crypt_info", &lying[8..])?;
+    if let Some(mut h) = tensorizer_format::FilePlan::new(
+        vec![{
+            let mut s = spec("cut", vec![4]);
+            s.meta = true;
+            s.crypt_info = Some(parallel(vec![[1; 16]]));
+            s
+        }],
+        PlanOptions {
+            encrypted: true,
+            min_index_len: 0,
+        },
+    )
+    .ok()
+    .and_then(|p| p.headers.into_iter().next())
+    {
+        h.data_length = 0;
+        if let Ok(encoded) = h.encode() {
+            // Mode byte: bit 1 says the file has crypt info.
+            put("tensor_header", &[&[2u8][..], &encoded].concat())?;
+        }
+    }
     Ok(())
 }
 

@@ -47,6 +47,15 @@ struct Spool {
     gets: AtomicU64,
 }
 
+impl Spool {
+    /// Changes the state and wakes every waiting reader.
+    fn update(&self, change: impl FnOnce(&mut SpoolState)) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut state);
+        self.arrived.notify_all();
+    }
+}
+
 #[derive(Default)]
 struct SpoolState {
     /// Bytes `0..written` are in the file.
@@ -436,11 +445,6 @@ fn download(
     len: u64,
     policy: &RetryPolicy,
 ) {
-    let set = |update: &dyn Fn(&mut SpoolState)| {
-        let mut state = spool.state.lock().unwrap_or_else(|e| e.into_inner());
-        update(&mut state);
-        spool.arrived.notify_all();
-    };
     let mut attempts = 0;
     let mut started = Instant::now();
     loop {
@@ -450,19 +454,11 @@ fn download(
             spool.gets.fetch_add(1, Ordering::Relaxed);
         }
         let before = spool.state.lock().map_or(0, |s| s.written);
-        let outcome = download_once(
-            spool,
-            answer,
-            client,
-            url,
-            len,
-            policy.request_timeout,
-            &set,
-        );
+        let outcome = download_once(spool, answer, client, url, len, policy.request_timeout);
         let written = spool.state.lock().map_or(0, |s| s.written);
         let failure = match outcome {
             Ok(()) => {
-                set(&|s| s.ended = true);
+                spool.update(|s| s.ended = true);
                 return;
             }
             Err(f) => f,
@@ -474,7 +470,7 @@ fn download(
         if spool.stop.load(Ordering::Relaxed)
             || !(failure.retryable && policy.may_retry(attempts, started))
         {
-            set(&|s| {
+            spool.update(|s| {
                 s.failed = Some(failure.message.clone());
                 s.ended = true;
             });
@@ -484,7 +480,6 @@ fn download(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn download_once(
     spool: &Spool,
     answer: Option<Response>,
@@ -492,7 +487,6 @@ fn download_once(
     url: &str,
     len: u64,
     stall: Duration,
-    set: &dyn Fn(&dyn Fn(&mut SpoolState)),
 ) -> std::result::Result<(), Failure> {
     // One request may take as long as the object needs; a stall may not.
     let request = client.get(url).timeout(WHOLE_BODY_TIMEOUT);
@@ -567,7 +561,7 @@ fn download_once(
             .file
             .write_all_at(&chunk[skip..], chunk_start + skip as u64)
             .map_err(|e| Failure::protocol(format!("spooling to a temporary file: {e}")))?;
-        set(&|s| s.written = chunk_end);
+        spool.update(|s| s.written = chunk_end);
     }
     Ok(())
 }

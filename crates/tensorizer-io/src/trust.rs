@@ -5,6 +5,12 @@
 //! for it by name (the library's `CAInfo(allow_untrusted=True)`, curl's
 //! `--insecure`), no verification at all, with a warning.
 
+// Without a network feature nothing builds a client: the loading half is unused.
+#![cfg_attr(
+    not(any(feature = "http", feature = "object-store")),
+    allow(dead_code, unused_imports)
+)]
+
 use std::path::PathBuf;
 
 use crate::error::{IoError, Result};
