@@ -595,7 +595,7 @@ def test_open_stream_honours_its_s3_arguments(tmp_path, moto_endpoint):
         open_stream(uri, s3_config_path=str(tmp_path / "missing"))
 
 
-def test_presigned_urls_are_signed_by_the_core(moto_endpoint):
+def test_presigned_urls_are_signed_by_the_core(moto_endpoint, monkeypatch):
     """_s3_download_url (the library makes presigned GET URLs) signs with
     the core's SigV4 signer; an empty key gives the unsigned URL; the URL
     reads the object."""
@@ -604,6 +604,8 @@ def test_presigned_urls_are_signed_by_the_core(moto_endpoint):
     uri = "s3://models/presigned/m.bin"
     with stream_io.open_stream(uri, "wb", **_s3(moto_endpoint)) as w:
         w.write(b"presigned bytes")
+    # The local server speaks http, as in the library's own test.
+    monkeypatch.setattr(stream_io, "_ensure_https_endpoint", lambda endpoint: endpoint)
     url = stream_io._s3_download_url(uri, "k", "s", s3_endpoint=moto_endpoint)
     assert "models/presigned/m.bin?" in url and "X-Amz-Signature=" in url, url
     assert "X-Amz-Expires=3600" in url and "X-Amz-Credential=k" in url, url

@@ -467,3 +467,40 @@ fn a_load_that_verified_nothing_says_so() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no stored hash"), "{}", stderr(&o));
 }
+
+/// Terminal escapes in names and paths never reach the terminal: a tensor
+/// named `ESC ]0;TITLE BEL` in `verify`'s failure lines, an output path
+/// holding one in `copy`'s summary.
+#[test]
+fn escapes_in_names_and_paths_are_shown_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.tensors");
+    let hostile = "\u{1b}]0;TITLE\u{7}w";
+    let mut s = Serializer::new();
+    s.write_state_dict([(hostile, TensorData::from_slice(&[4], &[1.0f32; 4]).unwrap())])
+        .unwrap();
+    s.write_to_file(&path).unwrap();
+    // Flip a data byte: verify names the tensor.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = Deserializer::open(&path).unwrap().entries()[0].data_offset as usize;
+    bytes[at] ^= 0xff;
+    let bad = dir.path().join("bad.tensors");
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = run_str(&["verify", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
+    assert!(err.contains("\\u{1b}]0;TITLE\\u{7}w"), "{err}");
+    let out = dir.path().join("out\u{1b}[2J.tensors");
+    let o = run(&[
+        std::ffi::OsStr::new("copy"),
+        path.as_os_str(),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !said.contains('\u{1b}') && said.contains("\\u{1b}[2J"),
+        "{said:?}"
+    );
+}

@@ -248,3 +248,43 @@ fn a_server_claiming_100_gb_and_sending_kilobytes_costs_kilobytes() {
         assert!(peak < 64 << 20, "{args:?}: peak RSS {peak} bytes");
     }
 }
+
+/// A server whose certificate a private CA signed: refused (naming the
+/// certificate problem) until the CA is trusted with `--ca-file` or the
+/// environment's `SSL_CERT_FILE` / `AWS_CA_BUNDLE`.
+#[test]
+fn a_private_ca_is_trusted_through_the_flag_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = support::private_ca(dir.path());
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    model(&www);
+    let nginx = support::Nginx::start_tls(&www, &cert, &key);
+    let url = nginx.url("m.tensors");
+    let tz = |args: &[&str], env: &[(&str, &std::path::Path)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tensorizer"));
+        c.args(args)
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("AWS_CA_BUNDLE")
+            .env_remove("SSL_CERT_DIR");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let refused = tz(&["verify", &url], &[]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("certificate") && err.contains("--ca-file"),
+        "{err}"
+    );
+    let ca_s = ca.to_string_lossy().into_owned();
+    for o in [
+        tz(&["verify", &url, "--ca-file", &ca_s], &[]),
+        tz(&["verify", &url], &[("SSL_CERT_FILE", &ca)]),
+        tz(&["verify", &url], &[("AWS_CA_BUNDLE", &ca)]),
+    ] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}

@@ -105,6 +105,36 @@ fn serialize_then_deserialize_every_rank() {
         &extra,
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
+    assert!(!text(&o).1.contains("warning"), "{}", text(&o).1);
+    // From a file (`@FILE`), a secret in it stays off the command line;
+    // inline, the same secret is warned about.
+    let with_secret = serde_json::json!({
+        "tensorizer_uri": template,
+        "encryption_keyfile": key,
+        "s3_secret_access_key": "not-used-locally",
+    })
+    .to_string();
+    let config = dir.path().join("extra.json");
+    std::fs::write(&config, &with_secret).unwrap();
+    let from_file = format!("@{}", config.display());
+    for (arg, warned) in [(from_file.as_str(), false), (with_secret.as_str(), true)] {
+        let o = run(&[
+            "vllm",
+            "deserialize",
+            "--tensor-parallel-size",
+            "2",
+            "--model-loader-extra-config",
+            arg,
+        ]);
+        let (_, stderr) = text(&o);
+        assert!(o.status.success(), "{stderr}");
+        assert_eq!(
+            stderr.contains("s3_secret_access_key in --model-loader-extra-config"),
+            warned,
+            "{stderr}"
+        );
+        assert!(!stderr.contains("not-used-locally"), "{stderr}");
+    }
 
     // Errors: one line, exit status 1.
     let cases: [(&[&str], &str); 5] = [
@@ -261,5 +291,41 @@ fn deserialize_onto_simulated_gpus() {
         "retained_contexts",
     ] {
         assert_eq!(value(gone), 0, "{gone}: {report}");
+    }
+}
+
+/// A file named `ESC ]0;TITLE BEL notes.txt` in the model directory: the
+/// printed file list and messages show it escaped, never raw.
+#[test]
+fn serialize_prints_hostile_file_names_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_checkpoint(&dir.path().join("m"), Tiny::Qwen2, false);
+    std::fs::write(model.join("\u{1b}]0;TITLE\u{7} notes.txt"), "hi").unwrap();
+    let out = dir.path().join("out");
+    let o = run(&[
+        "vllm",
+        "serialize",
+        "--model",
+        model.to_str().unwrap(),
+        "--serialized-directory",
+        out.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    for shown in [&stdout, &stderr] {
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{shown:?}"
+        );
+    }
+    if o.status.success() {
+        assert!(
+            stdout.contains("\\u{1b}]0;TITLE\\u{7} notes.txt"),
+            "{stdout}"
+        );
+    } else {
+        assert!(
+            stderr.contains("\\u{1b}]0;TITLE\\u{7} notes.txt"),
+            "{stderr}"
+        );
     }
 }
