@@ -148,7 +148,7 @@ impl HttpSource {
     /// [`HttpSource::open`], trusting `trust`'s CA certificates too.
     pub fn open_with(uri: &str, policy: RetryPolicy, trust: &crate::TrustOptions) -> Result<Self> {
         let shown = crate::uri::redact(uri);
-        let client = crate::net::client_builder(&policy, trust)?
+        let client = crate::net::client_builder(&policy, &trust.for_url(uri))?
             .build()
             .map_err(|e| IoError::Protocol {
                 uri: shown.clone(),

@@ -41,6 +41,20 @@ impl TrustOptions {
         self.ca_file.is_none() && self.ca_dir.is_none() && !self.accept_invalid_certs
     }
 
+    /// The trust for requests to `url`: none beyond the defaults over plain
+    /// `http://`, where no certificate is exchanged (a CA file named for
+    /// https endpoints then need not exist, as with curl's `--cacert`).
+    pub fn for_url(&self, url: &str) -> TrustOptions {
+        let plain = url
+            .split_once("://")
+            .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("http"));
+        if plain {
+            TrustOptions::default()
+        } else {
+            self.clone()
+        }
+    }
+
     /// What the environment names, as OpenSSL, curl and the AWS CLI read
     /// it: `AWS_CA_BUNDLE`, else `SSL_CERT_FILE`; `SSL_CERT_DIR`.
     pub fn from_env(env: &dyn crate::Environment) -> Self {

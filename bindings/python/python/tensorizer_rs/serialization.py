@@ -364,7 +364,7 @@ class TensorDeserializer(collections.abc.Mapping):
     def __init__(self, file_obj, device=None, filter_func=None, dtype=None, *,
                  lazy_load=False, plaid_mode=None, plaid_mode_buffers=None,
                  num_readers=None, verify_hash=False, encryption=None,
-                 allow_unauthenticated_meta=(_VLLM_MARKER,)):
+                 allow_unauthenticated_meta=None):
         if encryption is not None and not isinstance(encryption, DecryptionParams):
             raise TypeError(
                 "encryption parameter: expected DecryptionParams instance or None, "
@@ -379,8 +379,14 @@ class TensorDeserializer(collections.abc.Mapping):
         self._lazy_load = lazy_load
         # Encryption authenticates data, not the index: anyone can turn a
         # tensor of an encrypted file into a meta tensor (zeros) without the
-        # key. Those are refused but for the names allowed here (vLLM's
-        # marker, whose value vLLM never reads), or all with True.
+        # key. Those are refused but for the names allowed here (by default
+        # vLLM's marker, whose value vLLM never reads), or all with True;
+        # TENSORIZER_RS_ALLOW_UNAUTHENTICATED_META=1 restores the library's
+        # behaviour (all allowed) for code that cannot pass the argument.
+        if allow_unauthenticated_meta is None:
+            allow_unauthenticated_meta = (
+                True if os.environ.get("TENSORIZER_RS_ALLOW_UNAUTHENTICATED_META") == "1"
+                else (_VLLM_MARKER,))
         allow_all_meta = allow_unauthenticated_meta is True
         allow_meta = [] if allow_all_meta or not allow_unauthenticated_meta else [
             str(n) for n in allow_unauthenticated_meta]

@@ -82,7 +82,10 @@ fn build_store(
         .with_endpoint(config.endpoint.clone())
         .with_retry(cloud::retry_config(policy))
         .with_client_options(cloud::client_options(policy))
-        .with_http_connector(crate::net::Connector::new(policy, trust));
+        .with_http_connector(crate::net::Connector::new(
+            policy,
+            &trust.for_url(&config.endpoint),
+        ));
     match &config.credentials {
         AzureCredentials::AccessKey(key) => builder.with_access_key(key),
         AzureCredentials::Sas(sas) => builder.with_config(AzureConfigKey::SasKey, sas),

@@ -62,8 +62,14 @@ pub(crate) fn object(
             let store = build_store(&bucket, &config, policy, trust).map_err(|e| e.to_string())?;
             let credentials = (config.credentials != GcsCredentials::Anonymous)
                 .then(|| store.credentials().clone());
-            let api = json_api(&config.endpoint, &bucket, credentials, policy, trust)
-                .map_err(|e| e.to_string())?;
+            let api = json_api(
+                &config.endpoint,
+                &bucket,
+                credentials,
+                policy,
+                &trust.for_url(&config.endpoint),
+            )
+            .map_err(|e| e.to_string())?;
             Ok((
                 Arc::new(store) as Arc<dyn cloud::Store>,
                 Upload::GcsResumable(api),
@@ -83,7 +89,10 @@ fn build_store(
         .with_base_url(&config.endpoint)
         .with_retry(cloud::retry_config(policy))
         .with_client_options(cloud::client_options(policy))
-        .with_http_connector(crate::net::Connector::new(policy, trust));
+        .with_http_connector(crate::net::Connector::new(
+            policy,
+            &trust.for_url(&config.endpoint),
+        ));
     match &config.credentials {
         // Explicit empty credentials, so that no file is read at all.
         GcsCredentials::Anonymous => builder.with_skip_signature(true).with_credentials(Arc::new(

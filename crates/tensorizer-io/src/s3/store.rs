@@ -129,7 +129,10 @@ fn build_store(
     .with_region(&config.region)
     .with_retry(cloud::retry_config(policy))
     .with_client_options(cloud::client_options(policy))
-    .with_http_connector(crate::net::Connector::new(policy, trust))
+    .with_http_connector(crate::net::Connector::new(
+        policy,
+        &trust.for_url(&config.bucket_endpoint(bucket).unwrap_or_default()),
+    ))
     .with_virtual_hosted_style_request(config.addressing == Addressing::VirtualHosted);
     if let Some(endpoint) = config.bucket_endpoint(bucket) {
         builder = builder.with_endpoint(endpoint);
