@@ -288,3 +288,39 @@ fn a_private_ca_is_trusted_through_the_flag_or_the_environment() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// Every URI the CLI shows goes through one display type: `inspect
+/// --json`'s `file` field was the raw last segment (a presigned query, or
+/// `alice:s3cr3t@host` for a URI without a path); a password holding `/`
+/// or `#` was shown past them.
+#[test]
+fn uris_are_shown_without_their_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = std::fs::read(model(dir.path())).unwrap();
+    let server = TestServer::start(body, Behavior::default());
+    let port = server.addr.port();
+    for url in [
+        format!("http://127.0.0.1:{port}/m.tensors?X-Amz-Signature=S3CR3T"),
+        format!("http://alice:S3CR3T@127.0.0.1:{port}"),
+        format!("http://alice:pa/S3CR3T@127.0.0.1:{port}/m.tensors"),
+        format!("http://alice:pa#S3CR3T@127.0.0.1:{port}/m.tensors"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_tensorizer"))
+            .args(["inspect", "--json", &url])
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(
+            !out.contains("S3CR3T") && !err.contains("S3CR3T"),
+            "{url}: {out}{err}"
+        );
+        if url.contains('?') {
+            assert!(o.status.success(), "{err}");
+            let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(doc["file"], "m.tensors?***", "{out}");
+        }
+    }
+}
