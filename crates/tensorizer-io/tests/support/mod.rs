@@ -281,38 +281,36 @@ impl Nginx {
             panic!("nginx is not installed: run `cargo xtask test` (installs it) or `apt-get install -y nginx-light`")
         });
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = format!(
-            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
-             uwsgi_temp_path {d}; scgi_temp_path {d}; sendfile on; keepalive_requests 10000;\n\
-             server {{ listen 127.0.0.1:{port}{ssl}; root {root}; {certs} }} }}\n",
-            d = dir.path().display(),
-            root = root.display(),
-            ssl = if tls.is_some() { " ssl" } else { "" },
-            certs = tls.map_or(String::new(), |(cert, key)| format!(
-                "ssl_certificate {}; ssl_certificate_key {};",
-                cert.display(),
-                key.display()
-            )),
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let child = Command::new(nginx)
-            .args([
+        // Written for each port tried (see `spawn_listening`).
+        let conf = |port: &str| {
+            let conf = format!(
+                "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+                 uwsgi_temp_path {d}; scgi_temp_path {d}; sendfile on; keepalive_requests 10000;\n\
+                 server {{ listen 127.0.0.1:{port}{ssl}; root {root}; {certs} }} }}\n",
+                d = dir.path().display(),
+                root = root.display(),
+                ssl = if tls.is_some() { " ssl" } else { "" },
+                certs = tls.map_or(String::new(), |(cert, key)| format!(
+                    "ssl_certificate {}; ssl_certificate_key {};",
+                    cert.display(),
+                    key.display()
+                )),
+            );
+            std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+            // One process, no workers (master_process off): killing it stops
+            // everything, and no orphan keeps the test's output pipes open.
+            [
                 "-c",
                 &dir.path().join("nginx.conf").to_string_lossy(),
                 "-p",
                 &dir.path().to_string_lossy(),
-            ])
-            // One process, no workers (master_process off): killing it stops
-            // everything, and no orphan keeps the test's output pipes open.
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port);
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let (child, port) = spawn_listening(&nginx, conf);
         Self {
             port,
             tls: tls.is_some(),
@@ -496,6 +494,30 @@ impl Drop for Process {
     }
 }
 
+/// `program` with `args(port)` listening on a fresh loopback port it is
+/// the one listening on (see `emulators::listening_child`); at most
+/// `PORT_ATTEMPTS` ports.
+fn spawn_listening(program: &Path, args: impl Fn(&str) -> Vec<String>) -> (Child, u16) {
+    for _ in 0..emulators::PORT_ATTEMPTS {
+        let port = free_port();
+        let args = args(&port.to_string());
+        let mut child = spawn_quiet(
+            program,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        if emulators::listening_child(&mut child, port) {
+            return (child, port);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!(
+        "{} did not start on any of {} fresh ports",
+        program.display(),
+        emulators::PORT_ATTEMPTS
+    )
+}
+
 fn spawn_quiet(program: &Path, args: &[&str]) -> Child {
     Command::new(program)
         .args(args)
@@ -546,14 +568,14 @@ pub fn moto(bucket: &str) -> Process {
         &candidates,
         "moto is not installed: pip install 'moto[server]==5.2.5' into the oracle venv",
     );
-    let port = free_port();
-    let child = spawn_quiet(&program, &["-H", "127.0.0.1", "-p", &port.to_string()]);
+    let (child, port) = spawn_listening(&program, |port| {
+        ["-H", "127.0.0.1", "-p", port].map(String::from).to_vec()
+    });
     let server = Process {
         port,
         child,
         _dir: None,
     };
-    wait_for_port(port);
     let (status, body) = http_request(port, "PUT", &format!("/{bucket}"));
     assert_eq!(status, 200, "creating bucket {bucket} on moto: {body}");
     server
@@ -568,28 +590,26 @@ pub fn s3s_fs(bucket: &str, access_key: &str, secret_key: &str) -> Process {
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join(bucket)).unwrap();
-    let port = free_port();
-    let child = spawn_quiet(
-        &program,
-        &[
+    let (child, port) = spawn_listening(&program, |port| {
+        [
             "--host",
             "127.0.0.1",
             "--port",
-            &port.to_string(),
+            port,
             "--access-key",
             access_key,
             "--secret-key",
             secret_key,
             &dir.path().to_string_lossy(),
-        ],
-    );
-    let server = Process {
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    Process {
         port,
         child,
         _dir: Some(dir),
-    };
-    wait_for_port(port);
-    server
+    }
 }
 
 /// redis-server without persistence.
@@ -608,12 +628,10 @@ pub fn redis_server_with(extra: &[&str]) -> Process {
         "redis-server is not installed: apt-get install -y redis-server",
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = spawn_quiet(
-        &program,
-        &[
+    let (child, port) = spawn_listening(&program, |port| {
+        [
             "--port",
-            &port.to_string(),
+            port,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -625,16 +643,14 @@ pub fn redis_server_with(extra: &[&str]) -> Process {
         ]
         .iter()
         .chain(extra)
-        .copied()
-        .collect::<Vec<_>>(),
-    );
-    let server = Process {
+        .map(|a| a.to_string())
+        .collect()
+    });
+    Process {
         port,
         child,
         _dir: Some(dir),
-    };
-    wait_for_port(port);
-    server
+    }
 }
 
 #[path = "emulators.rs"]
