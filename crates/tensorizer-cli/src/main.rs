@@ -248,7 +248,8 @@ impl StorageArgs {
 enum Command {
     /// List the tensors of a file (name, dtype, shape, type, offsets).
     Inspect {
-        /// The .tensors file: a path or URI.
+        /// A .tensors or .safetensors file, or a checkpoint (a directory,
+        /// an object prefix ending in `/`, an index `.json`): a path or URI.
         file: String,
         /// One JSON document with the fields `oracle_read.py --json` prints
         /// (reads every tensor to hash it).
@@ -260,8 +261,14 @@ enum Command {
     /// Check every stored CRC-32 and SHA-256 (and every MAC of an encrypted
     /// file); exit status 1 names each failing tensor.
     Verify {
-        /// The .tensors file: a path or URI.
+        /// A .tensors or .safetensors file, or a checkpoint (a directory,
+        /// an object prefix ending in `/`, an index `.json`): a path or URI.
+        /// Safetensors files store no hashes: each is checked against its
+        /// Hugging Face cache blob's SHA-256, or `--sha256`.
         file: String,
+        /// The SHA-256 the file must have (64 hex digits; one file only).
+        #[arg(long)]
+        sha256: Option<String>,
         #[command(flatten)]
         key: KeyArgs,
     },
@@ -269,8 +276,12 @@ enum Command {
     /// discard it, and print bytes, seconds and GiB/s: how fast a model
     /// loads from this storage.
     Load {
-        /// The .tensors file: a path or URI.
+        /// A .tensors or .safetensors file, or a checkpoint (a directory,
+        /// an object prefix ending in `/`, an index `.json`): a path or URI.
         file: String,
+        /// The SHA-256 the file must have (64 hex digits; one file only).
+        #[arg(long)]
+        sha256: Option<String>,
         /// Which stored hashes to check while loading.
         #[arg(long, value_enum, default_value_t = VerifyArg::Crc32)]
         verify: VerifyArg,
@@ -538,6 +549,41 @@ fn encryption(secret: Secret, strength: Strength, out: &str) -> Result<Encryptio
 }
 
 /// Opens a path or URI.
+/// True when `uri` names a checkpoint of several files rather than one
+/// file: a local directory, a prefix ending in `/`, an index `.json`.
+fn is_checkpoint(uri: &str) -> bool {
+    let local = !uri.contains("://") || uri.starts_with("file://");
+    uri.ends_with('/')
+        || uri.ends_with(".json")
+        || (local && Path::new(uri.trim_start_matches("file://")).is_dir())
+}
+
+/// `--sha256 HEX`, parsed.
+fn expected_sha256(hex: Option<&str>) -> Result<Option<[u8; 32]>, Error> {
+    hex.map(|h| {
+        tensorizer::parse_sha256(h).ok_or_else(|| Error::Checkpoint {
+            uri: "--sha256".into(),
+            message: "expected 64 hex digits".into(),
+        })
+    })
+    .transpose()
+}
+
+/// A checkpoint, with the key settings of `key` on every shard.
+fn open_checkpoint(
+    uri: &str,
+    key: &KeyArgs,
+    storage: &StorageOptions,
+) -> Result<tensorizer::Checkpoint, Error> {
+    if key.secret()?.is_some() {
+        return Err(Error::Checkpoint {
+            uri: shown(uri).to_string(),
+            message: "keys apply to one .tensors file; give the file's URI".into(),
+        });
+    }
+    tensorizer::Checkpoint::open_uri_with(uri, storage)
+}
+
 fn open(file: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<Deserializer, Error> {
     let defaults = tensorizer::KdfLimits::default();
     let d = Deserializer::open_uri_with(file, storage)?
@@ -566,13 +612,21 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Vllm { command } => return vllm::run(command, &storage),
         Command::Inspect { file, json, key } => inspect(&file, json, &key, &storage),
-        Command::Verify { file, key } => verify(&file, &key, &storage),
+        Command::Verify { file, sha256, key } => verify(&file, sha256.as_deref(), &key, &storage),
         Command::Load {
             file,
+            sha256,
             verify,
             num_readers,
             key,
-        } => load(&file, verify, num_readers, &key, &storage),
+        } => load(
+            &file,
+            sha256.as_deref(),
+            verify,
+            num_readers,
+            &key,
+            &storage,
+        ),
         Command::Copy { input, output } => (|| {
             let started = Instant::now();
             let (bar, callback) = progress_callback("copying");
@@ -837,18 +891,28 @@ fn keygen(path: &Path, force: bool) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(
-    path: &str,
-    as_json: bool,
-    key: &KeyArgs,
-    storage: &StorageOptions,
-) -> Result<ExitCode, Error> {
-    let d = open(path, key, storage)?;
+/// The text `inspect` prints for one file: a summary line, then a line
+/// per tensor.
+fn describe(d: &Deserializer) -> Result<String, Error> {
+    let path = d.path().to_string_lossy().into_owned();
     let header = &d.metadata().header;
-    if !as_json {
-        let mut out = format!(
+    let mut out = match d.format() {
+        tensorizer::FileFormat::Safetensors { metadata } => format!(
+            "{}: safetensors, {} tensors, {} bytes of tensor data{}",
+            shown(&path),
+            d.len(),
+            header.tensor_size,
+            metadata
+                .as_ref()
+                .map(|m| format!(
+                    ", metadata {}",
+                    printable(&serde_json::to_string(m).unwrap_or_default())
+                ))
+                .unwrap_or_default()
+        ),
+        tensorizer::FileFormat::Tensorizer => format!(
             "{}: version {}, flags {}, {} tensors, {} bytes of tensor data{}",
-            shown(path),
+            shown(&path),
             header.version.get(),
             header.flags.bits(),
             d.len(),
@@ -858,22 +922,54 @@ fn inspect(
             } else {
                 ""
             }
+        ),
+    };
+    for (i, e) in d.entries().iter().enumerate() {
+        let h = d.read_header(i)?;
+        out += &format!(
+            "\n  {:<48} {:<10} {:<16} {:<10} idx={:<5} data@{}+{}{}",
+            printable(&e.name.to_string()),
+            e.dtype.dtype().torch_name(),
+            e.shape.to_string(),
+            e.tensor_type.name(),
+            h.module_idx,
+            e.data_offset,
+            e.data_length,
+            if e.is_meta() { " (meta)" } else { "" }
         );
-        for (i, e) in d.entries().iter().enumerate() {
-            let h = d.read_header(i)?;
-            out += &format!(
-                "\n  {:<48} {:<10} {:<16} {:<10} idx={:<5} data@{}+{}{}",
-                printable(&e.name.to_string()),
-                e.dtype.dtype().torch_name(),
-                e.shape.to_string(),
-                e.tensor_type.name(),
-                h.module_idx,
-                e.data_offset,
-                e.data_length,
-                if e.is_meta() { " (meta)" } else { "" }
-            );
+    }
+    Ok(out)
+}
+
+fn inspect(
+    path: &str,
+    as_json: bool,
+    key: &KeyArgs,
+    storage: &StorageOptions,
+) -> Result<ExitCode, Error> {
+    if is_checkpoint(path) {
+        if as_json {
+            return Err(Error::Checkpoint {
+                uri: shown(path).to_string(),
+                message: "inspect --json describes one file: give a shard's URI".into(),
+            });
         }
-        emit(&out);
+        let c = open_checkpoint(path, key, storage)?;
+        emit(&format!(
+            "{}: checkpoint of {} files, {} tensors, {} bytes of tensor data",
+            shown(path),
+            c.shards().len(),
+            c.len(),
+            c.tensor_bytes()
+        ));
+        for d in c.shards() {
+            emit(&describe(d)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let d = open(path, key, storage)?;
+    if !as_json {
+        emit(&describe(&d)?);
         return Ok(ExitCode::SUCCESS);
     }
     // Every tensor is hashed (its bytes, for the `sha256` field) and
@@ -884,7 +980,14 @@ fn inspect(
         .verify(Verify::All)
         .on_progress(move |p: &tensorizer::Progress<'_>| callback(p));
     let header = &d.metadata().header;
-    let checks = d.check_strict(|_| true, true);
+    // A safetensors file stores no hashes: its tensors are read and hashed,
+    // and `verified` stays null.
+    let safetensors = matches!(d.format(), tensorizer::FileFormat::Safetensors { .. });
+    let checks = if safetensors {
+        d.check(|_| true, true)
+    } else {
+        d.check_strict(|_| true, true)
+    };
     bar.finish_and_clear();
     let mut tensors = Vec::with_capacity(d.len());
     let mut failed = 0;
@@ -915,6 +1018,7 @@ fn inspect(
             "checked": check.stored.map(|s| s.names()).unwrap_or_default(),
         });
         match &check.outcome {
+            Ok(()) if safetensors => rec["verified"] = Value::Null,
             Ok(()) => rec["verified"] = true.into(),
             // Listing an encrypted file needs no key; checking its data would.
             Err(Error::Encrypted { .. }) => rec["verified"] = Value::Null,
@@ -933,6 +1037,7 @@ fn inspect(
         "file_size": size,
         "file_sha256": file_sha256(d.source())?,
         "reader": concat!("tensorizer-rs ", env!("CARGO_PKG_VERSION")),
+        "format": if safetensors { "safetensors" } else { "tensorizer" },
         "magic_ok": true,
         "format_version": header.version.get(),
         "feature_flags": header.flags.bits(),
@@ -954,14 +1059,93 @@ fn inspect(
 
 /// Checks every tensor on all cores (each hashed while later reads are in
 /// flight), one line per failing tensor.
-fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCode, Error> {
-    let started = Instant::now();
+fn verify(
+    path: &str,
+    sha256: Option<&str>,
+    key: &KeyArgs,
+    storage: &StorageOptions,
+) -> Result<ExitCode, Error> {
+    let expected = expected_sha256(sha256)?;
+    if is_checkpoint(path) {
+        if expected.is_some() {
+            return Err(Error::Checkpoint {
+                uri: shown(path).to_string(),
+                message: "--sha256 names one file's digest: give the file's URI".into(),
+            });
+        }
+        let (bar, callback) = progress_callback("verifying");
+        let c = open_checkpoint(path, key, storage)?
+            .verify(Verify::All)
+            .on_progress(move |p: &tensorizer::Progress<'_>| callback(p));
+        // Shards are verified one after another, each on all cores.
+        let mut failed = false;
+        let shards: Vec<_> = c.shards().iter().collect();
+        for d in shards {
+            failed |= verify_file(d, &bar)? != ExitCode::SUCCESS;
+        }
+        bar.finish_and_clear();
+        if failed {
+            eprintln!("tensorizer: {}: verification failed", shown(path));
+            return Ok(ExitCode::FAILURE);
+        }
+        println!("{}: {} files OK", shown(path), c.shards().len());
+        return Ok(ExitCode::SUCCESS);
+    }
     let (bar, callback) = progress_callback("verifying");
-    let d = open(path, key, storage)?
+    let mut d = open(path, key, storage)?
         .verify(Verify::All)
         .on_progress(move |p: &tensorizer::Progress<'_>| callback(p));
-    let checks = d.check_strict(|_| true, false);
+    if let Some(digest) = expected {
+        d = d.expect_sha256(digest);
+    }
+    let code = verify_file(&d, &bar)?;
     bar.finish_and_clear();
+    Ok(code)
+}
+
+/// Verifies one file: a tensorizer file's stored hashes and MACs, a
+/// safetensors file's SHA-256 (which must be known); one line per
+/// failure, one summary line.
+fn verify_file(d: &Deserializer, bar: &ProgressBar) -> Result<ExitCode, Error> {
+    let started = Instant::now();
+    let path = &d.path().to_string_lossy().into_owned();
+    if matches!(d.format(), tensorizer::FileFormat::Safetensors { .. }) {
+        let Some(expected) = d.expected_sha256() else {
+            bar.suspend(|| {
+                eprintln!(
+                    "tensorizer: {}: a safetensors file stores no hashes: nothing verifies it \
+                     (give --sha256 HEX, or read it from a Hugging Face cache snapshot, whose blobs \
+                     are named by their SHA-256)",
+                    shown(path)
+                )
+            });
+            return Ok(ExitCode::FAILURE);
+        };
+        let checks = d.check(|_| true, false);
+        let failures: Vec<_> = checks
+            .iter()
+            .filter_map(|c| c.outcome.as_ref().err())
+            .collect();
+        for err in &failures {
+            bar.suspend(|| eprintln!("tensorizer: {}", printable(&err.to_string())));
+        }
+        if !failures.is_empty() {
+            return Ok(ExitCode::FAILURE);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let size = d.source().len();
+        bar.suspend(|| {
+            println!(
+                "{}: SHA-256 {} OK, {} tensors, {size} bytes in {secs:.2} s ({:.2} GiB/s)",
+                shown(path),
+                hex(&expected),
+                d.len(),
+                size as f64 / secs / (1u64 << 30) as f64
+            )
+        });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let checks = d.check_strict(|_| true, false);
     let mut failures = 0;
     let mut without_key = 0;
     for check in &checks {
@@ -991,6 +1175,7 @@ fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCod
         );
         return Ok(ExitCode::FAILURE);
     }
+    let _ = bar;
     // Bytes whose hashes or MACs were checked: stored data, not the zeros
     // a meta tensor claims.
     let total: u64 = checks
@@ -1034,13 +1219,46 @@ fn verify(path: &str, key: &KeyArgs, storage: &StorageOptions) -> Result<ExitCod
 
 fn load(
     path: &str,
+    sha256: Option<&str>,
     verify: VerifyArg,
     num_readers: Option<usize>,
     key: &KeyArgs,
     storage: &StorageOptions,
 ) -> Result<ExitCode, Error> {
     let started = Instant::now();
+    let expected = expected_sha256(sha256)?;
+    if is_checkpoint(path) {
+        let mut c = open_checkpoint(path, key, storage)?.verify(verify.into());
+        if let Some(n) = num_readers {
+            c = c.num_readers(n);
+        }
+        let opened = started.elapsed().as_secs_f64();
+        let (bar, callback) = progress_callback("loading");
+        let c = c.on_progress(move |p: &tensorizer::Progress<'_>| callback(p));
+        let tensors = c.read_all();
+        let secs = started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let tensors = tensors?;
+        let bytes: u64 = tensors.iter().map(|t| t.as_bytes().len() as u64).sum();
+        let hashed = c
+            .shards()
+            .iter()
+            .filter(|d| d.expected_sha256().is_some())
+            .count();
+        println!(
+            "{}: {} files, {} tensors, {bytes} bytes in {secs:.3} s ({:.2} GiB/s; open {:.3} s; {hashed} files checked against their SHA-256)",
+            shown(path),
+            c.shards().len(),
+            tensors.len(),
+            bytes as f64 / secs / (1u64 << 30) as f64,
+            opened,
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut d = open(path, key, storage)?.verify(verify.into());
+    if let Some(digest) = expected {
+        d = d.expect_sha256(digest);
+    }
     if let Some(n) = num_readers {
         d = d.num_readers(n);
     }
@@ -1052,7 +1270,10 @@ fn load(
     bar.finish_and_clear();
     let tensors = tensors?;
     let bytes: u64 = tensors.iter().map(|t| t.as_bytes().len() as u64).sum();
-    if !matches!(verify, VerifyArg::None) && d.verified_tensors() == 0 {
+    if !matches!(verify, VerifyArg::None)
+        && d.verified_tensors() == 0
+        && d.expected_sha256().is_none()
+    {
         eprintln!(
             "warning: {}: nothing was verified: no tensor stores a hash that --verify {} checks \
              (nor a MAC)",

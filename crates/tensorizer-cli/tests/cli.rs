@@ -504,3 +504,83 @@ fn escapes_in_names_and_paths_are_shown_escaped() {
         "{said:?}"
     );
 }
+
+/// A small safetensors file of two tensors.
+fn safetensors_file(path: &Path, seed: u8) -> Vec<u8> {
+    use safetensors::tensor::{Dtype as St, TensorView};
+    let a: Vec<u8> = (0..64u8).map(|i| i.wrapping_add(seed)).collect();
+    let b: Vec<u8> = (0..12u8).map(|i| i ^ seed).collect();
+    let names = [format!("w{seed}"), format!("b{seed}")];
+    let views = vec![
+        (
+            names[0].clone(),
+            TensorView::new(St::F32, vec![4, 4], &a).unwrap(),
+        ),
+        (
+            names[1].clone(),
+            TensorView::new(St::I16, vec![6], &b).unwrap(),
+        ),
+    ];
+    let bytes = safetensors::tensor::serialize(views, None).unwrap();
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn inspect_load_and_verify_take_safetensors_checkpoints() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let one = safetensors_file(&model.join("model-00001-of-00002.safetensors"), 1);
+    safetensors_file(&model.join("model-00002-of-00002.safetensors"), 2);
+    let model_s = model.to_string_lossy().into_owned();
+    let out = run_str(&["inspect", &model_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("checkpoint of 2 files, 4 tensors")
+            && text.contains("safetensors, 2 tensors"),
+        "{text}"
+    );
+    let out = run_str(&["load", &model_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 files, 4 tensors, 152 bytes"));
+    // Safetensors stores no hashes: verify says so unless a digest is known.
+    let out = run_str(&["verify", &model_s]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("stores no hashes"),
+        "{}",
+        stderr(&out)
+    );
+    let file = model.join("model-00001-of-00002.safetensors");
+    let file_s = file.to_string_lossy().into_owned();
+    let digest: String = sha2::Sha256::digest(&one)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = run_str(&["verify", "--sha256", &digest, &file_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("SHA-256"),
+        "{:?}",
+        out
+    );
+    let wrong = "0".repeat(64);
+    for cmd in ["verify", "load"] {
+        let out = run_str(&[cmd, "--sha256", &wrong, &file_s]);
+        assert!(!out.status.success(), "{cmd}");
+        assert!(
+            stderr(&out).contains("expected 0000"),
+            "{cmd}: {}",
+            stderr(&out)
+        );
+    }
+    let out = run_str(&["inspect", "--json", &file_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["format"], "safetensors");
+    assert_eq!(doc["file_sha256"], digest);
+    assert_eq!(doc["tensors"][0]["verified"], Value::Null);
+}

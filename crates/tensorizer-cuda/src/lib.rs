@@ -367,6 +367,7 @@ struct RingInner {
     free: Mutex<Vec<Slot>>,
     returned: Condvar,
     size: usize,
+    count: usize,
 }
 
 /// A fixed set of pinned host buffers that readers fill and copies drain.
@@ -403,6 +404,7 @@ impl StagingRing {
                 free: Mutex::new(free),
                 returned: Condvar::new(),
                 size,
+                count: count.max(1),
             }),
         })
     }
@@ -410,6 +412,11 @@ impl StagingRing {
     /// Bytes per buffer.
     pub fn buffer_size(&self) -> usize {
         self.inner.size
+    }
+
+    /// Number of buffers.
+    pub fn buffer_count(&self) -> usize {
+        self.inner.count
     }
 
     /// A buffer for `len` bytes, once one is free and its last copy is done.

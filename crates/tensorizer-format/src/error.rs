@@ -144,6 +144,14 @@ pub enum FormatError {
         /// What exceeds the format's limits.
         reason: String,
     },
+    /// A safetensors header that breaks one of its rules.
+    #[error("safetensors header: {}{reason}", if tensor.is_empty() { String::new() } else { format!("tensor {tensor:?}: ") })]
+    InvalidSafetensors {
+        /// The tensor concerned (empty for the header as a whole).
+        tensor: String,
+        /// The rule broken, with the values that break it.
+        reason: String,
+    },
 }
 
 /// Shorthand for results of this crate.

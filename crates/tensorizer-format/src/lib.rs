@@ -12,6 +12,7 @@ mod hash;
 mod index;
 mod path;
 mod plan;
+pub mod safetensors;
 mod tensor_header;
 
 pub use crypt_info::{

@@ -79,5 +79,16 @@ pub enum IoError {
     },
 }
 
+impl IoError {
+    /// True when the object or file does not exist (HTTP 404, `ENOENT`).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            IoError::Local { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            IoError::Remote { status, .. } => *status == Some(404),
+            _ => false,
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = IoError> = std::result::Result<T, E>;

@@ -320,6 +320,39 @@ pub fn exists(uri: &str, options: &StorageOptions) -> Result<bool> {
     }
 }
 
+/// The names (relative to `prefix`, sorted) and sizes of the objects
+/// directly under `prefix`, a "directory" of an object store (`s3://b/m/`)
+/// or a local directory (regular files only; links are the caller's to
+/// judge). HTTP has no listing: read an index file there instead.
+pub fn list(prefix: &str, options: &StorageOptions) -> Result<Vec<(String, u64)>> {
+    let _ = options;
+    match Backend::of(prefix)? {
+        Backend::Local(path) => {
+            let err = |source| IoError::Local {
+                uri: prefix.to_owned(),
+                action: "listing the directory".into(),
+                source,
+            };
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(path).map_err(err)? {
+                let entry = entry.map_err(err)?;
+                let meta = entry.metadata().map_err(err)?;
+                if meta.is_file() {
+                    out.push((entry.file_name().to_string_lossy().into_owned(), meta.len()));
+                }
+            }
+            out.sort();
+            Ok(out)
+        }
+        #[cfg(feature = "object-store")]
+        Backend::Object => cloud::list(prefix, options),
+        Backend::Http | Backend::Redis => Err(IoError::Unsupported {
+            uri: prefix.to_owned(),
+            message: "HTTP and Redis have no listing: name the files, or an index file".into(),
+        }),
+    }
+}
+
 /// Copies the object `from` to `to` without moving its bytes through this
 /// process where the store allows: a hard link between local paths (a
 /// plain copy across file systems), a server-side copy within one bucket

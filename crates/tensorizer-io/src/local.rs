@@ -31,7 +31,21 @@ impl LocalFile {
             }
         };
         let file = File::open(path).map_err(err("opening"))?;
-        let len = file.metadata().map_err(err("reading the file size"))?.len();
+        Self::from_file(file, path)
+    }
+
+    /// Reads an already open `file` (one opened under rules of the
+    /// caller's, such as beneath a model directory), shown as `path`.
+    pub fn from_file(file: File, path: &Path) -> Result<Self> {
+        let uri = path.display().to_string();
+        let len = file
+            .metadata()
+            .map_err(|source| IoError::Local {
+                uri: uri.clone(),
+                action: "reading the file size".into(),
+                source,
+            })?
+            .len();
         Ok(Self { uri, file, len })
     }
 }

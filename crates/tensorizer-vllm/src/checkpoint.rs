@@ -65,12 +65,12 @@ impl Checkpoint {
             dir: dir.to_path_buf(),
             message,
         };
-        let text = crate::model_dir::read(dir, "config.json", "the model's config", MAX_JSON)?;
+        let text = tensorizer::model_dir::read(dir, "config.json", "the model's config", MAX_JSON)?;
         let config = ModelConfig::parse(&String::from_utf8_lossy(&text))?;
         let indexed = indexed_tensors(dir)?;
         let names = weight_files(dir, indexed.as_deref())?;
         if names.is_empty() {
-            let pickles: Vec<String> = crate::model_dir::list_files(dir)?
+            let pickles: Vec<String> = tensorizer::model_dir::list_files(dir)?
                 .into_iter()
                 .filter(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth"))
                 .collect();
@@ -89,7 +89,7 @@ impl Checkpoint {
         let mut tensors = BTreeMap::new();
         for name in names {
             let path = dir.join(&name);
-            let file = crate::model_dir::open(dir, &name, "a weight file")?;
+            let file = tensorizer::model_dir::open(dir, &name, "a weight file")?;
             // SAFETY: read-only map of a file we do not write; like every
             // mmap reader, the checkpoint must not be truncated meanwhile.
             let map = unsafe { Mmap::map(&file) }.map_err(io_error(&path, "mapping"))?;
@@ -202,7 +202,7 @@ impl Checkpoint {
     /// The files beside the weights that `serialize_extra_artifacts` copies:
     /// every top-level file not matching its ignore patterns.
     pub fn artifacts(&self) -> Result<Vec<PathBuf>> {
-        Ok(crate::model_dir::list_files(&self.dir)?
+        Ok(tensorizer::model_dir::list_files(&self.dir)?
             .into_iter()
             .filter(|n| !ARTIFACT_IGNORE.iter().any(|suffix| n.ends_with(suffix)))
             .map(|n| self.dir.join(n))
@@ -219,7 +219,7 @@ fn indexed_tensors(dir: &Path) -> Result<Option<Vec<(String, String)>>> {
     if std::fs::symlink_metadata(&index).is_err() {
         return Ok(None);
     }
-    let text = crate::model_dir::read(
+    let text = tensorizer::model_dir::read(
         dir,
         "model.safetensors.index.json",
         "the weight index",
@@ -263,7 +263,7 @@ fn weight_files(dir: &Path, indexed: Option<&[(String, String)]>) -> Result<Vec<
         }
         return Ok(files);
     }
-    Ok(crate::model_dir::list_files(dir)?
+    Ok(tensorizer::model_dir::list_files(dir)?
         .into_iter()
         .filter(|n| n.ends_with(".safetensors"))
         .collect())
@@ -303,8 +303,12 @@ pub fn resolve_model_dir(
         // A few bytes of a regular file of the repository (not a FIFO that
         // blocks, nor /dev/zero that never ends), never shown: whatever it
         // holds instead of a hash may be anything.
-        let revision =
-            crate::model_dir::read(&repo_dir, "refs/main", "the revision file refs/main", 128)?;
+        let revision = tensorizer::model_dir::read(
+            &repo_dir,
+            "refs/main",
+            "the revision file refs/main",
+            128,
+        )?;
         // A commit hash, nothing else: `refs/main` is a path component
         // below, and `../..` there would leave the cache.
         let revision = String::from_utf8_lossy(&revision);

@@ -5,7 +5,6 @@ pub mod checkpoint;
 pub mod config;
 mod deserialize;
 mod error;
-mod model_dir;
 mod pyjson;
 mod rotary;
 pub mod rules;

@@ -190,14 +190,14 @@ pub fn serialize(
     // model's own (no link out of its directory, no device or FIFO)...
     for artifact in checkpoint.artifacts()? {
         if let Some(name) = artifact.file_name() {
-            crate::model_dir::open(checkpoint.dir(), &name.to_string_lossy(), "a model file")?;
+            tensorizer::model_dir::open(checkpoint.dir(), &name.to_string_lossy(), "a model file")?;
         }
     }
     if let Some(lora) = &opts.lora_path
         && std::fs::symlink_metadata(lora.join("adapter_model.safetensors")).is_ok()
     {
-        crate::model_dir::open(lora, "adapter_config.json", "the adapter config")?;
-        crate::model_dir::open(lora, "adapter_model.safetensors", "the adapter weights")?;
+        tensorizer::model_dir::open(lora, "adapter_config.json", "the adapter config")?;
+        tensorizer::model_dir::open(lora, "adapter_model.safetensors", "the adapter weights")?;
     }
     // ...and no file this run would write exists (unless --overwrite).
     if !opts.overwrite {
@@ -324,7 +324,8 @@ pub fn serialize(
             .to_string_lossy()
             .into_owned();
         // Only the model's own files (no link out of its directory).
-        let bytes = crate::model_dir::read(checkpoint.dir(), &name, "a model file", MAX_ARTIFACT)?;
+        let bytes =
+            tensorizer::model_dir::read(checkpoint.dir(), &name, "a model file", MAX_ARTIFACT)?;
         let uri = format!("{directory}/{name}");
         write_object(&uri, &bytes, &opts.storage)?;
         files.push((uri, bytes.len() as u64));
@@ -433,12 +434,14 @@ pub fn tensorize_lora_adapter(
             "no adapter_model.safetensors here".into()
         }));
     }
-    let text = crate::model_dir::read(lora, "adapter_config.json", "the adapter config", 1 << 20)?;
+    let text =
+        tensorizer::model_dir::read(lora, "adapter_config.json", "the adapter config", 1 << 20)?;
     let config = crate::pyjson::dumps(&String::from_utf8_lossy(&text))?;
     let config_uri = format!("{directory}/adapter_config.json");
     write_object(&config_uri, config.as_bytes(), storage)?;
 
-    let file = crate::model_dir::open(lora, "adapter_model.safetensors", "the adapter weights")?;
+    let file =
+        tensorizer::model_dir::open(lora, "adapter_model.safetensors", "the adapter weights")?;
     // SAFETY: read-only map of a file we do not write, for this call only.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(&weights, "mapping"))?;
     let st = safetensors::SafeTensors::deserialize(&map)

@@ -151,6 +151,10 @@ impl Destination for GpuDestination<'_> {
         self.ring.buffer_size()
     }
 
+    fn buffers_limit(&self) -> Option<usize> {
+        Some(self.ring.buffer_count())
+    }
+
     fn complete_piece(&self, index: usize, offset: usize, buffer: Staging) -> Result<()> {
         self.upload(index, offset, buffer, || format!("tensor #{index}"))
     }

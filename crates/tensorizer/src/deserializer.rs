@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use tensorizer_format::safetensors::SafetensorsHeader;
 use tensorizer_format::{
     Dtype, HashKind, IndexEntry, Metadata, TensorHeader, TensorPath, parse_header_at,
 };
@@ -173,6 +174,7 @@ enum Work {
 pub struct Deserializer {
     path: PathBuf,
     source: Box<dyn RangeSource>,
+    format: FileFormat,
     metadata: Metadata,
     by_path: HashMap<TensorPath, usize>,
     verify: Verify,
@@ -187,6 +189,24 @@ pub struct Deserializer {
     /// Tensors whose bytes were checked against a stored hash or MAC.
     verified: std::sync::atomic::AtomicUsize,
     pieces: std::sync::OnceLock<rayon::ThreadPool>,
+    /// The SHA-256 the whole file must have (see [`Deserializer::expect_sha256`]).
+    expected_sha256: Option<[u8; 32]>,
+}
+
+/// What kind of file a [`Deserializer`] reads. Both load through the same
+/// plan, reads, checks and destinations; they differ in where a tensor's
+/// description lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileFormat {
+    /// A tensorizer `.tensors` file: an index up front, a header (hashes,
+    /// crypt info) before each tensor's data.
+    Tensorizer,
+    /// A Hugging Face safetensors file: one JSON header up front, the
+    /// tensors' bytes back to back, no hashes.
+    Safetensors {
+        /// Its `__metadata__` map, if any.
+        metadata: Option<std::collections::BTreeMap<String, String>>,
+    },
 }
 
 /// The progress callback, printable in `Debug` output.
@@ -269,12 +289,23 @@ impl Deserializer {
 
     /// Reads from any [`RangeSource`]: parses the header and index with one
     /// small read plus one read of the index.
+    ///
+    /// Safetensors files are recognised by their first bytes (a length and
+    /// a JSON object) and read through the same engine: see [`FileFormat`].
     pub fn from_source(source: Box<dyn RangeSource>) -> Result<Self> {
         let path = PathBuf::from(source.uri());
         let file_len = source.len();
         let first = source
             .read_range(0, tensorizer_format::INDEX_OFFSET.min(file_len))
             .map_err(source_error("reading the file header"))?;
+        // Not a tensorizer file, and a JSON object after the length (or the
+        // name says so): a safetensors file, whose errors then say what is
+        // wrong with it as one.
+        let safetensors = first.get(8) == Some(&b'{')
+            || source.uri().to_ascii_lowercase().ends_with(".safetensors");
+        if !first.starts_with(&tensorizer_format::MAGIC) && safetensors {
+            return Self::open_safetensors(source, path, &first);
+        }
         let prologue_len = Metadata::prologue_len(&first).map_err(format_error(&path))?;
         if prologue_len > file_len {
             return Err(Error::Format {
@@ -297,15 +328,58 @@ impl Deserializer {
         if metadata.entries.is_empty() {
             return Err(Error::EmptyIndex { path });
         }
+        Ok(Self::with_index(
+            source,
+            path,
+            FileFormat::Tensorizer,
+            metadata,
+        ))
+    }
+
+    /// A safetensors file whose first bytes are `first`: its JSON header is
+    /// read with one request (bounded by the file's size and 100 MB) and
+    /// becomes an index whose records have no header of their own.
+    fn open_safetensors(source: Box<dyn RangeSource>, path: PathBuf, first: &[u8]) -> Result<Self> {
+        use tensorizer_format::safetensors::PREFIX_LEN;
+        let file_len = source.len();
+        let json_len = SafetensorsHeader::json_len(first, file_len).map_err(format_error(&path))?;
+        let json = source
+            .read_range(PREFIX_LEN, json_len)
+            .map_err(source_error("reading the safetensors header"))?;
+        let header = SafetensorsHeader::parse(&json, file_len).map_err(format_error(&path))?;
+        let entries = header.index_entries();
+        let metadata = Metadata {
+            header: tensorizer_format::FileHeader {
+                version: tensorizer_format::FormatVersion::NON_OPAQUE,
+                flags: tensorizer_format::FeatureFlags::default(),
+                tensor_size: entries.iter().map(|e| e.data_length).sum(),
+                tensor_count: entries.len() as u64,
+            },
+            index_len: json_len,
+            entries,
+        };
+        let format = FileFormat::Safetensors {
+            metadata: header.metadata,
+        };
+        Ok(Self::with_index(source, path, format, metadata))
+    }
+
+    fn with_index(
+        source: Box<dyn RangeSource>,
+        path: PathBuf,
+        format: FileFormat,
+        metadata: Metadata,
+    ) -> Self {
         let by_path = metadata
             .entries
             .iter()
             .enumerate()
             .map(|(i, e)| (e.name.path().clone(), i))
             .collect();
-        Ok(Self {
+        Self {
             path,
             source,
+            format,
             metadata,
             by_path,
             verify: Verify::default(),
@@ -319,7 +393,8 @@ impl Deserializer {
             unauthenticated_meta: UnauthenticatedMeta::default(),
             verified: 0.into(),
             pieces: std::sync::OnceLock::new(),
-        })
+            expected_sha256: None,
+        }
     }
 
     /// Decrypts with `decryption` (a key, or a passphrase whose key is
@@ -369,6 +444,22 @@ impl Deserializer {
         self
     }
 
+    /// The SHA-256 the whole file must have: loads and checks that read
+    /// every tensor hash the file in order as its bytes arrive and fail
+    /// on a mismatch (at their end: a streaming consumer has seen the
+    /// tensors by then, and must drop them). For safetensors files, which
+    /// store no hashes; a load of some tensors only cannot check it, and
+    /// says so in a warning.
+    pub fn expect_sha256(mut self, digest: [u8; 32]) -> Self {
+        self.expected_sha256 = Some(digest);
+        self
+    }
+
+    /// The SHA-256 set by [`Deserializer::expect_sha256`].
+    pub fn expected_sha256(&self) -> Option<[u8; 32]> {
+        self.expected_sha256
+    }
+
     /// Sets which hashes to check (default [`Verify::Crc32`]).
     pub fn verify(mut self, verify: Verify) -> Self {
         self.verify = verify;
@@ -401,9 +492,14 @@ impl Deserializer {
     }
 
     fn readers(&self) -> usize {
+        self.num_readers.unwrap_or_else(|| self.default_readers())
+    }
+
+    /// Readers when none were set: the source's preferred concurrency, at
+    /// least the number of cores.
+    pub(crate) fn default_readers(&self) -> usize {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-        self.num_readers
-            .unwrap_or_else(|| self.source.hints().concurrency.max(cores))
+        self.source.hints().concurrency.max(cores)
     }
 
     /// The pool that reads (and decrypts) the pieces of one tensor.
@@ -444,6 +540,15 @@ impl Deserializer {
         self.verified.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether this is a tensorizer or a safetensors file.
+    pub fn format(&self) -> &FileFormat {
+        &self.format
+    }
+
+    fn is_safetensors(&self) -> bool {
+        matches!(self.format, FileFormat::Safetensors { .. })
+    }
+
     /// The file's path or URI.
     pub fn path(&self) -> &Path {
         &self.path
@@ -469,7 +574,8 @@ impl Deserializer {
         self.metadata.entries.len()
     }
 
-    /// Always false: files without tensors are refused by [`Deserializer::open`].
+    /// True for a safetensors file without tensors (tensorizer files
+    /// without tensors are refused by [`Deserializer::open`]).
     pub fn is_empty(&self) -> bool {
         self.metadata.entries.is_empty()
     }
@@ -482,6 +588,9 @@ impl Deserializer {
     /// Reads and checks the per-tensor header of tensor `i` (not its data).
     pub fn read_header(&self, i: usize) -> Result<TensorHeader> {
         let entry = &self.metadata.entries[i];
+        if self.is_safetensors() {
+            return Ok(headerless(entry));
+        }
         self.check_header_size(entry)?;
         let bytes = self
             .source
@@ -951,6 +1060,26 @@ impl Deserializer {
         self.read_indices(&selected, &tracker, self.readers())
     }
 
+    /// [`Deserializer::read_filtered`] with `readers` threads (default:
+    /// [`Deserializer::num_readers`]'s).
+    pub(crate) fn read_filtered_with(
+        &self,
+        filter: impl Fn(&IndexEntry) -> bool + Sync,
+        readers: Option<usize>,
+    ) -> Result<Vec<Tensor>> {
+        let selected: Vec<usize> = (0..self.len())
+            .filter(|&i| filter(&self.metadata.entries[i]))
+            .collect();
+        let tracker = self.tracker(&selected);
+        self.read_indices(
+            &selected,
+            &tracker,
+            self.num_readers
+                .or(readers)
+                .unwrap_or_else(|| self.readers()),
+        )
+    }
+
     /// Reads `indices` (file order) on `pool` into host memory.
     fn read_indices(
         &self,
@@ -976,7 +1105,10 @@ impl Deserializer {
     }
 
     /// [`Deserializer::load_indices`]; with `keep_going`, a tensor that
-    /// fails is handed to it and the load goes on with the others.
+    /// fails is handed to it and the load goes on with the others. With an
+    /// expected SHA-256 ([`Deserializer::expect_sha256`]) and every tensor
+    /// selected, the file is hashed in order on the way and a mismatch
+    /// fails the load.
     fn load_indices_with<D: Destination>(
         &self,
         dest: &D,
@@ -985,17 +1117,81 @@ impl Deserializer {
         readers: usize,
         keep_going: Option<&(dyn Fn(usize, Error) + Sync)>,
     ) -> Result<()> {
+        let Some(expected) = self.expected_sha256 else {
+            return self.run_plan(dest, indices, tracker, readers, keep_going, false);
+        };
+        if indices.len() < self.len() {
+            tracing::warn!(
+                file = %self.path.display(),
+                "the file's SHA-256 is not checked: this load reads {} of its {} tensors",
+                indices.len(),
+                self.len()
+            );
+            return self.run_plan(dest, indices, tracker, readers, keep_going, false);
+        }
+        let data_start = self
+            .metadata
+            .entries
+            .first()
+            .map_or(self.source.len(), |e| e.header_offset);
+        let prologue = self
+            .source
+            .read_range(0, data_start)
+            .map_err(source_error("reading the file's header to hash it"))?;
+        let hashing = crate::file_digest::InOrder::new(dest, &self.metadata.entries, &prologue);
+        // Readers wait for one another's bytes to be hashed: fewer readers
+        // than the destination has buffers, so the earliest always gets one.
+        let readers = match dest.buffers_limit() {
+            Some(limit) => readers.min(limit.saturating_sub(1)).max(1),
+            None => readers,
+        };
+        self.run_plan(&hashing, indices, tracker, readers, keep_going, true)?;
+        match hashing.finish(self.source.len()) {
+            Some(actual) if actual == expected => Ok(()),
+            Some(actual) => Err(Error::FileDigest {
+                path: self.path.clone(),
+                expected: crate::file_digest::hex(&expected),
+                actual: crate::file_digest::hex(&actual),
+            }),
+            // Only a load that kept going past failures gets here: each
+            // failed tensor was reported.
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the reads of `indices` into `dest` on `readers` threads, the
+    /// largest first, or in file order with `file_order`.
+    fn run_plan<D: Destination>(
+        &self,
+        dest: &D,
+        indices: &[usize],
+        tracker: &Tracker<'_>,
+        readers: usize,
+        keep_going: Option<&(dyn Fn(usize, Error) + Sync)>,
+        file_order: bool,
+    ) -> Result<()> {
         let mut plan = self.plan_reads(indices);
         // Largest first: a huge tensor (an embedding) is read and hashed
         // alongside the rest, not last and alone.
         let entries = &self.metadata.entries;
         let bytes = |i: usize| entries[i].end_offset() - entries[i].header_offset;
-        plan.sort_by_key(|w| {
-            std::cmp::Reverse(match w {
-                Work::Run(run) => run.iter().map(|&i| bytes(i)).sum(),
-                Work::One(i) => bytes(*i),
-            })
+        if !file_order {
+            plan.sort_by_key(|w| {
+                std::cmp::Reverse(match w {
+                    Work::Run(run) => run.iter().map(|&i| bytes(i)).sum(),
+                    Work::One(i) => bytes(*i),
+                })
+            });
+        }
+        let keep_going_and_wake = keep_going.map(|report| {
+            move |i: usize, e: Error| {
+                dest.abandon();
+                report(i, e)
+            }
         });
+        let keep_going = keep_going_and_wake
+            .as_ref()
+            .map(|f| f as &(dyn Fn(usize, Error) + Sync));
         let work = std::sync::Mutex::new(plan.into_iter());
         let failure: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
         // Plain threads pulling from a queue, not a rayon pool: a reader
@@ -1031,6 +1227,7 @@ impl Deserializer {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .get_or_insert(e);
+                        dest.abandon();
                         return;
                     }
                 }
@@ -1144,12 +1341,16 @@ impl Deserializer {
     ) -> Result<()> {
         let e = &self.metadata.entries[i];
         let at = |offset: u64| (offset - start) as usize;
-        let header = parse_header_at(
-            &bytes[at(e.header_offset)..at(e.data_offset)],
-            e,
-            self.metadata.header.has_crypt_info(),
-        )
-        .map_err(format_error(&self.path))?;
+        let header = if self.is_safetensors() {
+            headerless(e)
+        } else {
+            parse_header_at(
+                &bytes[at(e.header_offset)..at(e.data_offset)],
+                e,
+                self.metadata.header.has_crypt_info(),
+            )
+            .map_err(format_error(&self.path))?
+        };
         let data = &bytes[at(e.data_offset)..at(e.end_offset())];
         self.load(dest, i, header, |offset, piece| {
             let src = data.get(offset..offset + piece.len()).ok_or_else(|| {
@@ -1212,7 +1413,7 @@ impl Deserializer {
         // Only a failure of the load itself (no reader thread) leaves
         // tensors unchecked.
         let mut stopped = run.err();
-        selected
+        let mut checks: Vec<TensorCheck> = selected
             .into_iter()
             .map(|i| {
                 let entry = &self.metadata.entries[i];
@@ -1237,7 +1438,13 @@ impl Deserializer {
                     stored: None,
                 }
             })
-            .collect()
+            .collect();
+        // Every tensor checked, and the load still failed: the file as a
+        // whole (its SHA-256). The first tensor carries it.
+        if let (Some(e), Some(first)) = (stopped, checks.iter_mut().find(|c| c.outcome.is_ok())) {
+            first.outcome = Err(e);
+        }
+        checks
     }
 
     /// What tensor `i`'s record stores to verify it against (one small
@@ -1446,5 +1653,22 @@ impl Deserializer {
             }
             Ok(())
         })
+    }
+}
+
+/// The header a record without one (a safetensors tensor) would have: what
+/// its index entry says, and no hashes.
+fn headerless(entry: &IndexEntry) -> TensorHeader {
+    TensorHeader {
+        module_idx: 0,
+        tensor_type: entry.tensor_type,
+        name: entry.name.clone(),
+        dtype: entry.dtype.clone(),
+        shape: entry.shape.clone(),
+        wide_dims: entry.wide_dims,
+        hashes: Vec::new(),
+        crypt_info: None,
+        unparsed: Vec::new(),
+        data_length: entry.data_length,
     }
 }

@@ -56,6 +56,18 @@ pub trait Destination: Sync {
         usize::MAX
     }
 
+    /// How many buffers may be out at once, when `allocate` blocks beyond
+    /// that (a staging ring): a load that makes readers wait for one
+    /// another (hashing a whole file in order) keeps fewer readers than
+    /// this. Default: no limit.
+    fn buffers_limit(&self) -> Option<usize> {
+        None
+    }
+
+    /// The load failed: wake anything waiting for a buffer that will now
+    /// never be completed. Default: nothing to wake.
+    fn abandon(&self) {}
+
     /// Bytes `offset..offset + buffer.len()` of tensor `index`, one piece
     /// of a tensor larger than [`Destination::max_buffer`]. The tensor's
     /// hashes cover all its pieces: they are checked after the last one,

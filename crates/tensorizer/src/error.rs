@@ -199,6 +199,35 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A checkpoint (a directory, an object prefix, an index) whose files
+    /// do not make one model.
+    #[error("{uri}: {message}")]
+    Checkpoint {
+        /// The checkpoint, as shown (secrets redacted).
+        uri: String,
+        /// What is wrong, naming the shard and tensor.
+        message: String,
+    },
+    /// A file of a model directory that is not the model's to give: a link
+    /// out of it, a device, a FIFO, a file over its size bound.
+    #[error("{}: refused: {reason}", path.display())]
+    Refused {
+        /// The path asked for.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A file whose SHA-256 is not the one expected (a Hugging Face cache
+    /// blob's name, or a digest the caller gave).
+    #[error("{}: the file's SHA-256 is {actual}, expected {expected}: the file is damaged or not the one named", path.display())]
+    FileDigest {
+        /// The file.
+        path: PathBuf,
+        /// The digest expected (hex).
+        expected: String,
+        /// The digest of the bytes read (hex).
+        actual: String,
+    },
     /// The function producing a tensor's bytes for the writer failed
     /// ([`crate::Serializer::write_tensor_with`]).
     #[error("{}: producing tensor {tensor:?}: {source}", path.display())]

@@ -7,6 +7,7 @@ compile_error!("tensorizer files are little-endian; big-endian hosts are not sup
 mod buffer;
 #[cfg(feature = "candle")]
 pub mod candle;
+pub mod checkpoint;
 mod copy;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -16,6 +17,8 @@ mod element;
 #[cfg(feature = "encryption")]
 pub mod encryption;
 mod error;
+mod file_digest;
+pub mod model_dir;
 #[cfg(feature = "tokio")]
 pub mod nonblocking;
 #[cfg(feature = "encryption")]
@@ -25,9 +28,11 @@ mod serializer;
 mod tensor;
 
 pub use buffer::{ALIGNMENT, AlignedBuffer};
+pub use checkpoint::{Checkpoint, ShardRef};
 pub use copy::{copy, copy_with_progress};
 pub use deserializer::{
-    Deserializer, Progress, ProgressFn, StoredChecks, TensorCheck, UnauthenticatedMeta, Verify,
+    Deserializer, FileFormat, Progress, ProgressFn, StoredChecks, TensorCheck, UnauthenticatedMeta,
+    Verify,
 };
 pub use destination::{Destination, TensorInfo};
 pub use element::Element;
@@ -36,6 +41,7 @@ pub use encryption::{
     Decryption, Encryption, EncryptionKey, KdfLimits, KdfParams, KdfStrength, Nonce,
 };
 pub use error::{BoxError, Error, Result};
+pub use file_digest::parse_sha256;
 #[cfg(feature = "encryption")]
 pub use rewrite::{rewrite, rewrite_uri, rewrite_with_progress};
 pub use serializer::{FillFn, Serializer, WriteProgress, WriteSummary};

@@ -345,6 +345,46 @@ pub(crate) fn exists(uri: &str, options: &StorageOptions) -> Result<bool> {
     }
 }
 
+/// The objects directly under `prefix` (a key ending in `/` or not): their
+/// names below it and sizes, sorted. A listing is bounded: at most 100,000
+/// objects (a model directory holds tens).
+pub(crate) fn list(prefix: &str, options: &StorageOptions) -> Result<Vec<(String, u64)>> {
+    const MAX_OBJECTS: usize = 100_000;
+    // `object` parses bucket and key (the directory's, without its `/`).
+    let object = object(prefix.trim_end_matches('/'), options)?;
+    let (store, path) = (object.store.clone(), object.path.clone());
+    let listed = block(
+        async move { store.list_with_delimiter(Some(&path)).await },
+        prefix,
+    )?
+    .map_err(|e| object.error(0..0, &e, &options.retry))?;
+    if listed.objects.len() > MAX_OBJECTS {
+        return Err(IoError::Protocol {
+            uri: object.uri.clone(),
+            message: format!(
+                "lists {} objects, more than the {MAX_OBJECTS} a model directory may hold",
+                listed.objects.len()
+            ),
+        });
+    }
+    let base = object.path.as_ref().trim_end_matches('/').to_owned();
+    let mut out: Vec<(String, u64)> = listed
+        .objects
+        .into_iter()
+        .filter_map(|meta| {
+            let name = meta
+                .location
+                .as_ref()
+                .strip_prefix(&base)?
+                .trim_start_matches('/')
+                .to_owned();
+            (!name.is_empty()).then_some((name, meta.size))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// Server-side copy of one object onto another in the same bucket: the
 /// bytes never pass through this process. `None` when the two objects are
 /// not in one bucket of one service (the caller streams instead).

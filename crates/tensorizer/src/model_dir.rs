@@ -10,23 +10,26 @@
 //! - anything else is refused, naming the path: a link out of the
 //!   directory (`tokenizer.json -> ~/.aws/credentials` would otherwise be
 //!   copied into the output, or uploaded), a device, a FIFO, procfs.
+//!
+//! The checkpoint reader ([`crate::Checkpoint`]) and `tensorizer-vllm`'s
+//! serializer open model directories only through these functions.
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Result, VllmError};
+use crate::error::{Error, Result};
 
-fn refused(path: &Path, why: impl Into<String>) -> VllmError {
-    VllmError::Checkpoint {
-        dir: path.to_path_buf(),
-        message: format!("refused: {}", why.into()),
+fn refused(path: &Path, why: impl Into<String>) -> Error {
+    Error::Refused {
+        path: path.to_path_buf(),
+        reason: why.into(),
     }
 }
 
 /// The Hugging Face cache's `blobs/` of the repository whose snapshot
 /// `dir` (canonical) is.
-fn hf_blobs(dir: &Path) -> Option<PathBuf> {
+pub fn hf_blobs(dir: &Path) -> Option<PathBuf> {
     let snapshots = dir.parent()?;
     (snapshots.file_name()? == "snapshots").then(|| snapshots.parent().map(|r| r.join("blobs")))?
 }
@@ -40,7 +43,7 @@ fn hf_blobs(dir: &Path) -> Option<PathBuf> {
 /// concurrent writer of the directory could swap a link. Elsewhere (kernels
 /// before 5.6, sandboxes that filter the call) links are resolved and
 /// checked first, then the target is opened with `O_NOFOLLOW`.
-pub(crate) fn open(dir: &Path, name: &str, what: &str) -> Result<File> {
+pub fn open(dir: &Path, name: &str, what: &str) -> Result<File> {
     let path = dir.join(name);
     let io = |action: &str| crate::error::io_error(&path, format!("{action} {what}"));
     let file = match open_beneath(dir, name) {
@@ -181,7 +184,7 @@ fn checked_target(dir: &Path, name: &str, what: &str) -> Result<PathBuf> {
 }
 
 /// The bytes of `dir/name` (see [`open`]), at most `max` of them.
-pub(crate) fn read(dir: &Path, name: &str, what: &str, max: u64) -> Result<Vec<u8>> {
+pub fn read(dir: &Path, name: &str, what: &str, max: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let path = dir.join(name);
     let mut data = Vec::new();
@@ -197,7 +200,7 @@ pub(crate) fn read(dir: &Path, name: &str, what: &str, max: u64) -> Result<Vec<u
 
 /// The names of the files of `dir` (regular files and links, which
 /// [`open`] judges), sorted; any other entry but directories is refused.
-pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>> {
+pub fn list_files(dir: &Path) -> Result<Vec<String>> {
     let io = |action| crate::error::io_error(dir, action);
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io("listing the model directory"))? {
