@@ -37,7 +37,7 @@ mod seeds;
 mod upstream;
 
 /// Fuzz targets in `fuzz/fuzz_targets/`.
-const FUZZ_TARGETS: [&str; 8] = [
+const FUZZ_TARGETS: [&str; 9] = [
     "file_header",
     "metadata",
     "tensor_header",
@@ -46,6 +46,7 @@ const FUZZ_TARGETS: [&str; 8] = [
     "tensor_path",
     "whole_file",
     "deserializer",
+    "safetensors",
 ];
 
 /// Fuzz executions per target inside `cargo xtask test`: a fixed count

@@ -64,6 +64,7 @@ pub fn write_all(fixtures: &Path, corpus: &Path) -> std::io::Result<()> {
         }
     }
     hostile(&mut put)?;
+    safetensors(&mut put)?;
     eprintln!("xtask: wrote {n} fuzz seeds under {}", corpus.display());
     Ok(())
 }
@@ -274,4 +275,82 @@ fn compact_copy(records: &[tensorizer_format::Record<'_>], encrypted: bool) -> O
     }
     out.extend(TERMINATOR);
     Some(out)
+}
+
+/// A safetensors file of `json` and `data` bytes of tensor data.
+fn safetensors_file(json: &str, data: usize) -> Vec<u8> {
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out.extend((0..data).map(|i| i as u8));
+    out
+}
+
+/// Safetensors seeds for the header parser and the load path: valid files
+/// (every dtype, zero-size tensors, metadata, padding) and hostile ones
+/// (huge lengths and shapes, overlaps, holes, duplicates, deep nesting).
+fn safetensors(put: &mut impl FnMut(&str, &[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+    let t = |name: &str, dtype: &str, shape: &str, start: u64, end: u64| {
+        format!(r#""{name}":{{"dtype":"{dtype}","shape":{shape},"data_offsets":[{start},{end}]}}"#)
+    };
+    let valid = [
+        (format!("{{{}}}", t("w", "F32", "[2,2]", 0, 16)), 16),
+        (
+            format!(
+                r#"{{"__metadata__":{{"format":"pt"}},{},{},{}}}"#,
+                t("a", "BF16", "[3]", 0, 6),
+                t("e", "I64", "[0]", 6, 6),
+                t("b", "U8", "[2]", 6, 8)
+            ),
+            8,
+        ),
+        (format!("{{{}}}        ", t("x", "F8_E4M3", "[5]", 0, 5)), 5),
+        ("{}".to_owned(), 0),
+    ];
+    let hostile = [
+        (
+            format!(
+                "{{{},{}}}",
+                t("a", "F32", "[2]", 0, 8),
+                t("b", "F32", "[2]", 4, 12)
+            ),
+            12,
+        ),
+        (
+            format!(
+                "{{{},{}}}",
+                t("a", "F32", "[1]", 0, 4),
+                t("b", "F32", "[1]", 8, 12)
+            ),
+            12,
+        ),
+        (
+            format!(
+                "{{{},{}}}",
+                t("a", "F32", "[1]", 0, 4),
+                t("a", "F32", "[1]", 4, 8)
+            ),
+            8,
+        ),
+        (
+            format!("{{{}}}", t("w", "F32", "[4294967296,4294967296]", 0, 8)),
+            8,
+        ),
+        (format!("{{{}}}", t("w", "F4", "[2]", 0, 1)), 1),
+        (
+            format!(r#"{{"w":{{"x":{}{}}}}}"#, "[".repeat(300), "]".repeat(300)),
+            0,
+        ),
+    ];
+    for (json, data) in valid.iter().chain(&hostile) {
+        let file = safetensors_file(json, *data);
+        put("safetensors", &file)?;
+        for mode in [0u8, 2, 4] {
+            put("deserializer", &[&[mode][..], &file].concat())?;
+        }
+    }
+    let mut huge = (1u64 << 63).to_le_bytes().to_vec();
+    huge.extend_from_slice(b"{}");
+    put("safetensors", &huge)?;
+    put("deserializer", &[&[0u8][..], &huge].concat())?;
+    Ok(())
 }

@@ -64,7 +64,9 @@ impl Storage {
     #[new]
     /// `ca_file`, `ca_dir`: CA certificates trusted besides the system's;
     /// `accept_invalid_certs`: no verification (`CAInfo(allow_untrusted=True)`).
-    #[pyo3(signature = (*, s3_access_key_id=None, s3_secret_access_key=None, s3_endpoint=None, s3_region_name=None, s3_config_path=None, force_http=None, ca_file=None, ca_dir=None, accept_invalid_certs=false))]
+    /// `s3_addressing`: "path", "virtual" or None (path-style for custom
+    /// endpoints, virtual-hosted for AWS).
+    #[pyo3(signature = (*, s3_access_key_id=None, s3_secret_access_key=None, s3_endpoint=None, s3_region_name=None, s3_config_path=None, force_http=None, ca_file=None, ca_dir=None, accept_invalid_certs=false, s3_session_token=None, s3_addressing=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         s3_access_key_id: Option<String>,
@@ -76,8 +78,20 @@ impl Storage {
         ca_file: Option<std::path::PathBuf>,
         ca_dir: Option<std::path::PathBuf>,
         accept_invalid_certs: bool,
-    ) -> Self {
-        Self {
+        s3_session_token: Option<String>,
+        s3_addressing: Option<String>,
+    ) -> PyResult<Self> {
+        let addressing = match s3_addressing.as_deref() {
+            None => tensorizer::io::Addressing::Auto,
+            Some("path") => tensorizer::io::Addressing::Path,
+            Some("virtual") => tensorizer::io::Addressing::VirtualHosted,
+            Some(other) => {
+                return Err(PyValueError::new_err(format!(
+                    "s3_addressing must be \"path\" or \"virtual\", not {other:?}"
+                )));
+            }
+        };
+        Ok(Self {
             options: StorageOptions {
                 s3: S3Options {
                     access_key_id: s3_access_key_id,
@@ -86,6 +100,8 @@ impl Storage {
                     region: s3_region_name,
                     config_path: s3_config_path,
                     force_http,
+                    session_token: s3_session_token,
+                    addressing,
                     ..Default::default()
                 },
                 trust: tensorizer::io::TrustOptions {
@@ -95,7 +111,7 @@ impl Storage {
                 },
                 ..Default::default()
             },
-        }
+        })
     }
 
     /// Secrets never appear here.
@@ -198,6 +214,37 @@ fn s3_presigned_url(
     .map_err(io_err)
 }
 
+/// `(name, size)` of the objects under `uri` (a directory or object
+/// prefix), names relative to it, sorted; every level below with
+/// `recursive`.
+#[pyfunction]
+#[pyo3(signature = (uri, *, storage=None, recursive=false))]
+fn list_objects(
+    py: Python<'_>,
+    uri: String,
+    storage: Option<&Bound<'_, Storage>>,
+    recursive: bool,
+) -> PyResult<Vec<(String, u64)>> {
+    let options = options(storage);
+    py.detach(|| tensorizer::io::list(&uri, recursive, &options))
+        .map_err(io_err)
+}
+
+/// Copies the object `uri` into the local file `path` (whole or not at
+/// all); returns its size.
+#[pyfunction]
+#[pyo3(signature = (uri, path, *, storage=None))]
+fn download(
+    py: Python<'_>,
+    uri: String,
+    path: std::path::PathBuf,
+    storage: Option<&Bound<'_, Storage>>,
+) -> PyResult<u64> {
+    let options = options(storage);
+    py.detach(|| tensorizer::io::download(&uri, &path, &options))
+        .map_err(io_err)
+}
+
 #[pyfunction]
 fn random_key() -> PyResult<Vec<u8>> {
     EncryptionKey::random()
@@ -229,6 +276,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::Source>()?;
     m.add_class::<stream::Sink>()?;
     m.add_function(wrap_pyfunction!(random_key, m)?)?;
+    m.add_function(wrap_pyfunction!(list_objects, m)?)?;
+    m.add_function(wrap_pyfunction!(download, m)?)?;
     m.add_function(wrap_pyfunction!(s3_presigned_url, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_devices, m)?)?;
     m.add_function(wrap_pyfunction!(derive_key, m)?)?;

@@ -206,6 +206,20 @@ impl Reader {
         )
     }
 
+    /// For a safetensors file, `(offset of the first tensor byte,
+    /// __metadata__ or None)`; None for a tensorizer file.
+    #[allow(clippy::type_complexity)]
+    fn safetensors(&self) -> Option<(u64, Option<std::collections::BTreeMap<String, String>>)> {
+        match self.inner.format() {
+            // The index of a safetensors file is its JSON header, after
+            // the 8-byte length.
+            tensorizer::FileFormat::Safetensors { metadata } => {
+                Some((8 + self.inner.metadata().index_len, metadata.clone()))
+            }
+            tensorizer::FileFormat::Tensorizer => None,
+        }
+    }
+
     /// `(name, tensor_type, torch dtype name, shape, data_length,
     /// header_offset, data_offset, stored name)` per index entry, in file
     /// order.

@@ -200,7 +200,9 @@ impl SafetensorsHeader {
         if n > MAX_HEADER_LEN {
             return Err(invalid(
                 "",
-                format!("the JSON header claims {n} bytes, more than the {MAX_HEADER_LEN} allowed"),
+                format!(
+                    "the JSON header claims {n} bytes, which exceeds limit of {MAX_HEADER_LEN} bytes"
+                ),
             ));
         }
         let available = file_len.saturating_sub(PREFIX_LEN);
@@ -243,10 +245,10 @@ impl SafetensorsHeader {
         if !text.starts_with('{') {
             return Err(invalid("", "the JSON header does not start with '{'"));
         }
-        // serde_json refuses nesting deeper than 128 levels: deep JSON is an
-        // error, not a stack overflow.
+        // Deep JSON is an error (serde_json's depth limit where a value is
+        // read) or skipped without recursion (in ignored fields).
         let raw: RawHeader = serde_json::from_str(text)
-            .map_err(|e| invalid("", format!("invalid JSON header: {e}")))?;
+            .map_err(|e| invalid("", format!("the header is not valid JSON: {e}")))?;
         let data_len = file_len - data_start;
         let mut tensors = Vec::with_capacity(raw.tensors.len());
         for (name, t) in raw.tensors {
@@ -258,7 +260,10 @@ impl SafetensorsHeader {
                         t.dtype
                     ),
                 ),
-                other => invalid(&name, format!("unknown dtype {other:?}")),
+                other => invalid(
+                    &name,
+                    format!("Unsupported dtype {other:?} (unknown to safetensors)"),
+                ),
             })?;
             let (start, end) = t.data_offsets;
             if end < start {
@@ -271,7 +276,7 @@ impl SafetensorsHeader {
                 return Err(invalid(
                     &name,
                     format!(
-                        "data_offsets [{start}, {end}] run past the {data_len} bytes of data in the file"
+                        "the file is truncated: data_offsets [{start}, {end}] run past the {data_len} bytes of data in it"
                     ),
                 ));
             }
@@ -290,10 +295,10 @@ impl SafetensorsHeader {
                 return Err(invalid(
                     &name,
                     format!(
-                        "data_offsets [{start}, {end}] hold {} bytes, but dtype {} and shape {:?} need {bytes}",
-                        end - start,
+                        "Shape claims {bytes} bytes ({:?} x {}), but offsets reserve {} (data_offsets [{start}, {end}])",
+                        t.shape,
                         t.dtype,
-                        t.shape
+                        end - start
                     ),
                 ));
             }
@@ -308,30 +313,39 @@ impl SafetensorsHeader {
         // Zero-byte tensors sort before the tensor at their offset.
         tensors.sort_by_key(|t| (t.start, t.end));
         let mut expected = data_start;
+        let mut before: Option<&SafetensorsTensor> = None;
         for t in &tensors {
-            if t.start != expected {
-                let rule = if t.start < expected {
-                    "overlaps the tensor before it"
-                } else {
-                    "leaves a hole before it"
-                };
-                return Err(invalid(
+            let at = |offset: u64| offset - data_start;
+            let (tensor, rule) = match before {
+                Some(prev) if t.start < expected => (&prev.name, "overlaps with next tensor"),
+                Some(prev) if t.start > expected => {
+                    (&prev.name, "leaves a hole before the next tensor")
+                }
+                None if t.start != expected => (
                     &t.name,
-                    format!(
-                        "data_offsets [{}, {}] {rule} (expected it to start at {})",
-                        t.start - data_start,
-                        t.end - data_start,
-                        expected - data_start
-                    ),
-                ));
-            }
-            expected = t.end;
+                    "leaves a hole: the first tensor does not start at 0",
+                ),
+                _ => {
+                    expected = t.end;
+                    before = Some(t);
+                    continue;
+                }
+            };
+            return Err(invalid(
+                tensor,
+                format!(
+                    "{rule} {:?} (ends at {}, next starts at {})",
+                    t.name,
+                    at(expected),
+                    at(t.start)
+                ),
+            ));
         }
         if expected != file_len {
             return Err(invalid(
                 "",
                 format!(
-                    "the tensors end at byte {expected} but the file has {file_len}: {} bytes belong to no tensor",
+                    "the tensors end at byte {expected} but the file has {file_len}: {} extra bytes belong to no tensor",
                     file_len - expected
                 ),
             ));
@@ -415,9 +429,9 @@ mod tests {
             format!(r#""{name}":{{"dtype":"{dtype}","shape":{shape},"data_offsets":{offsets}}}"#)
         };
         let one = |body: String| format!("{{{body}}}");
-        assert!(err(&one(t("w", "F32", "[2]", "[0,8]")), 4).contains("run past"));
-        assert!(err(&one(t("w", "F32", "[3]", "[0,8]")), 8).contains("need 12"));
-        assert!(err(&one(t("w", "Q7", "[2]", "[0,8]")), 8).contains("unknown dtype"));
+        assert!(err(&one(t("w", "F32", "[2]", "[0,8]")), 4).contains("truncated"));
+        assert!(err(&one(t("w", "F32", "[3]", "[0,8]")), 8).contains("Shape claims 12 bytes"));
+        assert!(err(&one(t("w", "Q7", "[2]", "[0,8]")), 8).contains("Unsupported dtype"));
         assert!(err(&one(t("w", "F4", "[2]", "[0,1]")), 1).contains("sub-byte"));
         assert!(err(&one(t("w", "F32", "[2]", "[8,0]")), 8).contains("end before"));
         let overlap = format!(
@@ -452,7 +466,7 @@ mod tests {
         let mut bytes = (1u64 << 63).to_le_bytes().to_vec();
         bytes.extend_from_slice(b"{}");
         let e = parse_file(&bytes).unwrap_err().to_string();
-        assert!(e.contains("more than the 100000000 allowed"), "{e}");
+        assert!(e.contains("exceeds limit"), "{e}");
         let mut bytes = 1000u64.to_le_bytes().to_vec();
         bytes.extend_from_slice(b"{}");
         assert!(matches!(

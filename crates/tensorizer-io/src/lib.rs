@@ -321,36 +321,66 @@ pub fn exists(uri: &str, options: &StorageOptions) -> Result<bool> {
 }
 
 /// The names (relative to `prefix`, sorted) and sizes of the objects
-/// directly under `prefix`, a "directory" of an object store (`s3://b/m/`)
-/// or a local directory (regular files only; links are the caller's to
-/// judge). HTTP has no listing: read an index file there instead.
-pub fn list(prefix: &str, options: &StorageOptions) -> Result<Vec<(String, u64)>> {
+/// under `prefix`, a "directory" of an object store (`s3://b/m/`) or a
+/// local directory (regular files only; links are the caller's to judge):
+/// those directly under it, or with `recursive` every one below it (names
+/// then hold `/`). HTTP has no listing: read an index file there instead.
+/// At most 100,000 objects are listed (a model directory holds tens).
+pub fn list(prefix: &str, recursive: bool, options: &StorageOptions) -> Result<Vec<(String, u64)>> {
     let _ = options;
     match Backend::of(prefix)? {
-        Backend::Local(path) => {
-            let err = |source| IoError::Local {
-                uri: prefix.to_owned(),
-                action: "listing the directory".into(),
-                source,
-            };
-            let mut out = Vec::new();
-            for entry in std::fs::read_dir(path).map_err(err)? {
-                let entry = entry.map_err(err)?;
-                let meta = entry.metadata().map_err(err)?;
-                if meta.is_file() {
-                    out.push((entry.file_name().to_string_lossy().into_owned(), meta.len()));
-                }
-            }
-            out.sort();
-            Ok(out)
-        }
+        Backend::Local(path) => local::list(path, recursive),
         #[cfg(feature = "object-store")]
-        Backend::Object => cloud::list(prefix, options),
+        Backend::Object => cloud::list(prefix, recursive, options),
         Backend::Http | Backend::Redis => Err(IoError::Unsupported {
             uri: prefix.to_owned(),
             message: "HTTP and Redis have no listing: name the files, or an index file".into(),
         }),
     }
+}
+
+/// Most objects a listing returns.
+pub(crate) const MAX_LISTED: usize = 100_000;
+
+/// Copies the object at `uri` into the local file `dest` (created whole
+/// or not at all, as every local write), reading several ranges at once;
+/// returns its size.
+pub fn download(uri: &str, dest: &Path, options: &StorageOptions) -> Result<u64> {
+    let source = open_source(uri, options)?;
+    let sink = LocalSink::create(dest)?;
+    let len = source.len();
+    sink.reserve(&FileLayout::with_len(len))?;
+    let hints = source.hints();
+    let piece = hints.request_size.max(1 << 20) as u64;
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let failure = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..hints.concurrency.clamp(1, 16) {
+            s.spawn(|| {
+                loop {
+                    let at = next.fetch_add(piece, std::sync::atomic::Ordering::Relaxed);
+                    if at >= len || failure.lock().is_ok_and(|f| f.is_some()) {
+                        return;
+                    }
+                    let got = source
+                        .read_range(at, piece.min(len - at))
+                        .and_then(|bytes| sink.write_all_at(at, &bytes));
+                    if let Err(e) = got {
+                        failure
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    Box::new(sink).commit()?;
+    Ok(len)
 }
 
 /// Copies the object `from` to `to` without moving its bytes through this

@@ -543,7 +543,7 @@ pub fn resolve(uri: &str, options: &StorageOptions) -> Result<Resolved> {
     }
     // No index: the listing's weight files, or for HTTP (no listing) the
     // single-file name Hugging Face uses.
-    let listed = match tensorizer_io::list(&base, options) {
+    let listed = match tensorizer_io::list(&base, false, options) {
         Ok(listed) => listed.into_iter().map(|(n, _)| n).collect(),
         Err(tensorizer_io::IoError::Unsupported { .. }) => vec!["model.safetensors".to_owned()],
         Err(e) => return Err(source_error("listing the checkpoint")(e)),

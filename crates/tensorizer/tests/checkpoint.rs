@@ -283,11 +283,7 @@ fn hostile_safetensors_headers_get_one_clear_error() {
         b
     };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        (
-            "a header length of 2^63",
-            huge_len,
-            "more than the 100000000 allowed",
-        ),
+        ("a header length of 2^63", huge_len, "exceeds limit"),
         (
             "a header over 100 MB",
             {
@@ -295,7 +291,7 @@ fn hostile_safetensors_headers_get_one_clear_error() {
                 b.push(b'{');
                 b
             },
-            "more than the 100000000 allowed",
+            "exceeds limit",
         ),
         // 100,000 levels inside a field nobody reads: skipped without
         // recursion, then the entry is judged (no stack overflow).
@@ -337,7 +333,7 @@ fn hostile_safetensors_headers_get_one_clear_error() {
                 r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
                 8,
             ),
-            "run past",
+            "truncated",
         ),
         (
             "a shape whose product overflows",
@@ -350,7 +346,7 @@ fn hostile_safetensors_headers_get_one_clear_error() {
         (
             "a truncated file",
             good[..good.len() - 3].to_vec(),
-            "run past",
+            "truncated",
         ),
         (
             "a truncated header",

@@ -1,7 +1,8 @@
 """`import tensorizer` (and `tensorizer.<anything>`) answered by
-tensorizer_rs: a meta-path finder, so the alias costs nothing until
-`tensorizer` is imported, and every submodule is one object under both
-names.
+tensorizer_rs, and `import runai_model_streamer` by
+tensorizer_rs.runai_model_streamer: a meta-path finder, so the alias costs
+nothing until the name is imported, and every submodule is one object
+under both names.
 
 Installed by `tensorizer_rs.install_as_tensorizer()`, or at interpreter
 start by the wheel's `tensorizer_rs.pth` when the environment has
@@ -15,8 +16,11 @@ import importlib.util
 import importlib.machinery
 import sys
 
-ALIAS = "tensorizer"
-TARGET = "tensorizer_rs"
+# Each name another package is imported by, and what answers it.
+ALIASES = {
+    "tensorizer": "tensorizer_rs",
+    "runai_model_streamer": "tensorizer_rs.runai_model_streamer",
+}
 
 
 class _AliasLoader(importlib.abc.Loader):
@@ -36,13 +40,16 @@ class _AliasLoader(importlib.abc.Loader):
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != ALIAS and not fullname.startswith(ALIAS + "."):
-            return None
-        real = TARGET + fullname[len(ALIAS):]
-        if importlib.util.find_spec(real) is None:
-            return None
-        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(real),
-                                              is_package=fullname == ALIAS)
+        for alias, target_name in ALIASES.items():
+            if fullname == alias or fullname.startswith(alias + "."):
+                real = target_name + fullname[len(alias):]
+                if importlib.util.find_spec(real) is None:
+                    return None
+                spec = importlib.util.find_spec(real)
+                return importlib.machinery.ModuleSpec(
+                    fullname, _AliasLoader(real),
+                    is_package=spec.submodule_search_locations is not None)
+        return None
 
 
 def install():

@@ -345,38 +345,57 @@ pub(crate) fn exists(uri: &str, options: &StorageOptions) -> Result<bool> {
     }
 }
 
-/// The objects directly under `prefix` (a key ending in `/` or not): their
-/// names below it and sizes, sorted. A listing is bounded: at most 100,000
-/// objects (a model directory holds tens).
-pub(crate) fn list(prefix: &str, options: &StorageOptions) -> Result<Vec<(String, u64)>> {
-    const MAX_OBJECTS: usize = 100_000;
+/// The objects under `prefix` (a key ending in `/` or not): directly
+/// under it, or every one below it with `recursive`; their names below it
+/// and sizes, sorted, at most [`crate::MAX_LISTED`].
+pub(crate) fn list(
+    prefix: &str,
+    recursive: bool,
+    options: &StorageOptions,
+) -> Result<Vec<(String, u64)>> {
+    use futures_util::StreamExt;
     // `object` parses bucket and key (the directory's, without its `/`).
     let object = object(prefix.trim_end_matches('/'), options)?;
     let (store, path) = (object.store.clone(), object.path.clone());
     let listed = block(
-        async move { store.list_with_delimiter(Some(&path)).await },
+        async move {
+            if !recursive {
+                return store
+                    .list_with_delimiter(Some(&path))
+                    .await
+                    .map(|l| l.objects);
+            }
+            let mut objects = Vec::new();
+            let mut stream = store.list(Some(&path));
+            while let Some(meta) = stream.next().await {
+                objects.push(meta?);
+                if objects.len() > crate::MAX_LISTED {
+                    break;
+                }
+            }
+            Ok(objects)
+        },
         prefix,
     )?
     .map_err(|e| object.error(0..0, &e, &options.retry))?;
-    if listed.objects.len() > MAX_OBJECTS {
+    if listed.len() > crate::MAX_LISTED {
         return Err(IoError::Protocol {
             uri: object.uri.clone(),
             message: format!(
-                "lists {} objects, more than the {MAX_OBJECTS} a model directory may hold",
-                listed.objects.len()
+                "lists more than the {} objects a model directory may hold",
+                crate::MAX_LISTED
             ),
         });
     }
     let base = object.path.as_ref().trim_end_matches('/').to_owned();
     let mut out: Vec<(String, u64)> = listed
-        .objects
         .into_iter()
         .filter_map(|meta| {
             let name = meta
                 .location
                 .as_ref()
                 .strip_prefix(&base)?
-                .trim_start_matches('/')
+                .strip_prefix('/')?
                 .to_owned();
             (!name.is_empty()).then_some((name, meta.size))
         })
