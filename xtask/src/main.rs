@@ -326,6 +326,8 @@ fn python_tests(python: &Path) -> Result {
     let wheel = wheel(&python)?;
     install_wheel_file(&python, &wheel)?;
     pip_ensure(&python, "pytest", "pytest==8.3.5")?;
+    // The runai_model_streamer tests compare with safetensors' own reader.
+    pip_ensure(&python, "safetensors", "safetensors==0.6.2")?;
     // The simulated CUDA driver, for the tests of `device="cuda:N"`.
     run(
         "build the simulated CUDA driver",

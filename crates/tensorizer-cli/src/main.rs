@@ -1,6 +1,6 @@
-//! `tensorizer`: inspect, verify and convert `.tensors` files.
+//! `tensorizer`: inspect, verify, load and convert `.tensors` and
+//! safetensors files and checkpoints, on any store.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -14,7 +14,6 @@ mod vllm;
 use tensorizer::{
     AzureOptions, Decryption, Deserializer, Encryption, EncryptionKey, Error, GcsOptions,
     KdfParams, KdfStrength, PathComponent, S3Options, StorageOptions, TensorPath, Verify,
-    format::MAGIC,
 };
 
 #[derive(Parser)]
@@ -357,11 +356,14 @@ enum Command {
     },
     /// Convert safetensors -> tensorizer or tensorizer -> safetensors
     /// (detected from the input; local files: use `copy` for remote ones).
+    /// Convert between safetensors and tensorizer, from any URI to any URI,
+    /// streaming (one tensor per writer thread in memory).
     Convert {
-        /// Input file (.safetensors or .tensors).
-        input: PathBuf,
-        /// Output file (the other format).
-        output: PathBuf,
+        /// A .tensors file, or a safetensors file or checkpoint (directory,
+        /// prefix ending in `/`, index `.json`): a path or URI.
+        input: String,
+        /// Output file of the other format: a path or URI.
+        output: String,
     },
     /// vLLM's tensorizer workflow: serialize a Hugging Face checkpoint into
     /// vLLM's layout (tensor-parallel ranks, key file, LoRA) and load it back.
@@ -643,7 +645,7 @@ fn main() -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         })(),
-        Command::Convert { input, output } => convert(&input, &output),
+        Command::Convert { input, output } => convert(&input, &output, &storage),
         Command::Keygen { keyfile, force } => keygen(&keyfile, force),
         Command::Encrypt {
             input,
@@ -1299,32 +1301,31 @@ fn load(
     Ok(ExitCode::SUCCESS)
 }
 
-fn convert(input: &Path, output: &Path) -> Result<ExitCode, Error> {
-    let mut magic = [0u8; 5];
-    let n = std::fs::File::open(input)
-        .and_then(|mut f| f.read(&mut magic))
-        .map_err(|source| Error::Io {
-            path: input.to_path_buf(),
-            action: "opening".into(),
-            source,
-        })?;
+fn convert(input: &str, output: &str, storage: &StorageOptions) -> Result<ExitCode, Error> {
     let started = Instant::now();
-    if n == MAGIC.len() && magic == MAGIC {
-        let s = tensorizer::safetensors::tensorizer_to_safetensors(input, output)?;
+    // A tensorizer file becomes a safetensors file; anything else is read
+    // as a safetensors checkpoint.
+    let tensorizer_input = !is_checkpoint(input)
+        && matches!(
+            Deserializer::open_uri_with(input, storage).map(|d| d.format().clone()),
+            Ok(tensorizer::FileFormat::Tensorizer)
+        );
+    if tensorizer_input {
+        let s = tensorizer::safetensors::tensorizer_to_safetensors_uri(input, output, storage)?;
         println!(
             "{} -> {} (safetensors): {} tensors, {} bytes in {:.2} s",
-            shown(&input.to_string_lossy()),
-            shown(&output.to_string_lossy()),
+            shown(input),
+            shown(output),
             s.tensors,
             s.tensor_bytes,
             started.elapsed().as_secs_f64()
         );
     } else {
-        let s = tensorizer::safetensors::safetensors_to_tensorizer(input, output)?;
+        let s = tensorizer::safetensors::checkpoint_to_tensorizer(input, output, storage)?;
         println!(
             "{} -> {} (tensorizer v{}): {} tensors, {} bytes in {:.2} s",
-            shown(&input.to_string_lossy()),
-            shown(&output.to_string_lossy()),
+            shown(input),
+            shown(output),
             s.version,
             s.tensors,
             s.bytes,

@@ -584,3 +584,30 @@ fn inspect_load_and_verify_take_safetensors_checkpoints() {
     assert_eq!(doc["file_sha256"], digest);
     assert_eq!(doc["tensors"][0]["verified"], Value::Null);
 }
+
+#[test]
+fn convert_reads_a_sharded_checkpoint_and_writes_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    safetensors_file(&model.join("a.safetensors"), 1);
+    safetensors_file(&model.join("b.safetensors"), 2);
+    let tensors = dir.path().join("model.tensors");
+    let out = run(&["convert".as_ref(), model.as_os_str(), tensors.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = Deserializer::open(&tensors).unwrap();
+    let names: Vec<String> = d.entries().iter().map(|e| e.name.to_string()).collect();
+    assert_eq!(names, ["b1", "b2", "w1", "w2"]);
+    let back = dir.path().join("back.safetensors");
+    let out = run(&["convert".as_ref(), tensors.as_os_str(), back.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(&back).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let original = std::fs::read(model.join("a.safetensors")).unwrap();
+    let a = safetensors::SafeTensors::deserialize(&original).unwrap();
+    assert_eq!(
+        st.tensor("w1").unwrap().data(),
+        a.tensor("w1").unwrap().data()
+    );
+    assert_eq!(st.len(), 4);
+}

@@ -215,3 +215,141 @@ pub fn tensorizer_to_safetensors(input: &Path, output: &Path) -> Result<Safetens
         .map_err(crate::error::source_error("committing the output"))?;
     Ok(summary)
 }
+
+/// Converts a checkpoint (one safetensors file, or a sharded directory or
+/// prefix, on any store: see [`crate::Checkpoint`]) into one tensorizer
+/// file at any URI, tensors sorted by name. Nothing is held in memory but
+/// the tensors being written (one buffer per writer thread): each
+/// tensor's bytes are read through the engine when the writer reaches it.
+pub fn checkpoint_to_tensorizer(
+    input: &str,
+    output: &str,
+    options: &tensorizer_io::StorageOptions,
+) -> Result<WriteSummary> {
+    let checkpoint = crate::Checkpoint::open_uri_with(input, options)?;
+    let mut tensors: Vec<(usize, &tensorizer_format::IndexEntry)> = checkpoint.entries().collect();
+    tensors.sort_by(|a, b| a.1.name.to_string().cmp(&b.1.name.to_string()));
+    let mut s = Serializer::new();
+    for (k, entry) in tensors {
+        let shard = &checkpoint.shards()[k];
+        let name = entry.name.path().clone();
+        let shape = entry.shape.dims().to_vec();
+        s.write_tensor_with(
+            0,
+            name.clone(),
+            tensorizer_format::TensorType::StateDict,
+            entry.dtype.dtype(),
+            &shape,
+            move |buf: &mut [u8]| {
+                shard.read_into([(name.clone(), buf)])?;
+                Ok(())
+            },
+        )?;
+    }
+    s.write_to_uri_with(output, options)
+}
+
+/// Converts a tensorizer file at any URI (hashes verified) into a
+/// safetensors file at any URI, holding one tensor in memory at a time:
+/// the header is planned from the index, then each tensor is read,
+/// checked and written at its offset.
+pub fn tensorizer_to_safetensors_uri(
+    input: &str,
+    output: &str,
+    options: &tensorizer_io::StorageOptions,
+) -> Result<SafetensorsSummary> {
+    let d = Deserializer::open_uri_with(input, options)?.verify(Verify::Crc32);
+    let fail = |message: String| Error::Safetensors {
+        path: output.into(),
+        message,
+    };
+    struct Planned {
+        name: String,
+        dtype: StDtype,
+        shape: Vec<usize>,
+        index: usize,
+        len: usize,
+    }
+    let mut names = HashSet::new();
+    let mut planned = Vec::with_capacity(d.len());
+    for (index, e) in d.entries().iter().enumerate() {
+        let what = |why: String| fail(format!("tensor {:?}: {why}", e.name.to_string()));
+        let dtype = to_safetensors_dtype(e.dtype.dtype()).ok_or_else(|| {
+            what(format!(
+                "dtype {} has no safetensors equivalent",
+                e.dtype.dtype()
+            ))
+        })?;
+        let shape = e
+            .shape
+            .dims()
+            .iter()
+            .map(|&x| usize::try_from(x))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| what("dimension too large".into()))?;
+        let len = usize::try_from(e.deserialized_length().unwrap_or(u64::MAX))
+            .map_err(|_| what("too large".into()))?;
+        let name = safetensors_name(e.name.path());
+        if !names.insert(name.clone()) {
+            return Err(what(format!(
+                "two tensors map to the safetensors name {name:?}"
+            )));
+        }
+        planned.push(Planned {
+            name,
+            dtype,
+            shape,
+            index,
+            len,
+        });
+    }
+    // safetensors' order: dtype descending, then name.
+    planned.sort_by(|a, b| b.dtype.cmp(&a.dtype).then(a.name.cmp(&b.name)));
+    // The header alone, from views that describe the tensors and hold no
+    // bytes.
+    #[derive(Clone)]
+    struct Described<'p>(&'p Planned);
+    impl View for Described<'_> {
+        fn dtype(&self) -> StDtype {
+            self.0.dtype
+        }
+        fn shape(&self) -> &[usize] {
+            &self.0.shape
+        }
+        fn data(&self) -> Cow<'_, [u8]> {
+            Cow::Borrowed(&[])
+        }
+        fn data_len(&self) -> usize {
+            self.0.len
+        }
+    }
+    let header = safetensors::tensor::serialize(
+        planned.iter().map(|p| (p.name.as_str(), Described(p))),
+        None,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let sink = tensorizer_io::create_sink(output, options)
+        .map_err(crate::error::source_error("starting the write"))?;
+    let data_len: u64 = planned.iter().map(|p| p.len as u64).sum();
+    sink.reserve(&tensorizer_io::FileLayout::with_len(
+        header.len() as u64 + data_len,
+    ))
+    .map_err(crate::error::source_error("starting the write"))?;
+    let write = |offset: u64, bytes: &[u8]| {
+        sink.write_all_at(offset, bytes)
+            .map_err(crate::error::source_error("writing the output"))
+    };
+    write(0, &header)?;
+    let mut offset = header.len() as u64;
+    for p in &planned {
+        let tensor = d.read_at(p.index)?;
+        write(offset, tensor.as_bytes())?;
+        offset += p.len as u64;
+    }
+    sink.commit()
+        .map_err(crate::error::source_error("committing the output"))?;
+    Ok(SafetensorsSummary {
+        tensors: planned.len(),
+        tensor_bytes: data_len,
+    })
+}
