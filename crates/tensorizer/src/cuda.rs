@@ -370,3 +370,15 @@ pub fn load_shards(
             .collect()
     })
 }
+
+impl crate::Checkpoint {
+    /// Loads every shard onto GPU `ordinal`, all shards' reads in flight
+    /// together (each through its own staging ring); one device model per
+    /// shard, in shard order. A cache blob's SHA-256 is checked on the
+    /// way, as in host loads.
+    pub fn to_cuda(&self, ordinal: usize, options: &CudaOptions) -> Result<Vec<DeviceModel>> {
+        let shards: Vec<(&Deserializer, usize)> =
+            self.shards().iter().map(|d| (d, ordinal)).collect();
+        load_shards(&shards, options)
+    }
+}

@@ -567,3 +567,40 @@ fn a_huge_device_ordinal_is_refused() {
     assert!(err.contains("no CUDA device 4294967296"), "{err}");
     driver.assert_clean();
 }
+
+#[test]
+fn a_safetensors_checkpoint_loads_onto_the_device() {
+    use safetensors::tensor::{Dtype as St, TensorView};
+    let driver = driver();
+    let dir = tempfile::tempdir().unwrap();
+    let mut want = std::collections::HashMap::new();
+    for shard in 0..2u8 {
+        let data: Vec<Vec<u8>> = (0..3).map(|i| pattern(i + 10 * shard as usize, 4096 * (i + 1))).collect();
+        let views: Vec<(String, TensorView<'_>)> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                (format!("s{shard}.t{i}"), TensorView::new(St::F32, vec![d.len() / 4], d).unwrap())
+            })
+            .collect();
+        for (name, d) in views.iter().map(|(n, _)| n.clone()).zip(&data) {
+            want.insert(name, d.clone());
+        }
+        let bytes = safetensors::tensor::serialize(views, None).unwrap();
+        std::fs::write(dir.path().join(format!("model-{shard}.safetensors")), bytes).unwrap();
+    }
+    let checkpoint = tensorizer::Checkpoint::open(dir.path()).unwrap();
+    let models = checkpoint.to_cuda(0, &CudaOptions::default()).unwrap();
+    assert_eq!(models.len(), 2);
+    let mut seen = 0;
+    for model in &models {
+        for t in model.tensors() {
+            let back = model.to_host(t).unwrap();
+            assert_eq!(back.as_bytes(), &want[&t.info.path.to_string()][..]);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 6);
+    drop(models);
+    driver.assert_clean();
+}
