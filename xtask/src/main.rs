@@ -33,6 +33,7 @@ use std::time::Instant;
 
 mod bench;
 mod gpu;
+mod runai;
 mod seeds;
 mod upstream;
 
@@ -69,9 +70,10 @@ fn main() -> ExitCode {
         Some("vllm-reference") => vllm_reference(),
         Some("wheel") => setup_oracle().and_then(|py| wheel(&py)).map(|_| ()),
         Some("python-test") => python_test(&args[1..]),
+        Some("runai-test") => runai_test(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 5] | gpu-test | gpu-bench | vllm-reference | wheel | python-test [--reference]"
+                "usage: cargo xtask test | demo [--size 1GiB] | fuzz [--seconds N] [TARGET...] | bench [--size 2GiB | --model FILE] [--runs 5] | gpu-test | gpu-bench | vllm-reference | wheel | python-test [--reference] | runai-test"
             );
             return ExitCode::from(2);
         }
@@ -345,7 +347,19 @@ fn python_tests(python: &Path) -> Result {
     )?;
     let suite = upstream::setup()?;
     install_wheel_file(&suite.python, &wheel)?;
-    upstream::check(&suite)
+    upstream::check(&suite)?;
+    let runai = runai::setup()?;
+    install_wheel_file(&runai.python, &wheel)?;
+    runai::check(&runai)
+}
+
+/// Run:ai Model Streamer's own tests on the real package and on ours.
+fn runai_test() -> Result {
+    let oracle = setup_oracle()?;
+    let wheel = wheel(&oracle)?;
+    let suite = runai::setup()?;
+    install_wheel_file(&suite.python, &wheel)?;
+    runai::check(&suite)
 }
 
 fn ensure_cargo_fuzz() -> Result {

@@ -575,12 +575,17 @@ fn a_safetensors_checkpoint_loads_onto_the_device() {
     let dir = tempfile::tempdir().unwrap();
     let mut want = std::collections::HashMap::new();
     for shard in 0..2u8 {
-        let data: Vec<Vec<u8>> = (0..3).map(|i| pattern(i + 10 * shard as usize, 4096 * (i + 1))).collect();
+        let data: Vec<Vec<u8>> = (0..3)
+            .map(|i| pattern(i + 10 * shard as usize, 4096 * (i + 1)))
+            .collect();
         let views: Vec<(String, TensorView<'_>)> = data
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                (format!("s{shard}.t{i}"), TensorView::new(St::F32, vec![d.len() / 4], d).unwrap())
+                (
+                    format!("s{shard}.t{i}"),
+                    TensorView::new(St::F32, vec![d.len() / 4], d).unwrap(),
+                )
             })
             .collect();
         for (name, d) in views.iter().map(|(n, _)| n.clone()).zip(&data) {

@@ -5,6 +5,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, List, Optional
 
+from ..libstreamer.libstreamer import runai_end, runai_list_files, runai_set_credentials, runai_start  # noqa: F401
 from ..s3_utils.s3_utils import S3Credentials, storage
 
 
@@ -37,17 +38,39 @@ class FileStreamer:
     `(file id, range index, uint8 tensor)` in request order."""
 
     def __init__(self) -> None:
+        self.streamer = None
         self._requests: List = []
         self._credentials: Optional[S3Credentials] = None
         self._device = "cpu"
         self._sources = {}
 
     def __enter__(self) -> "FileStreamer":
+        self.streamer = runai_start()
         return self
 
     def __exit__(self, exc_type, exc_value, traceback) -> None:
         self._requests = []
         self._sources.clear()
+        if self.streamer is not None:
+            runai_end(self.streamer)
+            self.streamer = None
+
+    def list_files(self, prefix: str, is_recursive: bool = True,
+                   allow_patterns: Optional[List[str]] = None,
+                   ignore_patterns: Optional[List[str]] = None) -> List:
+        """`(path, size)` of the files under `prefix` (see
+        `libstreamer.runai_list_files`)."""
+        owns_streamer = self.streamer is None
+        streamer = runai_start() if owns_streamer else self.streamer
+        results = []
+        try:
+            runai_list_files(streamer, prefix, lambda path, size: results.append((path, size)),
+                             is_recursive=is_recursive, allow_patterns=allow_patterns,
+                             ignore_patterns=ignore_patterns)
+        finally:
+            if owns_streamer:
+                runai_end(streamer)
+        return results
 
     def _source(self, path: str):
         from tensorizer_rs import _native
