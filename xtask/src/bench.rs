@@ -215,6 +215,10 @@ pub fn bench(args: &[String]) -> Result {
         "pip install safetensors==0.4.5 (Python safetensors, the comparison)",
         Command::new(&oracle).args(["-m", "pip", "install", "-q", "safetensors==0.4.5"]),
     )?;
+    // Run:ai Model Streamer 0.17.0 and safetensors 0.8 need torch 2: the
+    // venv of the Run:ai suite, with our wheel in it too.
+    let st_suite = crate::runai::setup()?;
+    crate::install_wheel(&st_suite.python)?;
     let bin = root.join("target/release/bench-load");
     let cli = root.join("target/release/tensorizer");
 
@@ -253,6 +257,12 @@ pub fn bench(args: &[String]) -> Result {
         "safetensors copy",
         Command::new(&cli).arg("convert").arg(&model).arg(&st),
     )?;
+    // The same model as safetensors, in the bucket folder (HTTP and S3 serve it).
+    let st_remote = bucket.join("model.safetensors");
+    let _ = std::fs::remove_file(&st_remote);
+    std::fs::hard_link(&st, &st_remote)
+        .or_else(|_| std::fs::copy(&st, &st_remote).map(drop))
+        .map_err(|e| format!("{}: {e}", st_remote.display()))?;
     let key_hex: String = std::fs::read(&key)
         .map_err(|e| e.to_string())?
         .iter()
@@ -470,6 +480,170 @@ pub fn bench(args: &[String]) -> Result {
             );
         }
     }
+    // Safetensors loaders, each in its own process: ours (Rust, the CLI's
+    // engine), our Run:ai API, Run:ai's package, safetensors 0.8.
+    let st_file = st.to_str().ok_or("non-UTF-8 path")?.to_owned();
+    let st_s3 = "s3://bench/model.safetensors";
+    let st_py = |args: &[&str]| {
+        let mut c = Command::new(&st_suite.python);
+        c.arg(root.join("scripts/bench_safetensors.py"))
+            .args(args)
+            .args(["--runs", &runs])
+            .env("AWS_ENDPOINT_URL", &s3_endpoint)
+            .env("AWS_ACCESS_KEY_ID", "benchkey")
+            .env("AWS_SECRET_ACCESS_KEY", "benchsecret")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING", "0");
+        c
+    };
+    let limited = |mut c: Command| {
+        c.env("RUNAI_STREAMER_MEMORY_LIMIT", (256u64 << 20).to_string());
+        c
+    };
+    let st_rows = vec![
+        Row {
+            name: "safetensors: limit, parallel pread into fresh memory",
+            sample: measure("st pread", &mut ours(&["pread", &st_file])).ok(),
+            limit: "page faults of fresh memory + page-cache copy",
+        },
+        Row {
+            name: "safetensors: limit, one-thread pread into fresh memory",
+            sample: measure(
+                "st pread 1",
+                &mut ours(&["pread", &st_file, "--threads", "1"]),
+            )
+            .ok(),
+            limit: "one core: faults + copy",
+        },
+        Row {
+            name: "safetensors: limit, mmap, every page touched (no copy)",
+            sample: measure("st mmap", &mut ours(&["mmap", &st_file])).ok(),
+            limit: "mapping the page cache: what a zero-copy loader costs",
+        },
+        Row {
+            name: "safetensors: limit, parallel pread, cold cache",
+            sample: measure("st pread cold", &mut ours(&["pread", &st_file, "--cold"])).ok(),
+            limit: "disk",
+        },
+        Row {
+            name: "safetensors: ours (Rust), local warm",
+            sample: measure(
+                "st ours warm",
+                &mut ours(&["load", &st_file, "--verify", "none"]),
+            )
+            .ok(),
+            limit: "as the pread limit",
+        },
+        Row {
+            name: "safetensors: ours (Rust), local cold",
+            sample: measure(
+                "st ours cold",
+                &mut ours(&["load", &st_file, "--verify", "none", "--cold"]),
+            )
+            .ok(),
+            limit: "disk",
+        },
+        Row {
+            name: "safetensors: ours (Rust), S3 (nginx endpoint)",
+            sample: measure(
+                "st ours s3",
+                &mut ours(&[
+                    "load",
+                    st_s3,
+                    "--s3-endpoint",
+                    &s3_endpoint,
+                    "--verify",
+                    "none",
+                ]),
+            )
+            .ok(),
+            limit: "loopback TCP + nginx; SigV4 signing",
+        },
+        Row {
+            name: "safetensors: tensorizer_rs runai_model_streamer, local warm",
+            sample: measure("st rs-runai warm", &mut st_py(&["runai", &st_file, "--rs"])).ok(),
+            limit: "as ours + torch tensors",
+        },
+        Row {
+            name: "safetensors: tensorizer_rs runai_model_streamer, local cold",
+            sample: measure(
+                "st rs-runai cold",
+                &mut st_py(&["runai", &st_file, "--rs", "--cold"]),
+            )
+            .ok(),
+            limit: "disk",
+        },
+        Row {
+            name: "safetensors: tensorizer_rs runai_model_streamer, S3",
+            sample: measure("st rs-runai s3", &mut st_py(&["runai", st_s3, "--rs"])).ok(),
+            limit: "loopback TCP + nginx",
+        },
+        Row {
+            name: "safetensors: tensorizer_rs runai_model_streamer, 256 MiB limit, tensors dropped",
+            sample: measure(
+                "st rs-runai limit",
+                &mut limited(st_py(&["runai", &st_file, "--rs", "--drop"])),
+            )
+            .ok(),
+            limit: "peak RSS: the limit + the interpreter",
+        },
+        Row {
+            name: "safetensors: runai-model-streamer 0.17.0, local warm",
+            sample: measure("st runai warm", &mut st_py(&["runai", &st_file])).ok(),
+            limit: "",
+        },
+        Row {
+            name: "safetensors: runai-model-streamer 0.17.0, local cold",
+            sample: measure("st runai cold", &mut st_py(&["runai", &st_file, "--cold"])).ok(),
+            limit: "disk",
+        },
+        Row {
+            name: "safetensors: runai-model-streamer 0.17.0, S3",
+            sample: measure("st runai s3", &mut st_py(&["runai", st_s3])).ok(),
+            limit: "loopback TCP + nginx",
+        },
+        Row {
+            name: "safetensors: runai-model-streamer 0.17.0, 256 MiB limit, tensors dropped",
+            sample: measure(
+                "st runai limit",
+                &mut limited(st_py(&["runai", &st_file, "--drop"])),
+            )
+            .ok(),
+            limit: "peak RSS: the limit + the interpreter",
+        },
+        Row {
+            name: "safetensors: safetensors 0.8 load_file (mmap, +clone), local warm",
+            sample: measure("st load_file", &mut st_py(&["load_file", &st_file])).ok(),
+            limit: "mmap faults + copy, one thread",
+        },
+        Row {
+            name: "safetensors: safetensors 0.8 load_file (mmap, +clone), local cold",
+            sample: measure(
+                "st load_file cold",
+                &mut st_py(&["load_file", &st_file, "--cold"]),
+            )
+            .ok(),
+            limit: "disk, one thread",
+        },
+        Row {
+            name: "safetensors: safetensors 0.8 load_file(backend=\"pread\"), local warm",
+            sample: measure(
+                "st load_file pread",
+                &mut st_py(&["load_file", &st_file, "--backend", "pread"]),
+            )
+            .ok(),
+            limit: "pread, one thread",
+        },
+        Row {
+            name: "safetensors: curl of the same object over HTTP",
+            sample: curl(
+                &format!("http://127.0.0.1:{http_port}/bench/model.safetensors"),
+                o.runs,
+            ),
+            limit: "loopback TCP: the raw network limit",
+        },
+    ];
     let [
         fresh_py,
         fresh_rs,
@@ -765,6 +939,7 @@ pub fn bench(args: &[String]) -> Result {
             limit: "loopback TCP: the raw network limit",
         },
     ];
+    let rows: Vec<Row> = rows.into_iter().chain(st_rows).collect();
     let get = |name: &str, rows: &[Row]| {
         rows.iter()
             .find(|r| r.name == name)
@@ -778,7 +953,72 @@ pub fn bench(args: &[String]) -> Result {
         }
         _ => ["n/a".into(), "n/a".into()],
     };
+    let st = |what: &str| format!("safetensors: {what}");
     let ratios = vec![
+        (
+            "safetensors local warm: ours (Rust) / Run:ai (target ≥ 1.5)",
+            ratio(
+                &st("ours (Rust), local warm"),
+                &st("runai-model-streamer 0.17.0, local warm"),
+                &rows,
+            ),
+        ),
+        (
+            "safetensors local warm: our Run:ai API / Run:ai (target ≥ 1.5)",
+            ratio(
+                &st("tensorizer_rs runai_model_streamer, local warm"),
+                &st("runai-model-streamer 0.17.0, local warm"),
+                &rows,
+            ),
+        ),
+        (
+            "safetensors S3: ours (Rust) / Run:ai (target ≥ 1.5)",
+            ratio(
+                &st("ours (Rust), S3 (nginx endpoint)"),
+                &st("runai-model-streamer 0.17.0, S3"),
+                &rows,
+            ),
+        ),
+        (
+            "safetensors S3: our Run:ai API / Run:ai (target ≥ 1.5)",
+            ratio(
+                &st("tensorizer_rs runai_model_streamer, S3"),
+                &st("runai-model-streamer 0.17.0, S3"),
+                &rows,
+            ),
+        ),
+        (
+            "safetensors local warm: ours (Rust) / safetensors 0.8 load_file (target ≥ 2)",
+            ratio(
+                &st("ours (Rust), local warm"),
+                &st("safetensors 0.8 load_file (mmap, +clone), local warm"),
+                &rows,
+            ),
+        ),
+        (
+            "safetensors local warm: ours (Rust) / parallel pread limit (within 10%: ≥ 0.9)",
+            ratio(
+                &st("ours (Rust), local warm"),
+                &st("limit, parallel pread into fresh memory"),
+                &rows,
+            ),
+        ),
+        (
+            "safetensors local cold: ours (Rust) / Run:ai",
+            ratio(
+                &st("ours (Rust), local cold"),
+                &st("runai-model-streamer 0.17.0, local cold"),
+                &rows,
+            ),
+        ),
+        (
+            "safetensors S3: ours (Rust) / curl (within 10%: ≥ 0.9)",
+            ratio(
+                &st("ours (Rust), S3 (nginx endpoint)"),
+                &st("curl of the same object over HTTP"),
+                &rows,
+            ),
+        ),
         (
             "local warm / python tensorizer (target ≥ 3)",
             ratio(

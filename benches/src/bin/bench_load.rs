@@ -5,6 +5,7 @@
 //! ```text
 //! bench-load make-model OUT.tensors --size 2GiB     # fp16/bf16 tensors of LLM shapes
 //! bench-load pread FILE [--threads N] [--runs R] [--cold]
+//! bench-load mmap FILE [--runs R] [--cold]    # the file mapped, every page touched: zero-copy's limit
 //! bench-load check URI [--runs R]     # every tensor SHA-256 checked, nothing kept (`tensorizer verify`)
 //! bench-load sha256 FILE [--runs R]    # SHA-256 of the file, in memory, on every core: the verified-load limit
 //! bench-load load URI [--runs R] [--cold] [--key-file K] [--verify none|crc32|all] [--s3-endpoint E]
@@ -96,6 +97,10 @@ fn run() -> Result {
             report(&args, |_| {
                 pread_all(Path::new(&file), args.threads, args.cold)
             })
+        }
+        "mmap" => {
+            let file = pos(1)?;
+            report(&args, |_| mmap_touch(Path::new(&file), args.cold))
         }
         "sha256" => {
             // Read once, untimed: the limit is hashing alone, one
@@ -289,6 +294,53 @@ fn pread_all(path: &Path, threads: usize, cold: bool) -> Result<u64> {
             });
         }
     });
+    Ok(len as u64)
+}
+
+/// What a zero-copy loader costs at least: the file mapped read-only and
+/// one byte of every page read, so every page is faulted in (from the page
+/// cache when warm), nothing copied.
+fn mmap_touch(path: &Path, cold: bool) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    if cold {
+        drop_cache(path);
+    }
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len() as usize;
+    // SAFETY: a read-only private mapping of a file nothing else writes
+    // during the measurement; unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let base = ptr as usize;
+    let share = len.div_ceil(cores).next_multiple_of(4096);
+    std::thread::scope(|s| {
+        for k in 0..cores {
+            s.spawn(move || {
+                let mut sum = 0u8;
+                let mut at = k * share;
+                while at < len.min((k + 1) * share) {
+                    // SAFETY: inside the mapping of `len` bytes.
+                    sum ^= unsafe { std::ptr::read_volatile((base + at) as *const u8) };
+                    at += 4096;
+                }
+                std::hint::black_box(sum);
+            });
+        }
+    });
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(ptr, len) };
     Ok(len as u64)
 }
 

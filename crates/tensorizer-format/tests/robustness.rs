@@ -129,3 +129,47 @@ proptest! {
         let _ = parse_all(&bytes);
     }
 }
+
+/// A safetensors file of `json` plus `data` bytes.
+fn safetensors_file(json: &str, data: usize) -> Vec<u8> {
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out.resize(out.len() + data, 0xa5);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Headers made of plausible pieces (dtypes, shapes, offsets that may
+    /// overlap, leave holes or run past the end): our parser accepts
+    /// exactly what the `safetensors` crate accepts, with the same
+    /// tensors, names being distinct.
+    #[test]
+    fn safetensors_headers_are_judged_as_the_safetensors_crate_judges_them(
+        tensors in proptest::collection::vec(
+            (prop::sample::select(vec!["F32", "BF16", "U8", "I64", "BOOL", "F8_E4M3", "Q9"]),
+             proptest::collection::vec(0u64..5, 0..3),
+             0u64..64, 0u64..64),
+            0..5),
+        slack in 0usize..3,
+    ) {
+        let body: Vec<String> = tensors.iter().enumerate().map(|(i, (dtype, shape, a, b))| {
+            format!(r#""t{i}":{{"dtype":"{dtype}","shape":{shape:?},"data_offsets":[{a},{b}]}}"#)
+        }).collect();
+        let json = format!("{{{}}}", body.join(","));
+        let data = tensors.iter().map(|t| t.3 as usize).max().unwrap_or(0) + slack.saturating_sub(1);
+        let bytes = safetensors_file(&json, data);
+        let ours = tensorizer_format::safetensors::parse_file(&bytes);
+        let theirs = safetensors::SafeTensors::deserialize(&bytes);
+        prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "ours {:?}", ours.as_ref().err());
+        if let (Ok(ours), Ok(theirs)) = (ours, theirs) {
+            prop_assert_eq!(ours.tensors.len(), theirs.len());
+            for t in &ours.tensors {
+                let view = theirs.tensor(&t.name).unwrap();
+                prop_assert_eq!(view.shape().iter().map(|&d| d as u64).collect::<Vec<_>>(), t.shape.clone());
+                prop_assert_eq!(view.data().len() as u64, t.end - t.start);
+            }
+        }
+    }
+}

@@ -425,3 +425,46 @@ fn a_sharded_checkpoint_loads_from_s3_and_http() {
     let one = Deserializer::open_uri(&nginx.url("model-00002-of-00002.safetensors")).unwrap();
     assert_eq!(one.read_all().unwrap().len(), 2);
 }
+
+#[test]
+fn a_server_that_truncates_a_shard_mid_stream_is_resumed_or_named() {
+    use support::{Behavior, TestServer};
+    let ts = tensors(6, &["a", "b", "c", "d", "e", "f"]);
+    let bytes = safetensors_bytes(&ts);
+    let storage = StorageOptions {
+        retry: tensorizer::RetryPolicy {
+            max_attempts: 3,
+            base_delay: std::time::Duration::from_millis(5),
+            max_delay: std::time::Duration::from_millis(20),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // Cut three times, then whole: the reads resume where the bytes stopped.
+    let flaky = TestServer::start(
+        bytes.clone(),
+        Behavior {
+            cut_after: Some(100),
+            cut_first: 4,
+            ..Behavior::default()
+        },
+    );
+    let d = Deserializer::open_uri_with(&flaky.url(), &storage).unwrap();
+    assert_eq!(d.read_all().unwrap().len(), 6);
+    // Cut on every request: one error naming the range and the attempts.
+    let broken = TestServer::start(
+        bytes,
+        Behavior {
+            cut_after: Some(100),
+            cut_first: usize::MAX,
+            ..Behavior::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let err = Deserializer::open_uri_with(&broken.url(), &storage)
+        .and_then(|d| d.read_all())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bytes") && err.contains("attempt"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
