@@ -11,6 +11,7 @@ Prints {"gib_s": [per run], "bytes": N, "rss_kib": peak RSS}.
         --drop each tensor is counted and dropped (a consumer that copies
         it to a GPU): peak RSS then shows what the streamer itself holds
         under RUNAI_STREAMER_MEMORY_LIMIT.
+    bench_safetensors.py baseline      # peak RSS with torch and the packages imported, nothing loaded
     bench_safetensors.py load_file FILE [--backend mmap|pread] [--runs R] [--cold]
         safetensors 0.8's load_file; mmap tensors are cloned, so that
         every byte is read into memory the caller owns.
@@ -33,8 +34,8 @@ def drop_cache(path):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["runai", "load_file"])
-    p.add_argument("uri")
+    p.add_argument("what", choices=["runai", "load_file", "baseline"])
+    p.add_argument("uri", nargs="?")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--cold", action="store_true")
     p.add_argument("--rs", action="store_true")
@@ -42,6 +43,14 @@ def main():
     p.add_argument("--drop", action="store_true")
     a = p.parse_args()
     import torch  # noqa: F401  (imports are not part of a load)
+    if a.what == "baseline":
+        # What the interpreter holds before any load: both packages imported.
+        import runai_model_streamer  # noqa: F401
+        import tensorizer_rs.runai_model_streamer  # noqa: F401
+        import safetensors.torch  # noqa: F401
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"gib_s": [0.0], "bytes": 0, "rss_kib": rss}))
+        return
     if a.what == "runai":
         if a.rs:
             from tensorizer_rs.runai_model_streamer import SafetensorsStreamer

@@ -503,6 +503,11 @@ pub fn bench(args: &[String]) -> Result {
     };
     let st_rows = vec![
         Row {
+            name: "safetensors: baseline, torch 2 interpreter with the packages imported (RSS only)",
+            sample: measure("st baseline", &mut st_py(&["baseline"])).ok(),
+            limit: "what peak RSS of the Python rows includes before any load",
+        },
+        Row {
             name: "safetensors: limit, parallel pread into fresh memory",
             sample: measure("st pread", &mut ours(&["pread", &st_file])).ok(),
             limit: "page faults of fresh memory + page-cache copy",

@@ -12,6 +12,7 @@ AWS_ENDPOINT_URL_ENV = "AWS_ENDPOINT_URL"
 AWS_EC2_METADATA_DISABLED_ENV = "AWS_EC2_METADATA_DISABLED"
 DEFAULT_AWS_EC2_METADATA_DISABLED = "true"
 S3_VIRTUAL_ADDRESSING_ENV = "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING"
+S3_ENDPOINT_ENV = "RUNAI_STREAMER_S3_ENDPOINT"
 
 
 class S3Credentials:
@@ -62,10 +63,13 @@ def storage(s3_credentials: Optional[S3Credentials] = None):
     virtual = os.environ.get(S3_VIRTUAL_ADDRESSING_ENV)
     if virtual is not None:
         addressing = "virtual" if virtual.strip().lower() in ("1", "true", "yes") else "path"
+    # Run:ai's own endpoint variable first (vLLM sets it from
+    # AWS_ENDPOINT_URL), then what the core looks up itself.
+    endpoint = c.endpoint or os.environ.get("RUNAI_STREAMER_S3_ENDPOINT") or None
     return _native.Storage(
         s3_access_key_id=c.access_key_id, s3_secret_access_key=c.secret_access_key,
         s3_session_token=c.session_token, s3_region_name=c.region_name,
-        s3_endpoint=c.endpoint, s3_addressing=addressing)
+        s3_endpoint=endpoint, s3_addressing=addressing)
 
 
 def _glob(path: str, allow_pattern: Optional[List[str]], credentials, recursive: bool):
