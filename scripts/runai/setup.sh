@@ -13,7 +13,8 @@
 #   * the wheel's test files, copied out of it into a cache folder (nothing
 #     of them is copied into this repository).
 #
-# Prints two lines last: the venv's python, the tests folder.
+# Prints three lines last: the venv's python, the tests folder, the folder
+# of the two wheels (for other venvs: `cargo xtask vllm-reference`).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -73,3 +74,4 @@ fi
 
 echo "$PY"
 echo "$TESTS"
+echo "$CACHE"

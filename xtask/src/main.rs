@@ -230,6 +230,25 @@ fn vllm_reference() -> Result {
                 .arg(tp),
         )?;
     }
+    // vLLM's runai_streamer loader on Run:ai's package and on ours, from a
+    // directory and from S3 (moto, from the oracle venv's servers).
+    let runai = runai::setup()?;
+    run(
+        "pip install runai-model-streamer 0.17.0 (+ S3 backend, pinned) into the vLLM venv",
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q"])
+            .args(&runai.wheels)
+            .arg("humanize"),
+    )?;
+    let oracle = setup_oracle()?;
+    setup_servers(&oracle)?;
+    run(
+        "vLLM 0.33.0's RunaiModelStreamerLoader, Run:ai vs tensorizer_rs, local and S3, TP 1 and 2",
+        Command::new(&python)
+            .arg(root().join("scripts/vllm_runai.py"))
+            .arg(checkpoints.join("llama-tp2"))
+            .arg(oracle.with_file_name("moto_server")),
+    )?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 //! the reason.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::{Result, root, run};
@@ -151,6 +151,8 @@ const PHYSICAL_LENGTH: &str = "calls the private helpers `_validate_physical_len
 pub struct Suite {
     pub python: PathBuf,
     tests: PathBuf,
+    /// The pinned wheels (runai-model-streamer and its S3 backend).
+    pub wheels: Vec<PathBuf>,
 }
 
 pub fn setup() -> Result<Suite> {
@@ -163,13 +165,20 @@ pub fn setup() -> Result<Suite> {
         .output()
         .map_err(|e| format!("cannot run bash: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().rev().take(2).collect();
-    if !out.status.success() || lines.len() < 2 {
+    let lines: Vec<&str> = stdout.lines().rev().take(3).collect();
+    if !out.status.success() || lines.len() < 3 {
         return Err("scripts/runai/setup.sh failed; it needs network access to PyPI".into());
     }
+    let cache = PathBuf::from(lines[0].trim());
+    let wheels = std::fs::read_dir(&cache)
+        .map_err(|e| format!("{}: {e}", cache.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+        .collect();
     Ok(Suite {
-        python: PathBuf::from(lines[1].trim()),
-        tests: PathBuf::from(lines[0].trim()),
+        python: PathBuf::from(lines[2].trim()),
+        tests: PathBuf::from(lines[1].trim()),
+        wheels,
     })
 }
 
@@ -280,10 +289,4 @@ pub fn check(suite: &Suite) -> Result {
             missed.join(", ")
         ))
     }
-}
-
-/// The tests folder's path, for messages.
-#[allow(dead_code)]
-pub fn tests_dir(suite: &Suite) -> &Path {
-    &suite.tests
 }

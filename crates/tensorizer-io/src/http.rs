@@ -148,12 +148,17 @@ impl HttpSource {
     /// [`HttpSource::open`], trusting `trust`'s CA certificates too.
     pub fn open_with(uri: &str, policy: RetryPolicy, trust: &crate::TrustOptions) -> Result<Self> {
         let shown = crate::uri::redact(uri);
-        let client = crate::net::client_builder(&policy, &trust.for_url(uri))?
-            .build()
-            .map_err(|e| IoError::Protocol {
-                uri: shown.clone(),
-                message: format!("cannot build an HTTP client: {e}"),
-            })?;
+        // One client per policy and trust for the process: a checkpoint's
+        // shards (and a vLLM rank's files) reuse its warm connections.
+        let trust = trust.for_url(uri);
+        let client = crate::net::cached(format!("http|{policy:?}|{trust:?}"), || {
+            crate::net::client_builder(&policy, &trust)?
+                .build()
+                .map_err(|e| IoError::Protocol {
+                    uri: shown.clone(),
+                    message: format!("cannot build an HTTP client: {e}"),
+                })
+        })?;
         let mut me = Self {
             uri: shown,
             url: uri.to_owned(),

@@ -62,6 +62,36 @@ pub(crate) fn client_builder(
         .redirect(Policy::custom(follow_within_origin)))
 }
 
+/// One client per store, configuration and policy for the life of the
+/// process, so that connections stay warm from one file to the next (a
+/// model's shards, a vLLM rank's files).
+pub(crate) fn cached<T: Clone + Send + 'static, E>(
+    key: String,
+    build: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    use std::any::Any;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::OnceLock;
+    type Cache = Mutex<HashMap<String, Box<dyn Any + Send>>>;
+    static CLIENTS: OnceLock<Cache> = OnceLock::new();
+    let clients = CLIENTS.get_or_init(Default::default);
+    if let Some(client) = clients
+        .lock()
+        .expect("client cache lock")
+        .get(&key)
+        .and_then(|c| c.downcast_ref::<T>())
+    {
+        return Ok(client.clone());
+    }
+    let client = build()?;
+    clients
+        .lock()
+        .expect("client cache lock")
+        .insert(key, Box::new(client.clone()));
+    Ok(client)
+}
+
 /// object_store's clients, built as ours are (its own connector follows
 /// redirects anywhere and sends `Referer`).
 #[cfg(feature = "object-store")]

@@ -15,7 +15,7 @@ mod sink;
 mod source;
 
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
@@ -156,13 +156,14 @@ impl Object {
         // What messages show: a SAS query or userinfo never does.
         let uri = &crate::uri::redact(uri);
         let cache_key = format!("{service:?}|{config}|{policy:?}");
-        let (store, upload) = cached(cache_key, build).map_err(|e| IoError::Unsupported {
-            uri: uri.to_owned(),
-            message: format!(
-                "cannot configure the {} client: {e} [{service}]",
-                service.name
-            ),
-        })?;
+        let (store, upload) =
+            crate::net::cached(cache_key, build).map_err(|e| IoError::Unsupported {
+                uri: uri.to_owned(),
+                message: format!(
+                    "cannot configure the {} client: {e} [{service}]",
+                    service.name
+                ),
+            })?;
         tracing::debug!(uri, %service, "object");
         Ok(Self {
             uri: uri.to_owned(),
@@ -427,33 +428,4 @@ pub(crate) fn copy(from: &str, to: &str, options: &StorageOptions) -> Result<Opt
     block(async move { store.copy(&from_path, &to_path).await }, to)?
         .map_err(|e| dest.error(0..0, &e, &options.retry))
         .map(Some)
-}
-
-/// One client per service, bucket and policy for the life of the process,
-/// so that connections stay warm from one file to the next (a model's
-/// shards, a vLLM rank's files).
-pub(crate) fn cached<T: Clone + Send + 'static, E>(
-    key: String,
-    build: impl FnOnce() -> std::result::Result<T, E>,
-) -> std::result::Result<T, E> {
-    use std::any::Any;
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    type Cache = Mutex<HashMap<String, Box<dyn Any + Send>>>;
-    static CLIENTS: OnceLock<Cache> = OnceLock::new();
-    let clients = CLIENTS.get_or_init(Default::default);
-    if let Some(client) = clients
-        .lock()
-        .expect("client cache lock")
-        .get(&key)
-        .and_then(|c| c.downcast_ref::<T>())
-    {
-        return Ok(client.clone());
-    }
-    let client = build()?;
-    clients
-        .lock()
-        .expect("client cache lock")
-        .insert(key, Box::new(client.clone()));
-    Ok(client)
 }
