@@ -577,6 +577,15 @@ fn inspect_load_and_verify_take_safetensors_checkpoints() {
             stderr(&out)
         );
     }
+    // copy moves a safetensors file byte for byte (and Redis, which holds
+    // tensorizer files in the library's layout, is refused).
+    let copied = dir.path().join("copied.safetensors");
+    let out = run(&["copy".as_ref(), file.as_os_str(), copied.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&copied).unwrap(), one);
+    let out = run_str(&["copy", &file_s, "redis://127.0.0.1:1/x"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("convert first"), "{}", stderr(&out));
     let out = run_str(&["inspect", "--json", &file_s]);
     assert!(out.status.success(), "{}", stderr(&out));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -6,19 +6,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 use tensorizer_format::TERMINATOR;
-use tensorizer_io::{SegmentKind, StorageOptions};
+use tensorizer_io::{FileLayout, Segment, SegmentKind, StorageOptions};
 
 use crate::error::{Result, source_error};
 use crate::serializer::layout;
-use crate::{Deserializer, Progress, ProgressFn, WriteSummary};
+use crate::{Deserializer, FileFormat, Progress, ProgressFn, WriteSummary};
 
 /// Bytes moved per request.
 const PIECE: u64 = 16 << 20;
 
-/// Copies the tensorizer file at `input` to `output` (paths or URIs), byte
-/// for byte from the magic to the last tensor, plus the terminator. The
-/// header and index are parsed (so the destination can name Redis keys and
-/// a non-tensorizer input is refused), the tensor data is not checked: use
+/// Copies the tensorizer or safetensors file at `input` to `output` (paths
+/// or URIs), byte for byte: a tensorizer file from the magic to the last
+/// tensor, plus the terminator; a safetensors file whole. The header and
+/// index are parsed (so the destination can name Redis keys and anything
+/// else is refused), the tensor data is not checked: use
 /// [`Deserializer::verify`] for that. `output` is replaced atomically.
 ///
 /// ```no_run
@@ -40,13 +41,40 @@ pub fn copy_with_progress(
     progress: Option<ProgressFn>,
 ) -> Result<WriteSummary> {
     let reader = Deserializer::open_uri_with(input, storage)?;
-    let layout = layout(reader.metadata());
+    let source = reader.source();
+    let tensorizer = matches!(reader.format(), FileFormat::Tensorizer);
+    // A tensorizer file is laid out in segments (Redis names a key for
+    // each); a safetensors file is one run of bytes, copied as it is.
+    let layout = if tensorizer {
+        layout(reader.metadata())
+    } else {
+        if output.to_ascii_lowercase().starts_with("redis://") {
+            return Err(crate::Error::Source {
+                action: "starting the write".into(),
+                source: tensorizer_io::IoError::Unsupported {
+                    uri: tensorizer_io::redact_uri(output),
+                    message: "Redis holds tensorizer files (in the Python library's key layout), not safetensors files: convert first".into(),
+                },
+            });
+        }
+        FileLayout {
+            len: source.len(),
+            segments: vec![Segment {
+                offset: 0,
+                len: source.len(),
+                kind: SegmentKind::Prologue,
+            }],
+        }
+    };
     let sink =
         tensorizer_io::create_sink(output, storage).map_err(source_error("starting the write"))?;
     sink.reserve(&layout)
         .map_err(source_error("announcing the file layout"))?;
-    let source = reader.source();
-    let end = layout.len - TERMINATOR.len() as u64;
+    let end = if tensorizer {
+        layout.len - TERMINATOR.len() as u64
+    } else {
+        layout.len
+    };
     // Pieces never straddle a segment, so every piece lands in one key.
     let pieces: Vec<(u64, u64, &str)> = layout
         .segments
@@ -81,8 +109,10 @@ pub fn copy_with_progress(
         }
         Ok::<(), crate::Error>(())
     })?;
-    sink.write_all_at(end, &TERMINATOR)
-        .map_err(source_error("writing the terminator"))?;
+    if tensorizer {
+        sink.write_all_at(end, &TERMINATOR)
+            .map_err(source_error("writing the terminator"))?;
+    }
     sink.commit()
         .map_err(source_error("committing the output"))?;
     let header = &reader.metadata().header;
