@@ -222,3 +222,13 @@ def test_s3_streams_lists_and_pulls(shards, tmp_path, moto_endpoint, monkeypatch
     # A second one finds the sentinel and downloads nothing.
     with ObjectStorageModel("s3://models/tiny", str(dst)) as obj:
         assert obj._skip
+
+
+def test_tensor_deserializer_reads_safetensors_through_the_same_engine(shards):
+    # The core recognises the format; TensorDeserializer's mapping works on it.
+    from tensorizer_rs import TensorDeserializer
+    with TensorDeserializer(shards[0], device="cpu") as d:
+        ours = {k: v.clone() for k, v in d.items()}
+        with pytest.raises(ValueError, match="safetensors"):
+            d.to_redis(None, "x")
+    _same(ours, _theirs(shards[0]))

@@ -639,6 +639,9 @@ class TensorDeserializer(collections.abc.Mapping):
         """Copies the file into Redis under `key_prefix`, in the library's
         key layout (`{prefix}:header:0`, then each tensor's header and data
         under `{prefix}:{name}:{offset}`)."""
+        if self._reader.safetensors() is not None:
+            raise ValueError("to_redis copies tensorizer files (in the library's key layout); "
+                             "this is a safetensors file: convert it first")
         redis_client.set(f"{key_prefix}:header:0", self._reader.read_bytes(0, self._prologue_len))
         for entry in self._entries:
             header_key = f"{key_prefix}:{entry.stored_name}:{entry.header_offset}"
