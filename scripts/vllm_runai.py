@@ -94,8 +94,21 @@ def side_main(side, model_dir, source):
 
 
 def put(endpoint, path, data=b""):
-    req = urllib.request.Request(f"{endpoint}/{path}", data=data, method="PUT")
-    urllib.request.urlopen(req).read()
+    # A binary body (urllib would call it a form, which the server parses).
+    req = urllib.request.Request(f"{endpoint}/{path}", data=data, method="PUT",
+                                 headers={"Content-Type": "application/octet-stream"})
+    urllib.request.urlopen(req, timeout=60).read()
+
+
+def wait_listening(port, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"moto did not listen on port {port} within {seconds} s")
 
 
 def main():
@@ -109,12 +122,8 @@ def main():
     endpoint = f"http://127.0.0.1:{port}"
     failures = 0
     try:
-        for _ in range(200):
-            try:
-                put(endpoint, "models")
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_listening(port)
+        put(endpoint, "models")
         for name in os.listdir(model_dir):
             if name.endswith(".safetensors"):
                 put(endpoint, f"models/tiny/{name}", open(os.path.join(model_dir, name), "rb").read())
