@@ -340,3 +340,45 @@ def test_without_a_driver_it_falls_back_to_host_memory_with_one_warning(files):
     r = subprocess.run([sys.executable, "-c", code, str(plain)], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_runai_streamer_to_cuda_goes_through_the_engine(tmp_path):
+    from safetensors.torch import save_file
+    path = tmp_path / "model.safetensors"
+    tensors = {k: v for k, v in state_dict().items() if k not in ("scalar", "big")}
+    save_file(tensors, str(path))
+    torch.save(tensors, tmp_path / "want.pt")
+    out = run('''
+        from tensorizer_rs.runai_model_streamer import SafetensorsStreamer
+        DTYPES = {(2, 32): torch.float32, (4, 16): torch.bfloat16, (2, 16): torch.float16,
+                  (0, 64): torch.int64, (1, 8): torch.uint8}
+        imported = []
+
+        def from_cuda_capsule(capsule):
+            kind, dev, ptr, shape, nbytes, code = inspect(capsule)
+            assert (kind, dev) == (2, 0), (kind, dev)
+            if nbytes:
+                assert sim.tsim_device_of(ptr) == 0
+            imported.append(ptr)
+            data = bytearray(device_bytes(ptr, nbytes))
+            if not data:
+                return torch.empty(shape, dtype=DTYPES[code])
+            return torch.frombuffer(data, dtype=DTYPES[code]).reshape(shape)
+
+        torch.utils.dlpack.from_dlpack = from_cuda_capsule
+        want = torch.load(sys.argv[2])
+        with SafetensorsStreamer() as s:
+            s.stream_file(sys.argv[1], device="cuda:0")
+            got = dict(s.get_tensors())
+        assert len(imported) == len(want), (len(imported), len(want))
+        for name, t in want.items():
+            assert got[name].dtype == t.dtype and got[name].shape == t.shape, name
+            assert torch.equal(got[name], t), name
+        gc.collect()
+        s = stats()
+        assert (s.live_device_allocations, s.retained_contexts) == (0, 0), \\
+            [(f, getattr(s, f)) for f in FIELDS]
+        assert violations() == [], violations()
+        print("loaded", len(got))
+    ''', path, tmp_path / "want.pt")
+    assert "loaded 6" in out
