@@ -67,7 +67,10 @@ def main():
             with SafetensorsStreamer() as s:
                 s.stream_file(a.uri)
                 if a.drop:
-                    dropped = sum(t.element_size() * t.nelement() for _, t in s.get_tensors())
+                    dropped = 0
+                    for _, t in s.get_tensors():
+                        dropped += t.element_size() * t.nelement()
+                        del t  # before the next one is asked for
                     kept = [torch.empty(dropped, dtype=torch.uint8, device="meta")]
                 else:
                     kept = [t for _, t in s.get_tensors()]

@@ -283,15 +283,27 @@ class SafetensorsStreamer:
         return out
 
     def get_tensors(self) -> Iterator:
+        """Yields `(name, tensor)`; the next window is read while this one
+        is consumed when both fit in RUNAI_STREAMER_MEMORY_LIMIT (a window
+        holding one tensor larger than half the limit is read after the
+        one before it was handed over, not alongside it)."""
+        from collections import deque
+        windows = list(self._windows())
+        sizes = [sum(p.tensors[k].get_bytesize() for p, ks in w for k in ks) for w in windows]
+        limit = memory_limit()
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = None
-            for window in self._windows():
-                ahead = pool.submit(self._read, window)
-                if pending is not None:
-                    yield from pending.result()
-                pending = ahead
-            if pending is not None:
-                yield from pending.result()
+            ahead = pool.submit(self._read, windows[0]) if windows else None
+            for i in range(len(windows)):
+                current, ahead = deque(ahead.result()), None
+                more = i + 1 < len(windows)
+                if more and (limit is None or sizes[i] + sizes[i + 1] <= limit):
+                    ahead = pool.submit(self._read, windows[i + 1])
+                # Popped as handed over: this generator keeps no reference
+                # to a tensor the caller has dropped.
+                while current:
+                    yield current.popleft()
+                if more and ahead is None:
+                    ahead = pool.submit(self._read, windows[i + 1])
         self._log_throughput()
 
     def _log_throughput(self) -> None:
