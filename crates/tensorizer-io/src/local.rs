@@ -483,6 +483,41 @@ pub(crate) fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The regular files under `dir` (below it too with `recursive`), named
+/// relative to it, with their sizes; links and special files are left out.
+pub(crate) fn list(dir: &Path, recursive: bool) -> Result<Vec<(String, u64)>> {
+    let err = |dir: &Path| {
+        let uri = dir.display().to_string();
+        move |source| IoError::Local {
+            uri,
+            action: "listing the directory".into(),
+            source,
+        }
+    };
+    let mut out = Vec::new();
+    let mut pending = vec![(dir.to_path_buf(), String::new())];
+    while let Some((at, prefix)) = pending.pop() {
+        for entry in std::fs::read_dir(&at).map_err(err(&at))? {
+            let entry = entry.map_err(err(&at))?;
+            let kind = entry.file_type().map_err(err(&at))?;
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            if kind.is_file() {
+                out.push((name, entry.metadata().map_err(err(&at))?.len()));
+            } else if kind.is_dir() && recursive {
+                pending.push((entry.path(), format!("{name}/")));
+            }
+            if out.len() > crate::MAX_LISTED {
+                return Err(IoError::Protocol {
+                    uri: dir.display().to_string(),
+                    message: format!("holds more than {} files", crate::MAX_LISTED),
+                });
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,39 +586,4 @@ mod tests {
             0o600
         );
     }
-}
-
-/// The regular files under `dir` (below it too with `recursive`), named
-/// relative to it, with their sizes; links and special files are left out.
-pub(crate) fn list(dir: &Path, recursive: bool) -> Result<Vec<(String, u64)>> {
-    let err = |dir: &Path| {
-        let uri = dir.display().to_string();
-        move |source| IoError::Local {
-            uri,
-            action: "listing the directory".into(),
-            source,
-        }
-    };
-    let mut out = Vec::new();
-    let mut pending = vec![(dir.to_path_buf(), String::new())];
-    while let Some((at, prefix)) = pending.pop() {
-        for entry in std::fs::read_dir(&at).map_err(err(&at))? {
-            let entry = entry.map_err(err(&at))?;
-            let kind = entry.file_type().map_err(err(&at))?;
-            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
-            if kind.is_file() {
-                out.push((name, entry.metadata().map_err(err(&at))?.len()));
-            } else if kind.is_dir() && recursive {
-                pending.push((entry.path(), format!("{name}/")));
-            }
-            if out.len() > crate::MAX_LISTED {
-                return Err(IoError::Protocol {
-                    uri: dir.display().to_string(),
-                    message: format!("holds more than {} files", crate::MAX_LISTED),
-                });
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }

@@ -228,7 +228,7 @@ pub fn checkpoint_to_tensorizer(
 ) -> Result<WriteSummary> {
     let checkpoint = crate::Checkpoint::open_uri_with(input, options)?;
     let mut tensors: Vec<(usize, &tensorizer_format::IndexEntry)> = checkpoint.entries().collect();
-    tensors.sort_by(|a, b| a.1.name.to_string().cmp(&b.1.name.to_string()));
+    tensors.sort_by_key(|a| a.1.name.to_string());
     let mut s = Serializer::new();
     for (k, entry) in tensors {
         let shard = &checkpoint.shards()[k];
