@@ -23,13 +23,7 @@ import resource
 import time
 
 
-def drop_cache(path):
-    if os.path.exists(path):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+from bench_python import drop_cache  # noqa: E402  (beside this script)
 
 
 def main():

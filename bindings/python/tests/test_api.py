@@ -438,19 +438,6 @@ def test_tensors_are_hashed_as_written(tmp_path):
     assert not ok and dict(results)["2.weight"] is False
 
 
-@pytest.fixture
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    import boto3
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="k",
-                 aws_secret_access_key="s", region_name="us-east-1").create_bucket(Bucket="models")
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def _s3(endpoint):
     # The library refuses plain-http endpoints unless forced (so do we).
     return dict(s3_access_key_id="k", s3_secret_access_key="s", s3_endpoint=endpoint,

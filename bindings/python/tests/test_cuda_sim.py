@@ -106,6 +106,23 @@ PRELUDE = textwrap.dedent('''
         if nbytes:
             assert sim.tsim_device_of(ptr) == ordinal, hex(ptr)
         assert device_bytes(ptr, nbytes) == want
+
+    DTYPES = {(2, 32): torch.float32, (4, 16): torch.bfloat16, (2, 16): torch.float16,
+              (0, 64): torch.int64, (1, 8): torch.uint8, (6, 8): torch.bool}
+
+    def from_cuda_capsule(capsule, imported):
+        """CPU torch's stand-in for importing a kDLCUDA capsule: checks it
+        is on device 0 inside a live allocation, records its pointer in
+        `imported`, rebuilds the tensor from the device's bytes."""
+        kind, dev, ptr, shape, nbytes, code = inspect(capsule)
+        assert (kind, dev) == (2, 0), (kind, dev)
+        if nbytes:
+            assert sim.tsim_device_of(ptr) == 0
+        imported.append(ptr)
+        data = bytearray(device_bytes(ptr, nbytes))
+        if not data:
+            return torch.empty(shape, dtype=DTYPES[code])
+        return torch.frombuffer(data, dtype=DTYPES[code]).reshape(shape)
 ''')
 
 
@@ -238,22 +255,9 @@ def test_tensor_deserializer_to_cuda_goes_through_the_engine(files):
         # checking them and rebuilding the tensor from the device's bytes.
         torch.cuda.is_available = lambda: True
         torch.cuda.current_device = lambda: 0
-        DTYPES = {(2, 32): torch.float32, (4, 16): torch.bfloat16, (2, 16): torch.float16,
-                  (0, 64): torch.int64, (1, 8): torch.uint8, (6, 8): torch.bool}
         imported = []
 
-        def from_cuda_capsule(capsule):
-            kind, dev, ptr, shape, nbytes, code = inspect(capsule)
-            assert (kind, dev) == (2, 0), (kind, dev)
-            if nbytes:
-                assert sim.tsim_device_of(ptr) == 0
-            imported.append(ptr)
-            data = bytearray(device_bytes(ptr, nbytes))
-            if not data:
-                return torch.empty(shape, dtype=DTYPES[code])
-            return torch.frombuffer(data, dtype=DTYPES[code]).reshape(shape)
-
-        torch.utils.dlpack.from_dlpack = from_cuda_capsule
+        torch.utils.dlpack.from_dlpack = lambda c: from_cuda_capsule(c, imported)
         real = {}
         for path, k in ((plain, None), (enc, open(key, "rb").read())):
             enc_params = DecryptionParams.from_key(k) if k else None
@@ -350,22 +354,9 @@ def test_runai_streamer_to_cuda_goes_through_the_engine(tmp_path):
     torch.save(tensors, tmp_path / "want.pt")
     out = run('''
         from tensorizer_rs.runai_model_streamer import SafetensorsStreamer
-        DTYPES = {(2, 32): torch.float32, (4, 16): torch.bfloat16, (2, 16): torch.float16,
-                  (0, 64): torch.int64, (1, 8): torch.uint8}
         imported = []
 
-        def from_cuda_capsule(capsule):
-            kind, dev, ptr, shape, nbytes, code = inspect(capsule)
-            assert (kind, dev) == (2, 0), (kind, dev)
-            if nbytes:
-                assert sim.tsim_device_of(ptr) == 0
-            imported.append(ptr)
-            data = bytearray(device_bytes(ptr, nbytes))
-            if not data:
-                return torch.empty(shape, dtype=DTYPES[code])
-            return torch.frombuffer(data, dtype=DTYPES[code]).reshape(shape)
-
-        torch.utils.dlpack.from_dlpack = from_cuda_capsule
+        torch.utils.dlpack.from_dlpack = lambda c: from_cuda_capsule(c, imported)
         want = torch.load(sys.argv[2])
         with SafetensorsStreamer() as s:
             s.stream_file(sys.argv[1], device="cuda:0")

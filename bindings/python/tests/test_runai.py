@@ -175,19 +175,6 @@ def test_the_alias_answers_import_runai_model_streamer():
     assert "tensorizer_rs.runai_model_streamer" in out.stdout, out.stdout
 
 
-@pytest.fixture
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    import boto3
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="k",
-                 aws_secret_access_key="s", region_name="us-east-1").create_bucket(Bucket="models")
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def test_s3_streams_lists_and_pulls(shards, tmp_path, moto_endpoint, monkeypatch):
     import boto3
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id="k",

@@ -112,7 +112,11 @@ impl Checkpoint {
                 .collect()
         });
         let opened: Vec<Deserializer> = opened.into_iter().collect::<Result<_>>()?;
-        let names: Vec<String> = shards.iter().map(|s| s.name.clone()).collect();
+        // Shard names come from an index or a listing: shown escaped.
+        let names: Vec<String> = shards
+            .iter()
+            .map(|s| tensorizer_io::escape_controls(&s.name))
+            .collect();
         let mut by_path = HashMap::new();
         for (k, de) in opened.iter().enumerate() {
             for (i, entry) in de.entries().iter().enumerate() {

@@ -1053,11 +1053,7 @@ impl Deserializer {
         &self,
         filter: impl Fn(&IndexEntry) -> bool + Sync,
     ) -> Result<Vec<Tensor>> {
-        let selected: Vec<usize> = (0..self.len())
-            .filter(|&i| filter(&self.metadata.entries[i]))
-            .collect();
-        let tracker = self.tracker(&selected);
-        self.read_indices(&selected, &tracker, self.readers())
+        self.read_filtered_with(filter, None)
     }
 
     /// [`Deserializer::read_filtered`] with `readers` threads (default:
@@ -1150,8 +1146,8 @@ impl Deserializer {
             Some(actual) if actual == expected => Ok(()),
             Some(actual) => Err(Error::FileDigest {
                 path: self.path.clone(),
-                expected: crate::file_digest::hex(&expected),
-                actual: crate::file_digest::hex(&actual),
+                expected: tensorizer_format::StoredHash::Sha256(expected).to_hex(),
+                actual: tensorizer_format::StoredHash::Sha256(actual).to_hex(),
             }),
             // Only a load that kept going past failures gets here: each
             // failed tensor was reported.

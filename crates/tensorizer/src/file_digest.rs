@@ -141,11 +141,6 @@ impl<D: Destination> Destination for InOrder<'_, D> {
     }
 }
 
-/// Lowercase hex of a digest, for messages.
-pub(crate) fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Parses 64 hex digits (a Hugging Face blob name, a `--sha256` argument).
 pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     let text = text.trim();
