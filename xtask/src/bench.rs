@@ -183,6 +183,41 @@ fn measure(what: &str, cmd: &mut Command) -> Result<Sample> {
 /// Seconds between fresh-process measurements (see where it is used).
 const FRESH_SETTLE_SECS: u64 = 5;
 
+/// One thread spinning per core until dropped: the busy neighbours of a
+/// shared node.
+struct BusyNeighbours {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyNeighbours {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for BusyNeighbours {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 struct Row {
     name: &'static str,
     sample: Option<Sample>,
@@ -480,6 +515,36 @@ pub fn bench(args: &[String]) -> Result {
             );
         }
     }
+    // The same three loaders while the CPU is shared: one busy neighbour
+    // per core (a pod's neighbours, a tokenizer warming up), as a loader
+    // meets on a loaded node. The scheduler shares the cores by runnable
+    // thread, so how many readers a loader runs decides its share.
+    let mut shared: [Option<Sample>; 4] = Default::default();
+    {
+        let _neighbours = BusyNeighbours::start();
+        for _ in 0..o.runs {
+            settle();
+            shared[0] = Sample::merge(
+                shared[0].take(),
+                measure("shared python", &mut fresh_python("py", m, false)).ok(),
+            );
+            settle();
+            shared[1] = Sample::merge(
+                shared[1].take(),
+                measure("shared tensorizer_rs", &mut fresh_python("rs", m, false)).ok(),
+            );
+            settle();
+            shared[2] = Sample::merge(
+                shared[2].take(),
+                measure("shared CLI", &mut fresh_cli(m, false)).ok(),
+            );
+            settle();
+            shared[3] = Sample::merge(
+                shared[3].take(),
+                measure("shared pread", &mut ours(&["pread", m, "--runs", "1"])).ok(),
+            );
+        }
+    }
     // Safetensors loaders, each in its own process: ours (Rust, the CLI's
     // engine), our Run:ai API, Run:ai's package, safetensors 0.8.
     let st_file = st.to_str().ok_or("non-UTF-8 path")?.to_owned();
@@ -657,6 +722,7 @@ pub fn bench(args: &[String]) -> Result {
         fresh_rs_enc,
         fresh_cli_enc,
     ] = fresh;
+    let [shared_py, shared_rs, shared_cli, shared_pread] = shared;
     let rows = vec![
         Row {
             name: "limit: parallel pread, warm cache",
@@ -913,6 +979,26 @@ pub fn bench(args: &[String]) -> Result {
             name: "fresh process: CLI tensorizer load --verify none",
             sample: fresh_cli_plain,
             limit: "the Rust core alone",
+        },
+        Row {
+            name: "shared CPU: python tensorizer, one load",
+            sample: shared_py,
+            limit: "one busy neighbour per core; fresh process",
+        },
+        Row {
+            name: "shared CPU: tensorizer_rs, one load",
+            sample: shared_rs,
+            limit: "the scheduler shares the cores by runnable thread",
+        },
+        Row {
+            name: "shared CPU: CLI tensorizer load --verify none",
+            sample: shared_cli,
+            limit: "",
+        },
+        Row {
+            name: "shared CPU: limit, parallel pread into fresh memory",
+            sample: shared_pread,
+            limit: "4 readers a core, as ours",
         },
         Row {
             name: "fresh process: python tensorizer, one load, encrypted",
@@ -1185,6 +1271,22 @@ pub fn bench(args: &[String]) -> Result {
             ratio(
                 "fresh process: tensorizer_rs, one load",
                 "fresh process: python tensorizer, one load",
+                &rows,
+            ),
+        ),
+        (
+            "shared CPU: tensorizer_rs / python tensorizer (target ≥ 1)",
+            ratio(
+                "shared CPU: tensorizer_rs, one load",
+                "shared CPU: python tensorizer, one load",
+                &rows,
+            ),
+        ),
+        (
+            "shared CPU: CLI / python tensorizer (target ≥ 1)",
+            ratio(
+                "shared CPU: CLI tensorizer load --verify none",
+                "shared CPU: python tensorizer, one load",
                 &rows,
             ),
         ),

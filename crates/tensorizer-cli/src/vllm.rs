@@ -35,12 +35,14 @@ pub enum VllmCommand {
 /// `vllm serialize`.
 #[derive(Args)]
 pub struct SerializeArgs {
-    /// A checkpoint directory (config.json + *.safetensors), or ORG/NAME
-    /// in the local Hugging Face cache (nothing is downloaded).
+    /// A checkpoint (config.json + *.safetensors): a directory, ORG/NAME
+    /// in the local Hugging Face cache (nothing is downloaded), or a
+    /// prefix on any store (s3://bucket/llama/, gs://, az://, https://),
+    /// read by range as the files are written.
     #[arg(long)]
     model: String,
-    /// ORG/NAME in the output path when --model is a directory (default:
-    /// the directory's name).
+    /// ORG/NAME in the output path when --model is a directory or prefix
+    /// (default: its last component).
     #[arg(long)]
     model_name: Option<String>,
     /// Where `vllm/ORG/NAME/SUFFIX/` is created: a directory or s3://bucket/prefix.

@@ -1,17 +1,22 @@
-//! A Hugging Face checkpoint directory: `config.json`, one or more
-//! `*.safetensors` files (sharded ones listed in
-//! `model.safetensors.index.json`) and the files that go with them
-//! (tokenizer, generation config). Tensors are memory-mapped and read by
-//! slice, so a rank's file is written without loading the model.
+//! A Hugging Face checkpoint: `config.json`, one or more `*.safetensors`
+//! files (sharded ones listed in `model.safetensors.index.json`) and the
+//! files that go with them (tokenizer, generation config), in a local
+//! directory or under a prefix of any store (`s3://`, `gs://`, `az://`,
+//! `http(s)://`). Local weights are memory-mapped and remote ones read by
+//! range, tensor by tensor or slice by slice as the writer asks for them:
+//! a rank's file is written without loading the model, and nothing of a
+//! remote checkpoint is copied to local disk.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::SafeTensors;
 use tensorizer::Dtype;
-use tensorizer::safetensors::from_safetensors_dtype;
+use tensorizer::format::safetensors::{PREFIX_LEN, SafetensorsHeader};
+use tensorizer::io::{IoError, RangeSource, ShownUri};
+use tensorizer::{ShardRef, StorageOptions};
 
 use crate::config::ModelConfig;
 use crate::error::{Result, VllmError, io_error};
@@ -27,6 +32,20 @@ pub const ARTIFACT_IGNORE: [&str; 6] = [
     ".md",
 ];
 
+/// The files beside the weights looked for where a store has no listing
+/// (HTTP): what Hugging Face repositories hold.
+const KNOWN_ARTIFACTS: [&str; 9] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+];
+
 /// One tensor stored in a safetensors file.
 #[derive(Debug, Clone)]
 pub struct StoredTensor {
@@ -40,21 +59,51 @@ pub struct StoredTensor {
     pub range: Range<usize>,
 }
 
-/// An open checkpoint directory.
+/// Where a checkpoint is.
+#[derive(Debug)]
+enum Location {
+    /// A local directory.
+    Dir(PathBuf),
+    /// A prefix of a store (no trailing `/`), with the options to read it.
+    Remote {
+        prefix: String,
+        storage: StorageOptions,
+    },
+}
+
+/// Where a weight file's bytes are.
+#[derive(Debug)]
+enum Weights {
+    /// Mapped from local disk.
+    Mapped(Mmap),
+    /// Read by range from a store, as they are needed.
+    Remote(Box<dyn RangeSource>),
+}
+
+/// An open checkpoint.
 #[derive(Debug)]
 pub struct Checkpoint {
-    dir: PathBuf,
+    location: Location,
     /// The parsed `config.json`.
     pub config: ModelConfig,
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<Weights>,
     tensors: BTreeMap<String, StoredTensor>,
 }
 
 impl Checkpoint {
-    /// Opens `model`: a directory, or a Hugging Face id (`ORG/NAME`) found
+    /// Opens `model`: a directory, a Hugging Face id (`ORG/NAME`) found
     /// offline in the cache (`HF_HUB_CACHE`, `HF_HOME/hub`,
-    /// `~/.cache/huggingface/hub`), at the revision `refs/main` names.
+    /// `~/.cache/huggingface/hub`) at the revision `refs/main` names, or
+    /// a store's prefix (`s3://bucket/llama/`).
     pub fn resolve(model: &str) -> Result<Self> {
+        Self::resolve_with(model, &StorageOptions::default())
+    }
+
+    /// [`Checkpoint::resolve`], with credentials for a remote checkpoint.
+    pub fn resolve_with(model: &str, storage: &StorageOptions) -> Result<Self> {
+        if is_remote(model) {
+            return Self::open_remote(model, storage);
+        }
         let dir = resolve_model_dir(model, &|k| std::env::var_os(k))?;
         Self::open(&dir)
     }
@@ -62,7 +111,7 @@ impl Checkpoint {
     /// Opens a checkpoint directory.
     pub fn open(dir: &Path) -> Result<Self> {
         let bad = |message: String| VllmError::Checkpoint {
-            dir: dir.to_path_buf(),
+            location: dir.display().to_string(),
             message,
         };
         let text = tensorizer::model_dir::read(dir, "config.json", "the model's config", MAX_JSON)?;
@@ -85,62 +134,155 @@ impl Checkpoint {
                 )
             }));
         }
-        let mut files = Vec::new();
-        let mut tensors = BTreeMap::new();
-        for name in names {
-            let path = dir.join(&name);
-            let file = tensorizer::model_dir::open(dir, &name, "a weight file")?;
+        let mut weights = Vec::new();
+        for name in &names {
+            let path = dir.join(name);
+            let file = tensorizer::model_dir::open(dir, name, "a weight file")?;
             // SAFETY: read-only map of a file we do not write; like every
             // mmap reader, the checkpoint must not be truncated meanwhile.
             let map = unsafe { Mmap::map(&file) }.map_err(io_error(&path, "mapping"))?;
-            let st = SafeTensors::deserialize(&map)
-                .map_err(|e| bad(format!("{name}: not a valid safetensors file: {e}")))?;
-            let base = map.as_ptr() as usize;
-            for (tensor, view) in st.tensors() {
-                let dtype = from_safetensors_dtype(view.dtype()).ok_or_else(|| {
-                    bad(format!(
-                        "{name}: tensor {tensor:?} has dtype {:?}, which tensorizer cannot store",
-                        view.dtype()
-                    ))
-                })?;
-                let start = view.data().as_ptr() as usize - base;
-                let stored = StoredTensor {
-                    file: files.len(),
-                    dtype,
-                    shape: view.shape().iter().map(|&d| d as u64).collect(),
-                    range: start..start + view.data().len(),
-                };
-                if tensors.insert(tensor.clone(), stored).is_some() {
+            weights.push(Weights::Mapped(map));
+        }
+        let location = Location::Dir(dir.to_path_buf());
+        Self::assemble(location, config, names, weights, indexed)
+    }
+
+    /// Opens the checkpoint under a store's prefix (or its index file's
+    /// URI): its index (or listing) through [`tensorizer::checkpoint::resolve`],
+    /// whose rules keep shard names inside the prefix, then each shard's
+    /// header, read by range.
+    pub fn open_remote(uri: &str, storage: &StorageOptions) -> Result<Self> {
+        let found = tensorizer::checkpoint::resolve(uri, storage)?;
+        let prefix = if uri.ends_with(".json") {
+            uri.rsplit_once('/').map_or(uri, |(b, _)| b)
+        } else {
+            uri.trim_end_matches('/')
+        }
+        .to_owned();
+        let location = Location::Remote {
+            prefix: prefix.clone(),
+            storage: storage.clone(),
+        };
+        let shown = ShownUri::new(&prefix).to_string();
+        let text = read_object(&format!("{prefix}/config.json"), storage, MAX_JSON)?;
+        let config = ModelConfig::parse(&String::from_utf8_lossy(&text))?;
+        let shards: Vec<ShardRef> = found
+            .shards
+            .into_iter()
+            .filter(|s| s.name.ends_with(".safetensors"))
+            .collect();
+        if shards.is_empty() {
+            return Err(VllmError::Checkpoint {
+                location: shown,
+                message: "no *.safetensors weights here".into(),
+            });
+        }
+        let mut names = Vec::new();
+        let mut weights = Vec::new();
+        for shard in shards {
+            weights.push(Weights::Remote(tensorizer::io::open_source(
+                &shard.uri, storage,
+            )?));
+            names.push(shard.name);
+        }
+        let indexed = found
+            .weight_map
+            .map(|map| map.into_iter().collect::<Vec<_>>());
+        Self::assemble(location, config, names, weights, indexed)
+    }
+
+    /// Parses every weight file's header (ours: what the `safetensors`
+    /// crate accepts, no more) and checks the index against them.
+    fn assemble(
+        location: Location,
+        config: ModelConfig,
+        names: Vec<String>,
+        weights: Vec<Weights>,
+        indexed: Option<Vec<(String, String)>>,
+    ) -> Result<Self> {
+        let shown = location.to_string();
+        let bad = |message: String| VllmError::Checkpoint {
+            location: shown.clone(),
+            message,
+        };
+        let mut tensors = BTreeMap::new();
+        for (file, (name, w)) in names.iter().zip(&weights).enumerate() {
+            let shown_name = tensorizer::io::escape_controls(name);
+            let header = w
+                .header()
+                .map_err(|e| bad(format!("{shown_name}: not a valid safetensors file: {e}")))?;
+            for t in header.tensors {
+                let range = usize::try_from(t.start)
+                    .ok()
+                    .zip(usize::try_from(t.end).ok());
+                let Some((start, end)) = range else {
                     return Err(bad(format!(
-                        "tensor {tensor:?} is stored in two weight files"
+                        "{shown_name}: larger than this machine's address space"
+                    )));
+                };
+                let stored = StoredTensor {
+                    file,
+                    dtype: t.dtype,
+                    shape: t.shape,
+                    range: start..end,
+                };
+                if tensors.insert(t.name.clone(), stored).is_some() {
+                    return Err(bad(format!(
+                        "tensor {:?} is stored in two weight files",
+                        t.name
                     )));
                 }
             }
-            files.push((path, map));
         }
         if let Some(indexed) = indexed {
             for (tensor, file) in indexed {
                 match tensors.get(&tensor) {
-                    Some(t) if files[t.file].0.file_name() == Some(file.as_ref()) => {}
+                    Some(t) if names[t.file] == file => {}
                     _ => {
                         return Err(bad(format!(
-                            "tensor {tensor:?}, which model.safetensors.index.json puts in {file}, is not there"
+                            "tensor {tensor:?}, which model.safetensors.index.json puts in {}, is not there",
+                            tensorizer::io::escape_controls(&file)
                         )));
                     }
                 }
             }
         }
         Ok(Self {
-            dir: dir.to_path_buf(),
+            location,
             config,
-            files,
+            files: weights,
             tensors,
         })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The local directory, if the checkpoint is one.
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.location {
+            Location::Dir(dir) => Some(dir),
+            Location::Remote { .. } => None,
+        }
+    }
+
+    /// Where the checkpoint is, as shown in messages (a URI's secrets
+    /// redacted).
+    pub fn location(&self) -> String {
+        self.location.to_string()
+    }
+
+    /// The name the checkpoint's folder has: the directory's (resolved),
+    /// or the prefix's last component.
+    pub fn folder_name(&self) -> Option<String> {
+        match &self.location {
+            Location::Dir(dir) => dir
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())),
+            Location::Remote { prefix, .. } => prefix
+                .rsplit('/')
+                .next()
+                .filter(|n| !n.is_empty() && !n.contains(':'))
+                .map(str::to_owned),
+        }
     }
 
     /// Every stored tensor, by name.
@@ -153,14 +295,45 @@ impl Checkpoint {
         self.tensors.get(name)
     }
 
+    /// The bytes of a stored tensor where they are mapped, without a copy
+    /// (`None` for a remote checkpoint: use [`Checkpoint::read_into`]).
+    pub fn mapped(&self, tensor: &StoredTensor) -> Option<&[u8]> {
+        match &self.files[tensor.file] {
+            Weights::Mapped(map) => Some(&map[tensor.range.clone()]),
+            Weights::Remote(_) => None,
+        }
+    }
+
+    /// The bytes `within` (relative to the tensor's first byte) of a
+    /// stored tensor: borrowed from the map, or read from the store.
+    pub fn span(&self, tensor: &StoredTensor, within: Range<usize>) -> Result<Cow<'_, [u8]>> {
+        let at = tensor.range.start + within.start;
+        let end = tensor.range.start + within.end;
+        assert!(end <= tensor.range.end, "a span inside the tensor");
+        Ok(match &self.files[tensor.file] {
+            Weights::Mapped(map) => Cow::Borrowed(&map[at..end]),
+            Weights::Remote(src) => Cow::Owned(src.read_range(at as u64, (end - at) as u64)?),
+        })
+    }
+
     /// The bytes of a stored tensor.
-    pub fn bytes(&self, tensor: &StoredTensor) -> &[u8] {
-        &self.files[tensor.file].1[tensor.range.clone()]
+    pub fn bytes(&self, tensor: &StoredTensor) -> Result<Cow<'_, [u8]>> {
+        self.span(tensor, 0..tensor.range.len())
+    }
+
+    /// Fills `out` (the tensor's size) with a stored tensor's bytes, read
+    /// straight into it from the store when remote.
+    pub fn read_into(&self, tensor: &StoredTensor, out: &mut [u8]) -> Result<()> {
+        match &self.files[tensor.file] {
+            Weights::Mapped(map) => out.copy_from_slice(&map[tensor.range.clone()]),
+            Weights::Remote(src) => src.read_exact_at(tensor.range.start as u64, out)?,
+        }
+        Ok(())
     }
 
     /// Copies rows `rows` (first dimension) of `name`, and of each row only
     /// the elements `cols` of the second dimension if given, into `out` as
-    /// `dtype`; returns the bytes written.
+    /// `dtype`; returns the bytes written. Only those rows are read.
     pub fn copy_slice(
         &self,
         name: &str,
@@ -173,21 +346,23 @@ impl Checkpoint {
             .tensors
             .get(name)
             .ok_or_else(|| VllmError::Checkpoint {
-                dir: self.dir.clone(),
+                location: self.location(),
                 message: format!("no tensor {name:?}"),
             })?;
-        let bytes = self.bytes(t);
         let item = t.dtype.itemsize();
         let row_elems: u64 = t.shape.iter().skip(1).product();
+        let row_bytes = row_elems as usize * item;
         let (c0, c1) = match &cols {
             Some(c) => (c.start, c.end),
             None => (0, row_elems),
         };
         let out_item = dtype.itemsize();
         let per_row = (c1 - c0) as usize;
+        let first = rows.start as usize;
+        let bytes = self.span(t, first * row_bytes..rows.end as usize * row_bytes)?;
         let mut written = 0;
         for r in rows {
-            let at = ((r * row_elems + c0) as usize) * item;
+            let at = (r as usize - first) * row_bytes + c0 as usize * item;
             let src = &bytes[at..at + per_row * item];
             let dst = &mut out[written..written + per_row * out_item];
             cast_into(src, t.dtype, dst, dtype).map_err(|(from, to)| VllmError::Invalid {
@@ -199,15 +374,102 @@ impl Checkpoint {
         Ok(written)
     }
 
-    /// The files beside the weights that `serialize_extra_artifacts` copies:
-    /// every top-level file not matching its ignore patterns.
-    pub fn artifacts(&self) -> Result<Vec<PathBuf>> {
-        Ok(tensorizer::model_dir::list_files(&self.dir)?
-            .into_iter()
-            .filter(|n| !ARTIFACT_IGNORE.iter().any(|suffix| n.ends_with(suffix)))
-            .map(|n| self.dir.join(n))
-            .collect())
+    /// The names of the files beside the weights that
+    /// `serialize_extra_artifacts` copies: every top-level file not
+    /// matching its ignore patterns. Locally each must be the model's own
+    /// (no link out of the directory, no device or FIFO); a listing's
+    /// names must be plain file names.
+    pub fn artifacts(&self) -> Result<Vec<String>> {
+        let keep = |n: &String| !ARTIFACT_IGNORE.iter().any(|suffix| n.ends_with(suffix));
+        match &self.location {
+            Location::Dir(dir) => {
+                let names: Vec<String> = tensorizer::model_dir::list_files(dir)?
+                    .into_iter()
+                    .filter(keep)
+                    .collect();
+                for name in &names {
+                    tensorizer::model_dir::open(dir, name, "a model file")?;
+                }
+                Ok(names)
+            }
+            Location::Remote { prefix, storage } => {
+                let listed = match tensorizer::io::list(prefix, false, storage) {
+                    Ok(listed) => listed.into_iter().map(|(n, _)| n).collect(),
+                    Err(IoError::Unsupported { .. }) => {
+                        let mut found = Vec::new();
+                        for name in KNOWN_ARTIFACTS {
+                            if tensorizer::io::exists(&format!("{prefix}/{name}"), storage)? {
+                                found.push(name.to_owned());
+                            }
+                        }
+                        found
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let plain = |n: &String| {
+                    !n.is_empty()
+                        && n != "."
+                        && n != ".."
+                        && !n.contains(['/', '\\'])
+                        && !n.chars().any(char::is_control)
+                };
+                Ok(listed.into_iter().filter(keep).filter(plain).collect())
+            }
+        }
     }
+
+    /// The bytes of the artifact `name` (one of [`Checkpoint::artifacts`]),
+    /// at most `max` of them.
+    pub fn read_artifact(&self, name: &str, max: u64) -> Result<Vec<u8>> {
+        match &self.location {
+            Location::Dir(dir) => Ok(tensorizer::model_dir::read(dir, name, "a model file", max)?),
+            Location::Remote { prefix, storage } => {
+                read_object(&format!("{prefix}/{name}"), storage, max)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Dir(dir) => write!(f, "{}", dir.display()),
+            Location::Remote { prefix, .. } => write!(f, "{}", ShownUri::new(prefix)),
+        }
+    }
+}
+
+impl Weights {
+    /// The file's header: two small reads where the file is remote.
+    fn header(&self) -> std::result::Result<SafetensorsHeader, Box<dyn std::error::Error>> {
+        match self {
+            Weights::Mapped(map) => Ok(tensorizer::format::safetensors::parse_file(map)?),
+            Weights::Remote(src) => {
+                let len = src.len();
+                let prefix = src.read_range(0, PREFIX_LEN.min(len))?;
+                let json_len = SafetensorsHeader::json_len(&prefix, len)?;
+                let json = src.read_range(PREFIX_LEN, json_len)?;
+                Ok(SafetensorsHeader::parse(&json, len)?)
+            }
+        }
+    }
+}
+
+/// True when `model` names a store's prefix rather than a local path.
+fn is_remote(model: &str) -> bool {
+    model.contains("://") && !model.starts_with("file://")
+}
+
+/// A whole small object, refused over `max` bytes before it is read.
+fn read_object(uri: &str, storage: &StorageOptions, max: u64) -> Result<Vec<u8>> {
+    let src = tensorizer::io::open_source(uri, storage)?;
+    if src.len() > max {
+        return Err(VllmError::Invalid {
+            what: ShownUri::new(uri).to_string(),
+            message: format!("over {max} bytes"),
+        });
+    }
+    Ok(src.read_range(0, src.len())?)
 }
 
 /// The largest JSON file of a checkpoint read (config, index).
@@ -231,7 +493,7 @@ fn indexed_tensors(dir: &Path) -> Result<Option<Vec<(String, String)>>> {
             source,
         })?;
     let bad = || VllmError::Checkpoint {
-        dir: dir.to_path_buf(),
+        location: dir.display().to_string(),
         message: "model.safetensors.index.json: \"weight_map\" must map tensor names to file names"
             .into(),
     };
@@ -254,7 +516,7 @@ fn weight_files(dir: &Path, indexed: Option<&[(String, String)]>) -> Result<Vec<
         for f in &files {
             if f.contains('/') || !dir.join(f).is_file() {
                 return Err(VllmError::Checkpoint {
-                    dir: dir.to_path_buf(),
+                    location: dir.display().to_string(),
                     message: format!(
                         "weight file {f:?} named in model.safetensors.index.json is missing"
                     ),

@@ -38,11 +38,11 @@ pub enum VllmError {
         /// Where it was looked for.
         searched: Vec<PathBuf>,
     },
-    /// The checkpoint directory is incomplete or holds what we refuse to read.
-    #[error("{}: {message}", dir.display())]
+    /// The checkpoint is incomplete or holds what we refuse to read.
+    #[error("{location}: {message}")]
     Checkpoint {
-        /// The checkpoint directory.
-        dir: PathBuf,
+        /// The checkpoint's directory or URI (as shown: secrets redacted).
+        location: String,
         /// What is wrong.
         message: String,
     },

@@ -39,7 +39,8 @@ pub enum Layout {
 /// What to serialize, and where.
 #[derive(Debug, Clone)]
 pub struct SerializeOptions {
-    /// A checkpoint directory, or `ORG/NAME` in the Hugging Face cache.
+    /// A checkpoint directory, `ORG/NAME` in the Hugging Face cache, or a
+    /// store's prefix (`s3://bucket/llama/`, read with `storage`).
     pub model: String,
     /// The `ORG/NAME` in the output path (default: `model` when it is no
     /// directory, else the directory's name).
@@ -60,7 +61,7 @@ pub struct SerializeOptions {
     pub lora_path: Option<PathBuf>,
     /// `TensorSerializer` keyword arguments.
     pub serialization_kwargs: Map<String, Value>,
-    /// Credentials and retries for remote destinations.
+    /// Credentials and retries for a remote model and remote destinations.
     pub storage: StorageOptions,
     /// Replace a model already at the destination.
     pub overwrite: bool,
@@ -119,7 +120,7 @@ pub fn serialize(
     opts: &SerializeOptions,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<SerializeReport> {
-    let checkpoint = Checkpoint::resolve(&opts.model)?;
+    let checkpoint = Checkpoint::resolve_with(&opts.model, &opts.storage)?;
     let tp = opts.tensor_parallel_size;
     if tp == 0 {
         return Err(VllmError::Invalid {
@@ -130,10 +131,9 @@ pub fn serialize(
     let limit_cpu = serialization_kwargs(&opts.serialization_kwargs)?;
     let model_ref = match &opts.model_name {
         Some(name) => name.clone(),
-        None if Path::new(&opts.model).is_dir() => Path::new(&opts.model)
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        // A directory or prefix by its folder's name; a cache id as given.
+        None if Path::new(&opts.model).is_dir() || opts.model.contains("://") => checkpoint
+            .folder_name()
             .unwrap_or_else(|| opts.model.clone()),
         None => opts.model.clone(),
     };
@@ -188,11 +188,7 @@ pub fn serialize(
 
     // Refuse before writing anything: every file this run reads is the
     // model's own (no link out of its directory, no device or FIFO)...
-    for artifact in checkpoint.artifacts()? {
-        if let Some(name) = artifact.file_name() {
-            tensorizer::model_dir::open(checkpoint.dir(), &name.to_string_lossy(), "a model file")?;
-        }
-    }
+    let artifacts = checkpoint.artifacts()?;
     if let Some(lora) = &opts.lora_path
         && std::fs::symlink_metadata(lora.join("adapter_model.safetensors")).is_ok()
     {
@@ -202,10 +198,8 @@ pub fn serialize(
     // ...and no file this run would write exists (unless --overwrite).
     if !opts.overwrite {
         let mut outputs = tensor_files.clone();
-        for artifact in checkpoint.artifacts()? {
-            if let Some(name) = artifact.file_name() {
-                outputs.push(format!("{directory}/{}", name.to_string_lossy()));
-            }
+        for name in &artifacts {
+            outputs.push(format!("{directory}/{name}"));
         }
         if opts.lora_path.is_some() {
             outputs.push(format!("{directory}/adapter_config.json"));
@@ -317,15 +311,8 @@ pub fn serialize(
     if let Some(lora) = &opts.lora_path {
         files.extend(tensorize_lora_adapter(lora, &directory, &opts.storage)?);
     }
-    for artifact in checkpoint.artifacts()? {
-        let name = artifact
-            .file_name()
-            .expect("a file")
-            .to_string_lossy()
-            .into_owned();
-        // Only the model's own files (no link out of its directory).
-        let bytes =
-            tensorizer::model_dir::read(checkpoint.dir(), &name, "a model file", MAX_ARTIFACT)?;
+    for name in &artifacts {
+        let bytes = checkpoint.read_artifact(name, MAX_ARTIFACT)?;
         let uri = format!("{directory}/{name}");
         write_object(&uri, &bytes, &opts.storage)?;
         files.push((uri, bytes.len() as u64));
@@ -388,12 +375,25 @@ fn hf_serializer(checkpoint: &Checkpoint, dtype: Option<Dtype>) -> Result<Serial
     for (name, t) in checkpoint.tensors() {
         let to = out_dtype(t.dtype);
         if to == t.dtype {
-            s.write_tensor(
-                0,
-                name.as_str(),
-                TensorType::StateDict,
-                TensorData::new(t.dtype, &t.shape, checkpoint.bytes(t))?,
-            )?;
+            match checkpoint.mapped(t) {
+                // Written from the map, without a copy.
+                Some(bytes) => s.write_tensor(
+                    0,
+                    name.as_str(),
+                    TensorType::StateDict,
+                    TensorData::new(t.dtype, &t.shape, bytes)?,
+                )?,
+                // Read from the store into the writer's buffer when it
+                // is written: one tensor at a time in memory.
+                None => s.write_tensor_with(
+                    0,
+                    name.as_str(),
+                    TensorType::StateDict,
+                    t.dtype,
+                    &t.shape,
+                    move |buf| Ok(checkpoint.read_into(t, buf)?),
+                )?,
+            };
             continue;
         }
         s.write_tensor_with(
@@ -403,7 +403,7 @@ fn hf_serializer(checkpoint: &Checkpoint, dtype: Option<Dtype>) -> Result<Serial
             to,
             &t.shape,
             move |buf| {
-                cast_into(checkpoint.bytes(t), t.dtype, buf, to)
+                cast_into(&checkpoint.bytes(t)?, t.dtype, buf, to)
                     .map_err(|(f, to)| format!("{name}: cannot cast {f} to {to}"))?;
                 Ok(())
             },
@@ -421,7 +421,7 @@ pub fn tensorize_lora_adapter(
     storage: &StorageOptions,
 ) -> Result<Vec<(String, u64)>> {
     let bad = |message: String| VllmError::Checkpoint {
-        dir: lora.to_path_buf(),
+        location: lora.display().to_string(),
         message,
     };
     let weights = lora.join("adapter_model.safetensors");

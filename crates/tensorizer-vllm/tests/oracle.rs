@@ -349,7 +349,9 @@ fn real_model_to_local_and_s3_and_back() {
             for t in d.read_all().unwrap() {
                 assert_eq!(
                     t.as_bytes(),
-                    checkpoint.bytes(checkpoint.get(&t.name()).unwrap()),
+                    &*checkpoint
+                        .bytes(checkpoint.get(&t.name()).unwrap())
+                        .unwrap(),
                     "{}",
                     t.name()
                 );
@@ -443,4 +445,103 @@ fn vllm_layout_to_s3_loads_like_the_local_one() {
             );
         }
     }
+}
+
+/// Uploads every file of the local directory `dir` under `prefix`.
+fn upload_dir(dir: &Path, prefix: &str, storage: &StorageOptions) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let uri = format!("{prefix}/{}", path.file_name().unwrap().to_string_lossy());
+        let sink = tensorizer::io::create_sink(&uri, storage).unwrap();
+        sink.write_all_at(0, &std::fs::read(&path).unwrap())
+            .unwrap();
+        sink.commit().unwrap();
+    }
+}
+
+/// Every file under `dir`, by path relative to it, with its bytes.
+fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, _) in
+        tensorizer::io::list(&dir.display().to_string(), true, &Default::default()).unwrap()
+    {
+        out.insert(name.clone(), std::fs::read(dir.join(&name)).unwrap());
+    }
+    out
+}
+
+#[test]
+fn vllm_serialize_reads_the_model_from_s3_as_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_checkpoint(&dir.path().join("qwen"), Tiny::Qwen2, true);
+    std::fs::write(model.join("tokenizer.json"), r#"{"version": "1.0"}"#).unwrap();
+    let server = support::moto("ckpt");
+    let mut storage = StorageOptions::default();
+    storage.s3 = S3Options {
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        endpoint: Some(format!("http://127.0.0.1:{}", server.port)),
+        ..Default::default()
+    };
+    upload_dir(&model, "s3://ckpt/models/qwen", &storage);
+    for tp in [1, 2] {
+        let run = |source: String, out: &Path| {
+            let mut o = SerializeOptions::new(source, out.display().to_string());
+            o.suffix = Some(format!("tp{tp}"));
+            o.tensor_parallel_size = tp;
+            o.storage = storage.clone();
+            serialize(&o, &|_| {}).unwrap()
+        };
+        let from_disk = dir.path().join(format!("disk{tp}"));
+        let from_s3 = dir.path().join(format!("s3-{tp}"));
+        run(model.display().to_string(), &from_disk);
+        let report = run("s3://ckpt/models/qwen/".into(), &from_s3);
+        // The folder's name, as for a directory.
+        assert!(
+            report.directory.ends_with(
+                "/vllm/qwen/tp{tp}"
+                    .replace("{tp}", &tp.to_string())
+                    .as_str()
+            ),
+            "{}",
+            report.directory
+        );
+        let (a, b) = (tree(&from_disk), tree(&from_s3));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        assert!(
+            a.keys().any(|k| k.ends_with("tokenizer.json")),
+            "{:?}",
+            a.keys()
+        );
+        for (name, bytes) in &a {
+            assert!(
+                &b[name] == bytes,
+                "tp {tp}: {name} differs between disk and S3"
+            );
+        }
+    }
+    // An index whose shard climbs out of the prefix is refused before any read.
+    let index = serde_json::json!({"weight_map": {"lm_head.weight": "../other/model.safetensors"}});
+    let sink = tensorizer::io::create_sink(
+        "s3://ckpt/models/evil/model.safetensors.index.json",
+        &storage,
+    )
+    .unwrap();
+    sink.write_all_at(0, index.to_string().as_bytes()).unwrap();
+    sink.commit().unwrap();
+    let mut o = SerializeOptions::new(
+        "s3://ckpt/models/evil",
+        dir.path().join("evil").display().to_string(),
+    );
+    o.storage = storage.clone();
+    let e = serialize(&o, &|_| {}).unwrap_err().to_string();
+    assert!(e.contains("../other/model.safetensors"), "{e}");
+    // A missing model names the prefix and the object, with no secret.
+    let mut o = SerializeOptions::new(
+        "s3://ckpt/models/absent/",
+        dir.path().join("absent").display().to_string(),
+    );
+    o.storage = storage;
+    let e = serialize(&o, &|_| {}).unwrap_err().to_string();
+    assert!(e.contains("absent") && !e.contains("test:test"), "{e}");
 }
