@@ -67,7 +67,7 @@ enum Location {
     /// A prefix of a store (no trailing `/`), with the options to read it.
     Remote {
         prefix: String,
-        storage: StorageOptions,
+        storage: Box<StorageOptions>,
     },
 }
 
@@ -161,7 +161,7 @@ impl Checkpoint {
         .to_owned();
         let location = Location::Remote {
             prefix: prefix.clone(),
-            storage: storage.clone(),
+            storage: Box::new(storage.clone()),
         };
         let shown = ShownUri::new(&prefix).to_string();
         let text = read_object(&format!("{prefix}/config.json"), storage, MAX_JSON)?;

@@ -476,11 +476,13 @@ fn vllm_serialize_reads_the_model_from_s3_as_from_disk() {
     let model = write_checkpoint(&dir.path().join("qwen"), Tiny::Qwen2, true);
     std::fs::write(model.join("tokenizer.json"), r#"{"version": "1.0"}"#).unwrap();
     let server = support::moto("ckpt");
-    let mut storage = StorageOptions::default();
-    storage.s3 = S3Options {
-        access_key_id: Some("test".into()),
-        secret_access_key: Some("test".into()),
-        endpoint: Some(format!("http://127.0.0.1:{}", server.port)),
+    let storage = StorageOptions {
+        s3: S3Options {
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".into()),
+            endpoint: Some(format!("http://127.0.0.1:{}", server.port)),
+            ..Default::default()
+        },
         ..Default::default()
     };
     upload_dir(&model, "s3://ckpt/models/qwen", &storage);
