@@ -281,6 +281,16 @@ impl Imported {
         self.len
     }
 
+    /// The bytes, to fill: DLPack hands the consumer the producer's own
+    /// memory (torch shares a tensor's storage), so what is written here
+    /// is what the tensor holds.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as `as_slice`; `&mut self` makes this the only view we
+        // hand out, and the producer (a tensor the caller allocated to be
+        // filled) is not read by us meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.data as *mut u8, self.len) }
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `len` bytes at `data`, kept alive by the unconsumed
         // producer until `drop`.

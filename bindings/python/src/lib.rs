@@ -135,6 +135,32 @@ impl Storage {
     }
 }
 
+/// The core's plan of a distributed load (`tensorizer::distributed`):
+/// `extents` are `(file, offset, len, whole)`; per rank, the
+/// `(extent, start, len)` spans it reads.
+#[pyfunction]
+fn partition(
+    extents: Vec<(usize, u64, u64, bool)>,
+    world_size: usize,
+    request_size: u64,
+) -> Vec<Vec<(usize, u64, u64)>> {
+    let extents: Vec<tensorizer::distributed::Extent> = extents
+        .into_iter()
+        .map(
+            |(file, offset, len, whole)| tensorizer::distributed::Extent {
+                file,
+                offset,
+                len,
+                whole,
+            },
+        )
+        .collect();
+    tensorizer::distributed::partition(&extents, world_size, request_size)
+        .into_iter()
+        .map(|spans| spans.iter().map(|s| (s.extent, s.start, s.len)).collect())
+        .collect()
+}
+
 fn options(storage: Option<&Bound<'_, Storage>>) -> StorageOptions {
     storage.map(|s| s.get().options.clone()).unwrap_or_default()
 }
@@ -275,6 +301,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<writer::Writer>()?;
     m.add_class::<stream::Source>()?;
     m.add_class::<stream::Sink>()?;
+    m.add_function(wrap_pyfunction!(partition, m)?)?;
     m.add_function(wrap_pyfunction!(random_key, m)?)?;
     m.add_function(wrap_pyfunction!(list_objects, m)?)?;
     m.add_function(wrap_pyfunction!(download, m)?)?;

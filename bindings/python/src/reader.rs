@@ -310,6 +310,18 @@ impl Reader {
             .collect())
     }
 
+    /// Fills `buffer` (a DLPack capsule of a 1-D uint8 CPU tensor) with
+    /// the file's raw bytes from `offset` (a distributed load's share).
+    fn read_into(&self, py: Python<'_>, offset: u64, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
+        crate::stream::read_into(py, self.inner.source(), offset, buffer)
+    }
+
+    /// The request size this file's store reads best in.
+    #[getter]
+    fn request_size(&self) -> usize {
+        self.inner.source().hints().request_size
+    }
+
     /// `len` raw bytes of the file from `offset` (for `to_redis`).
     fn read_bytes<'py>(
         &self,

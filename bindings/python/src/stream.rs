@@ -40,6 +40,20 @@ impl Source {
         self.inner.len()
     }
 
+    /// The request size the store reads best in (a distributed load
+    /// aligns its ranks' shares to it).
+    #[getter]
+    fn request_size(&self) -> usize {
+        self.inner.hints().request_size
+    }
+
+    /// Fills `buffer` (`t.__dlpack__()` of a contiguous 1-D uint8 CPU
+    /// tensor) with the bytes from `offset`, in parallel ranged reads; the
+    /// range must lie inside the object.
+    fn read_into(&self, py: Python<'_>, offset: u64, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
+        read_into(py, self.inner.as_ref(), offset, buffer)
+    }
+
     /// Up to `n` bytes from `offset` (fewer at the end of the object).
     fn read<'py>(&self, py: Python<'py>, offset: u64, n: u64) -> PyResult<Bound<'py, PyBytes>> {
         let n = n.min(self.inner.len().saturating_sub(offset));
@@ -108,4 +122,16 @@ impl Sink {
             .take();
         py.detach(move || drop(sink));
     }
+}
+
+/// [`Source::read_into`] for any source of the core.
+pub(crate) fn read_into(
+    py: Python<'_>,
+    source: &dyn RangeSource,
+    offset: u64,
+    buffer: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let mut target = crate::dlpack::Imported::bytes(buffer)?;
+    py.detach(|| tensorizer::io::read_exact_parallel(source, offset, target.as_mut_slice()))
+        .map_err(io_err)
 }

@@ -116,10 +116,17 @@ def test_a_memory_limit_bounds_the_windows_and_loses_nothing(shards, monkeypatch
     _same(got, theirs)
 
 
-def test_distributed_streaming_says_it_is_not_there_yet(shards):
+def test_distributed_without_a_group_reads_everything_as_runai_does(shards):
+    # No torch.distributed group: Run:ai falls back to every rank reading
+    # all it is given, and so do we (test_distributed.py has the groups).
     with SafetensorsStreamer() as s:
-        with pytest.raises(NotImplementedError, match="distributed"):
-            s.stream_files(shards, is_distributed=True)
+        s.stream_files(shards, is_distributed=True)
+        assert not s.file_streamer.is_distributed
+        got = {n: t.clone() for n, t in s.get_tensors()}
+    theirs = {}
+    for p in shards:
+        theirs.update(_theirs(p))
+    _same(got, theirs)
 
 
 def _raw(tmp_path, name, header, data=b""):

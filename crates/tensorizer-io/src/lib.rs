@@ -383,6 +383,54 @@ pub fn download(uri: &str, dest: &Path, options: &StorageOptions) -> Result<u64>
     Ok(len)
 }
 
+/// Fills `buf` with the bytes `offset .. offset + buf.len()` of `source`,
+/// in pieces of the source's request size read by as many threads as it
+/// likes at once (what one rank of a distributed load does with its
+/// share). The range is checked against the source's size first; the
+/// first failure stops every reader and is returned.
+pub fn read_exact_parallel(source: &dyn RangeSource, offset: u64, buf: &mut [u8]) -> Result<()> {
+    source.check_range(offset, buf.len())?;
+    let hints = source.hints();
+    let piece = hints.request_size.max(1 << 20);
+    let pieces: Vec<(u64, &mut [u8])> = buf
+        .chunks_mut(piece)
+        .enumerate()
+        .map(|(i, chunk)| (offset + (i * piece) as u64, chunk))
+        .collect();
+    let threads = hints.concurrency.clamp(1, 32).min(pieces.len());
+    if threads <= 1 {
+        return pieces
+            .into_iter()
+            .try_for_each(|(at, chunk)| source.read_exact_at(at, chunk));
+    }
+    let queue = std::sync::Mutex::new(pieces.into_iter());
+    let failure = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    if failure.lock().is_ok_and(|f| f.is_some()) {
+                        return;
+                    }
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some((at, chunk)) = next else { return };
+                    if let Err(e) = source.read_exact_at(at, chunk) {
+                        failure
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Copies the object `from` to `to` without moving its bytes through this
 /// process where the store allows: a hard link between local paths (a
 /// plain copy across file systems), a server-side copy within one bucket

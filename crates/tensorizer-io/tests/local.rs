@@ -33,6 +33,28 @@ fn reads_ranges_and_refuses_past_the_end() {
 }
 
 #[test]
+fn parallel_reads_fill_the_buffer_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.bin");
+    // Over three 16 MiB request-size pieces, the last one partial.
+    let data: Vec<u8> = (0..(40u32 << 20) + 12_345)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let src = LocalFile::open(&path).unwrap();
+    let mut buf = vec![0u8; data.len() - 7];
+    tensorizer_io::read_exact_parallel(&src, 7, &mut buf).unwrap();
+    assert!(buf == data[7..], "the bytes of the range, in place");
+    let mut none = [];
+    tensorizer_io::read_exact_parallel(&src, data.len() as u64, &mut none).unwrap();
+    // Past the end: refused before any read, naming the range.
+    let mut over = vec![0u8; 8];
+    let err =
+        tensorizer_io::read_exact_parallel(&src, data.len() as u64 - 4, &mut over).unwrap_err();
+    assert!(matches!(err, IoError::OutOfRange { .. }), "{err}");
+}
+
+#[test]
 fn sinks_commit_atomically_or_leave_the_old_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.bin");

@@ -13,6 +13,7 @@ mod copy;
 pub mod cuda;
 mod deserializer;
 pub mod destination;
+pub mod distributed;
 mod element;
 #[cfg(feature = "encryption")]
 pub mod encryption;

@@ -14,6 +14,7 @@ import enum
 import hashlib
 import io
 import logging
+import math
 import os
 import shutil
 import stat
@@ -364,7 +365,7 @@ class TensorDeserializer(collections.abc.Mapping):
     def __init__(self, file_obj, device=None, filter_func=None, dtype=None, *,
                  lazy_load=False, plaid_mode=None, plaid_mode_buffers=None,
                  num_readers=None, verify_hash=False, encryption=None,
-                 allow_unauthenticated_meta=None):
+                 allow_unauthenticated_meta=None, process_group=None):
         if encryption is not None and not isinstance(encryption, DecryptionParams):
             raise TypeError(
                 "encryption parameter: expected DecryptionParams instance or None, "
@@ -373,6 +374,12 @@ class TensorDeserializer(collections.abc.Mapping):
             raise ValueError("num_readers must be positive")
         self._reader = None
         self._closers = []
+        # A torch.distributed group (`torch.distributed.group.WORLD` for the
+        # default one): its ranks read each tensor once between them and
+        # broadcast it (tensorizer_rs.distributed); every rank gets all.
+        self._group = process_group
+        if process_group is not None and lazy_load:
+            raise ValueError("process_group= loads eagerly: it cannot be used with lazy_load=True")
         self._device = _resolve_device(device)
         self._dtype = dtype
         self._verify_hash = bool(verify_hash)
@@ -402,9 +409,16 @@ class TensorDeserializer(collections.abc.Mapping):
             self._closers.append(file_obj.close)
         try:
             self._reader = _open_reader(file_obj, crypto)
-        except BaseException:
+        except BaseException as e:
             self.close()
+            if process_group is not None and isinstance(e, Exception):
+                # The other ranks are told, and fail with this rank's error.
+                from .distributed import agree
+                agree("to open its file", f"{type(e).__name__}: {e}", process_group)
             raise
+        if process_group is not None:
+            from .distributed import agree
+            agree("to open its file", None, process_group)
         version, flags, tensor_size, tensor_count, prologue = self._reader.file_header()
         self._file_header = _FileHeader(version, _FileFeatureFlags(flags), tensor_size,
                                         tensor_count)
@@ -444,7 +458,9 @@ class TensorDeserializer(collections.abc.Mapping):
                         f"Tensor '{entry.name}' failed {HashType(hash_type).name} verification.")
 
     def _finish(self, entry, capsule, on_device=False):
-        t = _to_tensor(capsule, entry.dtype, entry.shape)
+        return self._finish_tensor(entry, _to_tensor(capsule, entry.dtype, entry.shape), on_device)
+
+    def _finish_tensor(self, entry, t, on_device=False):
         if torch is None:
             return t
         target = None
@@ -466,6 +482,8 @@ class TensorDeserializer(collections.abc.Mapping):
         todo = [i for i in dict.fromkeys(indices) if i not in self._cache]
         if not todo:
             return
+        if self._group is not None:
+            return self._load_distributed(todo)
         ordinal = _engine_ordinal(self._device)
         if ordinal is not None:
             capsules = self._reader.read_cuda(todo, ordinal)
@@ -477,6 +495,37 @@ class TensorDeserializer(collections.abc.Mapping):
         for i, c in zip(todo, capsules):
             self._cache[i] = self._finish(by_i[i], c, on_device=ordinal is not None)
             self.read_bytes += by_i[i].length
+
+    def _load_distributed(self, todo):
+        """Each tensor read (verified, decrypted) by one rank of the group,
+        then broadcast: whole tensors, since a tensor's hashes and MACs
+        cover all of it."""
+        from .distributed import exchange
+        by_i = {e.index: e for e in self._entries}
+        itemsize = lambda e: torch.empty((), dtype=getattr(torch, e.dtype)).element_size()
+        nbytes = {i: math.prod(by_i[i].shape) * itemsize(by_i[i]) for i in todo}
+        # Tensors without data (meta, empty) cost no read: every rank
+        # takes them from its own index.
+        data = [i for i in todo if nbytes[i] > 0 and by_i[i].length > 0]
+        local = [i for i in todo if i not in set(data)]
+        from .distributed import _attempt, agree
+        capsules, failure = _attempt(lambda: self._reader.read(local) if local else [])
+        agree("to read the tensors without data", failure, self._group)
+        for i, c in zip(local, capsules):
+            self._cache[i] = self._finish(by_i[i], c)
+        extents = [(0, by_i[i].data_offset, nbytes[i], True) for i in data]
+
+        def read(jobs):
+            wanted = [data[k] for k, _, _, _ in jobs]
+            capsules = self._reader.read(wanted, raw=True)
+            return {k: torch.utils.dlpack.from_dlpack(c)
+                    for (k, _, _, _), c in zip(jobs, capsules)}
+
+        for k, buffer in exchange(extents, read, group=self._group):
+            e = by_i[data[k]]
+            t = buffer.view(getattr(torch, e.dtype)).reshape(e.shape)
+            self._cache[e.index] = self._finish_tensor(e, t, on_device=t.device.type != "cpu")
+            self.read_bytes += e.length
 
     # -- Mapping --------------------------------------------------------
     @staticmethod

@@ -7,8 +7,9 @@ package. Safetensors files are read by the Rust engine: parallel ranged
 reads from local files, S3, GCS or Azure, header rules checked before
 anything is allocated, memory bounded by RUNAI_STREAMER_MEMORY_LIMIT.
 
-Not provided: distributed streaming (`is_distributed=True`, raises
-NotImplementedError until it lands), and the internals of Run:ai's
+Distributed streaming (`is_distributed=True`, RUNAI_STREAMER_DIST): the
+group of `torch.distributed` reads each byte once and broadcasts it
+(`tensorizer_rs.distributed`). Not provided: the internals of Run:ai's
 package (its C library bindings, request iterators, slot pools).
 """
 

@@ -1,23 +1,72 @@
 """DistributedStreamer: Run:ai's streamer over a torch.distributed group.
-Until distributed loads land here, it is a FileStreamer that refuses
-`is_distributed=True` with a clear error rather than reading every byte on
-every rank in silence."""
 
-from typing import Optional, Tuple
+With `is_distributed=True` (and RUNAI_STREAMER_DIST allowing it: `1` on
+any backend, `auto`, the default, on NCCL only, `0` never; the backend
+must match the device: gloo for "cpu", NCCL for CUDA), the group reads
+every requested range once: each rank reads its share through the Rust
+core, then the shares are broadcast (`tensorizer_rs.distributed`), and
+every rank's `get_chunks` yields every chunk. Otherwise it is a
+FileStreamer: each rank reads everything it is asked for.
+
+RUNAI_STREAMER_MEMORY_LIMIT is a node total, divided among the node's
+ranks (at least the largest chunk), as Run:ai does since 0.16.
+"""
+
+import logging
+from typing import Iterator, Optional, Tuple
 
 from ..file_streamer.file_streamer import FileStreamer
 from ..file_streamer.requests_iterator import FileChunks  # noqa: F401  (Run:ai's import path)
 
+logger = logging.getLogger(__name__)
+
 
 class DistributedStreamer(FileStreamer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.is_distributed = False
+        self._chunks = []
+
     def get_group_size(self) -> int:
-        return 1
+        import torch.distributed as dist
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     def set_is_distributed(self, is_distributed: bool, device: str) -> None:
-        if is_distributed:
-            raise NotImplementedError(
-                "tensorizer_rs's runai_model_streamer does not stream distributed yet "
-                "(is_distributed=True)")
+        from tensorizer_rs import distributed
+        self.is_distributed = distributed.enabled(is_distributed, device)
+        if is_distributed and not self.is_distributed:
+            logger.info("[RunAI Streamer][Distributed] not distributed (RUNAI_STREAMER_DIST, "
+                        "backend or group size): every rank reads what it is asked for")
+
+    def stream_files(self, file_stream_requests, credentials=None, device: Optional[str] = "cpu",
+                     is_distributed: bool = False, owned: bool = True) -> None:
+        self.set_is_distributed(is_distributed, device or "cpu")
+        if not self.is_distributed:
+            return super().stream_files(file_stream_requests, credentials, device, False, owned)
+        self._requests = list(file_stream_requests)
+        self._credentials = credentials
+        self._device = device or "cpu"
+
+    def get_chunks(self) -> Iterator:
+        if not self.is_distributed:
+            yield from super().get_chunks()
+            return
+        from tensorizer_rs import distributed
+        requests, self._requests = self._requests, []
+        extents, labels = [], []
+        for f, r in enumerate(requests):
+            for k, (offset, size) in enumerate(zip(r.offsets, r.sizes)):
+                extents.append((f, int(offset), int(size), False))
+                labels.append((r.id, k))
+        sources = [self._source(r.path) for r in requests]
+        largest = max((e[2] for e in extents), default=0)
+        budget = distributed.env_budget(floor=largest)
+        request = max((s.request_size for s in sources), default=16 << 20)
+        for k, tensor in distributed.exchange(
+                extents, distributed._read_raw(sources, extents), device=self._device,
+                budget=budget, request_size=request):
+            req_id, chunk = labels[k]
+            yield req_id, chunk, tensor
 
     def ring_info(self) -> Optional[Tuple[int, int, int]]:
         """No ring of Run:ai's here: the core stages in its own buffers."""

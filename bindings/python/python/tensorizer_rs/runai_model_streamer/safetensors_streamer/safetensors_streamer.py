@@ -201,11 +201,7 @@ class SafetensorsStreamer:
             raise ValueError("tensor_names must be a collection of names, not a single str")
         if tensor_names is not None and len(tensor_names) == 0:
             raise ValueError("tensor_names must not be empty - pass None to load every tensor")
-        if is_distributed:
-            raise NotImplementedError(
-                "tensorizer_rs's runai_model_streamer does not stream distributed yet "
-                "(is_distributed=True): pass is_distributed=False (each rank then reads "
-                "every file it is given)")
+        self.file_streamer.set_is_distributed(is_distributed, device or "cpu")
         if tensor_names is not None:
             tensor_names = frozenset(tensor_names)
         self.files_to_tensors_metadata = {}
@@ -282,12 +278,39 @@ class SafetensorsStreamer:
                 out.append((meta.name, t))
         return out
 
+    def _get_distributed(self) -> Iterator:
+        """Every planned tensor, read once by the group: each rank reads its
+        share of every window, the shares are broadcast, and every rank
+        yields every tensor (see `tensorizer_rs.distributed`)."""
+        from tensorizer_rs import distributed
+        extents, labels = [], []
+        for f, p in enumerate(self._plan):
+            rows = p.reader.entries()
+            for k, e in enumerate(p.entries):
+                row = rows[e]
+                extents.append((f, int(row[6]), int(row[4]), False))
+                labels.append((p, k))
+        readers = [p.reader for p in self._plan]
+        largest = max((e[2] for e in extents), default=0)
+        budget = distributed.env_budget(floor=largest)
+        request = max((r.request_size for r in readers), default=16 << 20)
+        for k, buffer in distributed.exchange(
+                extents, distributed._read_raw(readers, extents), device=self.device_str,
+                budget=budget, request_size=request):
+            p, pos = labels[k]
+            meta = p.tensors[pos]
+            yield meta.name, distributed._tensor_from_bytes(buffer, p.dtypes[pos], meta.shape)
+        self._log_throughput()
+
     def get_tensors(self) -> Iterator:
         """Yields `(name, tensor)`; the next window is read while this one
         is consumed when both fit in RUNAI_STREAMER_MEMORY_LIMIT (a window
         holding one tensor larger than half the limit is read after the
         one before it was handed over, not alongside it)."""
         from collections import deque
+        if self.file_streamer.is_distributed:
+            yield from self._get_distributed()
+            return
         windows = list(self._windows())
         sizes = [sum(p.tensors[k].get_bytesize() for p, ks in w for k in ks) for w in windows]
         limit = memory_limit()
