@@ -12,6 +12,16 @@ import json
 import os
 
 SIDE = os.environ["RUNAI_TEST_SIDE"]
+
+# Under dist_run.py: this process is one rank of a gloo group on loopback.
+if os.environ.get("RUNAI_TEST_DIST_RANK") is not None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", rank=int(os.environ["RUNAI_TEST_DIST_RANK"]),
+        world_size=int(os.environ["RUNAI_TEST_DIST_WORLD"]), timeout=timedelta(seconds=60))
 if SIDE == "tensorizer_rs":
     import tensorizer_rs._alias
 

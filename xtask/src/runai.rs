@@ -46,14 +46,33 @@ pub const OUT_OF_SCOPE: &[(&str, &str)] = &[
         "patches Run:ai's internal streamer classes (streamer_mock.StreamerPatcher)",
     ),
     (
-        "safetensors_streamer/dist_test_safetensors_streamer.py",
-        "distributed streaming (issue 29)",
+        "distributed_streamer/test_partition.py",
+        "Run:ai's partitioning functions (`partition`, `partition_for_rank`, its \
+         policies); ours is the core's `tensorizer::distributed::partition`, \
+         tested in the workspace",
     ),
     (
-        "distributed_streamer/*",
-        "distributed streaming and its partitioning (issue 29)",
+        "distributed_streamer/test_rank_memory_limit.py",
+        "Run:ai's private `_distributedStreamer.rank_memory_limit`; the rule \
+         (RUNAI_STREAMER_MEMORY_LIMIT a node total, divided among the node's \
+         ranks, at least the largest chunk) is `tensorizer_rs.distributed.env_budget`",
+    ),
+    (
+        "distributed_streamer/test_none_device.py",
+        "Run:ai's CPU ring hand-over (RUNAI_STREAMER_RING_BUFFERS, pads per \
+         buffer): ours has no ring to hand over",
     ),
 ];
+
+/// The distributed test files, run on a gloo group of [`DIST_WORLD`]
+/// ranks on loopback by `scripts/runai/dist_run.py`.
+const DIST_SELECTED: &[&str] = &[
+    "distributed_streamer/dist_test_distributed_streamer.py",
+    "safetensors_streamer/dist_test_safetensors_streamer.py",
+];
+
+/// Ranks of the distributed test runs.
+const DIST_WORLD: usize = 2;
 
 /// Tests the real package passes that ours does not, each with why: each
 /// reaches into how Run:ai's package is built rather than what it does.
@@ -128,7 +147,28 @@ const EXCEPTIONS: &[(&str, &str)] = &[
         "safetensors_streamer/test_safetensors_streamer.py::TestSafetensorsStreamer::test_validate_physical_length_unknown_actual_bytes_skips",
         PHYSICAL_LENGTH,
     ),
+    (
+        "distributed_streamer/dist_test_distributed_streamer.py::TestDistributedStreamer::test_1_broadcast_metadata_identifies_tensors_a_rank_never_read",
+        DIST_INTERNALS,
+    ),
+    (
+        "distributed_streamer/dist_test_distributed_streamer.py::TestDistributedStreamer::test_1_success_deep_ring_buffer",
+        DIST_INTERNALS,
+    ),
+    (
+        "distributed_streamer/dist_test_distributed_streamer.py::TestDistributedStreamer::test_1_owned_tensors_have_independent_storage",
+        "asserts that owned=False tensors alias at most two staging buffers; \
+         ours gives every chunk memory of its own whatever `owned` says (the \
+         owned=True half of the test passes)",
+    ),
 ];
+
+const DIST_INTERNALS: &str = "reads Run:ai's private attributes \
+    (`streamer.distributed_streamer.rank_dicts_map`, \
+    `.file_streamer.requests_iterator.buffer_size`); the behaviour they \
+    stand for (every rank yields every chunk, whoever read it; memory \
+    bounded by the node's share of the limit) is tested by the other \
+    distributed tests and bindings/python/tests/test_distributed.py";
 
 const CREDENTIALS: &str = "patches `s3_credentials_module` (Run:ai's boto3 credential \
     resolution) and counts calls that hand credentials to its C library's \
@@ -212,8 +252,41 @@ fn run_side(suite: &Suite, side: &str) -> Result<BTreeMap<String, serde_json::Va
         &format!("runai-model-streamer 0.17.0's tests on {side}"),
         &mut cmd,
     );
-    let text = std::fs::read_to_string(&results)
-        .map_err(|e| format!("{}: {e} (the run did not finish)", results.display()))?;
+    let mut all = read_results(&results)?;
+    // The distributed files: one pytest per rank of a gloo group.
+    let dist_results = suite.tests.join(format!("results-{side}-dist.json"));
+    let _ = std::fs::remove_file(&dist_results);
+    let mut cmd = Command::new(&suite.python);
+    cmd.arg(root().join("scripts/runai/dist_run.py"))
+        .arg(DIST_WORLD.to_string())
+        .arg(side)
+        .arg(&dist_results)
+        .args(DIST_SELECTED)
+        .current_dir(&suite.tests);
+    let _ = run(
+        &format!(
+            "runai-model-streamer 0.17.0's distributed tests on {side}, {DIST_WORLD} gloo ranks"
+        ),
+        &mut cmd,
+    );
+    for (k, v) in read_results(&dist_results)? {
+        match (k.as_str(), all.get_mut("__why__")) {
+            ("__why__", Some(serde_json::Value::Object(why))) => {
+                if let serde_json::Value::Object(more) = v {
+                    why.extend(more);
+                }
+            }
+            _ => {
+                all.insert(k, v);
+            }
+        }
+    }
+    Ok(all)
+}
+
+fn read_results(path: &std::path::Path) -> Result<BTreeMap<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: {e} (the run did not finish)", path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("results: {e}"))?;
     Ok(value
@@ -273,7 +346,7 @@ pub fn check(suite: &Suite) -> Result {
         count(&theirs),
         count(&ours),
         names.len(),
-        SELECTED.len(),
+        SELECTED.len() + DIST_SELECTED.len(),
         OUT_OF_SCOPE
             .iter()
             .map(|(f, why)| format!("{f} ({why})"))

@@ -77,6 +77,27 @@ def node_share(total: Optional[int], group=None, floor: int = 0) -> Optional[int
     return max(total // local, floor)
 
 
+def node_group(timeout_s: Optional[float] = None, everywhere: bool = False):
+    """A new group of this node's ranks of the default group (all ranks
+    with `everywhere`), with `timeout_s` as its collectives' timeout: what
+    Run:ai's streamer exchanges over (each node reads the model once and
+    broadcasts it over its own links). Every rank must call it, in the
+    same order; destroy it with `dist.destroy_process_group(group)`."""
+    from datetime import timedelta
+    timeout = timedelta(seconds=timeout_s) if timeout_s else None
+    kwargs = {"timeout": timeout} if timeout is not None else {}
+    world = dist.get_world_size()
+    if everywhere:
+        return dist.new_group(ranks=list(range(world)), **kwargs)
+    hosts: List[Optional[str]] = [None] * world
+    dist.all_gather_object(hosts, socket.gethostname())
+    by_host = [[r for r, h in enumerate(hosts) if h == host] for host in sorted(set(hosts))]
+    # Every rank creates every group, in one order (a collective each).
+    groups = [dist.new_group(ranks=ranks, **kwargs) for ranks in by_host]
+    me = dist.get_rank()
+    return next(g for ranks, g in zip(by_host, groups) if me in ranks)
+
+
 def _collective(what: str, rank: int, world: int, fn):
     try:
         return fn()
@@ -112,7 +133,8 @@ def _attempt(fn):
 
 def exchange(extents: Sequence[Extent], read: Callable[[List[Job]], Optional[Dict[int, torch.Tensor]]],
              *, group=None, device=None, budget: Optional[int] = None,
-             request_size: int = 16 << 20) -> Iterator[Tuple[int, torch.Tensor]]:
+             request_size: int = 16 << 20,
+             alignment: int = 64) -> Iterator[Tuple[int, torch.Tensor]]:
     """Yields `(extent index, uint8 tensor of its bytes)` in extent order,
     the same on every rank of `group`.
 
@@ -121,7 +143,9 @@ def exchange(extents: Sequence[Extent], read: Callable[[List[Job]], Optional[Dic
     uint8 `buffer`. It may instead return `{k: uint8 tensor}` for extents
     it read whole into memory of its own (a tensor the core decrypted),
     which then stand for their buffers. It runs on a reader thread, while
-    the previous window is exchanged."""
+    the previous window is exchanged. Each extent's buffer starts on a
+    multiple of `alignment` bytes (a tensor's own memory, never a view
+    shared with another extent)."""
     if not dist.is_available() or not dist.is_initialized():
         raise DistributedLoadError(
             "a distributed load needs torch.distributed initialized "
@@ -146,7 +170,7 @@ def exchange(extents: Sequence[Extent], read: Callable[[List[Job]], Optional[Dic
 
     def prepare(w: int):
         ks = windows[w]
-        buffers = {k: torch.empty(sizes[k], dtype=torch.uint8, device=device) for k in ks}
+        buffers = {k: _aligned(sizes[k], alignment, device) for k in ks}
         plan = _native.partition([tuple(extents[k]) for k in ks], world, int(request_size))
         spans = [[(ks[j], start, length) for j, start, length in mine] for mine in plan]
 
@@ -176,6 +200,17 @@ def exchange(extents: Sequence[Extent], read: Callable[[List[Job]], Optional[Dic
 
         return buffers, spans, pool.submit(job)
 
+    # Every rank must plan the same load, or the broadcasts would pair up
+    # wrong: the extents' digest is compared before any byte moves.
+    import hashlib
+    digest = hashlib.sha256(repr([tuple(e) for e in extents]).encode()).hexdigest()[:16]
+    digests: List[Optional[str]] = [None] * world
+    _collective("comparing plans", rank, world,
+                lambda: dist.all_gather_object(digests, digest, group=group))
+    if len(set(digests)) > 1:
+        raise DistributedLoadError(
+            f"the ranks were asked for different loads (plan digests {digests}): every rank "
+            "of a distributed load must ask for the same files and tensors")
     ahead = prepare(0) if windows else None
     try:
         for w in range(len(windows)):
@@ -196,6 +231,15 @@ def exchange(extents: Sequence[Extent], read: Callable[[List[Job]], Optional[Dic
         if ahead is not None:
             ahead[2].result()
         pool.shutdown(wait=True)
+
+
+def _aligned(size: int, alignment: int, device) -> torch.Tensor:
+    """`size` uninitialized bytes starting on a multiple of `alignment`."""
+    if alignment <= 64 or size == 0:
+        return torch.empty(size, dtype=torch.uint8, device=device)
+    raw = torch.empty(size + alignment, dtype=torch.uint8, device=device)
+    skip = (-raw.data_ptr()) % alignment
+    return raw[skip:skip + size]
 
 
 def _read_raw(sources, extents: Sequence[Extent]):
@@ -243,6 +287,17 @@ def load_safetensors(paths: Sequence[str], *, group=None, device=None,
         name, dtype_name, shape = meta[k]
         out[name] = _tensor_from_bytes(buffer, dtype_name, shape)
     return out
+
+
+def env_timeout() -> Optional[float]:
+    """RUNAI_STREAMER_DIST_TIMEOUT in seconds, if set."""
+    value = os.environ.get("RUNAI_STREAMER_DIST_TIMEOUT")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"RUNAI_STREAMER_DIST_TIMEOUT must be a number of seconds, not {value!r}")
 
 
 def env_budget(group=None, floor: int = 0) -> Optional[int]:

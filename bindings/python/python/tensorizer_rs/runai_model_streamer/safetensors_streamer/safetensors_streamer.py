@@ -19,7 +19,10 @@ from typing import Collection, Iterator, List, Optional
 
 import torch
 
-from ..distributed_streamer.distributed_streamer import DistributedStreamer
+from ..distributed_streamer.distributed_streamer import (
+    DistributedStreamer,
+    get_dist_buffer_alignment,
+)
 from ..file_streamer.file_streamer import memory_limit
 from ..s3_utils.s3_utils import (
     S3Credentials,
@@ -202,6 +205,15 @@ class SafetensorsStreamer:
         if tensor_names is not None and len(tensor_names) == 0:
             raise ValueError("tensor_names must not be empty - pass None to load every tensor")
         self.file_streamer.set_is_distributed(is_distributed, device or "cpu")
+        if not self.file_streamer.is_distributed:
+            return self._open(paths, s3_credentials, device, tensor_names)
+        # A rank that cannot open its files fails every rank, naming it.
+        from tensorizer_rs import distributed
+        _, failure = distributed._attempt(
+            lambda: self._open(paths, s3_credentials, device, tensor_names))
+        distributed.agree("to open its files", failure, self.file_streamer.group)
+
+    def _open(self, paths, s3_credentials, device, tensor_names) -> None:
         if tensor_names is not None:
             tensor_names = frozenset(tensor_names)
         self.files_to_tensors_metadata = {}
@@ -292,11 +304,13 @@ class SafetensorsStreamer:
                 labels.append((p, k))
         readers = [p.reader for p in self._plan]
         largest = max((e[2] for e in extents), default=0)
-        budget = distributed.env_budget(floor=largest)
+        group = self.file_streamer.group
+        budget = distributed.env_budget(group, floor=largest)
         request = max((r.request_size for r in readers), default=16 << 20)
         for k, buffer in distributed.exchange(
-                extents, distributed._read_raw(readers, extents), device=self.device_str,
-                budget=budget, request_size=request):
+                extents, distributed._read_raw(readers, extents), group=group,
+                device=self.device_str, budget=budget, request_size=request,
+                alignment=get_dist_buffer_alignment()):
             p, pos = labels[k]
             meta = p.tensors[pos]
             yield meta.name, distributed._tensor_from_bytes(buffer, p.dtypes[pos], meta.shape)
