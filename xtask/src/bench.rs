@@ -311,7 +311,7 @@ pub fn bench(args: &[String]) -> Result {
         format!(
             "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
              events {{ worker_connections 256; }}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+             http {{ log_format bytes '$body_bytes_sent'; access_log {d}/access.log bytes; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
              uwsgi_temp_path {d}; scgi_temp_path {d}; sendfile on; keepalive_requests 10000;\n\
              server {{ listen 127.0.0.1:{http_port}; root {root}; }} }}\n",
             d = nginx_dir.display(),
@@ -513,6 +513,39 @@ pub fn bench(args: &[String]) -> Result {
                 fresh[at + 2].take(),
                 measure(&format!("fresh CLI{tag}"), &mut fresh_cli(file, encrypted)).ok(),
             );
+        }
+    }
+    // One model, many ranks (gloo on loopback), from the S3 endpoint:
+    // the group reading each byte once (distributed) against every rank
+    // reading all of it; bytes served counted in nginx's access log.
+    let served = || served_bytes(&nginx_dir.join("access.log"));
+    let mut distributed = Vec::new();
+    for world in [1usize, 2, 4] {
+        for mode in ["all", "dist"] {
+            if world == 1 && mode == "dist" {
+                continue;
+            }
+            settle();
+            let before = served();
+            let sample = measure(
+                &format!("distributed {mode} x{world}"),
+                Command::new(&oracle)
+                    .arg(root.join("scripts/bench_distributed.py"))
+                    .args(["s3://bench/model.safetensors", &world.to_string()])
+                    .args([
+                        "--mode",
+                        mode,
+                        "--runs",
+                        &runs,
+                        "--s3-endpoint",
+                        &s3_endpoint,
+                    ])
+                    .env("S3_ACCESS_KEY_ID", "benchkey")
+                    .env("S3_SECRET_ACCESS_KEY", "benchsecret"),
+            )
+            .ok();
+            let per_load = served().saturating_sub(before) / o.runs.max(1) as u64;
+            distributed.push((world, mode, sample, per_load));
         }
     }
     // The same three loaders while the CPU is shared: one busy neighbour
@@ -1324,15 +1357,20 @@ pub fn bench(args: &[String]) -> Result {
         ),
     ];
     let size = std::fs::metadata(&model).map(|m| m.len()).unwrap_or(0);
-    let report = render(&rows, &ratios, size, o.runs);
+    let st_size = std::fs::metadata(&st_file).map(|m| m.len()).unwrap_or(0);
+    let report =
+        render(&rows, &ratios, size, o.runs) + &render_distributed(&distributed, st_size, o.runs);
     println!("\n{report}");
     let _ = std::fs::remove_file(&shm_out);
     let _ = std::fs::remove_file(&shm_py_out);
-    let failed: Vec<&str> = rows
+    let mut failed: Vec<&str> = rows
         .iter()
         .filter(|r| r.sample.is_none())
         .map(|r| r.name)
         .collect();
+    if distributed.iter().any(|(_, _, s, _)| s.is_none()) {
+        failed.push("distributed loads");
+    }
     if o.strict && !failed.is_empty() {
         return Err(format!("bench rows failed: {}", failed.join("; ")));
     }
@@ -1415,6 +1453,54 @@ fn render(rows: &[Row], ratios: &[(&str, [String; 2])], size: u64, runs: usize) 
     s += "\n| ratio | of medians | of best runs |\n|---|---:|---:|\n";
     for (name, [median, best]) in ratios {
         s += &format!("| {name} | {median} | {best} |\n");
+    }
+    s
+}
+
+/// Bytes nginx has sent so far, from its access log (one number a line).
+fn served_bytes(log: &Path) -> u64 {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// The distributed table: per world size and mode, time to give every
+/// rank the whole model and the bytes the store served per load.
+fn render_distributed(
+    rows: &[(usize, &str, Option<Sample>, u64)],
+    model: u64,
+    runs: usize,
+) -> String {
+    let gib = (1u64 << 30) as f64;
+    let mut s = format!(
+        "\nDistributed loads: {:.2} GiB safetensors file from the S3 endpoint (nginx, loopback), \
+         N ranks on one gloo group (spawned, 2 cores shared); wall time from a barrier until every \
+         rank holds the whole model (median of {runs}); bytes served per load from nginx's log.\n\n\
+         | ranks | mode | wall s (median) | GiB/s of model | served per load (× file) | peak RSS MiB (largest rank) |\n\
+         |---:|---|---:|---:|---:|---:|\n",
+        model as f64 / gib
+    );
+    for (world, mode, sample, served) in rows {
+        let mode = if *mode == "dist" {
+            "distributed (each byte read once, broadcast)"
+        } else {
+            "every rank reads all"
+        };
+        let times = |x: &Sample| model as f64 / gib / x.median;
+        match sample {
+            Some(x) => {
+                s += &format!(
+                    "| {world} | {mode} | {:.2} | {:.2} | {:.2} | {:.0} |\n",
+                    times(x),
+                    x.median,
+                    *served as f64 / model.max(1) as f64,
+                    x.rss_mib
+                )
+            }
+            None => s += &format!("| {world} | {mode} | failed | | | |\n"),
+        }
     }
     s
 }

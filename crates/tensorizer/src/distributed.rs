@@ -80,8 +80,8 @@ impl Span {
 /// `world_size` consecutive runs, so each rank reads one stretch of the
 /// load (few, large requests) and the exchange can proceed in extent
 /// order. Cuts fall on multiples of `request_size` from the start of the
-/// load, so each rank's share differs from an equal share by less than
-/// one request; a cut that would fall inside a [`Extent::whole`] extent
+/// load (of an eighth of an equal share, when that is less), so each
+/// rank's share differs from an equal share by less than one request; a cut that would fall inside a [`Extent::whole`] extent
 /// moves to that extent's nearer end, so such an extent can unbalance the
 /// plan by up to its own size. Every byte is in exactly one span; an empty
 /// extent gets an empty span on the rank whose run it starts in, so every
@@ -90,8 +90,10 @@ impl Span {
 /// `world_size` 0 is treated as 1 and `request_size` 0 as 1 byte.
 pub fn partition(extents: &[Extent], world_size: usize, request_size: u64) -> Vec<Vec<Span>> {
     let ranks = world_size.max(1);
-    let request = request_size.max(1);
     let total: u64 = extents.iter().map(|e| e.len).sum();
+    // Cut on requests, but never on a unit over an eighth of a fair share:
+    // a load of a few requests still spreads over every rank.
+    let request = request_size.min(total / ranks as u64 / 8).max(1);
     // Where each extent starts in the load's byte stream.
     let mut starts = Vec::with_capacity(extents.len());
     let mut at = 0u64;
@@ -179,6 +181,18 @@ mod tests {
             ]
         );
         assert_eq!(plan[3][0].file_offset(&extents), 8 + 96 * MIB);
+    }
+
+    #[test]
+    fn small_loads_still_reach_every_rank() {
+        // 4 MiB over 2 ranks in 16 MiB requests: cut on 256 KiB instead.
+        let extents: Vec<Extent> = (0..8)
+            .map(|i| Extent::whole(0, i * MIB / 2, MIB / 2))
+            .collect();
+        assert_eq!(
+            shares(&partition(&extents, 2, 16 * MIB)),
+            [2 * MIB, 2 * MIB]
+        );
     }
 
     #[test]
