@@ -5,10 +5,11 @@ would: each rank a pytest process (conftest.py initializes its group),
 a test passing only if it passed on every rank.
 
     dist_run.py WORLD SIDE RESULTS.json FILE...
+    dist_run.py --prepare        # only generate test_files/ (before any run)
 
 SIDE and the per-test outcome files follow conftest.py. The files the
 safetensors tests read (`test_files/`, which the wheel does not ship) are
-generated once next to them. Prints nothing but what pytest prints."""
+generated once next to them (the plain safetensors tests read them too). Prints nothing but what pytest prints."""
 
 import json
 import os
@@ -46,6 +47,10 @@ def ensure_test_files(tests):
 
 
 def main():
+    if sys.argv[1:] == ["--prepare"]:
+        # Before any run: the plain tests read these files too.
+        ensure_test_files(os.getcwd())
+        return
     world, side, results, files = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
     tests = os.getcwd()
     ensure_test_files(tests)
