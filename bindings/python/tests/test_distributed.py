@@ -88,7 +88,7 @@ def _job_tensors(rank, world, job):
 def _job_killed(rank, world, job):
     """Rank 1 dies after reading part of its share."""
     import tensorizer_rs.distributed as d
-    real = d._read_raw
+    real = d.raw_reader
 
     def dying(sources, extents):
         inner = real(sources, extents)
@@ -98,7 +98,7 @@ def _job_killed(rank, world, job):
             if rank == 1:
                 os._exit(3)
         return read
-    d._read_raw = dying
+    d.raw_reader = dying
     return _job_safetensors(rank, world, job)
 
 

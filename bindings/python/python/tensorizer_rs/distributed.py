@@ -40,9 +40,17 @@ from . import _native
 __all__ = [
     "DEFAULT_BUDGET",
     "DistributedLoadError",
+    "agree",
+    "attempt",
+    "enabled",
+    "env_budget",
+    "env_timeout",
     "exchange",
     "load_safetensors",
+    "node_group",
     "node_share",
+    "raw_reader",
+    "tensor_from_bytes",
 ]
 
 # Bytes of buffers a rank holds at once when no budget is given.
@@ -123,7 +131,7 @@ def agree(what: str, failure: Optional[str], group=None) -> None:
             f"rank {r} of {world} failed {what}: {m}" for r, m in failed))
 
 
-def _attempt(fn):
+def attempt(fn):
     """`(fn(), None)`, or `(None, its error as text)`."""
     try:
         return fn(), None
@@ -242,7 +250,7 @@ def _aligned(size: int, alignment: int, device) -> torch.Tensor:
     return raw[skip:skip + size]
 
 
-def _read_raw(sources, extents: Sequence[Extent]):
+def raw_reader(sources, extents: Sequence[Extent]):
     """A `read` for raw byte ranges: each job read from its file's source
     straight into its buffer, several at once."""
     def read(jobs: List[Job]):
@@ -257,7 +265,8 @@ def _read_raw(sources, extents: Sequence[Extent]):
     return read
 
 
-def _tensor_from_bytes(buffer: torch.Tensor, dtype_name: str, shape) -> torch.Tensor:
+def tensor_from_bytes(buffer: torch.Tensor, dtype_name: str, shape) -> torch.Tensor:
+    """An exchanged uint8 buffer as the tensor it holds (no copy)."""
     dtype = getattr(torch, dtype_name)
     return buffer.view(dtype).reshape(tuple(shape))
 
@@ -271,7 +280,7 @@ def load_safetensors(paths: Sequence[str], *, group=None, device=None,
         raise DistributedLoadError(
             "a distributed load needs torch.distributed initialized "
             "(torch.distributed.init_process_group)")
-    readers, failure = _attempt(lambda: [_native.Reader(p, storage=storage) for p in paths])
+    readers, failure = attempt(lambda: [_native.Reader(p, storage=storage) for p in paths])
     agree("to open its files", failure, group)
     extents, meta = [], []
     for f, reader in enumerate(readers):
@@ -282,10 +291,10 @@ def load_safetensors(paths: Sequence[str], *, group=None, device=None,
             meta.append((name, dtype_name, shape))
     request = max((r.request_size for r in readers), default=16 << 20)
     out = {}
-    for k, buffer in exchange(extents, _read_raw(readers, extents), group=group, device=device,
+    for k, buffer in exchange(extents, raw_reader(readers, extents), group=group, device=device,
                               budget=budget, request_size=request):
         name, dtype_name, shape = meta[k]
-        out[name] = _tensor_from_bytes(buffer, dtype_name, shape)
+        out[name] = tensor_from_bytes(buffer, dtype_name, shape)
     return out
 
 

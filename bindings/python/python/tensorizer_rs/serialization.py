@@ -508,8 +508,8 @@ class TensorDeserializer(collections.abc.Mapping):
         # takes them from its own index.
         data = [i for i in todo if nbytes[i] > 0 and by_i[i].length > 0]
         local = [i for i in todo if i not in set(data)]
-        from .distributed import _attempt, agree
-        capsules, failure = _attempt(lambda: self._reader.read(local) if local else [])
+        from .distributed import attempt, agree
+        capsules, failure = attempt(lambda: self._reader.read(local) if local else [])
         agree("to read the tensors without data", failure, self._group)
         for i, c in zip(local, capsules):
             self._cache[i] = self._finish(by_i[i], c)

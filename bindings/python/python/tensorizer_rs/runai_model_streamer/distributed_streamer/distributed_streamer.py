@@ -99,7 +99,7 @@ class DistributedStreamer(FileStreamer):
         budget = distributed.env_budget(self.group, floor=largest)
         request = max((s.request_size for s in sources), default=16 << 20)
         for k, tensor in distributed.exchange(
-                extents, distributed._read_raw(sources, extents), group=self.group,
+                extents, distributed.raw_reader(sources, extents), group=self.group,
                 device=self._device, budget=budget, request_size=request,
                 alignment=get_dist_buffer_alignment()):
             req_id, chunk = labels[k]

@@ -209,7 +209,7 @@ class SafetensorsStreamer:
             return self._open(paths, s3_credentials, device, tensor_names)
         # A rank that cannot open its files fails every rank, naming it.
         from tensorizer_rs import distributed
-        _, failure = distributed._attempt(
+        _, failure = distributed.attempt(
             lambda: self._open(paths, s3_credentials, device, tensor_names))
         distributed.agree("to open its files", failure, self.file_streamer.group)
 
@@ -308,12 +308,12 @@ class SafetensorsStreamer:
         budget = distributed.env_budget(group, floor=largest)
         request = max((r.request_size for r in readers), default=16 << 20)
         for k, buffer in distributed.exchange(
-                extents, distributed._read_raw(readers, extents), group=group,
+                extents, distributed.raw_reader(readers, extents), group=group,
                 device=self.device_str, budget=budget, request_size=request,
                 alignment=get_dist_buffer_alignment()):
             p, pos = labels[k]
             meta = p.tensors[pos]
-            yield meta.name, distributed._tensor_from_bytes(buffer, p.dtypes[pos], meta.shape)
+            yield meta.name, distributed.tensor_from_bytes(buffer, p.dtypes[pos], meta.shape)
         self._log_throughput()
 
     def get_tensors(self) -> Iterator:
