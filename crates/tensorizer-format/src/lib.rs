@@ -26,6 +26,8 @@ pub use file_header::{
 };
 pub use hash::{HashKind, StoredHash, TensorHasher};
 pub use index::{IndexEntry, MAX_INDEX_LEN, Metadata, Shape, TensorName, TensorType};
-pub use path::{PathComponent, STRUCTURED_NAME_MARKER, TensorPath, check_paths_distinct};
-pub use plan::{FilePlan, PYTHON_INDEX_LEN, PlanOptions, RecordSpec, TERMINATOR};
+pub use path::{PathComponent, PathSet, STRUCTURED_NAME_MARKER, TensorPath, check_paths_distinct};
+pub use plan::{
+    FilePlan, PYTHON_INDEX_LEN, PlacedRecord, PlanOptions, RecordSpec, StreamPlan, TERMINATOR,
+};
 pub use tensor_header::{MIN_HEADER_LEN, TensorHeader};

@@ -332,29 +332,76 @@ impl<'a> JsonArray<'a> {
 pub fn check_paths_distinct<'p>(paths: impl IntoIterator<Item = &'p TensorPath>) -> Result<()> {
     let mut sorted: Vec<&TensorPath> = paths.into_iter().collect();
     sorted.sort_unstable();
-    for pair in sorted.windows(2) {
-        let (a, b) = (pair[0].components(), pair[1].components());
-        let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-        let problem = if common == a.len() && common == b.len() {
-            Some("the same name appears twice")
-        } else if common == a.len() || common == b.len() {
-            Some("one name is a prefix of the other")
-        } else {
-            let kinds_differ = matches!(
-                (&a[common], &b[common]),
-                (PathComponent::Index(_), PathComponent::Key(_))
-                    | (PathComponent::Key(_), PathComponent::Index(_))
-            );
-            kinds_differ.then_some("one level mixes string keys and integer indices")
-        };
-        if let Some(problem) = problem {
+    sorted
+        .windows(2)
+        .try_for_each(|pair| check_pair(pair[0], pair[1]))
+}
+
+/// The paths of a file written so far, checked as each one arrives (a
+/// streaming writer's [`check_paths_distinct`]).
+#[derive(Debug, Clone, Default)]
+pub struct PathSet {
+    paths: std::collections::BTreeSet<TensorPath>,
+}
+
+impl PathSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `path` unless it conflicts with one already there. In sorted
+    /// order a path that conflicts with any member conflicts with a
+    /// neighbour (the members being conflict-free), so two comparisons do.
+    pub fn insert(&mut self, path: &TensorPath) -> Result<()> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        if let Some(before) = self.paths.range(..path).next_back() {
+            check_pair(before, path)?;
+        }
+        if let Some(after) = self.paths.range((Excluded(path), Unbounded)).next() {
+            check_pair(path, after)?;
+        }
+        if !self.paths.insert(path.clone()) {
             return Err(FormatError::ConflictingNames(format!(
-                "{} and {}: {problem}",
-                pair[0], pair[1]
+                "{path} and {path}: the same name appears twice"
             )));
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Number of paths.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+}
+
+/// The rule for two paths `a <= b` in sorted order.
+fn check_pair(a: &TensorPath, b: &TensorPath) -> Result<()> {
+    let (x, y) = (a.components(), b.components());
+    let common = x.iter().zip(y).take_while(|(p, q)| p == q).count();
+    let problem = if common == x.len() && common == y.len() {
+        Some("the same name appears twice")
+    } else if common == x.len() || common == y.len() {
+        Some("one name is a prefix of the other")
+    } else {
+        let kinds_differ = matches!(
+            (&x[common], &y[common]),
+            (PathComponent::Index(_), PathComponent::Key(_))
+                | (PathComponent::Key(_), PathComponent::Index(_))
+        );
+        kinds_differ.then_some("one level mixes string keys and integer indices")
+    };
+    match problem {
+        Some(problem) => Err(FormatError::ConflictingNames(format!(
+            "{a} and {b}: {problem}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

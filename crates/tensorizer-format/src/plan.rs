@@ -11,7 +11,7 @@ use crate::error::{FormatError, Result};
 use crate::file_header::{FeatureFlags, FileHeader, FormatVersion, INDEX_OFFSET};
 use crate::hash::{HashKind, StoredHash, TensorHasher};
 use crate::index::{IndexEntry, Metadata, Shape, TensorName, TensorType};
-use crate::path::check_paths_distinct;
+use crate::path::PathSet;
 use crate::tensor_header::TensorHeader;
 
 /// Index block the Python writer reserves (256 KiB). Plans use at least this
@@ -81,6 +81,27 @@ impl RecordSpec {
     }
 }
 
+impl RecordSpec {
+    /// Bytes of this record's index entry (`tagged`: with the u32 version
+    /// tag every entry carries once a file holds a long tensor).
+    pub fn entry_len(&self, tagged: bool) -> usize {
+        self.index_entry(0, 0, 0).encoded_len(tagged)
+    }
+
+    fn index_entry(&self, header_offset: u64, data_offset: u64, data_length: u64) -> IndexEntry {
+        IndexEntry {
+            name: self.name.clone(),
+            tensor_type: self.tensor_type,
+            dtype: self.dtype.clone(),
+            shape: self.shape.clone(),
+            wide_dims: self.shape.is_long(),
+            header_offset,
+            data_offset,
+            data_length,
+        }
+    }
+}
+
 /// Options of a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanOptions {
@@ -110,115 +131,21 @@ pub struct FilePlan {
 }
 
 impl FilePlan {
-    /// Plans a file holding `records` in order.
+    /// Plans a file holding `records` in order: a [`StreamPlan`] whose index
+    /// block is sized to fit them all (at least `options.min_index_len`).
     pub fn new(records: Vec<RecordSpec>, options: PlanOptions) -> Result<Self> {
-        check_paths_distinct(records.iter().map(|r| r.name.path()))?;
-        let mut version = if options.encrypted {
-            FormatVersion::ENCRYPTION
-        } else {
-            FormatVersion::NON_OPAQUE
-        };
-        let mut long_seen = false;
-        let metas: Vec<bool> = records.iter().map(|r| r.meta).collect();
-        let mut entries = Vec::with_capacity(records.len());
+        let tagged = records.iter().any(|r| r.shape.is_long());
+        let needed: u64 = records.iter().map(|r| r.entry_len(tagged) as u64).sum();
+        let mut stream = StreamPlan::new(PlanOptions {
+            min_index_len: needed.max(options.min_index_len),
+            ..options
+        });
         let mut headers = Vec::with_capacity(records.len());
         for r in records {
-            if r.name.as_bytes().is_empty() {
-                // Python writes it, then cannot read the file back.
-                return Err(FormatError::Unencodable {
-                    tensor: String::new(),
-                    reason: "empty tensor name".into(),
-                });
-            }
-            if r.crypt_info.is_some() != options.encrypted {
-                return Err(FormatError::Unencodable {
-                    tensor: r.name.to_string(),
-                    reason: "crypt info must be given for every tensor of an encrypted file, and only then".into(),
-                });
-            }
-            if r.meta {
-                version = version.max(FormatVersion::META_TENSOR);
-            }
-            if r.dtype.is_opaque() {
-                version = version.max(FormatVersion::OPAQUE);
-            }
-            let wide_dims = r.shape.is_long();
-            if wide_dims {
-                version = version.max(FormatVersion::LONG_TENSOR);
-                long_seen = true;
-            }
-            let data_length = r.data_length()?;
-            let encrypted_data = r.crypt_info.as_ref().is_some_and(CryptInfo::is_encrypted);
-            let kinds: &[HashKind] = if encrypted_data {
-                &[HashKind::Sha256]
-            } else {
-                &[HashKind::Crc32, HashKind::Sha256]
-            };
-            headers.push(TensorHeader {
-                module_idx: r.module_idx,
-                tensor_type: r.tensor_type,
-                name: r.name.clone(),
-                dtype: r.dtype.clone(),
-                shape: r.shape.clone(),
-                wide_dims,
-                hashes: kinds.iter().map(|&k| StoredHash::placeholder(k)).collect(),
-                crypt_info: r.crypt_info,
-                unparsed: Vec::new(),
-                data_length,
-            });
-            entries.push(IndexEntry {
-                name: r.name,
-                tensor_type: r.tensor_type,
-                dtype: r.dtype,
-                shape: r.shape,
-                wide_dims,
-                header_offset: 0,
-                data_offset: 0,
-                data_length,
-            });
+            headers.push(stream.push(r)?.header);
         }
-        // Flags reach the disk from version 4 on; a v3 file is encrypted by its version alone.
-        let flags = if version >= FormatVersion::META_TENSOR {
-            FeatureFlags {
-                encrypted: options.encrypted,
-                versioned_headers: long_seen,
-            }
-        } else {
-            FeatureFlags::default()
-        };
-        let entries_len: u64 = entries
-            .iter()
-            .map(|e| e.encoded_len(long_seen) as u64)
-            .sum();
-        let index_len = entries_len.max(options.min_index_len);
-        let mut offset = INDEX_OFFSET + index_len;
-        let mut tensor_size = 0u64;
-        for ((e, h), meta) in entries.iter_mut().zip(&headers).zip(metas) {
-            e.header_offset = offset;
-            e.data_offset = offset + h.encoded_len() as u64;
-            offset = e.data_offset.checked_add(e.data_length).ok_or_else(|| {
-                FormatError::Unencodable {
-                    tensor: e.name.to_string(),
-                    reason: "file would exceed 2^64 bytes".into(),
-                }
-            })?;
-            // Python counts no bytes for meta tensors, even the 0-d one's.
-            if !meta {
-                tensor_size += e.data_length;
-            }
-        }
-        let header = FileHeader {
-            version,
-            flags,
-            tensor_size,
-            tensor_count: entries.len() as u64,
-        };
         Ok(Self {
-            metadata: Metadata {
-                header,
-                index_len,
-                entries,
-            },
+            metadata: stream.metadata(),
             headers,
         })
     }
@@ -264,17 +191,245 @@ impl FilePlan {
         hasher: TensorHasher,
         crypt_info: Option<CryptInfo>,
     ) -> Result<Vec<u8>> {
-        let mut header = self.headers[i].clone();
-        header.hashes = hasher.finish();
-        if let Some(ci) = crypt_info {
-            if header.crypt_info.as_ref().map(CryptInfo::encoded_len) != Some(ci.encoded_len()) {
-                return Err(FormatError::Unencodable {
-                    tensor: header.name.to_string(),
-                    reason: "final crypt info differs in size from the planned one".into(),
-                });
-            }
-            header.crypt_info = Some(ci);
-        }
-        header.encode()
+        finish_header(&self.headers[i], hasher, crypt_info)
     }
+}
+
+/// A file laid out one record at a time, as the Python writer lays it out
+/// while tensors are handed to it: a fixed index block reserved up front,
+/// each record placed after the previous one, the version raised by what
+/// arrives (FORMAT.md §1.2, §6). A streaming writer writes each record as
+/// soon as it is placed and the prologue ([`StreamPlan::metadata`]) last.
+/// For the same records the result is [`FilePlan`]'s, byte for byte, as long
+/// as the entries fit the block; when they do not, [`StreamPlan::push`]
+/// fails as Python fails ("Metadata overflow"), since the records already
+/// written sit where a larger block would have to go.
+#[derive(Debug, Clone)]
+pub struct StreamPlan {
+    encrypted: bool,
+    index_len: u64,
+    version: FormatVersion,
+    long_seen: bool,
+    names: PathSet,
+    entries: Vec<IndexEntry>,
+    /// Σ untagged entry lengths.
+    entries_len: u64,
+    tensor_size: u64,
+    /// Where the next record's header goes.
+    end: u64,
+}
+
+/// Where one record of a [`StreamPlan`] goes, and its header to fill in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedRecord {
+    /// Position of the record in the file.
+    pub index: usize,
+    /// The header with placeholder (zero) hashes and MACs.
+    pub header: TensorHeader,
+    /// Offset of the header.
+    pub header_offset: u64,
+    /// Offset of the data (`header_offset` + the header's length).
+    pub data_offset: u64,
+}
+
+impl PlacedRecord {
+    /// A hasher already fed with the header's hashable bytes: feed it the
+    /// plaintext while writing it, then pass it to [`PlacedRecord::finish_header`].
+    pub fn hasher(&self) -> Result<TensorHasher> {
+        self.header.verifier(|_| true)
+    }
+
+    /// The header with the hashes of a [`PlacedRecord::hasher`] fed the whole
+    /// plaintext, and the final crypt info (MACs) if encrypted. The hashes do
+    /// not cover the crypt info, so it may change; its length may not.
+    pub fn finish_header(
+        &self,
+        hasher: TensorHasher,
+        crypt_info: Option<CryptInfo>,
+    ) -> Result<Vec<u8>> {
+        finish_header(&self.header, hasher, crypt_info)
+    }
+
+    /// Bytes of data.
+    pub fn data_length(&self) -> u64 {
+        self.header.data_length
+    }
+}
+
+impl StreamPlan {
+    /// An empty file whose index block holds `options.min_index_len` bytes of
+    /// entries ([`PYTHON_INDEX_LEN`] for byte identity with Python).
+    pub fn new(options: PlanOptions) -> Self {
+        Self {
+            encrypted: options.encrypted,
+            index_len: options.min_index_len,
+            version: if options.encrypted {
+                FormatVersion::ENCRYPTION
+            } else {
+                FormatVersion::NON_OPAQUE
+            },
+            long_seen: false,
+            names: PathSet::new(),
+            entries: Vec::new(),
+            entries_len: 0,
+            tensor_size: 0,
+            end: INDEX_OFFSET + options.min_index_len,
+        }
+    }
+
+    /// Places the next record after the last one. On error nothing changes:
+    /// the plan stays as it was, and a writer may go on or give up.
+    pub fn push(&mut self, r: RecordSpec) -> Result<PlacedRecord> {
+        if r.name.as_bytes().is_empty() {
+            // Python writes it, then cannot read the file back.
+            return Err(FormatError::Unencodable {
+                tensor: String::new(),
+                reason: "empty tensor name".into(),
+            });
+        }
+        if r.crypt_info.is_some() != self.encrypted {
+            return Err(FormatError::Unencodable {
+                tensor: r.name.to_string(),
+                reason:
+                    "crypt info must be given for every tensor of an encrypted file, and only then"
+                        .into(),
+            });
+        }
+        let wide_dims = r.shape.is_long();
+        let long_seen = self.long_seen || wide_dims;
+        let entries_len = self.entries_len + r.entry_len(false) as u64;
+        let count = self.entries.len() as u64 + 1;
+        let index_bytes = entries_len + if long_seen { 4 * count } else { 0 };
+        if index_bytes > self.index_len {
+            return Err(FormatError::Unencodable {
+                tensor: r.name.to_string(),
+                reason: format!(
+                    "Metadata overflow: {count} index entries take {index_bytes} bytes, more \
+                     than the {} reserved for the index",
+                    self.index_len
+                ),
+            });
+        }
+        let data_length = r.data_length()?;
+        let encrypted_data = r.crypt_info.as_ref().is_some_and(CryptInfo::is_encrypted);
+        let kinds: &[HashKind] = if encrypted_data {
+            &[HashKind::Sha256]
+        } else {
+            &[HashKind::Crc32, HashKind::Sha256]
+        };
+        let header = TensorHeader {
+            module_idx: r.module_idx,
+            tensor_type: r.tensor_type,
+            name: r.name.clone(),
+            dtype: r.dtype.clone(),
+            shape: r.shape.clone(),
+            wide_dims,
+            hashes: kinds.iter().map(|&k| StoredHash::placeholder(k)).collect(),
+            crypt_info: r.crypt_info.clone(),
+            unparsed: Vec::new(),
+            data_length,
+        };
+        let header_offset = self.end;
+        let data_offset = header_offset + header.encoded_len() as u64;
+        let end = data_offset
+            .checked_add(data_length)
+            .ok_or_else(|| FormatError::Unencodable {
+                tensor: r.name.to_string(),
+                reason: "file would exceed 2^64 bytes".into(),
+            })?;
+        // Last, so that a refused record leaves no trace.
+        self.names.insert(r.name.path())?;
+        if r.meta {
+            self.version = self.version.max(FormatVersion::META_TENSOR);
+        } else {
+            // Python counts no bytes for meta tensors, even the 0-d one's.
+            self.tensor_size += data_length;
+        }
+        if r.dtype.is_opaque() {
+            self.version = self.version.max(FormatVersion::OPAQUE);
+        }
+        if wide_dims {
+            self.version = self.version.max(FormatVersion::LONG_TENSOR);
+        }
+        self.long_seen = long_seen;
+        self.entries_len = entries_len;
+        self.end = end;
+        let index = self.entries.len();
+        self.entries
+            .push(r.index_entry(header_offset, data_offset, data_length));
+        Ok(PlacedRecord {
+            index,
+            header,
+            header_offset,
+            data_offset,
+        })
+    }
+
+    /// The file header and index as of now: written last, over the block
+    /// reserved at the start.
+    pub fn metadata(&self) -> Metadata {
+        // Flags reach the disk from version 4 on; a v3 file is encrypted by its version alone.
+        let flags = if self.version >= FormatVersion::META_TENSOR {
+            FeatureFlags {
+                encrypted: self.encrypted,
+                versioned_headers: self.long_seen,
+            }
+        } else {
+            FeatureFlags::default()
+        };
+        Metadata {
+            header: FileHeader {
+                version: self.version,
+                flags,
+                tensor_size: self.tensor_size,
+                tensor_count: self.entries.len() as u64,
+            },
+            index_len: self.index_len,
+            entries: self.entries.clone(),
+        }
+    }
+
+    /// Offset of the terminator: where the next record would go.
+    pub fn terminator_offset(&self) -> u64 {
+        self.end
+    }
+
+    /// File size once finished, terminator included.
+    pub fn file_len(&self) -> u64 {
+        self.end + TERMINATOR.len() as u64
+    }
+
+    /// Offset of the first record (the end of the reserved index block).
+    pub fn records_offset(&self) -> u64 {
+        INDEX_OFFSET + self.index_len
+    }
+
+    /// Records placed so far.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True before the first record.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn finish_header(
+    header: &TensorHeader,
+    hasher: TensorHasher,
+    crypt_info: Option<CryptInfo>,
+) -> Result<Vec<u8>> {
+    let mut header = header.clone();
+    header.hashes = hasher.finish();
+    if let Some(ci) = crypt_info {
+        if header.crypt_info.as_ref().map(CryptInfo::encoded_len) != Some(ci.encoded_len()) {
+            return Err(FormatError::Unencodable {
+                tensor: header.name.to_string(),
+                reason: "final crypt info differs in size from the planned one".into(),
+            });
+        }
+        header.crypt_info = Some(ci);
+    }
+    header.encode()
 }

@@ -203,3 +203,107 @@ proptest! {
         prop_assert_eq!(TensorPath::decode(&p.encode()).unwrap(), p);
     }
 }
+
+/// A path of one to three components drawn from a small alphabet, so that
+/// equal names, prefixes and mixed levels all come up.
+fn small_path() -> impl Strategy<Value = TensorPath> {
+    let component = prop_oneof![
+        (0u64..3).prop_map(PathComponent::Index),
+        prop::sample::select(vec!["a", "b"]).prop_map(|k| PathComponent::Key(k.into())),
+    ];
+    proptest::collection::vec(component, 1..4).prop_map(|c| TensorPath::new(c).unwrap())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Checking names as they arrive accepts exactly the sets the batch
+    /// check accepts.
+    #[test]
+    fn path_set_agrees_with_the_batch_check(paths in proptest::collection::vec(small_path(), 1..8)) {
+        let mut set = tensorizer_format::PathSet::new();
+        let incremental = paths.iter().try_for_each(|p| set.insert(p)).is_ok();
+        let batch = tensorizer_format::check_paths_distinct(&paths).is_ok();
+        prop_assert_eq!(incremental, batch);
+    }
+}
+
+/// The records of a streamed file land where a whole-file plan puts them.
+#[test]
+fn stream_plan_places_records_as_the_file_plan_does() {
+    let specs: Vec<RecordSpec> = (0..5u64)
+        .map(|i| {
+            let mut s = RecordSpec::new(
+                1,
+                TensorType::Param,
+                TensorPath::from(format!("t{i}").as_str()),
+                Dtype::BF16,
+                vec![i, 3],
+            );
+            s.meta = i == 2;
+            s
+        })
+        .chain([RecordSpec::new(
+            0,
+            TensorType::Buffer,
+            TensorPath::from("long"),
+            Dtype::F32,
+            vec![1 << 32, 0],
+        )])
+        .collect();
+    let plan = FilePlan::new(specs.clone(), PlanOptions::default()).unwrap();
+    let mut stream = tensorizer_format::StreamPlan::new(PlanOptions::default());
+    for (i, s) in specs.into_iter().enumerate() {
+        let placed = stream.push(s).unwrap();
+        assert_eq!(placed.header, plan.headers[i]);
+        assert_eq!(placed.header_offset, plan.metadata.entries[i].header_offset);
+    }
+    assert_eq!(stream.metadata(), plan.metadata);
+    assert_eq!(stream.file_len(), plan.file_len());
+    assert_eq!(plan.metadata.header.version.get(), 5);
+}
+
+/// A streamed file cannot grow its index once records follow it: the push
+/// that would overflow it is refused, as Python's "Metadata overflow", and
+/// leaves the plan as it was.
+#[test]
+fn stream_plan_refuses_an_index_overflow_and_stays_usable() {
+    let mut stream = tensorizer_format::StreamPlan::new(PlanOptions {
+        encrypted: false,
+        min_index_len: 200,
+    });
+    let spec = |name: &str, shape: Vec<u64>| {
+        RecordSpec::new(
+            0,
+            TensorType::StateDict,
+            TensorPath::from(name),
+            Dtype::U8,
+            shape,
+        )
+    };
+    // Each entry: 2 + 2 + 1 + 1 + 5 ("uint8") + 1 + 4 + 24 = 40 bytes.
+    for i in 0..5 {
+        stream.push(spec(&format!("n{i}"), vec![4])).unwrap();
+    }
+    let before = stream.metadata();
+    let err = stream.push(spec("n5", vec![4])).unwrap_err().to_string();
+    assert!(
+        err.contains("Metadata overflow") && err.contains("200"),
+        "{err}"
+    );
+    // A long tensor would tag every entry (4 bytes each): refused too.
+    let mut tight = tensorizer_format::StreamPlan::new(PlanOptions {
+        encrypted: false,
+        min_index_len: 160,
+    });
+    for i in 0..3 {
+        tight.push(spec(&format!("n{i}"), vec![4])).unwrap();
+    }
+    assert!(tight.push(spec("wide", vec![1 << 32, 0])).is_err());
+    assert_eq!(stream.metadata(), before);
+    assert_eq!(stream.len(), 5);
+    // A duplicate name is refused without a trace either.
+    let err = tight.push(spec("n1", vec![4])).unwrap_err().to_string();
+    assert!(err.contains("twice"), "{err}");
+    assert_eq!(tight.len(), 3);
+}

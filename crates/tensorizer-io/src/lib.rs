@@ -214,6 +214,15 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Announces the next segments of a file whose layout is learnt while
+    /// it is written (a streaming writer, which calls this instead of
+    /// [`Sink::reserve`]): they follow the segments announced before, and
+    /// come before any write into them. Sinks that need no layout accept
+    /// them silently.
+    fn announce(&self, _segments: &[Segment]) -> Result<()> {
+        Ok(())
+    }
+
     /// Writes `data` at `offset`.
     fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<()>;
 

@@ -20,13 +20,13 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
 use redis::{Client, Connection, RedisError};
 
 use crate::error::{IoError, Result};
-use crate::{FileLayout, RangeSource, ReadHints, RetryPolicy, SegmentKind, Sink};
+use crate::{FileLayout, RangeSource, ReadHints, RetryPolicy, Segment, SegmentKind, Sink};
 
 /// Largest value written to one key.
 pub const MAX_VALUE: u64 = 256 << 20;
@@ -669,6 +669,34 @@ impl RangeSource for RedisSource {
     }
 }
 
+/// The keys of one segment, as Python's `to_redis` names them: one per
+/// segment (one per MAX_VALUE bytes of it, ours), none for the terminator.
+fn segment_keys(segment: &Segment) -> Vec<PendingKey> {
+    let name = match &segment.kind {
+        SegmentKind::Prologue => "header",
+        SegmentKind::TensorHeader(name) | SegmentKind::TensorData(name) => name,
+        // Python does not store the terminator either.
+        SegmentKind::Terminator => return Vec::new(),
+    };
+    // No key for empty segments (data of empty tensors): it would share its
+    // offset with the next header, and Python's reader, which sorts keys by
+    // offset in SCAN order, then reads the empty key as the header one time
+    // in two ("Unexpected empty header"; its own `to_redis` files have this
+    // bug).
+    let mut keys = Vec::new();
+    let mut at = segment.offset;
+    while at < segment.end() {
+        let len = MAX_VALUE.min(segment.end() - at);
+        keys.push(PendingKey {
+            name: name.to_owned(),
+            offset: at,
+            len,
+        });
+        at += len;
+    }
+    keys
+}
+
 /// A key to be written: its final name, and the file bytes it holds.
 #[derive(Debug)]
 struct PendingKey {
@@ -684,7 +712,8 @@ pub struct RedisSink {
     pool: Pool,
     prefix: String,
     staging: String,
-    keys: OnceLock<Vec<PendingKey>>,
+    /// The keys announced so far, in offset order.
+    keys: RwLock<Vec<PendingKey>>,
     /// Partly written keys: buffer and bytes written.
     partial: Mutex<HashMap<usize, (Vec<u8>, u64)>>,
     committed: bool,
@@ -712,7 +741,7 @@ impl RedisSink {
             pool,
             prefix,
             staging,
-            keys: OnceLock::new(),
+            keys: RwLock::new(Vec::new()),
             partial: Mutex::new(HashMap::new()),
             committed: false,
         })
@@ -823,43 +852,38 @@ impl Sink for RedisSink {
     }
 
     fn reserve(&self, layout: &FileLayout) -> Result<()> {
-        let mut keys = Vec::new();
-        for segment in &layout.segments {
-            let name = match &segment.kind {
-                SegmentKind::Prologue => "header",
-                SegmentKind::TensorHeader(name) | SegmentKind::TensorData(name) => name,
-                // Python does not store the terminator either.
-                SegmentKind::Terminator => continue,
-            };
-            // No key for empty segments (data of empty tensors): it would
-            // share its offset with the next header, and Python's reader,
-            // which sorts keys by offset in SCAN order, then reads the empty
-            // key as the header one time in two ("Unexpected empty header";
-            // its own `to_redis` files have this bug).
-            let mut at = segment.offset;
-            while at < segment.end() {
-                let len = MAX_VALUE.min(segment.end() - at);
-                keys.push(PendingKey {
-                    name: name.to_owned(),
-                    offset: at,
-                    len,
-                });
-                at += len;
-            }
+        let mut keys = self.keys.write().expect("keys lock");
+        if !keys.is_empty() {
+            return Err(IoError::Protocol {
+                uri: self.pool.uri.clone(),
+                message: "the file layout was announced twice".into(),
+            });
         }
-        self.keys.set(keys).map_err(|_| IoError::Protocol {
-            uri: self.pool.uri.clone(),
-            message: "the file layout was announced twice".into(),
-        })
+        keys.extend(layout.segments.iter().flat_map(segment_keys));
+        Ok(())
+    }
+
+    fn announce(&self, segments: &[Segment]) -> Result<()> {
+        let mut keys = self.keys.write().expect("keys lock");
+        let end = keys.last().map_or(0, |k| k.offset + k.len);
+        if segments.first().is_some_and(|s| s.offset < end) {
+            return Err(IoError::Protocol {
+                uri: self.pool.uri.clone(),
+                message: format!("segments announced out of order (at {end})"),
+            });
+        }
+        keys.extend(segments.iter().flat_map(segment_keys));
+        Ok(())
     }
 
     fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let keys = self.keys.get().map(Vec::as_slice).unwrap_or_default();
+        // Read-locked for the whole write: announcements come between writes.
+        let keys = self.keys.read().expect("keys lock");
         if keys.is_empty() {
             return Err(IoError::Unsupported {
                 uri: self.pool.uri.clone(),
                 message: "a Redis sink names keys after tensors: announce the file's \
-                          segments with Sink::reserve first (tensorizer's Serializer does)"
+                          segments with Sink::reserve or Sink::announce first (tensorizer's serializers do)"
                     .into(),
             });
         }
@@ -896,7 +920,7 @@ impl Sink for RedisSink {
     }
 
     fn commit(mut self: Box<Self>) -> Result<()> {
-        let keys = self.keys.take().unwrap_or_default();
+        let keys = std::mem::take(self.keys.get_mut().expect("keys lock"));
         if let Some((i, _)) = self.partial.lock().expect("partial lock").iter().next() {
             return Err(IoError::Protocol {
                 uri: self.pool.uri.clone(),

@@ -240,6 +240,23 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A streaming write that failed earlier: the file is abandoned (the
+    /// destination keeps its previous content) and takes no more tensors.
+    #[error("{}: the write was abandoned after an earlier error ({cause}); start a new one", path.display())]
+    WriteAbandoned {
+        /// The destination.
+        path: PathBuf,
+        /// The first error, as text.
+        cause: String,
+    },
+    /// A setting that must be chosen before the first tensor is written.
+    #[error("{}: {what} must be set before the first tensor is written", path.display())]
+    TooLate {
+        /// The destination.
+        path: PathBuf,
+        /// The setting.
+        what: &'static str,
+    },
 }
 
 /// Any error a caller's callback returns.

@@ -26,6 +26,7 @@ pub mod nonblocking;
 mod rewrite;
 pub mod safetensors;
 mod serializer;
+mod streaming_serializer;
 mod tensor;
 
 pub use buffer::{ALIGNMENT, AlignedBuffer};
@@ -46,6 +47,7 @@ pub use file_digest::parse_sha256;
 #[cfg(feature = "encryption")]
 pub use rewrite::{rewrite, rewrite_uri, rewrite_with_progress};
 pub use serializer::{FillFn, Serializer, WriteProgress, WriteSummary};
+pub use streaming_serializer::StreamingSerializer;
 pub use tensor::{Tensor, TensorData};
 /// The format layer, for users who need the byte-level types.
 pub use tensorizer_format as format;

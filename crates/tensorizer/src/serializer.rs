@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use tensorizer_format::{FilePlan, PlanOptions, RecordSpec, TERMINATOR, TensorPath, TensorType};
+use tensorizer_format::{
+    FilePlan, PlacedRecord, PlanOptions, RecordSpec, TERMINATOR, TensorPath, TensorType,
+};
 
 use crate::error::{BoxError, Error, Result, format_error, source_error};
 use crate::tensor::TensorData;
@@ -40,7 +42,7 @@ pub struct Serializer<'a> {
 }
 
 /// Where a record's bytes come from.
-enum Data<'a> {
+pub(crate) enum Data<'a> {
     /// Borrowed from the caller for the whole write.
     Bytes(&'a [u8]),
     /// Produced when the writer reaches the tensor, into a buffer that is
@@ -69,7 +71,7 @@ pub struct WriteProgress {
     pub total_bytes: u64,
 }
 
-struct ProgressHook<'a>(Box<dyn Fn(WriteProgress) + Send + Sync + 'a>);
+pub(crate) struct ProgressHook<'a>(pub(crate) Box<dyn Fn(WriteProgress) + Send + Sync + 'a>);
 
 impl std::fmt::Debug for ProgressHook<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,7 +85,7 @@ impl std::fmt::Debug for ProgressHook<'_> {
 const WRITE_BLOCK: usize = 1 << 20;
 
 /// Enough zero bytes for one element of any dtype.
-static ZEROS: [u8; 16] = [0; 16];
+pub(crate) static ZEROS: [u8; 16] = [0; 16];
 
 /// What a write produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,77 +241,22 @@ impl<'a> Serializer<'a> {
         FilePlan::new(records, options).map_err(format_error(dest))
     }
 
-    /// Hashes, encrypts if asked, and hands to `write` the data of record
-    /// `i` block by block at its planned offsets, then its header. One pass
-    /// over the tensor's memory: each block is still in cache when it is
-    /// encrypted and copied out, and no copy of the tensor is ever held.
-    fn write_record(
-        &self,
-        plan: &FilePlan,
-        i: usize,
-        dest: &Path,
-        write: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    /// Record `i` of `plan` placed where the plan puts it.
+    fn placed(plan: &FilePlan, i: usize) -> PlacedRecord {
         let entry = &plan.metadata.entries[i];
-        let filled;
-        let data: &[u8] = match &self.data[i] {
-            Data::Bytes(bytes) => bytes,
-            Data::Fill(fill) => {
-                let tensor = || entry.name.to_string();
-                let len = usize::try_from(entry.data_length).unwrap_or(usize::MAX);
-                let mut buf = Vec::new();
-                buf.try_reserve_exact(len).map_err(|_| Error::Allocation {
-                    path: dest.to_path_buf(),
-                    tensor: tensor(),
-                    bytes: entry.data_length,
-                })?;
-                buf.resize(len, 0);
-                fill(&mut buf).map_err(|source| Error::Fill {
-                    path: dest.to_path_buf(),
-                    tensor: tensor(),
-                    source,
-                })?;
-                filled = buf;
-                &filled
-            }
-        };
-        let mut hasher = plan.hasher(i).map_err(format_error(dest))?;
-        #[cfg(feature = "encryption")]
-        let mut sealer = match (&self.encryption, &plan.headers[i].crypt_info) {
-            (Some(enc), Some(planned)) => enc.sealer(planned),
-            _ => None,
-        };
-        #[cfg(feature = "encryption")]
-        let block = sealer.as_ref().map_or(WRITE_BLOCK, |s| s.chunk_size());
-        #[cfg(not(feature = "encryption"))]
-        let block = WRITE_BLOCK;
-        #[cfg(feature = "encryption")]
-        let mut ciphertext = Vec::new();
-        let mut offset = entry.data_offset;
-        for piece in data.chunks(block) {
-            // Hashes cover the plaintext.
-            hasher.update(piece);
-            #[cfg(feature = "encryption")]
-            let piece: &[u8] = match &mut sealer {
-                Some(sealer) => {
-                    ciphertext.clear();
-                    ciphertext.extend_from_slice(piece);
-                    sealer.seal_next(&mut ciphertext);
-                    &ciphertext
-                }
-                None => piece,
-            };
-            write(offset, piece)?;
-            offset += piece.len() as u64;
+        PlacedRecord {
+            index: i,
+            header: plan.headers[i].clone(),
+            header_offset: entry.header_offset,
+            data_offset: entry.data_offset,
         }
+    }
+
+    fn sealing(&self) -> Sealing<'_> {
         #[cfg(feature = "encryption")]
-        let crypt_info = sealer.map(crate::encryption::TensorSealer::finish);
+        return self.encryption.as_ref();
         #[cfg(not(feature = "encryption"))]
-        let crypt_info = None;
-        let header = plan
-            .finish_header(i, hasher, crypt_info)
-            .map_err(format_error(dest))?;
-        write(entry.header_offset, &header)
+        return None;
     }
 
     /// Writes a local file atomically (temp file, fsync, rename).
@@ -343,10 +290,6 @@ impl<'a> Serializer<'a> {
         let prologue = plan.metadata.encode().map_err(format_error(&dest))?;
         sink.write_all_at(0, &prologue)
             .map_err(source_error("writing the index"))?;
-        // SHA-256 of one tensor is sequential, so tensors are the unit of
-        // parallelism; the largest start first so that none is left running
-        // alone at the end (longest-processing-time-first scheduling).
-        let entries = &plan.metadata.entries;
         let (written, total_bytes) = (AtomicU64::new(0), plan.file_len());
         let report = |n: usize| {
             if let Some(ProgressHook(f)) = &self.progress {
@@ -355,36 +298,10 @@ impl<'a> Serializer<'a> {
             }
         };
         report(prologue.len());
-        let mut order: Vec<usize> = (0..entries.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(entries[i].data_length));
-        let next = AtomicUsize::new(0);
-        let first_error = Mutex::new(None);
-        let workers = rayon::current_num_threads().min(order.len());
-        rayon::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|_| {
-                    while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let mut write = |offset: u64, bytes: &[u8]| {
-                            sink.write_all_at(offset, bytes)
-                                .map_err(source_error(format!(
-                                    "writing tensor {:?}",
-                                    entries[i].name.to_string()
-                                )))?;
-                            report(bytes.len());
-                            Ok(())
-                        };
-                        if let Err(e) = self.write_record(&plan, i, &dest, &mut write) {
-                            first_error.lock().expect("error lock").get_or_insert(e);
-                            // Stop every worker: the write is lost anyway.
-                            next.store(order.len(), Ordering::Relaxed);
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = first_error.into_inner().expect("error lock") {
-            return Err(e);
-        }
+        let jobs: Vec<(PlacedRecord, &Data<'_>)> = (0..plan.headers.len())
+            .map(|i| (Self::placed(&plan, i), &self.data[i]))
+            .collect();
+        write_parallel(&jobs, sink.as_ref(), self.sealing(), &dest, &report)?;
         sink.write_all_at(plan.terminator_offset(), &TERMINATOR)
             .map_err(source_error("writing the terminator"))?;
         report(TERMINATOR.len());
@@ -410,15 +327,153 @@ impl<'a> Serializer<'a> {
         let prologue = plan.metadata.encode().map_err(format_error(dest))?;
         out[..prologue.len()].copy_from_slice(&prologue);
         for i in 0..self.records.len() {
-            self.write_record(&plan, i, dest, &mut |offset, bytes| {
-                let at = offset as usize;
-                out[at..at + bytes.len()].copy_from_slice(bytes);
-                Ok(())
-            })?;
+            let placed = Self::placed(&plan, i);
+            write_record(
+                &placed,
+                &self.data[i],
+                self.sealing(),
+                dest,
+                &mut |offset, bytes| {
+                    let at = offset as usize;
+                    out[at..at + bytes.len()].copy_from_slice(bytes);
+                    Ok(())
+                },
+            )?;
         }
         out[len - TERMINATOR.len()..].copy_from_slice(&TERMINATOR);
         Ok(out)
     }
+}
+
+/// The key a writer encrypts with, if any.
+#[cfg(feature = "encryption")]
+pub(crate) type Sealing<'a> = Option<&'a crate::encryption::Encryption>;
+/// The key a writer encrypts with, if any (none without the feature).
+#[cfg(not(feature = "encryption"))]
+pub(crate) type Sealing<'a> = Option<&'a std::convert::Infallible>;
+
+/// Writes records into `sink` at their places, several at once: SHA-256 of
+/// one tensor is sequential, so tensors are the unit of parallelism, the
+/// largest first so that none is left running alone at the end
+/// (longest-processing-time-first). The first error stops every worker.
+pub(crate) fn write_parallel(
+    jobs: &[(PlacedRecord, &Data<'_>)],
+    sink: &dyn Sink,
+    sealing: Sealing<'_>,
+    dest: &Path,
+    report: &(dyn Fn(usize) + Sync),
+) -> Result<()> {
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].0.data_length()));
+    let next = AtomicUsize::new(0);
+    let first_error = Mutex::new(None);
+    let worker = || {
+        while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let (placed, data) = &jobs[i];
+            let mut write = |offset: u64, bytes: &[u8]| {
+                sink.write_all_at(offset, bytes)
+                    .map_err(source_error(format!(
+                        "writing tensor {:?}",
+                        placed.header.name.to_string()
+                    )))?;
+                report(bytes.len());
+                Ok(())
+            };
+            if let Err(e) = write_record(placed, data, sealing, dest, &mut write) {
+                first_error.lock().expect("error lock").get_or_insert(e);
+                // Stop every worker: the write is lost anyway.
+                next.store(order.len(), Ordering::Relaxed);
+            }
+        }
+    };
+    let workers = rayon::current_num_threads().min(order.len());
+    if workers <= 1 {
+        worker();
+    } else {
+        rayon::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|_| worker());
+            }
+        });
+    }
+    match first_error.into_inner().expect("error lock") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Hashes, encrypts if asked, and hands to `write` the data of one record
+/// block by block at its place, then its header. One pass over the
+/// tensor's memory: each block is still in cache when it is encrypted and
+/// copied out, and no copy of the tensor is ever held.
+pub(crate) fn write_record(
+    placed: &PlacedRecord,
+    data: &Data<'_>,
+    sealing: Sealing<'_>,
+    dest: &Path,
+    write: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let filled;
+    let data: &[u8] = match data {
+        Data::Bytes(bytes) => bytes,
+        Data::Fill(fill) => {
+            let tensor = || placed.header.name.to_string();
+            let len = usize::try_from(placed.data_length()).unwrap_or(usize::MAX);
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(len).map_err(|_| Error::Allocation {
+                path: dest.to_path_buf(),
+                tensor: tensor(),
+                bytes: placed.data_length(),
+            })?;
+            buf.resize(len, 0);
+            fill(&mut buf).map_err(|source| Error::Fill {
+                path: dest.to_path_buf(),
+                tensor: tensor(),
+                source,
+            })?;
+            filled = buf;
+            &filled
+        }
+    };
+    let mut hasher = placed.hasher().map_err(format_error(dest))?;
+    #[cfg(feature = "encryption")]
+    let mut sealer = match (sealing, &placed.header.crypt_info) {
+        (Some(enc), Some(planned)) => enc.sealer(planned),
+        _ => None,
+    };
+    #[cfg(not(feature = "encryption"))]
+    let _ = sealing;
+    #[cfg(feature = "encryption")]
+    let block = sealer.as_ref().map_or(WRITE_BLOCK, |s| s.chunk_size());
+    #[cfg(not(feature = "encryption"))]
+    let block = WRITE_BLOCK;
+    #[cfg(feature = "encryption")]
+    let mut ciphertext = Vec::new();
+    let mut offset = placed.data_offset;
+    for piece in data.chunks(block) {
+        // Hashes cover the plaintext.
+        hasher.update(piece);
+        #[cfg(feature = "encryption")]
+        let piece: &[u8] = match &mut sealer {
+            Some(sealer) => {
+                ciphertext.clear();
+                ciphertext.extend_from_slice(piece);
+                sealer.seal_next(&mut ciphertext);
+                &ciphertext
+            }
+            None => piece,
+        };
+        write(offset, piece)?;
+        offset += piece.len() as u64;
+    }
+    #[cfg(feature = "encryption")]
+    let crypt_info = sealer.map(crate::encryption::TensorSealer::finish);
+    #[cfg(not(feature = "encryption"))]
+    let crypt_info = None;
+    let header = placed
+        .finish_header(hasher, crypt_info)
+        .map_err(format_error(dest))?;
+    write(placed.header_offset, &header)
 }
 
 /// The segments of a file with this index, for sinks that store them

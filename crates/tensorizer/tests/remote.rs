@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tensorizer::io::{FileLayout, IoError, ObjectSink, Sink};
 use tensorizer::{
     Decryption, Deserializer, Dtype, Encryption, EncryptionKey, S3Options, Serializer,
-    StorageOptions, TensorData, Verify,
+    StorageOptions, StreamingSerializer, TensorData, Verify,
 };
 
 fn oracle_python() -> PathBuf {
@@ -234,6 +234,19 @@ fn write_model(uri: &str, storage: &StorageOptions, key: Option<&EncryptionKey>)
     s.write_to_uri_with(uri, storage).unwrap();
 }
 
+/// The model written one tensor a call, each reaching the sink at once.
+fn write_model_streaming(uri: &str, storage: &StorageOptions, key: Option<&EncryptionKey>) {
+    let mut w = StreamingSerializer::create_uri(uri, storage).unwrap();
+    if let Some(key) = key {
+        w.encryption(Encryption::with_key(key.clone())).unwrap();
+    }
+    for (name, dtype, shape, data) in model() {
+        w.write_state_dict([(name, TensorData::new(dtype, &shape, &data).unwrap())])
+            .unwrap();
+    }
+    w.finish().unwrap();
+}
+
 fn check_ours(uri: &str, storage: &StorageOptions, key: Option<&EncryptionKey>) {
     let mut d = Deserializer::open_uri_with(uri, storage)
         .unwrap()
@@ -302,16 +315,24 @@ fn files_written_to_s3_and_redis_are_read_by_us_and_by_python() {
         ),
     ];
     let mut jobs = Vec::new();
+    let mut written = Vec::new();
     for (uri, key) in &targets {
         write_model(uri, &storage, *key);
         check_ours(uri, &storage, *key);
         jobs.push(python_job(uri, moto.port, *key));
+        written.push(uri.clone());
+        // The streaming writer, into the same kinds of sink.
+        let streamed = format!("{uri}-streamed");
+        write_model_streaming(&streamed, &storage, *key);
+        check_ours(&streamed, &storage, *key);
+        jobs.push(python_job(&streamed, moto.port, *key));
+        written.push(streamed);
     }
     // Overwriting replaces the file whole.
     write_model(&targets[0].0, &storage, None);
     check_ours(&targets[0].0, &storage, None);
 
-    for ((uri, _), result) in targets.iter().zip(oracle_batch(&jobs)) {
+    for (uri, result) in written.iter().zip(oracle_batch(&jobs)) {
         check_python(&result, uri);
     }
 }
@@ -329,6 +350,9 @@ impl Sink for FailAfter {
     }
     fn reserve(&self, layout: &FileLayout) -> tensorizer::io::Result<()> {
         self.inner.reserve(layout)
+    }
+    fn announce(&self, segments: &[tensorizer::io::Segment]) -> tensorizer::io::Result<()> {
+        self.inner.announce(segments)
     }
     fn write_all_at(&self, offset: u64, data: &[u8]) -> tensorizer::io::Result<()> {
         if self.budget.fetch_sub(data.len() as i64, Ordering::SeqCst) < data.len() as i64 {
@@ -370,6 +394,22 @@ fn a_failed_write_keeps_the_previous_remote_file() {
         };
         let err = s.write_to_sink(Box::new(sink)).unwrap_err().to_string();
         assert!(err.contains("injected failure"), "{err}");
+        check_ours(&uri, &storage, None);
+
+        // Streaming: a sink failing mid-tensor, and a writer dropped unfinished.
+        let sink = FailAfter {
+            inner: tensorizer::io::create_sink(&uri, &storage).unwrap(),
+            budget: AtomicI64::new(6 << 20),
+        };
+        let mut w = StreamingSerializer::new(Box::new(sink));
+        let t = TensorData::new(Dtype::U8, &[12 << 20], &other).unwrap();
+        let err = w.write_state_dict([("other", t)]).unwrap_err().to_string();
+        assert!(err.contains("injected failure"), "{err}");
+        assert!(w.finish().is_err());
+        let mut w = StreamingSerializer::create_uri(&uri, &storage).unwrap();
+        let t = TensorData::new(Dtype::U8, &[12 << 20], &other).unwrap();
+        w.write_state_dict([("other", t)]).unwrap();
+        drop(w);
         check_ours(&uri, &storage, None);
     }
     let (_, uploads) = support::http_request(moto.port, "GET", "/out?uploads");
@@ -445,6 +485,8 @@ fn files_serialized_to_gcs_and_azure_load_back() {
     ] {
         for key in [None, Some(&key)] {
             write_model(uri, &storage, key);
+            check_ours(uri, &storage, key);
+            write_model_streaming(uri, &storage, key);
             check_ours(uri, &storage, key);
         }
     }

@@ -35,7 +35,88 @@ pub struct ObjectSink {
 struct InOrder {
     /// The next part to send.
     next: usize,
-    waiting: BTreeMap<usize, Vec<u8>>,
+    waiting: BTreeMap<usize, Waiting>,
+    /// Bytes of waiting parts held in memory.
+    in_memory: u64,
+    /// Where parts wait beyond [`WAITING_IN_MEMORY`]: an unnamed temporary
+    /// file (gone with the sink). A streaming writer fills the first part
+    /// last, so on an in-order store every later part waits for it.
+    spill: Option<std::fs::File>,
+    spill_end: u64,
+}
+
+/// Parts an in-order store keeps waiting in memory before the rest wait
+/// on local disk.
+#[cfg(feature = "gcs")]
+const WAITING_IN_MEMORY: u64 = 4;
+
+#[derive(Debug)]
+#[cfg_attr(not(feature = "gcs"), allow(dead_code))]
+enum Waiting {
+    Memory(Vec<u8>),
+    Spilled { at: u64, len: usize },
+}
+
+#[cfg(feature = "gcs")]
+impl InOrder {
+    /// Queues part `i`, in memory while under the bound, else on disk.
+    fn push(&mut self, i: usize, data: Vec<u8>, part_size: u64, uri: &str) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let len = data.len() as u64;
+        if self.in_memory + len <= WAITING_IN_MEMORY * part_size {
+            self.in_memory += len;
+            self.waiting.insert(i, Waiting::Memory(data));
+            return Ok(());
+        }
+        let local = |action: &str| {
+            let (uri, action) = (uri.to_owned(), action.to_owned());
+            move |source| IoError::Local {
+                uri,
+                action,
+                source,
+            }
+        };
+        if self.spill.is_none() {
+            self.spill = Some(tempfile::tempfile().map_err(local(
+                "creating a temporary file for parts waiting their turn",
+            ))?);
+        }
+        let file = self.spill.as_ref().expect("spill file");
+        file.write_all_at(&data, self.spill_end)
+            .map_err(local("keeping a waiting part on local disk"))?;
+        self.waiting.insert(
+            i,
+            Waiting::Spilled {
+                at: self.spill_end,
+                len: data.len(),
+            },
+        );
+        self.spill_end += len;
+        Ok(())
+    }
+
+    /// Takes part `i` if it is waiting.
+    fn take(&mut self, i: usize, uri: &str) -> Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        match self.waiting.remove(&i) {
+            None => Ok(None),
+            Some(Waiting::Memory(data)) => {
+                self.in_memory -= data.len() as u64;
+                Ok(Some(data))
+            }
+            Some(Waiting::Spilled { at, len }) => {
+                let mut data = vec![0; len];
+                let file = self.spill.as_ref().expect("spill file");
+                file.read_exact_at(&mut data, at)
+                    .map_err(|source| IoError::Local {
+                        uri: uri.to_owned(),
+                        action: "reading back a waiting part".into(),
+                        source,
+                    })?;
+                Ok(Some(data))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -199,7 +280,9 @@ impl ObjectSink {
         // Held while sending: writers whose parts come later wait here,
         // which bounds the parts in memory.
         let mut queue = self.in_order.lock().expect("in-order lock");
-        queue.waiting.extend(parts);
+        for (i, data) in parts {
+            queue.push(i, data, size, &self.object.uri)?;
+        }
         let mut completed = false;
         loop {
             let i = queue.next;
@@ -207,7 +290,7 @@ impl ObjectSink {
             if end.is_none() && Some(i) == last {
                 break;
             }
-            let Some(data) = queue.waiting.remove(&i) else {
+            let Some(data) = queue.take(i, &self.object.uri)? else {
                 break;
             };
             let offset = i as u64 * size;

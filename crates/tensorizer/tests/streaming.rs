@@ -1,0 +1,329 @@
+//! The streaming writer: records reach the sink at each call, with the
+//! Python writer's layout (byte-identical files for the same calls), the
+//! "Metadata overflow" rule, encryption, and nothing left by a failure.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use tensorizer::{
+    Decryption, Deserializer, Dtype, Encryption, EncryptionKey, Error, KdfParams, KdfStrength,
+    Serializer, StreamingSerializer, TensorData, TensorType, UnauthenticatedMeta, Verify,
+};
+
+/// A small model with every kind of record: params, buffers, a state dict
+/// batch, an empty tensor and a meta tensor.
+fn model() -> Vec<(u16, String, TensorType, Dtype, Vec<u64>, Option<Vec<u8>>)> {
+    let bytes = |n: usize, seed: u8| -> Option<Vec<u8>> {
+        Some(
+            (0..n)
+                .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed))
+                .collect(),
+        )
+    };
+    vec![
+        (
+            0,
+            "embed.weight".into(),
+            TensorType::Param,
+            Dtype::BF16,
+            vec![512, 640],
+            bytes(512 * 640 * 2, 1),
+        ),
+        (
+            0,
+            "layers.0.norm".into(),
+            TensorType::Param,
+            Dtype::F32,
+            vec![640],
+            bytes(640 * 4, 2),
+        ),
+        (
+            1,
+            "layers.0.mask".into(),
+            TensorType::Buffer,
+            Dtype::Bool,
+            vec![8, 8],
+            bytes(64, 3),
+        ),
+        (
+            1,
+            "layers.0.empty".into(),
+            TensorType::Param,
+            Dtype::I64,
+            vec![0],
+            Some(Vec::new()),
+        ),
+        (
+            2,
+            "layers.0.meta".into(),
+            TensorType::Param,
+            Dtype::F16,
+            vec![3, 4],
+            None,
+        ),
+        (
+            0,
+            "lm_head.weight".into(),
+            TensorType::Param,
+            Dtype::F16,
+            vec![300, 1000],
+            bytes(300 * 1000 * 2, 4),
+        ),
+    ]
+}
+
+fn data<'a>(dtype: Dtype, shape: &'a [u64], bytes: &'a Option<Vec<u8>>) -> TensorData<'a> {
+    match bytes {
+        Some(b) => TensorData::new(dtype, shape, b).unwrap(),
+        None => TensorData::meta(dtype, shape),
+    }
+}
+
+/// The model written all at once by the buffered writer.
+fn buffered(encryption: Option<Encryption>) -> Vec<u8> {
+    let model = model();
+    let mut s = Serializer::new();
+    for (m, name, ty, dtype, shape, bytes) in &model {
+        s.write_tensor(*m, name.as_str(), *ty, data(*dtype, shape, bytes))
+            .unwrap();
+    }
+    if let Some(e) = encryption {
+        s.encryption(e);
+    }
+    s.to_bytes().unwrap()
+}
+
+/// The model streamed into a file: the first two tensors one call each,
+/// the rest as one batch.
+fn streamed(path: &std::path::Path, encryption: Option<Encryption>) -> Vec<u8> {
+    let model = model();
+    let mut w = StreamingSerializer::create_file(path).unwrap();
+    if let Some(e) = encryption {
+        w.encryption(e).unwrap();
+    }
+    for (m, name, ty, dtype, shape, bytes) in &model[..2] {
+        w.write_tensor(*m, name.as_str(), *ty, data(*dtype, shape, bytes))
+            .unwrap();
+    }
+    w.write_batch(model[2..].iter().map(|(m, name, ty, dtype, shape, bytes)| {
+        (*m, name.as_str().into(), *ty, data(*dtype, shape, bytes))
+    }))
+    .unwrap();
+    assert_eq!(w.len(), model.len());
+    let summary = w.finish().unwrap();
+    let file = std::fs::read(path).unwrap();
+    assert_eq!(summary.bytes, file.len() as u64);
+    file
+}
+
+#[test]
+fn streamed_files_equal_the_buffered_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.tensors");
+    assert!(
+        streamed(&path, None) == buffered(None),
+        "plain files differ"
+    );
+
+    // With the same nonces, encrypted files are the same bytes too.
+    let key = EncryptionKey::from_bytes([5; 32]);
+    let nonces = || (0..64u8).map(|i| tensorizer::Nonce([i; 24]));
+    let enc = || Encryption::with_key(key.clone()).with_nonces(nonces());
+    assert!(
+        streamed(&path, Some(enc())) == buffered(Some(enc())),
+        "encrypted files differ"
+    );
+
+    // And they read back, verified, with the key (and a passphrase).
+    let check = |d: Deserializer| {
+        let allow = UnauthenticatedMeta::Allow(vec!["layers.0.meta".into()]);
+        let got = d
+            .unauthenticated_meta(allow)
+            .verify(Verify::All)
+            .read_all()
+            .unwrap();
+        for (t, (_, name, _, _, shape, bytes)) in got.iter().zip(model()) {
+            assert_eq!(t.path().to_string(), name);
+            assert_eq!(t.shape(), shape.as_slice());
+            if let Some(b) = bytes {
+                assert_eq!(t.as_bytes(), b.as_slice(), "{name}");
+            }
+        }
+    };
+    check(
+        Deserializer::open(&path)
+            .unwrap()
+            .decryption(Decryption::Key(key.clone()))
+            .unwrap(),
+    );
+    let params = KdfParams::new(KdfStrength::Min).unwrap();
+    streamed(
+        &path,
+        Some(Encryption::from_passphrase(b"pw", params).unwrap()),
+    );
+    check(
+        Deserializer::open(&path)
+            .unwrap()
+            .decryption(Decryption::passphrase("pw"))
+            .unwrap(),
+    );
+}
+
+/// Python's fixtures, re-written one tensor a call, are Python's bytes.
+#[test]
+fn fixtures_streamed_one_tensor_at_a_time_are_pythons_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rewritten = 0;
+    for set in ["tensorizer-2.12.1", "tensorizer-2.12.1-extended-dtypes"] {
+        let manifest = manifest(set);
+        for f in manifest["fixtures"].as_array().unwrap() {
+            let encrypted =
+                !f["encryption"].is_null() || f["file"].as_str().unwrap().contains("encrypted");
+            if f["deterministic"] != Value::Bool(true) || f["category"] != "valid" || encrypted {
+                continue;
+            }
+            let name = f["file"].as_str().unwrap();
+            let path = fixtures().join(set).join(name);
+            let tensors = Deserializer::open(&path).unwrap().read_all().unwrap();
+            let out = dir.path().join(name);
+            let mut w = StreamingSerializer::create_file(&out).unwrap();
+            for t in &tensors {
+                w.write_tensors(std::slice::from_ref(t)).unwrap();
+            }
+            w.finish().unwrap();
+            assert!(
+                std::fs::read(&out).unwrap() == std::fs::read(&path).unwrap(),
+                "{name}: streamed bytes differ from Python's"
+            );
+            rewritten += 1;
+        }
+    }
+    assert!(rewritten >= 17, "{rewritten}");
+}
+
+#[test]
+fn an_index_overflow_is_refused_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.tensors");
+    let one = [1u8];
+    let long = "x".repeat(2000);
+    let mut w = StreamingSerializer::create_file(&path).unwrap();
+    let mut written = 0;
+    let err = loop {
+        let name = format!("{long}.{written}");
+        match w.write_tensor(
+            0,
+            name.as_str(),
+            TensorType::Param,
+            TensorData::new(Dtype::U8, &[1], &one).unwrap(),
+        ) {
+            Ok(_) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 1000, "256 KiB cannot hold 1000 entries of 2 KB");
+    };
+    assert!(err.to_string().contains("Metadata overflow"), "{err}");
+    assert!(written > 100, "{written}");
+    // A shorter name still fits; the file holds what was accepted.
+    w.write_tensor(
+        0,
+        "short",
+        TensorType::Param,
+        TensorData::new(Dtype::U8, &[1], &one).unwrap(),
+    )
+    .unwrap();
+    let summary = w.finish().unwrap();
+    assert_eq!(summary.tensors, written + 1);
+    let d = Deserializer::open(&path).unwrap().verify(Verify::All);
+    assert_eq!(d.read_all().unwrap().len(), written + 1);
+
+    // A larger reserved index takes them all.
+    let mut w = StreamingSerializer::create_file(&path).unwrap();
+    w.index_capacity(8 << 20).unwrap();
+    for i in 0..written + 10 {
+        let name = format!("{long}.{i}");
+        w.write_tensor(
+            0,
+            name.as_str(),
+            TensorType::Param,
+            TensorData::new(Dtype::U8, &[1], &one).unwrap(),
+        )
+        .unwrap();
+    }
+    // Settings that shape the file are refused once tensors went out.
+    assert!(matches!(
+        w.index_capacity(1 << 20),
+        Err(Error::TooLate { .. })
+    ));
+    assert_eq!(w.finish().unwrap().tensors, written + 10);
+}
+
+#[test]
+fn a_failed_write_leaves_the_previous_file_and_no_debris() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.tensors");
+    let before = streamed(&path, None);
+
+    let mut w = StreamingSerializer::create_file(&path).unwrap();
+    let big = vec![7u8; 4 << 20];
+    w.write_tensor(
+        0,
+        "first",
+        TensorType::Param,
+        TensorData::new(Dtype::U8, &[4 << 20], &big).unwrap(),
+    )
+    .unwrap();
+    let err = w
+        .write_tensor_with(
+            0,
+            "second",
+            TensorType::Param,
+            Dtype::U8,
+            &[1 << 20],
+            |_| Err("the GPU fell off the bus".into()),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("the GPU fell off the bus"),
+        "{err}"
+    );
+    // The writer is spent: every later call names the first failure.
+    let again = w
+        .write_tensor(
+            0,
+            "third",
+            TensorType::Param,
+            TensorData::new(Dtype::U8, &[1], &big[..1]).unwrap(),
+        )
+        .unwrap_err();
+    assert!(matches!(again, Error::WriteAbandoned { .. }), "{again}");
+    assert!(
+        again.to_string().contains("the GPU fell off the bus"),
+        "{again}"
+    );
+    assert!(matches!(w.finish(), Err(Error::WriteAbandoned { .. })));
+    assert!(std::fs::read(&path).unwrap() == before);
+
+    // A dropped writer leaves nothing either.
+    let mut w = StreamingSerializer::create_file(&path).unwrap();
+    w.write_tensor(
+        0,
+        "first",
+        TensorType::Param,
+        TensorData::new(Dtype::U8, &[4 << 20], &big).unwrap(),
+    )
+    .unwrap();
+    drop(w);
+    assert!(std::fs::read(&path).unwrap() == before);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["model.tensors"], "debris left: {names:?}");
+
+    // Nothing written is an error, not an empty file.
+    let empty = StreamingSerializer::create_file(dir.path().join("empty.tensors")).unwrap();
+    assert!(matches!(empty.finish(), Err(Error::NothingToWrite { .. })));
+    assert!(!dir.path().join("empty.tensors").exists());
+}
