@@ -5,7 +5,12 @@ per process. Prints {"gib_s": [per run], "bytes": N, "rss_kib": peak RSS}.
     bench_python.py tensorizer URI [--runs R] [--num-readers N] [--key-hex K]
                     [--s3-endpoint E] [--cold] [--verify-hash]
     bench_python.py safetensors FILE [--runs R] [--cold]
-    bench_python.py serialize FILE.tensors OUT.tensors [--runs R]
+    bench_python.py serialize FILE.tensors OUT.tensors [--runs R] [--fsync]
+
+serialize also prints "write_rss_kib": the peak RSS during the writes above
+the RSS once the model is loaded. --fsync: fsync the output before the clock
+stops (the Python library leaves dirty pages; tensorizer_rs's local files are
+fsynced before they are renamed into place).
 
 tensorizer: TensorDeserializer(device="cpu"), default options (lazy_load=False,
 verify_hash=False unless --verify-hash), the given num_readers; S3 through open_stream(force_http=True)
@@ -41,6 +46,7 @@ def main():
     p.add_argument("--s3-endpoint")
     p.add_argument("--cold", action="store_true")
     p.add_argument("--verify-hash", action="store_true")
+    p.add_argument("--fsync", action="store_true")
     p.add_argument("--rs", action="store_true",
                    help="tensorizer_rs (our Python package) instead of the Python library")
     a = p.parse_args()
@@ -49,7 +55,7 @@ def main():
     import torch  # noqa: F401
     # Imports are not part of a load: done before the clock starts.
     mod = __import__(lib) if a.what == "tensorizer" else None
-    rates, total, loaded = [], 0, None
+    rates, total, loaded, write_base = [], 0, None, None
     for _ in range(a.runs):
         if a.cold:
             drop_cache(a.paths[0])
@@ -86,6 +92,7 @@ def main():
                 d = TensorDeserializer(a.paths[0], device="cpu")
                 state = {k: v for k, v in d.items()}
                 d.close()
+                write_base = reset_peak_rss()
             # Remove the previous output untimed (freeing it is not the
             # writer's work); bench-load does the same.
             if os.path.exists(a.paths[1]):
@@ -94,13 +101,35 @@ def main():
             s = TensorSerializer(a.paths[1])
             s.write_state_dict(state)
             s.close()
+            if a.fsync:
+                fd = os.open(a.paths[1], os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
             total = nbytes(state.values())
         else:
             raise SystemExit(f"unknown measurement {a.what!r}")
         rates.append(total / (time.perf_counter() - start) / (1 << 30))
         loaded = None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"gib_s": rates, "bytes": total, "rss_kib": rss}))
+    result = {"gib_s": rates, "bytes": total, "rss_kib": rss}
+    if write_base is not None:
+        result["write_rss_kib"] = max(0, status_kib("VmHWM:") - write_base)
+    print(json.dumps(result))
+
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss():
+    """Resets VmHWM to the current RSS (clear_refs 5) and returns it."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status_kib("VmRSS:")
 
 
 if __name__ == "__main__":

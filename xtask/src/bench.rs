@@ -93,6 +93,9 @@ fn start(program: &str, args: &[String], port: u16) -> Result<Server> {
 struct Sample {
     median: f64,
     rss_mib: f64,
+    /// Peak RSS during the writes above the RSS with the model loaded
+    /// (serialize rows).
+    write_rss_mib: Option<f64>,
     /// Every run's GiB/s, sorted.
     rates: Vec<f64>,
 }
@@ -103,6 +106,7 @@ impl Sample {
         Some(Sample {
             median: *rates.get(rates.len() / 2)?,
             rss_mib,
+            write_rss_mib: None,
             rates,
         })
     }
@@ -116,7 +120,13 @@ impl Sample {
     fn merge(a: Option<Sample>, b: Option<Sample>) -> Option<Sample> {
         match (a, b) {
             (Some(a), Some(b)) => {
-                Sample::new([a.rates, b.rates].concat(), a.rss_mib.max(b.rss_mib))
+                let write = match (a.write_rss_mib, b.write_rss_mib) {
+                    (Some(x), Some(y)) => Some(x.max(y)),
+                    (x, y) => x.or(y),
+                };
+                let mut s = Sample::new([a.rates, b.rates].concat(), a.rss_mib.max(b.rss_mib))?;
+                s.write_rss_mib = write;
+                Some(s)
             }
             (a, b) => a.or(b),
         }
@@ -152,9 +162,16 @@ fn measure(what: &str, cmd: &mut Command) -> Result<Sample> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
+    // Fields may sit on any line of the output (bench-load prints the
+    // writes' RSS on a line of its own).
     let field = |name: &str| -> Option<&str> {
-        let at = line.find(&format!("\"{name}\":"))? + name.len() + 3;
-        Some(line[at..].trim_start())
+        let at = text.find(&format!("\"{name}\":"))? + name.len() + 3;
+        Some(text[at..].trim_start())
+    };
+    let number = |name: &str| -> Option<f64> {
+        let s = field(name)?;
+        let end = s.find([',', '}', '\n']).unwrap_or(s.len());
+        s[..end].trim().parse().ok()
     };
     let mut rates: Vec<f64> = field("gib_s")
         .and_then(|s| s.strip_prefix('['))
@@ -170,14 +187,15 @@ fn measure(what: &str, cmd: &mut Command) -> Result<Sample> {
     {
         rates.push(rate);
     }
-    let rss: f64 = field("rss_kib")
-        .and_then(|s| s.trim_end_matches('}').trim().parse().ok())
-        .unwrap_or(0.0);
+    let rss = number("rss_kib").unwrap_or(0.0);
+    let write_rss = number("write_rss_kib");
     if rates.is_empty() {
         return Err(format!("{what}: no result in {line:?}"));
     }
     eprintln!("    GiB/s per run: {rates:.2?}");
-    Sample::new(rates, rss / 1024.0).ok_or_else(|| format!("{what}: no runs"))
+    let mut sample = Sample::new(rates, rss / 1024.0).ok_or_else(|| format!("{what}: no runs"))?;
+    sample.write_rss_mib = write_rss.map(|kib| kib / 1024.0);
+    Ok(sample)
 }
 
 /// Seconds between fresh-process measurements (see where it is used).
@@ -413,6 +431,7 @@ pub fn bench(args: &[String]) -> Result {
     let py_out = dir.join("out-python.tensors");
     let rs_out = dir.join("out-tensorizer-rs.tensors");
     let py_out = py_out.to_str().ok_or("non-UTF-8 path")?;
+    let rs_out = rs_out.to_str().ok_or("non-UTF-8 path")?.to_owned();
     let k = key.to_str().ok_or("non-UTF-8 path")?;
     // Writers compared without the disk: tmpfs (fsync is free there).
     let shm_dir = if Path::new("/dev/shm").is_dir() {
@@ -424,6 +443,8 @@ pub fn bench(args: &[String]) -> Result {
     let shm_out = shm_out.to_str().ok_or("non-UTF-8 path")?.to_owned();
     let shm_py_out = shm_dir.join("tensorizer-bench-out-python.tensors");
     let shm_py_out = shm_py_out.to_str().ok_or("non-UTF-8 path")?.to_owned();
+    let shm_rs_out = shm_dir.join("tensorizer-bench-out-tensorizer-rs.tensors");
+    let shm_rs_out = shm_rs_out.to_str().ok_or("non-UTF-8 path")?.to_owned();
 
     // The files just made are still being written back: flushing them now
     // keeps the kernel's writeback threads off the cores being measured.
@@ -453,6 +474,31 @@ pub fn bench(args: &[String]) -> Result {
         ("ours serialize", &|| ours(&["serialize", m, out])),
         ("python serialize", &|| python(&["serialize", m, py_out])),
     );
+    // The Python package against the library: tensorizer_rs fsyncs a local
+    // file before renaming it into place, so to disk the library is timed
+    // with an fsync too (like with like); on tmpfs fsync costs nothing.
+    let (rs_tmpfs, python_tmpfs_2) = interleaved(
+        2,
+        ("tensorizer_rs serialize tmpfs", &|| {
+            python(&["serialize", m, &shm_rs_out, "--rs"])
+        }),
+        ("python serialize tmpfs", &|| {
+            python(&["serialize", m, &shm_py_out])
+        }),
+    );
+    let (rs_disk, python_fsync) = interleaved(
+        2,
+        ("tensorizer_rs serialize", &|| {
+            python(&["serialize", m, &rs_out, "--rs"])
+        }),
+        ("python serialize + fsync", &|| {
+            python(&["serialize", m, py_out, "--fsync"])
+        }),
+    );
+    let python_tmpfs = Sample::merge(python_tmpfs, python_tmpfs_2);
+    for f in [&shm_out, &shm_py_out, &shm_rs_out] {
+        let _ = std::fs::remove_file(f);
+    }
     // Fresh processes, one load each (imports and start-up excluded): what a
     // pod does at start. The three loaders alternate round by round, so
     // page-cache and THP drift hit them alike, and each starts a few
@@ -980,13 +1026,19 @@ pub fn bench(args: &[String]) -> Result {
             limit: "XSalsa20-Poly1305 on all cores",
         },
         Row {
-            name: "tensorizer_rs (Python): serialize (no fsync)",
-            sample: measure(
-                "tensorizer_rs serialize",
-                &mut python(&["serialize", m, rs_out.to_str().unwrap_or_default(), "--rs"]),
-            )
-            .ok(),
-            limit: "SHA-256 per tensor, like ours: serialize",
+            name: "tensorizer_rs (Python): serialize (fsync)",
+            sample: rs_disk,
+            limit: "streams each record at its call; disk write + fsync, SHA-256",
+        },
+        Row {
+            name: "tensorizer_rs (Python): serialize to tmpfs",
+            sample: rs_tmpfs,
+            limit: "SHA-256 per tensor on all cores + page-cache copies",
+        },
+        Row {
+            name: "python tensorizer: serialize + fsync",
+            sample: python_fsync,
+            limit: "",
         },
         Row {
             name: "python tensorizer: serialize (no fsync)",
@@ -1240,10 +1292,18 @@ pub fn bench(args: &[String]) -> Result {
             ),
         ),
         (
-            "tensorizer_rs serialize / python serialize",
+            "tensorizer_rs serialize / python, tmpfs (target ≥ 1.5)",
             ratio(
-                "tensorizer_rs (Python): serialize (no fsync)",
-                "python tensorizer: serialize (no fsync)",
+                "tensorizer_rs (Python): serialize to tmpfs",
+                "python tensorizer: serialize to tmpfs",
+                &rows,
+            ),
+        ),
+        (
+            "tensorizer_rs serialize / python, disk, both fsync (target ≥ 1.5)",
+            ratio(
+                "tensorizer_rs (Python): serialize (fsync)",
+                "python tensorizer: serialize + fsync",
                 &rows,
             ),
         ),
@@ -1438,12 +1498,15 @@ fn render(rows: &[Row], ratios: &[(&str, [String; 2])], size: u64, runs: usize) 
     for r in rows {
         match &r.sample {
             Some(x) => {
+                let rss = match x.write_rss_mib {
+                    Some(w) => format!("{:.0} (writes: +{w:.0})", x.rss_mib),
+                    None => format!("{:.0}", x.rss_mib),
+                };
                 s += &format!(
-                    "| {} | {:.2} | {:.2} | {:.0} | {} |\n",
+                    "| {} | {:.2} | {:.2} | {rss} | {} |\n",
                     r.name,
                     x.median,
                     x.best(),
-                    x.rss_mib,
                     r.limit
                 )
             }

@@ -170,6 +170,8 @@ fn run() -> Result {
         "serialize" => {
             let (input, output) = (pos(1)?, pos(2)?);
             let tensors = Deserializer::open(&input)?.read_all()?;
+            // What the writes add is measured from here, the model loaded.
+            let baseline = reset_peak_rss();
             // The previous output is removed untimed, as the Python script
             // does: freeing 2 GiB of page cache is not the writer's work.
             let remove = || drop(std::fs::remove_file(&output));
@@ -177,7 +179,12 @@ fn run() -> Result {
                 let mut s = Serializer::new();
                 s.write_tensors(&tensors)?;
                 Ok(s.write_to_file(&output)?.bytes)
-            })
+            })?;
+            println!(
+                "{{\"write_rss_kib\": {}}}",
+                peak_rss_kib().saturating_sub(baseline)
+            );
+            Ok(())
         }
         "cuda" => {
             let file = pos(1)?;
@@ -252,11 +259,21 @@ fn report_prepared(
 
 /// `VmHWM` of this process.
 fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+/// Resets `VmHWM` to the current RSS (`clear_refs` 5) and returns it.
+fn reset_peak_rss() -> u64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    status_kib("VmRSS:")
+}
+
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)

@@ -6,7 +6,7 @@
 //! through the capsule's deleter when the last tensor viewing them is gone.
 //!
 //! - `reader.rs`: `Reader`, an open `.tensors` file;
-//! - `writer.rs`: `Writer`, tensors collected for one file;
+//! - `writer.rs`: `StreamWriter`, a file written as its tensors come;
 //! - `stream.rs`: `Source` and `Sink`, what `stream_io.open_stream` reads
 //!   from and writes into;
 //! - `sources.rs`: file descriptors, memory and sink windows as sources and
@@ -298,7 +298,7 @@ fn derive_key(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Storage>()?;
     m.add_class::<reader::Reader>()?;
-    m.add_class::<writer::Writer>()?;
+    m.add_class::<writer::StreamWriter>()?;
     m.add_class::<stream::Source>()?;
     m.add_class::<stream::Sink>()?;
     m.add_function(wrap_pyfunction!(partition, m)?)?;

@@ -9,6 +9,8 @@ import gc
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -559,11 +561,14 @@ def test_serializer_holds_tensors_as_they_were_at_the_call(tmp_path):
 
 def test_native_writer_takes_no_addresses(tmp_path):
     from tensorizer_rs import _native
-    w = _native.Writer()
+    w = _native.StreamWriter(uri=str(tmp_path / "m.tensors"))
     with pytest.raises(TypeError):
-        w.add(0, "x", 2, "uint8", [8], 0xDEADBEEF)
+        w.add_batch([(0, "x", 2, "uint8", [8], 0xDEADBEEF)])
     with pytest.raises(TypeError):
-        w.add(0, "x", 2, "uint8", [8], b"12345678")
+        w.add_batch([(0, "x", 2, "uint8", [8], b"12345678")])
+    assert len(w) == 0
+    w.abort()
+    assert not (tmp_path / "m.tensors").exists()
 
 
 def test_open_stream_honours_its_s3_arguments(tmp_path, moto_endpoint):
@@ -669,18 +674,81 @@ def test_meta_tensors_of_encrypted_files_need_allowing(tmp_path):
         assert torch.equal(d["ghost"], torch.zeros(4))
 
 
-def test_native_writer_copies_at_add(tmp_path):
-    """The native writer kept the producer's capsule until write(): a
-    resize in between freed the bytes it then read (exit 139)."""
+def test_native_writer_writes_at_the_call(tmp_path):
+    """The native writer once kept the producer's capsule until write(): a
+    resize in between freed the bytes it then read (exit 139). Now the
+    bytes are in the file when add_batch returns, the capsule released."""
     from tensorizer_rs import _native
     u = torch.arange(1 << 16, dtype=torch.uint8)
     expected = u.clone()
-    w = _native.Writer()
-    w.add(0, "u", 2, "uint8", [1 << 16], u.__dlpack__())
+    path = tmp_path / "m.tensors"
+    w = _native.StreamWriter(uri=str(path))
+    w.add_batch([(0, "u", 2, "uint8", [1 << 16], u.__dlpack__())])
+    assert (len(w), w.data_bytes()) == (1, 1 << 16)
     u.resize_(64 << 20)  # reallocates: the old buffer is freed
     u.fill_(7)
-    w.write(uri=str(tmp_path / "m.tensors"))
-    assert torch.equal(TensorDeserializer(str(tmp_path / "m.tensors"))["u"], expected)
+    assert not path.exists(), "the file appears whole at close"
+    size = w.close()
+    assert path.stat().st_size == size
+    assert torch.equal(TensorDeserializer(str(path))["u"], expected)
+
+
+def test_serializer_streams_each_call(tmp_path):
+    """Each call's tensors reach the sink before it returns: the temporary
+    file grows call by call while the destination keeps its old content;
+    a module is refused whole when its index entries overflow (the
+    library's RuntimeError), and the writer goes on."""
+    path = tmp_path / "m.tensors"
+    path.write_bytes(b"previous")
+
+    def staged_sizes():
+        # The new bytes wait in an unnamed file (O_TMPFILE) of the
+        # destination's directory: seen only through this process's fds.
+        sizes = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(tmp_path)) and target.endswith("(deleted)"):
+                sizes.append(os.stat(f"/proc/self/fd/{fd}").st_size)
+        return sizes
+
+    s = TensorSerializer(str(path))
+    sizes = []
+    for i in range(3):
+        s.write_tensor(0, f"t{i}", 2, torch.full((1 << 18,), float(i)))
+        staged = staged_sizes()
+        assert len(staged) == 1, staged
+        assert os.listdir(tmp_path) == ["m.tensors"]
+        sizes.append(staged[0])
+    assert sizes[0] < sizes[1] < sizes[2], sizes
+    assert sizes[2] >= 3 * (1 << 20)
+    assert path.read_bytes() == b"previous"
+    long = "x" * 4000
+    big = torch.nn.Module()
+    for i in range(100):
+        big.register_buffer(f"{long}{i}", torch.zeros(1))
+    with pytest.raises(RuntimeError, match="Metadata overflow"):
+        s.write_module(big)
+    s.write_tensor(0, "after", 2, torch.ones(3))
+    s.close()
+    d = TensorDeserializer(str(path))
+    assert sorted(d.keys()) == ["after", "t0", "t1", "t2"]
+    assert torch.equal(d["t2"], torch.full((1 << 18,), 2.0))
+    assert os.listdir(tmp_path) == ["m.tensors"]
+    assert staged_sizes() == []
+
+
+def test_an_abandoned_serializer_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "m.tensors"
+    path.write_bytes(b"previous")
+    with pytest.raises(KeyError):
+        with TensorSerializer(str(path)) as s:
+            s.write_tensor(0, "a", 2, torch.ones(1 << 20))
+            raise KeyError("the caller fails mid-write")
+    assert path.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == ["m.tensors"]
 
 
 def test_file_objects_are_used_by_descriptor_only_when_plain(tmp_path, state_dict):
@@ -759,3 +827,55 @@ def test_a_stream_read_grows_with_the_bytes_that_arrive(tmp_path):
         open_stream(f"http://127.0.0.1:{port}/m.tensors").read()
     assert peak() - before < (64 << 20), f"peak RSS grew by {(peak() - before) >> 20} MiB"
     srv.close()
+
+
+MEMORY_LIMITED_WRITER = '''
+import os, resource, sys
+import torch
+from tensorizer_rs import TensorSerializer, TensorType
+
+
+def field(name):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) << 10 for l in f if l.startswith(name))
+
+
+# Address space: what the imports mapped, plus HEADROOM.
+limit = field("VmSize:") + int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+base = field("VmRSS:")
+buf = torch.empty(int(sys.argv[3]) // 4, dtype=torch.float32)
+s = TensorSerializer(sys.argv[1])
+for i in range(int(sys.argv[4])):
+    buf.fill_(float(i))
+    s.write_tensor(0, f"layers.{i:02}.weight", TensorType.PARAM, buf)
+s.close()
+print("peak", field("VmHWM:") - base)
+'''
+
+
+def test_a_model_four_times_the_memory_limit_streams_from_python(tmp_path):
+    """64 tensors of 32 MiB (2 GiB) written from one reused buffer by a
+    process whose address space may grow by 512 MiB after its imports: the
+    writer holds no tensor past its call (host memory: the caller's tensor
+    plus fixed staging)."""
+    tensor, count, headroom = 32 << 20, 64, 512 << 20
+    out = tmp_path / "m.tensors"
+    env = dict(os.environ, MALLOC_ARENA_MAX="2")
+    run = subprocess.run(
+        [sys.executable, "-c", MEMORY_LIMITED_WRITER, str(out), str(headroom), str(tensor),
+         str(count)],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    peak = int(run.stdout.split()[-1])
+    print(f"peak RSS {peak >> 20} MiB above the baseline")
+    assert peak <= tensor + (128 << 20), peak
+    assert out.stat().st_size > count * tensor
+    d = TensorDeserializer(str(out), lazy_load=True, verify_hash=True)
+    assert len(d) == count
+    for i in range(count):
+        t = d[f"layers.{i:02}.weight"]
+        assert t.numel() == tensor // 4
+        assert bool((t == float(i)).all()), i
+        del t
+    d.close()

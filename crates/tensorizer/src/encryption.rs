@@ -64,6 +64,19 @@ impl Encryption {
                 .ok_or_else(|| CryptoError::Rng("ran out of the given nonces".into()))?,
             None => Nonce::random()?,
         };
+        Ok(self.crypt_info(data_length, nonce))
+    }
+
+    /// What [`Encryption::plan`] would plan, with a placeholder nonce and
+    /// no nonce used up: the header's size, for a dry run.
+    pub(crate) fn plan_size(&self, data_length: u64) -> CryptInfo {
+        if data_length == 0 {
+            return CryptInfo::default();
+        }
+        self.crypt_info(data_length, Nonce([0; 24]))
+    }
+
+    fn crypt_info(&self, data_length: u64, nonce: Nonce) -> CryptInfo {
         let mut chunks = Vec::with_capacity(2);
         if let Some(k) = &self.kdf {
             chunks.push(CryptChunk::KeyDerivation(KeyDerivation {
@@ -79,7 +92,7 @@ impl Encryption {
             nonce: nonce.0,
             macs: vec![[0; MAC_LEN]; data_length.div_ceil(DEFAULT_CHUNK_SIZE) as usize],
         });
-        Ok(CryptInfo { chunks })
+        CryptInfo { chunks }
     }
 
     /// Encrypts one tensor per its `planned` crypt info, chunk by chunk as

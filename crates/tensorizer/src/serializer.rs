@@ -1,8 +1,8 @@
 //! Writing `.tensors` files.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use tensorizer_format::{
     FilePlan, PlacedRecord, PlanOptions, RecordSpec, TERMINATOR, TensorPath, TensorType,
@@ -37,6 +37,8 @@ pub struct Serializer<'a> {
     records: Vec<RecordSpec>,
     data: Vec<Data<'a>>,
     progress: Option<ProgressHook<'a>>,
+    /// See [`Serializer::fill_budget`]; `None` is [`DEFAULT_FILL_BUDGET`].
+    fill_budget: Option<u64>,
     #[cfg(feature = "encryption")]
     encryption: Option<crate::encryption::Encryption>,
 }
@@ -206,6 +208,16 @@ impl<'a> Serializer<'a> {
         self
     }
 
+    /// The most host memory the writer threads hold at once in the buffers
+    /// of tensors added by [`Serializer::write_tensor_with`] (default
+    /// [`DEFAULT_FILL_BUDGET`]): a thread waits for room before it fills
+    /// the next one, and a tensor larger than the budget is filled alone.
+    /// This is what bounds `convert` of a checkpoint larger than memory.
+    pub fn fill_budget(&mut self, bytes: u64) -> &mut Self {
+        self.fill_budget = Some(bytes);
+        self
+    }
+
     /// Number of tensors added so far.
     pub fn len(&self) -> usize {
         self.records.len()
@@ -301,7 +313,8 @@ impl<'a> Serializer<'a> {
         let jobs: Vec<(PlacedRecord, &Data<'_>)> = (0..plan.headers.len())
             .map(|i| (Self::placed(&plan, i), &self.data[i]))
             .collect();
-        write_parallel(&jobs, sink.as_ref(), self.sealing(), &dest, &report)?;
+        let budget = self.fill_budget.unwrap_or(DEFAULT_FILL_BUDGET);
+        write_parallel(&jobs, sink.as_ref(), self.sealing(), &dest, budget, &report)?;
         sink.write_all_at(plan.terminator_offset(), &TERMINATOR)
             .map_err(source_error("writing the terminator"))?;
         report(TERMINATOR.len());
@@ -333,6 +346,7 @@ impl<'a> Serializer<'a> {
                 &self.data[i],
                 self.sealing(),
                 dest,
+                None,
                 &mut |offset, bytes| {
                     let at = offset as usize;
                     out[at..at + bytes.len()].copy_from_slice(bytes);
@@ -352,17 +366,72 @@ pub(crate) type Sealing<'a> = Option<&'a crate::encryption::Encryption>;
 #[cfg(not(feature = "encryption"))]
 pub(crate) type Sealing<'a> = Option<&'a std::convert::Infallible>;
 
+/// Host memory the writer threads may hold at once in buffers of tensors
+/// they fill themselves ([`Serializer::fill_budget`]).
+pub const DEFAULT_FILL_BUDGET: u64 = 256 << 20;
+
+/// Bytes shared by the writer threads: each takes a filled tensor's length
+/// (at most the whole budget) before allocating it and gives it back once
+/// the tensor is written.
+pub(crate) struct ByteBudget {
+    total: u64,
+    free: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(total: u64) -> Self {
+        let total = total.max(1);
+        Self {
+            total,
+            free: Mutex::new(total),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits until `bytes` (capped at the budget) are free, and takes them.
+    /// Ends: every holder gives its bytes back when its tensor is written
+    /// or has failed.
+    fn take(&self, bytes: u64) -> BudgetShare<'_> {
+        let bytes = bytes.min(self.total);
+        let mut free = self.free.lock().expect("budget lock");
+        while *free < bytes {
+            free = self.freed.wait(free).expect("budget lock");
+        }
+        *free -= bytes;
+        BudgetShare {
+            budget: self,
+            bytes,
+        }
+    }
+}
+
+struct BudgetShare<'b> {
+    budget: &'b ByteBudget,
+    bytes: u64,
+}
+
+impl Drop for BudgetShare<'_> {
+    fn drop(&mut self) {
+        *self.budget.free.lock().expect("budget lock") += self.bytes;
+        self.budget.freed.notify_all();
+    }
+}
+
 /// Writes records into `sink` at their places, several at once: SHA-256 of
 /// one tensor is sequential, so tensors are the unit of parallelism, the
 /// largest first so that none is left running alone at the end
-/// (longest-processing-time-first). The first error stops every worker.
+/// (longest-processing-time-first). Buffers the writers fill themselves
+/// share `fill_budget` bytes. The first error stops every worker.
 pub(crate) fn write_parallel(
     jobs: &[(PlacedRecord, &Data<'_>)],
     sink: &dyn Sink,
     sealing: Sealing<'_>,
     dest: &Path,
+    fill_budget: u64,
     report: &(dyn Fn(usize) + Sync),
 ) -> Result<()> {
+    let budget = ByteBudget::new(fill_budget);
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].0.data_length()));
     let next = AtomicUsize::new(0);
@@ -379,7 +448,7 @@ pub(crate) fn write_parallel(
                 report(bytes.len());
                 Ok(())
             };
-            if let Err(e) = write_record(placed, data, sealing, dest, &mut write) {
+            if let Err(e) = write_record(placed, data, sealing, dest, Some(&budget), &mut write) {
                 first_error.lock().expect("error lock").get_or_insert(e);
                 // Stop every worker: the write is lost anyway.
                 next.store(order.len(), Ordering::Relaxed);
@@ -411,13 +480,18 @@ pub(crate) fn write_record(
     data: &Data<'_>,
     sealing: Sealing<'_>,
     dest: &Path,
+    budget: Option<&ByteBudget>,
     write: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
+    // Declared first, dropped last: the share is given back only once the
+    // buffer is freed.
+    let _share;
     let filled;
     let data: &[u8] = match data {
         Data::Bytes(bytes) => bytes,
         Data::Fill(fill) => {
             let tensor = || placed.header.name.to_string();
+            _share = budget.map(|b| b.take(placed.data_length()));
             let len = usize::try_from(placed.data_length()).unwrap_or(usize::MAX);
             let mut buf = Vec::new();
             buf.try_reserve_exact(len).map_err(|_| Error::Allocation {

@@ -14,6 +14,17 @@ use crate::serializer::{Data, ProgressHook, ZEROS, write_parallel};
 use crate::tensor::TensorData;
 use crate::{WriteProgress, WriteSummary};
 
+/// A tensor described, not given: `(module index, name, type, dtype,
+/// shape, meta)`, for [`StreamingSerializer::check_batch`].
+pub type TensorSpec = (
+    u16,
+    TensorPath,
+    TensorType,
+    tensorizer_format::Dtype,
+    Vec<u64>,
+    bool,
+);
+
 /// Writes a `.tensors` file while its tensors are handed over, each call's
 /// tensors reaching the sink before the call returns: host memory stays at
 /// a few fixed buffers (the largest a 2 MiB cipher chunk per worker, or a
@@ -201,6 +212,39 @@ impl StreamingSerializer {
         self.write_records(records)
     }
 
+    /// Checks, without writing anything, that tensors described as
+    /// `(module index, name, type, dtype, shape, meta)` would be accepted
+    /// after those written so far: a caller that must hand a batch over in
+    /// parts (to bound the host copies it makes) keeps it all-or-none by
+    /// checking the whole batch first.
+    pub fn check_batch(
+        &self,
+        tensors: impl IntoIterator<
+            Item = (
+                u16,
+                TensorPath,
+                TensorType,
+                tensorizer_format::Dtype,
+                Vec<u64>,
+                bool,
+            ),
+        >,
+    ) -> Result<()> {
+        self.check_usable()?;
+        let mut plan = self.plan.clone();
+        for (module_idx, name, tensor_type, dtype, shape, meta) in tensors {
+            let mut spec = RecordSpec::new(module_idx, tensor_type, name, dtype, shape);
+            spec.meta = meta;
+            #[cfg(feature = "encryption")]
+            if let Some(enc) = &self.encryption {
+                let len = spec.data_length().map_err(format_error(&self.dest))?;
+                spec.crypt_info = Some(enc.plan_size(len));
+            }
+            plan.push(spec).map_err(format_error(&self.dest))?;
+        }
+        Ok(())
+    }
+
     /// Tensors written so far.
     pub fn len(&self) -> usize {
         self.plan.len()
@@ -374,6 +418,13 @@ impl StreamingSerializer {
         let sealing = self.encryption.as_ref();
         #[cfg(not(feature = "encryption"))]
         let sealing = None;
-        write_parallel(&jobs, sink, sealing, &self.dest, &|n| self.report(n))
+        write_parallel(
+            &jobs,
+            sink,
+            sealing,
+            &self.dest,
+            crate::serializer::DEFAULT_FILL_BUDGET,
+            &|n| self.report(n),
+        )
     }
 }

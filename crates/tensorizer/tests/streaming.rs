@@ -11,9 +11,13 @@ use tensorizer::{
     Serializer, StreamingSerializer, TensorData, TensorType, UnauthenticatedMeta, Verify,
 };
 
+/// One record of a test model: module index, name, type, dtype, shape and
+/// the bytes (`None` for a meta tensor).
+type Record = (u16, String, TensorType, Dtype, Vec<u64>, Option<Vec<u8>>);
+
 /// A small model with every kind of record: params, buffers, a state dict
 /// batch, an empty tensor and a meta tensor.
-fn model() -> Vec<(u16, String, TensorType, Dtype, Vec<u64>, Option<Vec<u8>>)> {
+fn model() -> Vec<Record> {
     let bytes = |n: usize, seed: u8| -> Option<Vec<u8>> {
         Some(
             (0..n)
@@ -225,6 +229,18 @@ fn an_index_overflow_is_refused_and_the_writer_goes_on() {
     };
     assert!(err.to_string().contains("Metadata overflow"), "{err}");
     assert!(written > 100, "{written}");
+    // A dry run says the same and writes nothing; a batch that fits passes it.
+    let spec = |name: String| (0, name.into(), TensorType::Param, Dtype::U8, vec![1], false);
+    let bytes_before = w.bytes();
+    let refused = w.check_batch([spec("short".into()), spec(format!("{long}.again"))]);
+    assert!(
+        refused
+            .unwrap_err()
+            .to_string()
+            .contains("Metadata overflow")
+    );
+    w.check_batch([spec("short".into())]).unwrap();
+    assert_eq!((w.len(), w.bytes()), (written, bytes_before));
     // A shorter name still fits; the file holds what was accepted.
     w.write_tensor(
         0,
@@ -326,4 +342,223 @@ fn a_failed_write_leaves_the_previous_file_and_no_debris() {
     let empty = StreamingSerializer::create_file(dir.path().join("empty.tensors")).unwrap();
     assert!(matches!(empty.finish(), Err(Error::NothingToWrite { .. })));
     assert!(!dir.path().join("empty.tensors").exists());
+}
+
+/// Set in the child process of [`in_a_child_under_a_memory_limit`].
+const CHILD: &str = "TENSORIZER_MEMORY_LIMIT_CHILD";
+/// Address space the child may add to what it has mapped at its start.
+const HEADROOM: u64 = 384 << 20;
+/// The test models: 48 tensors of 32 MiB, 1.5 GiB, four times the limit.
+const TENSOR: usize = 32 << 20;
+const TENSORS: usize = 48;
+
+/// Runs the calling test again in a child process whose address space is
+/// limited (`RLIMIT_AS`) to what it has at its start plus [`HEADROOM`],
+/// and returns the child's peak RSS above its baseline; in the child, runs
+/// `body` under the limit and prints that peak (and returns 0).
+fn in_a_child_under_a_memory_limit(
+    test: &str,
+    dir: &std::path::Path,
+    body: fn(&std::path::Path),
+) -> u64 {
+    if std::env::var_os(CHILD).is_some() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let field = |name: &str| -> u64 {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                << 10
+        };
+        let (size, baseline) = (field("VmSize:"), field("VmRSS:"));
+        let limit = libc::rlimit {
+            rlim_cur: size + HEADROOM,
+            rlim_max: size + HEADROOM,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+        body(dir);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let peak = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            << 10;
+        // On a line of its own: libtest prints the test's name before it.
+        println!(
+            "\npeak-rss-above-baseline={}",
+            peak.saturating_sub(baseline)
+        );
+        return 0;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(CHILD, dir)
+        // One malloc arena per thread reserves 64 MiB of address space each.
+        .env("MALLOC_ARENA_MAX", "2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the child under the memory limit failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peak: u64 = stdout
+        .lines()
+        .find_map(|l| l.split("peak-rss-above-baseline=").nth(1))
+        .expect("the child printed its peak RSS")
+        .trim()
+        .parse()
+        .unwrap();
+    println!("{test}: peak RSS {} MiB above the baseline", peak >> 20);
+    peak
+}
+
+/// The directory a child works in: the parent's temporary directory.
+fn child_dir(parent: &tempfile::TempDir) -> std::path::PathBuf {
+    std::env::var_os(CHILD).map_or_else(|| parent.path().to_path_buf(), Into::into)
+}
+
+/// Tensor `i` of the test models: a fixed pattern with `i` in its first
+/// eight bytes, so that each tensor is told apart.
+fn pattern() -> Vec<u8> {
+    (0..TENSOR).map(|j| (j % 251) as u8).collect()
+}
+
+fn stamp(buf: &mut [u8], i: usize) {
+    buf[..8].copy_from_slice(&(i as u64).to_le_bytes());
+}
+
+/// Checks every tensor of a written file, hashes included, one at a time.
+fn check_streamed_model(path: &std::path::Path, name: impl Fn(usize) -> String) {
+    let d = Deserializer::open(path).unwrap().verify(Verify::All);
+    assert_eq!(d.len(), TENSORS);
+    let mut expected = pattern();
+    for i in 0..TENSORS {
+        stamp(&mut expected, i);
+        let t = d.read(name(i).as_str()).unwrap();
+        assert!(t.as_bytes() == &expected[..], "tensor {i} differs");
+    }
+    assert_eq!(d.verified_tensors(), TENSORS);
+}
+
+#[test]
+fn a_model_four_times_the_memory_limit_streams_from_one_buffer() {
+    const NAME: &str = "a_model_four_times_the_memory_limit_streams_from_one_buffer";
+    let parent = tempfile::tempdir().unwrap();
+    let dir = child_dir(&parent);
+    let name = |i: usize| format!("layers.{i:02}.weight");
+    let peak = in_a_child_under_a_memory_limit(NAME, &dir, |dir| {
+        let mut w = StreamingSerializer::create_file(dir.join("model.tensors")).unwrap();
+        let mut buf = pattern();
+        for i in 0..TENSORS {
+            stamp(&mut buf, i);
+            let t = TensorData::new(Dtype::U8, &[TENSOR as u64], &buf).unwrap();
+            w.write_tensor(
+                0,
+                format!("layers.{i:02}.weight").as_str(),
+                TensorType::Param,
+                t,
+            )
+            .unwrap();
+        }
+        assert_eq!(w.finish().unwrap().tensors, TENSORS);
+    });
+    if std::env::var_os(CHILD).is_none() {
+        // The caller's one buffer, and the writer's fixed staging.
+        assert!(peak <= (TENSOR as u64) + (128 << 20), "peak RSS {peak}");
+        check_streamed_model(&dir.join("model.tensors"), name);
+    }
+}
+
+#[test]
+fn a_checkpoint_four_times_the_memory_limit_converts_within_it() {
+    const NAME: &str = "a_checkpoint_four_times_the_memory_limit_converts_within_it";
+    let parent = tempfile::tempdir().unwrap();
+    let dir = child_dir(&parent);
+    let name = |i: usize| format!("t{i:02}");
+    if std::env::var_os(CHILD).is_none() {
+        // A safetensors file written by hand, one tensor at a time.
+        let mut header = serde_json::Map::new();
+        for i in 0..TENSORS {
+            let at = (i * TENSOR) as u64;
+            header.insert(
+                name(i),
+                serde_json::json!({"dtype": "U8", "shape": [TENSOR], "data_offsets": [at, at + TENSOR as u64]}),
+            );
+        }
+        let mut json = serde_json::to_vec(&Value::Object(header)).unwrap();
+        json.resize(json.len().next_multiple_of(8), b' ');
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(dir.join("model.safetensors")).unwrap());
+        use std::io::Write;
+        f.write_all(&(json.len() as u64).to_le_bytes()).unwrap();
+        f.write_all(&json).unwrap();
+        let mut buf = pattern();
+        for i in 0..TENSORS {
+            stamp(&mut buf, i);
+            f.write_all(&buf).unwrap();
+        }
+        f.into_inner().unwrap().sync_all().unwrap();
+    }
+    let peak = in_a_child_under_a_memory_limit(NAME, &dir, |dir| {
+        let input = dir.join("model.safetensors");
+        let output = dir.join("model.tensors");
+        let summary = tensorizer::safetensors::checkpoint_to_tensorizer(
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(summary.tensors, TENSORS);
+    });
+    if std::env::var_os(CHILD).is_none() {
+        // The tensors the writer threads fill share the default budget.
+        assert!(
+            peak <= tensorizer::DEFAULT_FILL_BUDGET + (128 << 20),
+            "peak RSS {peak}"
+        );
+        check_streamed_model(&dir.join("model.tensors"), name);
+    }
+}
+
+#[test]
+fn tensors_the_writers_fill_share_the_fill_budget() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (live, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Serializer::new();
+    // Room for one 2 MiB tensor at a time, whatever the threads.
+    s.fill_budget(3 << 20);
+    for i in 0..6 {
+        s.write_tensor_with(
+            0,
+            format!("t{i}").as_str(),
+            TensorType::Param,
+            Dtype::U8,
+            &[2 << 20],
+            |buf| {
+                let now = live.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                buf.fill(1);
+                live.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            },
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        s.write_to_file(dir.path().join("m.tensors"))
+            .unwrap()
+            .tensors,
+        6
+    );
+    assert_eq!(most.load(Ordering::SeqCst), 1);
 }

@@ -751,14 +751,36 @@ def _torch_name(t):
     return str(t.dtype).replace("torch.", "")
 
 
+def _needs_host_copy(tensor):
+    """Whether writing this tensor takes a host copy of its bytes (GPU
+    memory, a strided view, a lazy conjugate or negation): such tensors are
+    written one per batch, so at most one copy is alive at a time."""
+    if torch is not None and isinstance(tensor, torch.Tensor):
+        if tensor.device.type == "meta":
+            return False
+        return (tensor.device.type != "cpu" or not tensor.is_contiguous()
+                or tensor.is_conj() or tensor.is_neg())
+    import numpy as np
+    return not np.asarray(tensor).flags.c_contiguous
+
+
+def _describe(tensor):
+    """(dtype name, shape, is meta) without touching the bytes."""
+    if torch is not None and isinstance(tensor, torch.Tensor):
+        return _torch_name(tensor), list(tensor.shape), tensor.device.type == "meta"
+    import numpy as np
+    arr = np.asarray(tensor)
+    return str(arr.dtype), list(arr.shape), False
+
+
 def _byte_capsule(tensor):
     """(dtype name, shape, DLPack capsule of the bytes or None for a meta
     tensor, bytes) for a torch tensor or numpy array.
 
-    The capsule may view the caller's memory: the native writer copies the
-    bytes when it is given them (`Writer.add`) and lets the capsule go, so
-    changing, resizing or freeing the tensor afterwards cannot change the
-    file or make it read freed memory."""
+    For a contiguous CPU tensor the capsule views the caller's memory: the
+    native writer writes it out before the call that hands it over returns
+    (`StreamWriter.add_batch`), so changing, resizing or freeing the tensor
+    afterwards cannot change the file or make it read freed memory."""
     if torch is not None and isinstance(tensor, torch.Tensor):
         tensor = tensor.detach()
         shape, dtype = list(tensor.shape), _torch_name(tensor)
@@ -774,16 +796,21 @@ def _byte_capsule(tensor):
 
 
 class TensorSerializer:
-    """Collects tensors and writes one `.tensors` file on `close()`: the same
-    bytes the Python library writes for the same tensors (unencrypted).
+    """Writes one `.tensors` file as its tensors are handed over: the same
+    bytes the Python library writes for the same calls (unencrypted).
 
-    Each tensor's bytes are taken at the call that adds it (CPU memory the
-    caller holds is copied), so later changes to it never reach the file;
-    the destination receives the bytes at `close()`: a path or URI is
-    replaced atomically; a file object is written where it stands (through
-    its descriptor, in parallel) and closed, as the library closes it; a
-    `stream_io` write stream receives them through its sink and is closed
-    (committed)."""
+    Each `write_tensor`, `write_module` and `write_state_dict` call's
+    tensors reach the destination before the call returns (hashed, and
+    encrypted if asked, as they are written), so the file holds each tensor
+    as it was at its call, and host memory stays at the largest tensor that
+    needs a host copy (one on a GPU, or a strided view) plus a few fixed
+    buffers, whatever the model's size. `close()` writes the index: a path
+    or URI appears whole and atomically only then (a failed or abandoned
+    write leaves its previous content); a file object is written where it
+    stands (through its descriptor, in parallel), positioned after the file
+    and closed, as the library closes it; a `stream_io` write stream
+    receives the bytes through its sink and is closed (committed). Leaving
+    a `with` block by an exception abandons the file."""
 
     def __init__(self, file_obj, compress_tensors=False, *, encryption=None,
                  limit_cpu_concurrency=None):
@@ -791,36 +818,64 @@ class TensorSerializer:
             raise TypeError(
                 "encryption parameter: expected EncryptionParams instance or None, "
                 f"{encryption.__class__.__name__} found")
+        key = kdf = None
+        if encryption is not None:
+            key, kdf = encryption.key, encryption._kdf
         self._target = _write_target(file_obj)
-        self._encryption = encryption
-        self._threads = limit_cpu_concurrency
-        self._writer = _native.Writer()
+        self._writer = self._target.open(dict(key=key, kdf=kdf, threads=limit_cpu_concurrency))
         self.total_tensor_bytes = 0
         self.total_compressed_tensor_bytes = 0
         self._closed = False
 
-    def _add(self, idx, name, tensor_type, tensor):
+    def _write(self, items):
+        """Writes `(idx, name, tensor_type, tensor)` items, all or none
+        placed: checked whole first, then handed over in batches in which
+        only contiguous CPU tensors (read in place) travel together."""
         if self._closed:
             raise ValueError("this TensorSerializer is closed")
-        dtype, shape, capsule, nbytes = _byte_capsule(tensor)
-        self._writer.add(int(idx), name, int(tensor_type), dtype, shape, capsule)
-        self.total_tensor_bytes += nbytes
+        if not items:
+            return
+        if len(items) > 1:
+            self._writer.check_batch([
+                (int(idx), name, int(tensor_type), *_describe(tensor))
+                for idx, name, tensor_type, tensor in items])
+        pending = []
+
+        def flush():
+            if pending:
+                self._writer.add_batch(pending)
+                pending.clear()
+
+        for idx, name, tensor_type, tensor in items:
+            copied = _needs_host_copy(tensor)
+            if copied:
+                flush()
+            dtype, shape, capsule, nbytes = _byte_capsule(tensor)
+            pending.append((int(idx), name, int(tensor_type), dtype, shape, capsule))
+            self.total_tensor_bytes += nbytes
+            if copied:
+                flush()
+        flush()
 
     def write_tensor(self, idx, name, tensor_type, tensor):
-        self._add(idx, name, tensor_type, tensor)
+        self._write([(idx, name, tensor_type, tensor)])
 
     def write_module(self, m, remove_tensors=False, *, include_non_persistent_buffers=True):
+        items = []
         for idx, (module_name, module) in enumerate(m.named_modules()):
             persistent = None
             if not include_non_persistent_buffers:
                 persistent = set(module.state_dict(keep_vars=True).keys())
             for name, p in module.named_parameters(recurse=False):
-                self._add(idx, f"{module_name}.{name}", TensorType.PARAM, p)
+                items.append((idx, f"{module_name}.{name}", TensorType.PARAM, p))
             for name, b in module.named_buffers(recurse=False):
                 if persistent is not None and name not in persistent:
                     continue
-                self._add(idx, f"{module_name}.{name}", TensorType.BUFFER, b)
-            if remove_tensors:
+                items.append((idx, f"{module_name}.{name}", TensorType.BUFFER, b))
+        self._write(items)
+        del items
+        if remove_tensors:
+            for module in m.modules():
                 for name, _ in list(module.named_parameters(recurse=False)):
                     setattr(module, name, None)
                 for name, _ in list(module.named_buffers(recurse=False)):
@@ -838,20 +893,32 @@ class TensorSerializer:
                     yield from walk(prefix + (i,), v)
             else:
                 yield prefix, obj
+        items = []
         for path, tensor in walk((), state_dict):
             name = path[0] if len(path) == 1 and isinstance(path[0], str) else list(path)
-            self._add(0, name, TensorType.STATE_DICT, tensor)
+            items.append((0, name, TensorType.STATE_DICT, tensor))
+        self._write(items)
 
     def close(self):
         if self._closed:
             return
-        key = kdf = None
-        if self._encryption is not None:
-            key, kdf = self._encryption.key, self._encryption._kdf
-        crypto = dict(key=key, kdf=kdf, threads=self._threads)
-        self._target.write(self._writer, crypto)
-        self._writer = None
         self._closed = True
+        try:
+            n = self._writer.close()
+        except BaseException:
+            self._target.abort()
+            raise
+        finally:
+            self._writer = None
+        self._target.finish(n)
+
+    def _abort(self):
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.abort()
+        self._writer = None
+        self._target.abort()
 
     def __enter__(self):
         return self
@@ -859,6 +926,8 @@ class TensorSerializer:
     def __exit__(self, exc_type, *exc):
         if exc_type is None:
             self.close()
+        else:
+            self._abort()
         return False
 
 
@@ -873,8 +942,14 @@ class _UriTarget:
             if parent:
                 os.makedirs(parent, exist_ok=True)
 
-    def write(self, writer, crypto):
-        writer.write(uri=self.uri, storage=self.storage, **crypto)
+    def open(self, crypto):
+        return _native.StreamWriter(uri=self.uri, storage=self.storage, **crypto)
+
+    def finish(self, n):
+        pass
+
+    def abort(self):
+        pass
 
 
 class _StreamTarget:
@@ -884,11 +959,16 @@ class _StreamTarget:
     def __init__(self, stream):
         self.stream = stream
 
-    def write(self, writer, crypto):
+    def open(self, crypto):
         self.stream.flush()
-        n = writer.write(sink=self.stream._sink, base=self.stream.tell(), **crypto)
+        return _native.StreamWriter(sink=self.stream._sink, base=self.stream.tell(), **crypto)
+
+    def finish(self, n):
         self.stream._written(n)
         self.stream.close()
+
+    def abort(self):
+        pass
 
 
 class _FdTarget:
@@ -898,28 +978,42 @@ class _FdTarget:
     def __init__(self, file_obj, fd):
         self.file_obj, self.fd = file_obj, fd
 
-    def write(self, writer, crypto):
+    def open(self, crypto):
         self.file_obj.flush()
-        base = self.file_obj.tell()
-        n = writer.write(fd=self.fd, base=base, **crypto)
-        self.file_obj.seek(base + n)
+        self.base = self.file_obj.tell()
+        return _native.StreamWriter(fd=self.fd, base=self.base, **crypto)
+
+    def finish(self, n):
+        self.file_obj.seek(self.base + n)
         self.file_obj.close()
+
+    def abort(self):
+        pass
 
 
 class _CopyTarget:
-    """Any other writable object: written to an unnamed temporary file in
-    parallel, then copied into the object in 16 MiB pieces, and the object
-    closed."""
+    """Any other writable object (a pipe, a socket, a `BytesIO`): the one
+    path that holds the whole file before it reaches the destination, on
+    local disk (an unnamed temporary file, written in parallel), copied
+    into the object in 16 MiB pieces at `close()`; then the object is
+    closed. Such objects cannot be written at offsets, and the index comes
+    last."""
 
     def __init__(self, file_obj):
         self.file_obj = file_obj
 
-    def write(self, writer, crypto):
-        with tempfile.TemporaryFile(prefix="tensorizer_rs-") as tmp:
-            writer.write(fd=tmp.fileno(), base=0, **crypto)
-            tmp.seek(0)
-            shutil.copyfileobj(tmp, self.file_obj, 16 << 20)
+    def open(self, crypto):
+        self.tmp = tempfile.TemporaryFile(prefix="tensorizer_rs-")
+        return _native.StreamWriter(fd=self.tmp.fileno(), base=0, **crypto)
+
+    def finish(self, n):
+        with self.tmp:
+            self.tmp.seek(0)
+            shutil.copyfileobj(self.tmp, self.file_obj, 16 << 20)
         self.file_obj.close()
+
+    def abort(self):
+        self.tmp.close()
 
 
 def _write_target(file_obj):
