@@ -376,6 +376,36 @@ extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
     })
 }
 
+/// The live allocation holding `ptr` (its base and size); an address in
+/// none is `CUDA_ERROR_NOT_FOUND`, a question, not a violation.
+#[unsafe(no_mangle)]
+extern "C" fn cuMemGetAddressRange_v2(
+    base: *mut CUdeviceptr,
+    size: *mut usize,
+    ptr: CUdeviceptr,
+) -> CUresult {
+    call(|| {
+        let mut d = driver();
+        current(&mut d, "cuMemGetAddressRange_v2")?;
+        let found = d
+            .allocs
+            .range(..=ptr)
+            .next_back()
+            .map(|(&at, a)| (at, a.data.len()))
+            .filter(|&(at, len)| ptr < at + len as u64);
+        let Some((at, len)) = found else {
+            return Err(CUDA_ERROR_NOT_FOUND);
+        };
+        if !base.is_null() {
+            put(base, at)?;
+        }
+        if !size.is_null() {
+            put(size, len)?;
+        }
+        Ok(())
+    })
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn cuMemAlloc_v2(out: *mut CUdeviceptr, bytes: usize) -> CUresult {
     call(|| {
@@ -572,7 +602,18 @@ fn dtoh(
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let at = d.find(call, "source", src, len)?;
-        alive(&d, d.allocs[&at].device)?;
+        let device = d.allocs[&at].device;
+        // Copies back count with uploads for fault injection.
+        d.copy_calls += 1;
+        if d.config.fail_copy_at == d.copy_calls {
+            return Err(CUDA_ERROR_UNKNOWN);
+        }
+        if let Some((lost, n)) = d.config.lose_device_at_copy
+            && n == d.copy_calls
+        {
+            d.devices[lost].lost = true;
+        }
+        alive(&d, device)?;
         let pinned = d.pinned_range(dst as usize, len).is_some();
         (d.stream(call, stream as usize, Some(k))?, pinned)
     };

@@ -184,14 +184,14 @@ impl Session<'_> {
         self
     }
 
-    /// The `n`th host-to-device copy call from now fails.
+    /// The `n`th copy call from now (either direction) fails.
     pub fn fail_copy_at(&self, n: u64) -> &Self {
         // SAFETY: signature as exported.
         unsafe { self.f::<unsafe extern "C" fn(u64)>(b"tsim_fail_copy_at")(n) };
         self
     }
 
-    /// Device `ordinal` is lost at the `n`th host-to-device copy from now.
+    /// Device `ordinal` is lost at the `n`th copy call from now (either direction).
     pub fn lose_device_at_copy(&self, ordinal: u32, n: u64) -> &Self {
         // SAFETY: signature as exported.
         unsafe {

@@ -15,6 +15,10 @@
 //! ring at once and its next user waits for that event, so host memory is
 //! `count × size` whatever the model size, and reading never waits for a
 //! copy unless every buffer is in flight.
+//!
+//! Writers run the ring the other way: [`Gpu::download`] copies a device
+//! tensor back a buffer at a time, several in flight, and hands each piece
+//! to the hashing and writing code while the next ones are copied.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -86,6 +90,19 @@ pub enum CudaError {
         size: u64,
         /// The largest arena this machine can address.
         max: u64,
+    },
+    /// A device range handed in (a tensor to copy back) that is not inside
+    /// one live allocation.
+    #[error(
+        "{len} bytes at device address {ptr:#x} are not inside one live allocation of GPU {device}"
+    )]
+    NotDeviceMemory {
+        /// Device ordinal.
+        device: usize,
+        /// Start of the range.
+        ptr: u64,
+        /// Its length.
+        len: u64,
     },
     /// A copy that would land outside its device buffer.
     #[error("a copy of {len} bytes at offset {offset} lies outside a {buffer}-byte device buffer")]
@@ -284,6 +301,115 @@ impl Gpu {
         .map_err(driver("enqueueing a memset"))
     }
 
+    /// `Ok` when `ptr .. ptr + len` lies inside one live allocation, as
+    /// the driver sees it: a range handed in by a caller (a framework's
+    /// tensor) is checked before the device is read there.
+    pub fn check_device_range(&self, ptr: u64, len: usize) -> Result<(), CudaError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver("binding the context"))?;
+        let (mut base, mut size) = (0u64, 0usize);
+        // SAFETY: two out-pointers to locals; the driver only answers a question.
+        let found =
+            unsafe { cudarc::driver::sys::cuMemGetAddressRange_v2(&mut base, &mut size, ptr) };
+        let inside = found == cudarc::driver::sys::CUresult::CUDA_SUCCESS
+            && (len as u64)
+                .checked_add(ptr)
+                .is_some_and(|end| end <= base.saturating_add(size as u64));
+        if inside {
+            Ok(())
+        } else {
+            Err(CudaError::NotDeviceMemory {
+                device: self.ordinal,
+                ptr,
+                len: len as u64,
+            })
+        }
+    }
+
+    /// Copies `len` bytes at device address `src` back to the host through
+    /// `ring`, one buffer at a time with several copies in flight (on the
+    /// copy streams in turn), and hands each piece, in order, to `each`
+    /// while the next ones are copied: host memory is the ring's, whatever
+    /// the tensor's size. The range is checked first
+    /// ([`Gpu::check_device_range`]). On an error nothing is left in
+    /// flight: pending copies are waited for before the buffers go back.
+    pub fn download<E: From<CudaError>>(
+        &self,
+        ring: &StagingRing,
+        src: u64,
+        len: usize,
+        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.check_device_range(src, len)?;
+        let piece = ring.buffer_size().max(1);
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut next = 0usize;
+        let result = (|| -> Result<(), E> {
+            while next < len || !in_flight.is_empty() {
+                while next < len {
+                    let n = piece.min(len - next);
+                    // Wait for a buffer only with none of ours in flight:
+                    // writers sharing a ring never wait on each other
+                    // while holding buffers.
+                    let staging = if in_flight.is_empty() {
+                        ring.take(n)?
+                    } else {
+                        match ring.try_take(n)? {
+                            Some(s) => s,
+                            None => break,
+                        }
+                    };
+                    in_flight.push_back(self.enqueue_download(src + next as u64, staging)?);
+                    next += n;
+                }
+                let staging: Staging = in_flight.pop_front().expect("one is in flight");
+                staging
+                    .slot
+                    .as_ref()
+                    .expect("owned until dropped")
+                    .done
+                    .synchronize()
+                    .map_err(driver("waiting for a device-to-host copy"))?;
+                each(&staging)?;
+            }
+            Ok(())
+        })();
+        for staging in in_flight {
+            let slot = staging.slot.as_ref().expect("owned until dropped");
+            let _ = slot.done.synchronize();
+        }
+        result
+    }
+
+    /// Enqueues the copy of `staging.len()` bytes at `src` into `staging`
+    /// on the next stream and records the buffer's event.
+    fn enqueue_download(&self, src: u64, staging: Staging) -> Result<Staging, CudaError> {
+        let stream = &self.streams[self.next.fetch_add(1, Ordering::Relaxed) % self.streams.len()];
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver("binding the context"))?;
+        let slot = staging.slot.as_ref().expect("owned until dropped");
+        // SAFETY: the destination is pinned memory owned by the slot, not
+        // read before `slot.done` (recorded next) has completed; the source
+        // range lies inside a live allocation (checked by `download`).
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(
+                std::slice::from_raw_parts_mut(slot.ptr, staging.len),
+                src,
+                stream.cu_stream(),
+            )
+        }
+        .map_err(driver("enqueueing a device-to-host copy"))?;
+        slot.done
+            .record(stream)
+            .map_err(driver("recording a copy event"))?;
+        Ok(staging)
+    }
+
     /// Waits for every enqueued copy.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         for s in &self.streams {
@@ -417,6 +543,36 @@ impl StagingRing {
     /// Number of buffers.
     pub fn buffer_count(&self) -> usize {
         self.inner.count
+    }
+
+    /// A buffer for `len` bytes if one is free now (its last copy waited
+    /// for), `None` if all are on loan.
+    pub fn try_take(&self, len: usize) -> Result<Option<Staging>, CudaError> {
+        if len > self.inner.size {
+            return Err(CudaError::TooLarge {
+                bytes: len as u64,
+                staging: self.inner.size as u64,
+            });
+        }
+        let slot = self
+            .inner
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let Some(slot) = slot else {
+            return Ok(None);
+        };
+        let staging = Staging {
+            slot: Some(slot),
+            len,
+            ring: self.inner.clone(),
+        };
+        let slot = staging.slot.as_ref().expect("just set");
+        slot.done
+            .synchronize()
+            .map_err(driver("waiting for a staging buffer's copy"))?;
+        Ok(Some(staging))
     }
 
     /// A buffer for `len` bytes, once one is free and its last copy is done.

@@ -382,3 +382,60 @@ impl crate::Checkpoint {
         load_shards(&shards, options)
     }
 }
+
+/// Reads device tensors back for a writer: a GPU's copy streams and a ring
+/// of pinned buffers, shared by the writer's threads. Each tensor is copied
+/// a buffer at a time with several copies in flight, and its pieces are
+/// hashed and written while the next ones are copied: host memory is
+/// `buffers × buffer_size`, whatever the tensor's size.
+///
+/// ```no_run
+/// use tensorizer::cuda::DeviceReader;
+/// use tensorizer::{Dtype, StreamingSerializer, TensorType};
+/// # let (ptr, len) = (0u64, 0usize);
+/// let reader = DeviceReader::new(0, 4, 8 << 20)?;
+/// let mut w = StreamingSerializer::create_file("model.tensors")?;
+/// // `ptr .. ptr + len`: a tensor in device memory (checked with the driver).
+/// let copy_back = reader.tensor(ptr, len)?;
+/// w.write_tensor_from(0, "lm_head.weight", TensorType::Param, Dtype::BF16, &[len as u64 / 2], copy_back)?;
+/// w.finish()?;
+/// # Ok::<(), tensorizer::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct DeviceReader {
+    gpu: Arc<Gpu>,
+    ring: StagingRing,
+}
+
+impl DeviceReader {
+    /// Opens GPU `ordinal` with `buffers` pinned buffers of `buffer_size`
+    /// bytes (two copy streams).
+    pub fn new(ordinal: usize, buffers: usize, buffer_size: usize) -> Result<Self> {
+        let gpu =
+            Gpu::open(ordinal, 2).map_err(cuda_error("opening the GPU to read tensors back"))?;
+        let ring = StagingRing::new(&gpu, buffers.max(2), buffer_size)
+            .map_err(cuda_error("allocating the staging buffers"))?;
+        Ok(Self { gpu, ring })
+    }
+
+    /// The GPU read from.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// A producer of the `len` bytes at device address `ptr`, for
+    /// [`crate::StreamingSerializer::write_tensor_from`] or
+    /// [`crate::Serializer::write_tensor_from`]. The range must lie inside
+    /// one live device allocation: it is checked now with the driver, so a
+    /// caller's pointer is never read outside what the driver allocated.
+    pub fn tensor(&self, ptr: u64, len: usize) -> Result<Box<crate::PiecesFn<'_>>> {
+        if len > 0 {
+            self.gpu
+                .check_device_range(ptr, len)
+                .map_err(cuda_error("a tensor to write"))?;
+        }
+        Ok(Box::new(move |each| {
+            self.gpu.download(&self.ring, ptr, len, |piece| each(piece))
+        }))
+    }
+}

@@ -46,7 +46,9 @@ pub use error::{BoxError, Error, Result};
 pub use file_digest::parse_sha256;
 #[cfg(feature = "encryption")]
 pub use rewrite::{rewrite, rewrite_uri, rewrite_with_progress};
-pub use serializer::{DEFAULT_FILL_BUDGET, FillFn, Serializer, WriteProgress, WriteSummary};
+pub use serializer::{
+    DEFAULT_FILL_BUDGET, FillFn, PiecesFn, Serializer, WriteProgress, WriteSummary,
+};
 pub use streaming_serializer::{StreamingSerializer, TensorSpec};
 pub use tensor::{Tensor, TensorData};
 /// The format layer, for users who need the byte-level types.

@@ -50,7 +50,19 @@ pub(crate) enum Data<'a> {
     /// Produced when the writer reaches the tensor, into a buffer that is
     /// dropped once the tensor is written.
     Fill(Box<FillFn<'a>>),
+    /// Handed over in pieces, in order, when the writer reaches the tensor
+    /// (a device tensor copied back through a staging ring): no buffer of
+    /// the tensor's size is ever held.
+    Pieces(Box<PiecesFn<'a>>),
 }
+
+/// Produces a tensor's bytes in order, in pieces of its choice, by calling
+/// the given consumer with each; exactly the tensor's data length in all.
+/// A consumer's error is returned as it came, to stop the producer.
+pub type PiecesFn<'a> = dyn Fn(&mut dyn FnMut(&[u8]) -> Result<(), BoxError>) -> Result<(), BoxError>
+    + Send
+    + Sync
+    + 'a;
 
 /// Fills a tensor's bytes (exactly its data length) when it is written.
 pub type FillFn<'a> = dyn Fn(&mut [u8]) -> Result<(), BoxError> + Send + Sync + 'a;
@@ -60,6 +72,7 @@ impl std::fmt::Debug for Data<'_> {
         match self {
             Data::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
             Data::Fill(_) => f.write_str("Fill(..)"),
+            Data::Pieces(_) => f.write_str("Pieces(..)"),
         }
     }
 }
@@ -163,6 +176,28 @@ impl<'a> Serializer<'a> {
     ) -> Result<&mut Self> {
         let spec = RecordSpec::new(module_idx, tensor_type, name.into(), dtype, shape.to_vec());
         self.data.push(Data::Fill(Box::new(fill)));
+        self.records.push(spec);
+        Ok(self)
+    }
+
+    /// Adds one tensor whose bytes `produce` hands over in pieces, in order,
+    /// when the writer reaches it (see [`PiecesFn`]): a device tensor copied
+    /// back through a staging ring, a converter's output. No buffer of the
+    /// tensor's size is held.
+    pub fn write_tensor_from(
+        &mut self,
+        module_idx: u16,
+        name: impl Into<TensorPath>,
+        tensor_type: TensorType,
+        dtype: tensorizer_format::Dtype,
+        shape: &[u64],
+        produce: impl Fn(&mut dyn FnMut(&[u8]) -> Result<(), BoxError>) -> Result<(), BoxError>
+        + Send
+        + Sync
+        + 'a,
+    ) -> Result<&mut Self> {
+        let spec = RecordSpec::new(module_idx, tensor_type, name.into(), dtype, shape.to_vec());
+        self.data.push(Data::Pieces(Box::new(produce)));
         self.records.push(spec);
         Ok(self)
     }
@@ -483,12 +518,14 @@ pub(crate) fn write_record(
     budget: Option<&ByteBudget>,
     write: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
+    let data_source = data;
     // Declared first, dropped last: the share is given back only once the
     // buffer is freed.
     let _share;
     let filled;
-    let data: &[u8] = match data {
-        Data::Bytes(bytes) => bytes,
+    let data: Option<&[u8]> = match data {
+        Data::Bytes(bytes) => Some(bytes),
+        Data::Pieces(_) => None,
         Data::Fill(fill) => {
             let tensor = || placed.header.name.to_string();
             _share = budget.map(|b| b.take(placed.data_length()));
@@ -506,7 +543,7 @@ pub(crate) fn write_record(
                 source,
             })?;
             filled = buf;
-            &filled
+            Some(&filled)
         }
     };
     let mut hasher = placed.hasher().map_err(format_error(dest))?;
@@ -524,8 +561,10 @@ pub(crate) fn write_record(
     #[cfg(feature = "encryption")]
     let mut ciphertext = Vec::new();
     let mut offset = placed.data_offset;
-    for piece in data.chunks(block) {
-        // Hashes cover the plaintext.
+    // One block: hashed (hashes cover the plaintext), sealed if asked, and
+    // written at its place. Every block but a tensor's last is `block`
+    // bytes long, as the cipher's chunking requires.
+    let mut emit = |piece: &[u8]| -> Result<()> {
         hasher.update(piece);
         #[cfg(feature = "encryption")]
         let piece: &[u8] = match &mut sealer {
@@ -539,6 +578,16 @@ pub(crate) fn write_record(
         };
         write(offset, piece)?;
         offset += piece.len() as u64;
+        Ok(())
+    };
+    match data {
+        Some(data) => data.chunks(block).try_for_each(&mut emit)?,
+        None => {
+            let Data::Pieces(produce) = data_source else {
+                unreachable!("only pieces come without bytes")
+            };
+            write_pieces(placed, produce, block, dest, &mut emit)?;
+        }
     }
     #[cfg(feature = "encryption")]
     let crypt_info = sealer.map(crate::encryption::TensorSealer::finish);
@@ -548,6 +597,74 @@ pub(crate) fn write_record(
         .finish_header(hasher, crypt_info)
         .map_err(format_error(dest))?;
     write(placed.header_offset, &header)
+}
+
+/// Runs a [`PiecesFn`] producer and regroups what it hands over into
+/// blocks of `block` bytes for `emit`, checking that it gives exactly the
+/// tensor's data length. A write error reaches the caller as it is; a
+/// producer's own error becomes [`Error::Fill`].
+fn write_pieces(
+    placed: &PlacedRecord,
+    produce: &PiecesFn<'_>,
+    block: usize,
+    dest: &Path,
+    emit: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let expected = placed.data_length();
+    let fill_error = |source: BoxError| Error::Fill {
+        path: dest.to_path_buf(),
+        tensor: placed.header.name.to_string(),
+        source,
+    };
+    let mut carry: Vec<u8> = Vec::new();
+    let mut given = 0u64;
+    let mut write_error = None;
+    let mut consume = |mut piece: &[u8]| -> Result<(), BoxError> {
+        given += piece.len() as u64;
+        if given > expected {
+            return Err(format!("more than the tensor's {expected} bytes were given").into());
+        }
+        let mut step = || -> Result<()> {
+            // Top up a partial block first, then whole blocks in place.
+            if !carry.is_empty() {
+                let n = (block - carry.len()).min(piece.len());
+                carry.extend_from_slice(&piece[..n]);
+                piece = &piece[n..];
+                if carry.len() == block {
+                    emit(&carry)?;
+                    carry.clear();
+                }
+            }
+            while piece.len() >= block {
+                emit(&piece[..block])?;
+                piece = &piece[block..];
+            }
+            if !piece.is_empty() {
+                carry.reserve_exact(block);
+                carry.extend_from_slice(piece);
+            }
+            Ok(())
+        };
+        step().map_err(|e| {
+            let shown = e.to_string();
+            write_error = Some(e);
+            shown.into()
+        })
+    };
+    let produced = produce(&mut consume);
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    produced.map_err(fill_error)?;
+    if given != expected {
+        return Err(fill_error(
+            format!("{given} bytes were given for a tensor of {expected} bytes").into(),
+        ));
+    }
+    if !carry.is_empty() {
+        emit(&carry)?;
+    }
+    Ok(())
 }
 
 /// The segments of a file with this index, for sinks that store them

@@ -165,6 +165,27 @@ impl StreamingSerializer {
         self.write_records(vec![(spec, Data::Fill(fill))])
     }
 
+    /// Writes one tensor whose bytes `produce` hands over in pieces, in
+    /// order (see [`crate::PiecesFn`]): a device tensor copied back through
+    /// a staging ring (`tensorizer::cuda::DeviceReader`, feature `cuda`),
+    /// a converter's output. No buffer of the tensor's size is held; the
+    /// pieces are hashed, encrypted if asked, and written as they come.
+    pub fn write_tensor_from(
+        &mut self,
+        module_idx: u16,
+        name: impl Into<TensorPath>,
+        tensor_type: TensorType,
+        dtype: tensorizer_format::Dtype,
+        shape: &[u64],
+        produce: impl Fn(&mut dyn FnMut(&[u8]) -> Result<(), BoxError>) -> Result<(), BoxError>
+        + Send
+        + Sync,
+    ) -> Result<&mut Self> {
+        let spec = RecordSpec::new(module_idx, tensor_type, name.into(), dtype, shape.to_vec());
+        let produce: Box<crate::PiecesFn<'_>> = Box::new(produce);
+        self.write_records(vec![(spec, Data::Pieces(produce))])
+    }
+
     /// Writes state-dict entries (type STATE_DICT, module index 0) in order,
     /// several at once (Python's `write_state_dict`).
     pub fn write_state_dict<'t, N: Into<TensorPath>>(

@@ -609,3 +609,107 @@ fn a_safetensors_checkpoint_loads_onto_the_device() {
     drop(models);
     driver.assert_clean();
 }
+
+/// Writes every tensor of `model` from the device, through `reader`.
+fn write_from_device(
+    model: &DeviceModel,
+    reader: &tensorizer::cuda::DeviceReader,
+    path: &Path,
+    key: Option<&EncryptionKey>,
+) -> tensorizer::Result<()> {
+    let mut w = tensorizer::StreamingSerializer::create_file(path)?;
+    if let Some(k) = key {
+        w.encryption(Encryption::with_key(k.clone()))?;
+    }
+    for t in model.tensors() {
+        let copy_back = reader.tensor(model.device_ptr(t), t.len)?;
+        w.write_tensor_from(
+            0,
+            t.info.path.clone(),
+            tensorizer::TensorType::StateDict,
+            Dtype::BF16,
+            &[t.len as u64 / 2],
+            copy_back,
+        )?;
+    }
+    w.finish().map(drop)
+}
+
+#[test]
+fn device_tensors_stream_to_a_file_through_the_staging_ring() {
+    let driver = driver();
+    let dir = gpu_tmp();
+    // Tensors of 3 MiB through 1 MiB buffers: each in pieces, with copies
+    // in flight while the last piece is hashed and written.
+    let (path, data) = small_model(dir.path(), "m.tensors", 6, 3 << 20);
+    let model = Deserializer::open(&path)
+        .unwrap()
+        .to_cuda(0, &CudaOptions::default())
+        .unwrap();
+    let reader = tensorizer::cuda::DeviceReader::new(0, 2, 1 << 20).unwrap();
+    if let Some(sim) = driver.sim() {
+        // The load's ring is gone: what is pinned now is the reader's.
+        assert_eq!(sim.stats().pinned_bytes, 2 << 20);
+    }
+
+    // The same bytes as the host writer's, for the same calls.
+    let out = dir.path().join("from-device.tensors");
+    write_from_device(&model, &reader, &out, None).unwrap();
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&path).unwrap());
+    let back = Deserializer::open(&out)
+        .unwrap()
+        .verify(Verify::All)
+        .read_all()
+        .unwrap();
+    for (t, want) in back.iter().zip(&data) {
+        assert!(t.as_bytes() == &want[..]);
+    }
+
+    // Encrypted: decrypts to the device's bytes.
+    let key = EncryptionKey::from_bytes([9; 32]);
+    let sealed = dir.path().join("sealed.tensors");
+    write_from_device(&model, &reader, &sealed, Some(&key)).unwrap();
+    let back = Deserializer::open(&sealed)
+        .unwrap()
+        .decryption(Decryption::Key(key))
+        .unwrap()
+        .verify(Verify::All)
+        .read_all()
+        .unwrap();
+    for (t, want) in back.iter().zip(&data) {
+        assert!(t.as_bytes() == &want[..]);
+    }
+
+    // A range the driver did not allocate is refused before any copy.
+    let last = model.tensors().last().unwrap();
+    let past = model.device_ptr(last) + (64 << 20);
+    let err = reader.tensor(past, 16).err().unwrap().to_string();
+    assert!(err.contains("not inside one live allocation"), "{err}");
+
+    if let Some(sim) = driver.sim() {
+        // A copy back failing mid-tensor: the previous file stays, no
+        // debris, and nothing is left in flight.
+        sim.fail_copy_at(5);
+        let err = write_from_device(&model, &reader, &out, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("device-to-host copy") && err.contains("CUDA_ERROR_UNKNOWN"),
+            "{err}"
+        );
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(&path).unwrap());
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["from-device.tensors", "m.tensors", "sealed.tensors"]
+        );
+        sim.assert_no_violations();
+    }
+    drop(reader);
+    drop(model);
+    driver.assert_clean();
+}

@@ -562,3 +562,75 @@ fn tensors_the_writers_fill_share_the_fill_budget() {
     );
     assert_eq!(most.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn tensors_handed_over_in_pieces_are_written_as_whole_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5 MiB + 3: several write blocks and cipher chunks, and a short tail.
+    let bytes: Vec<u8> = (0..(5 << 20) + 3).map(|i| (i % 253) as u8).collect();
+    let shape = [bytes.len() as u64];
+    // Odd piece sizes, smaller and larger than a block.
+    let produce = |each: &mut dyn FnMut(&[u8]) -> Result<(), tensorizer::BoxError>| {
+        let mut at = 0;
+        for size in [7usize, 1 << 20, 3 << 20, 12345].into_iter().cycle() {
+            if at == bytes.len() {
+                return Ok(());
+            }
+            let n = size.min(bytes.len() - at);
+            each(&bytes[at..at + n])?;
+            at += n;
+        }
+        unreachable!()
+    };
+    let key = EncryptionKey::from_bytes([5; 32]);
+    for encrypted in [false, true] {
+        let whole = dir.path().join("whole.tensors");
+        let pieces = dir.path().join("pieces.tensors");
+        for (path, from_pieces) in [(&whole, false), (&pieces, true)] {
+            let mut w = StreamingSerializer::create_file(path).unwrap();
+            if encrypted {
+                w.encryption(Encryption::with_key(key.clone())).unwrap();
+            }
+            if from_pieces {
+                w.write_tensor_from(0, "t", TensorType::Param, Dtype::U8, &shape, produce)
+                    .unwrap();
+            } else {
+                let t = TensorData::new(Dtype::U8, &shape, &bytes).unwrap();
+                w.write_tensor(0, "t", TensorType::Param, t).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        if !encrypted {
+            assert!(std::fs::read(&whole).unwrap() == std::fs::read(&pieces).unwrap());
+        }
+        let mut d = Deserializer::open(&pieces).unwrap().verify(Verify::All);
+        if encrypted {
+            d = d.decryption(Decryption::Key(key.clone())).unwrap();
+        }
+        assert!(d.read("t").unwrap().as_bytes() == &bytes[..]);
+    }
+
+    // A producer that gives too little or too much is named.
+    let path = dir.path().join("short.tensors");
+    let mut w = StreamingSerializer::create_file(&path).unwrap();
+    let err = w
+        .write_tensor_from(0, "short", TensorType::Param, Dtype::U8, &[10], |each| {
+            each(&[1; 4])
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("4 bytes were given for a tensor of 10 bytes"),
+        "{err}"
+    );
+    let mut w = StreamingSerializer::create_file(&path).unwrap();
+    let err = w
+        .write_tensor_from(0, "long", TensorType::Param, Dtype::U8, &[10], |each| {
+            each(&[1; 6])?;
+            each(&[1; 6])
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than the tensor's 10 bytes"), "{err}");
+    assert!(!path.exists());
+}
