@@ -281,6 +281,86 @@ impl Imported {
         self.len
     }
 
+    /// Takes a `dltensor` capsule of a contiguous CUDA tensor (any dtype
+    /// and shape): returns it with its device ordinal. The device address
+    /// is the producer's; the writer checks it with the driver before any
+    /// copy ([`tensorizer::cuda::DeviceReader::tensor`]).
+    #[cfg(feature = "cuda")]
+    pub fn device(capsule: &Bound<'_, PyAny>) -> PyResult<(Self, usize)> {
+        use pyo3::exceptions::{PyTypeError, PyValueError};
+        let ptr = capsule.as_ptr();
+        // SAFETY: as in `bytes`.
+        let managed = unsafe {
+            if pyo3::ffi::PyCapsule_IsValid(ptr, NAME.as_ptr()) != 1 {
+                return Err(PyTypeError::new_err(
+                    "expected an unconsumed DLPack capsule (\"dltensor\")",
+                ));
+            }
+            pyo3::ffi::PyCapsule_GetPointer(ptr, NAME.as_ptr()) as *mut DLManagedTensor
+        };
+        if managed.is_null() {
+            return Err(PyErr::fetch(capsule.py()));
+        }
+        // SAFETY: a valid "dltensor" capsule describes live memory.
+        let t = unsafe { &(*managed).dl_tensor };
+        let ordinal = usize::try_from(t.device.device_id).ok();
+        let (Some(ordinal), DL_CUDA) = (ordinal, t.device.device_type) else {
+            return Err(PyValueError::new_err(format!(
+                "expected a CUDA tensor's capsule (kDLCUDA), got device type {} ordinal {}",
+                t.device.device_type, t.device.device_id
+            )));
+        };
+        let item = (t.dtype.bits as u64 * t.dtype.lanes as u64).div_ceil(8);
+        let ndim = usize::try_from(t.ndim).unwrap_or(usize::MAX);
+        if ndim > 64 {
+            return Err(PyValueError::new_err(format!("{ndim} dimensions")));
+        }
+        // SAFETY: `shape` (and `strides` when set) have `ndim` elements.
+        let (shape, strides) = unsafe {
+            let shape: &[i64] = if ndim == 0 {
+                &[]
+            } else {
+                std::slice::from_raw_parts(t.shape, ndim)
+            };
+            let strides: Option<&[i64]> = (!t.strides.is_null() && ndim > 0)
+                .then(|| std::slice::from_raw_parts(t.strides, ndim));
+            (shape, strides)
+        };
+        let mut len = Some(item);
+        let mut expected_stride = 1i64;
+        let mut contiguous = true;
+        for k in (0..ndim).rev() {
+            let d = shape[k];
+            len = len
+                .zip(u64::try_from(d).ok())
+                .and_then(|(n, d)| n.checked_mul(d));
+            if let Some(st) = strides
+                && d > 1
+                && st[k] != expected_stride
+            {
+                contiguous = false;
+            }
+            expected_stride = expected_stride.saturating_mul(d.max(1));
+        }
+        let (Some(len), true) = (len.and_then(|n| usize::try_from(n).ok()), contiguous) else {
+            return Err(PyValueError::new_err(
+                "a device tensor must be contiguous, with a size that fits memory",
+            ));
+        };
+        // SAFETY: renaming a capsule we validated above.
+        unsafe {
+            pyo3::ffi::PyCapsule_SetName(ptr, USED.as_ptr());
+        }
+        let data = (t.data as *const u8).wrapping_add(t.byte_offset as usize);
+        Ok((Self { managed, data, len }, ordinal))
+    }
+
+    /// The device address of a capsule taken by [`Imported::device`].
+    #[cfg(feature = "cuda")]
+    pub fn device_ptr(&self) -> u64 {
+        self.data as u64
+    }
+
     /// The bytes, to fill: DLPack hands the consumer the producer's own
     /// memory (torch shares a tensor's storage), so what is written here
     /// is what the tensor holds.

@@ -24,7 +24,16 @@ pub struct StreamWriter {
     writer: Option<StreamingSerializer>,
     pool: Option<rayon::ThreadPool>,
     data_bytes: u64,
+    /// Pinned staging per GPU for device tensors: made at the first one,
+    /// freed with the writer.
+    #[cfg(feature = "cuda")]
+    device_readers: std::collections::HashMap<usize, tensorizer::cuda::DeviceReader>,
 }
+
+/// Pinned buffers per GPU for copying device tensors back, and their size:
+/// 32 MiB of host memory per GPU written from, whatever the tensors.
+#[cfg(feature = "cuda")]
+const DEVICE_STAGING: (usize, usize) = (4, 8 << 20);
 
 /// One tensor of a dry run: its data's description, `True` when meta.
 type SpecOnly<'py> = (u16, Bound<'py, PyAny>, u8, String, Vec<u64>, bool);
@@ -123,6 +132,8 @@ impl StreamWriter {
             writer: Some(writer),
             pool,
             data_bytes: 0,
+            #[cfg(feature = "cuda")]
+            device_readers: Default::default(),
         })
     }
 
@@ -199,6 +210,58 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Writes one tensor from GPU memory before returning: `data` is the
+    /// DLPack capsule of a contiguous CUDA tensor (the caller has finished
+    /// the work that produces it: its stream is synchronized). The bytes
+    /// are copied back through pinned staging buffers (`DEVICE_STAGING`),
+    /// a buffer at a time with the next copies in flight while one is
+    /// hashed and written: host memory stays at the ring's 32 MiB whatever
+    /// the tensor's size. The device range is checked with the driver
+    /// first. The GIL is held, as in `add_batch`.
+    #[cfg(feature = "cuda")]
+    #[allow(clippy::too_many_arguments)]
+    fn add_device(
+        &mut self,
+        idx: u16,
+        name: Bound<'_, PyAny>,
+        tensor_type: u8,
+        dtype: String,
+        shape: Vec<u64>,
+        data: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.writer()?;
+        let (name, tensor_type, dtype) = describe(&name, tensor_type, &dtype)?;
+        let (imported, ordinal) = dlpack::Imported::device(&data)?;
+        let expected = shape
+            .iter()
+            .try_fold(dtype.itemsize() as u64, |n, &d| n.checked_mul(d));
+        if expected != Some(imported.len() as u64) {
+            return Err(PyValueError::new_err(format!(
+                "{name}: {} bytes given for a {dtype} tensor of shape {shape:?}",
+                imported.len()
+            )));
+        }
+        use std::collections::hash_map::Entry;
+        let reader = match self.device_readers.entry(ordinal) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let (count, size) = DEVICE_STAGING;
+                e.insert(tensorizer::cuda::DeviceReader::new(ordinal, count, size).map_err(py_err)?)
+            }
+        };
+        let copy_back = reader
+            .tensor(imported.device_ptr(), imported.len())
+            .map_err(py_err)?;
+        let writer = self.writer.as_mut().expect("checked above");
+        writer
+            .write_tensor_from(idx, name, tensor_type, dtype, &shape, copy_back)
+            .map_err(write_err)?;
+        self.data_bytes += imported.len() as u64;
+        // `imported` drops here: the producer's deleter runs after the copy.
+        drop(imported);
+        Ok(())
+    }
+
     /// Tensors written so far.
     fn __len__(&self) -> usize {
         self.writer.as_ref().map_or(0, StreamingSerializer::len)
@@ -216,6 +279,8 @@ impl StreamWriter {
             .writer
             .take()
             .ok_or_else(|| PyValueError::new_err("this writer is closed"))?;
+        #[cfg(feature = "cuda")]
+        self.device_readers.clear();
         py.detach(|| writer.finish())
             .map(|summary| summary.bytes)
             .map_err(write_err)
@@ -225,6 +290,8 @@ impl StreamWriter {
     /// left behind.
     fn abort(&mut self) {
         self.writer = None;
+        #[cfg(feature = "cuda")]
+        self.device_readers.clear();
     }
 }
 

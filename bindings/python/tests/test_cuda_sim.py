@@ -15,6 +15,7 @@ other tests keep a process without a driver.
 Needs TENSORIZER_CUDA_SIM (the path of libtensorizer_cuda_sim.so), which
 `cargo xtask python-test` sets after building it.
 """
+import json
 import os
 import subprocess
 import sys
@@ -373,3 +374,62 @@ def test_runai_streamer_to_cuda_goes_through_the_engine(tmp_path):
         print("loaded", len(got))
     ''', path, tmp_path / "want.pt")
     assert "loaded 6" in out
+
+
+def test_device_tensors_are_written_through_the_staging_ring(files, tmp_path):
+    """`StreamWriter.add_device` (what `TensorSerializer` calls for a CUDA
+    tensor): the core copies each tensor back through its 4 × 8 MiB pinned
+    ring, and the file is the host writer's, byte for byte. A copy failing
+    mid-tensor leaves the previous file, no debris and no pinned memory."""
+    from tensorizer_rs.serialization import _torch_name
+    plain, _, _ = files
+    specs = [(name, _torch_name(t), list(t.shape)) for name, t in state_dict().items()]
+    out = tmp_path / "from-device.tensors"
+    run('''
+        import json
+        plain, out, specs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+        r = _native.Reader(plain, verify_hash=True)
+        caps = r.read_cuda(list(range(len(r))), 0)
+
+        def write(fail_at=None):
+            w = _native.StreamWriter(uri=out)
+            try:
+                for (name, dtype, shape), c in zip(specs, caps):
+                    w.add_device(0, name, 2, dtype, shape, c)
+                    # The ring, and no more: 4 buffers of 8 MiB.
+                    assert stats().pinned_bytes == 4 * (8 << 20), stats().pinned_bytes
+                    if fail_at is not None:
+                        sim.tsim_fail_copy_at(fail_at)
+                        fail_at = None
+                w.close()
+            except BaseException:
+                w.abort()
+                raise
+
+        write()
+        assert open(out, "rb").read() == open(plain, "rb").read()
+        assert stats().live_pinned_allocations == 0, "the ring is freed at close"
+
+        # Fresh capsules (a consumed capsule cannot be handed over twice).
+        caps = r.read_cuda(list(range(len(r))), 0)
+        try:
+            # The 8th copy from the second tensor on: the 3rd piece of "big".
+            write(fail_at=8)
+            raise AssertionError("the failed copy was not reported")
+        except (OSError, ValueError) as e:
+            assert "device-to-host copy" in str(e), e
+        assert open(out, "rb").read() == open(plain, "rb").read()
+        assert sorted(os.listdir(os.path.dirname(out))) == ["from-device.tensors"]
+        assert stats().live_pinned_allocations == 0
+        assert violations() == [], violations()
+
+        # A host capsule is not a device tensor.
+        w = _native.StreamWriter(uri=out + ".cpu")
+        try:
+            w.add_device(0, "x", 2, "float32", [2], torch.zeros(2).__dlpack__())
+            raise AssertionError("a CPU capsule was taken for a device tensor")
+        except ValueError as e:
+            assert "kDLCUDA" in str(e), e
+        w.abort()
+        print("ok")
+    ''', plain, out, json.dumps(specs))

@@ -773,6 +773,22 @@ def _describe(tensor):
     return str(arr.dtype), list(arr.shape), False
 
 
+def _device_capsule(tensor):
+    """(dtype name, shape, DLPack capsule, bytes) of a CUDA tensor the core's
+    engine can read back itself (a driver it can load, the tensor's GPU
+    visible to it), or None (then `.cpu()`, one tensor at a time). The
+    tensor's stream is synchronized first: the core copies on streams of
+    its own."""
+    if torch is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != "cuda":
+        return None
+    if _engine_ordinal(tensor.device) is None:
+        return None
+    t = tensor.detach().resolve_conj().resolve_neg().contiguous()
+    shape, dtype = list(tensor.shape), _torch_name(tensor)
+    torch.cuda.current_stream(t.device).synchronize()
+    return dtype, shape, torch.utils.dlpack.to_dlpack(t), t.numel() * t.element_size()
+
+
 def _byte_capsule(tensor):
     """(dtype name, shape, DLPack capsule of the bytes or None for a meta
     tensor, bytes) for a torch tensor or numpy array.
@@ -847,6 +863,15 @@ class TensorSerializer:
                 pending.clear()
 
         for idx, name, tensor_type, tensor in items:
+            device = _device_capsule(tensor)
+            if device is not None:
+                # Copied back by the core through its pinned staging ring,
+                # written while the next pieces are copied.
+                flush()
+                dtype, shape, capsule, nbytes = device
+                self._writer.add_device(int(idx), name, int(tensor_type), dtype, shape, capsule)
+                self.total_tensor_bytes += nbytes
+                continue
             copied = _needs_host_copy(tensor)
             if copied:
                 flush()
