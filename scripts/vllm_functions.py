@@ -70,6 +70,21 @@ class _LocalHub:
         return local_dir
 
 
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss():
+    """Resets VmHWM to the current RSS and returns it (KiB)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status_kib("VmRSS:")
+
+
 def rank_main(rank, tp, model_dir, port, out_dir, config_json, result_dir):
     sys.path.insert(0, HERE)
     import torch
@@ -92,11 +107,18 @@ def rank_main(rank, tp, model_dir, port, out_dir, config_json, result_dir):
     config = json.loads(config_json)
     model_config = vllm_config.model_config
     model_config.served_model_name = "tiny/model"
+    # What the write adds to the rank's memory: VmHWM reset (clear_refs 5)
+    # with the model built, read after serialize_vllm_model returns.
+    base = reset_peak_rss()
     with set_current_vllm_config(vllm_config):
         serialize_vllm_model(model, TensorizerConfig(**config), model_config)
+    write_rss = status_kib("VmHWM:") - base
     uri = config["tensorizer_uri"]
     path = uri % rank if tp > 1 else uri
-    result = {"file_sha256": sha(open(path, "rb").read())}
+    result = {"file_sha256": sha(open(path, "rb").read()), "write_rss_kib": write_rss,
+              "model_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
+              "largest_tensor": max(t.numel() * t.element_size()
+                                    for t in model.state_dict().values())}
 
     load_config = TensorizerConfig(**{**config, "tensorizer_uri": path, "verify_hash": True})
     result["is_vllm_tensorized"] = is_vllm_tensorized(load_config)
@@ -217,6 +239,10 @@ def main():
             if not encrypted:
                 check(f"{tag} rank {i}: serialize_vllm_model files byte-identical",
                       a["file_sha256"] == b["file_sha256"])
+            print(f"info tp={tp} {tag} rank {i}: serialize_vllm_model peak RSS above the rank's "
+                  f"baseline: library {a['write_rss_kib'] / 1024:.1f} MiB, tensorizer_rs "
+                  f"{b['write_rss_kib'] / 1024:.1f} MiB (rank's model {a['model_bytes'] / 2**20:.1f}"
+                  f" MiB, largest tensor {a['largest_tensor'] / 2**20:.1f} MiB)")
             check(f"{tag} rank {i}: tensorizer_weights_iterator identical (names, bytes, "
                   "dtypes, requires_grad)", a["weights_iterator"] == b["weights_iterator"])
         check(f"{tag}: serialize_extra_artifacts wrote the same files",
