@@ -517,6 +517,22 @@ extern "C" fn cuMemFreeHost(ptr: *mut c_void) -> CUresult {
 
 // ---- copies ------------------------------------------------------------------
 
+/// Counts a copy call (either direction) for fault injection: fails the
+/// one `tsim_fail_copy_at` names, loses the device at the one
+/// `tsim_lose_device_at_copy` names.
+fn count_copy(d: &mut Driver) -> Result<()> {
+    d.copy_calls += 1;
+    if d.config.fail_copy_at == d.copy_calls {
+        return Err(CUDA_ERROR_UNKNOWN);
+    }
+    if let Some((lost, n)) = d.config.lose_device_at_copy
+        && n == d.copy_calls
+    {
+        d.devices[lost].lost = true;
+    }
+    Ok(())
+}
+
 /// Enqueues a host-to-device copy on `stream`; returns the stream and the
 /// copy's sequence number.
 fn htod(
@@ -533,15 +549,7 @@ fn htod(
     }
     let at = d.find(call, "destination", dst, len)?;
     let device = d.allocs[&at].device;
-    d.copy_calls += 1;
-    if d.config.fail_copy_at == d.copy_calls {
-        return Err(CUDA_ERROR_UNKNOWN);
-    }
-    if let Some((lost, n)) = d.config.lose_device_at_copy
-        && n == d.copy_calls
-    {
-        d.devices[lost].lost = true;
-    }
+    count_copy(&mut d)?;
     alive(&d, device)?;
     alive(&d, k)?;
     let s = d.stream(call, stream as usize, Some(k))?;
@@ -604,15 +612,7 @@ fn dtoh(
         let at = d.find(call, "source", src, len)?;
         let device = d.allocs[&at].device;
         // Copies back count with uploads for fault injection.
-        d.copy_calls += 1;
-        if d.config.fail_copy_at == d.copy_calls {
-            return Err(CUDA_ERROR_UNKNOWN);
-        }
-        if let Some((lost, n)) = d.config.lose_device_at_copy
-            && n == d.copy_calls
-        {
-            d.devices[lost].lost = true;
-        }
+        count_copy(&mut d)?;
         alive(&d, device)?;
         let pinned = d.pinned_range(dst as usize, len).is_some();
         (d.stream(call, stream as usize, Some(k))?, pinned)

@@ -548,21 +548,28 @@ impl StagingRing {
     /// A buffer for `len` bytes if one is free now (its last copy waited
     /// for), `None` if all are on loan.
     pub fn try_take(&self, len: usize) -> Result<Option<Staging>, CudaError> {
-        if len > self.inner.size {
-            return Err(CudaError::TooLarge {
-                bytes: len as u64,
-                staging: self.inner.size as u64,
-            });
-        }
+        self.check_fits(len)?;
         let slot = self
             .inner
             .free
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop();
-        let Some(slot) = slot else {
-            return Ok(None);
-        };
+        slot.map(|slot| self.lend(slot, len)).transpose()
+    }
+
+    fn check_fits(&self, len: usize) -> Result<(), CudaError> {
+        if len > self.inner.size {
+            return Err(CudaError::TooLarge {
+                bytes: len as u64,
+                staging: self.inner.size as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// `slot` on loan for `len` bytes, once its last copy is done.
+    fn lend(&self, slot: Slot, len: usize) -> Result<Staging, CudaError> {
         let staging = Staging {
             slot: Some(slot),
             len,
@@ -572,17 +579,12 @@ impl StagingRing {
         slot.done
             .synchronize()
             .map_err(driver("waiting for a staging buffer's copy"))?;
-        Ok(Some(staging))
+        Ok(staging)
     }
 
     /// A buffer for `len` bytes, once one is free and its last copy is done.
     pub fn take(&self, len: usize) -> Result<Staging, CudaError> {
-        if len > self.inner.size {
-            return Err(CudaError::TooLarge {
-                bytes: len as u64,
-                staging: self.inner.size as u64,
-            });
-        }
+        self.check_fits(len)?;
         let slot = {
             let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
             loop {
@@ -596,16 +598,7 @@ impl StagingRing {
                     .unwrap_or_else(|e| e.into_inner());
             }
         };
-        let staging = Staging {
-            slot: Some(slot),
-            len,
-            ring: self.inner.clone(),
-        };
-        let slot = staging.slot.as_ref().expect("just set");
-        slot.done
-            .synchronize()
-            .map_err(driver("waiting for a staging buffer's copy"))?;
-        Ok(staging)
+        self.lend(slot, len)
     }
 }
 
